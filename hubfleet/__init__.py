@@ -1,0 +1,1 @@
+"""hubfleet: run a fleet of JupyterHubs with Prefect."""
