@@ -1,0 +1,1 @@
+"""Prefect blocks: where hubfleet keeps credentials (as SecretStr) and settings."""

@@ -1,0 +1,1 @@
+"""One module per operation; each @flow is a deployable entrypoint."""

@@ -1,0 +1,398 @@
+"""Load `fleet/` into the typed model, or explain every problem as `file:line: field: message`.
+
+Nothing downstream reads raw YAML: `load_fleet` returns a `Fleet` or raises `FleetInvalid`
+carrying every problem found, each pointing at the line a user has to edit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import RoundTripConstructor
+from ruamel.yaml.error import MarkedYAMLError
+
+from hubfleet.model import PATTERN_HINTS, Cluster, Fleet, FleetSettings, HubKind, Provider
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the registry, with where to fix it."""
+
+    file: Path
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{_display(self.file)}:{self.line}: {self.field}: {self.message}"
+
+
+class FleetInvalid(Exception):
+    """The registry has problems; nothing may run on it."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --- YAML with line numbers ------------------------------------------------------------
+
+
+class _Constructor(RoundTripConstructor):
+    """Keep timestamps as text so pydantic parses them and keeps their UTC offset."""
+
+
+_Constructor.add_constructor(
+    "tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str
+)
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.Constructor = _Constructor
+    yaml.allow_duplicate_keys = False
+    return yaml
+
+
+@dataclass
+class _Doc:
+    path: Path
+    data: Any
+
+    def line_of(self, loc: Loc) -> int:
+        """1-based line of the deepest node along `loc` that exists in the file."""
+        node = self.data
+        line = _first_line(node)
+        for part in loc:
+            if isinstance(node, CommentedMap) and part in node:
+                line = node.lc.key(part)[0] + 1
+                node = node[part]
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+                line = node.lc.item(part)[0] + 1
+                node = node[part]
+            else:
+                break
+        return line
+
+    def problem(self, loc: Loc, message: str, anchor: Loc | None = None) -> Problem:
+        return Problem(self.path, self.line_of(anchor or loc), _field(loc), message)
+
+
+def _first_line(node: Any) -> int:
+    if isinstance(node, CommentedMap | CommentedSeq) and node.lc.line is not None:
+        return int(node.lc.line) + 1
+    return 1
+
+
+def _field(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(file)"
+
+
+def _read(path: Path) -> tuple[_Doc | None, list[Problem]]:
+    if not path.is_file():
+        return None, [Problem(path, 1, "(file)", "file not found; create it or fix the path")]
+    try:
+        data = _yaml().load(path.read_text(encoding="utf-8"))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        what = (exc.problem or exc.context or "syntax error").strip()
+        col = f" at column {mark.column + 1}" if mark else ""
+        return None, [
+            Problem(
+                path,
+                line,
+                "(yaml)",
+                f"invalid YAML: {what}{col}; check indentation, ':' after keys and quoting",
+            )
+        ]
+    if not isinstance(data, CommentedMap):
+        found = "an empty file" if data is None else f"a {_type_name(data)}"
+        return None, [Problem(path, 1, "(file)", f"expected a mapping of keys, found {found}")]
+    return _Doc(path, data), []
+
+
+# --- pydantic errors, said plainly ------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+
+
+def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
+    """Field names of the model found by following `loc` (for unknown-key messages)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = _unwrap(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = get_origin(annotation)
+        if origin in (Union, UnionType):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            annotation = args[0]
+        elif origin in (list, tuple, set):
+            annotation = get_args(annotation)[0]
+        else:
+            return annotation
+
+
+def _message(model: type[BaseModel], err: dict[str, Any]) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    loc = tuple(err["loc"])
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(model, loc[:-1]))
+        return f"unknown key {loc[-1]!r}; allowed keys: {allowed}"
+    if kind == "missing":
+        return "required key is missing; add it"
+    if kind in ("enum", "literal_error"):
+        return f"found {_shown(value)}; allowed: {ctx.get('expected', '').replace(chr(39), '')}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected a whole number, found {_shown(value)}"
+    if kind == "string_type":
+        return f"expected a string, found {_type_name(value)} {_shown(value)}"
+    if kind == "string_pattern_mismatch":
+        hint = PATTERN_HINTS.get(ctx.get("pattern", ""), f"must match {ctx.get('pattern')}")
+        return f"{_shown(value)} is {hint}" if hint.startswith("not") else f"{value!r} {hint}"
+    if kind == "timezone_aware":
+        return f"{_shown(value)} has no timezone; add a UTC offset, e.g. 2026-12-01T09:00:00+01:00"
+    if kind.startswith("datetime"):
+        return f"{_shown(value)} is not a date-time; write e.g. 2026-12-01T09:00:00+01:00"
+    if kind.startswith("timedelta"):
+        return f"{_shown(value)} is not a duration; write e.g. PT2H, P1D or 02:00:00"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return f"found {_shown(value)}; {err['msg'].lower()}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping of keys, found {_type_name(value)} {_shown(value)}"
+    if kind == "list_type":
+        return f"expected a list, found {_type_name(value)} {_shown(value)}"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length', 1)} item(s), found {len(value or [])}"
+    return f"{err['msg']} (found {_shown(value)})"
+
+
+def _validate(doc: _Doc, model: type[BaseModel]) -> tuple[Any, list[Problem]]:
+    try:
+        return model.model_validate(doc.data), []
+    except ValidationError as exc:
+        problems = [
+            doc.problem(tuple(e["loc"]), _message(model, dict(e)))
+            for e in exc.errors(include_url=False)
+        ]
+        return None, problems
+
+
+# --- the fleet --------------------------------------------------------------------------
+
+
+def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
+    """Read and validate the whole registry under `root`; raise `FleetInvalid` if broken."""
+    root = Path(root)
+    problems: list[Problem] = []
+    if not root.is_dir():
+        raise FleetInvalid(
+            [Problem(root, 1, "(file)", "fleet directory not found; pass the path to fleet/")]
+        )
+
+    settings: FleetSettings | None = None
+    fleet_doc, found = _read(root / "fleet.yaml")
+    problems += found
+    if fleet_doc:
+        settings, found = _validate(fleet_doc, FleetSettings)
+        problems += found
+        if settings:
+            problems += _check_files(fleet_doc, ("values",), settings.values, root)
+
+    clusters: list[Cluster] = []
+    docs: dict[str, _Doc] = {}
+    for path in sorted((root / "clusters").glob("*/cluster.yaml")):
+        doc, found = _read(path)
+        problems += found
+        if not doc:
+            continue
+        cluster, found = _validate(doc, Cluster)
+        problems += found
+        if cluster:
+            problems += _check_cluster(doc, cluster, path.parent)
+            if cluster.name in docs:
+                problems.append(
+                    doc.problem(
+                        ("name",),
+                        f"duplicate cluster name {cluster.name!r} (also in "
+                        f"{_display(docs[cluster.name].path)}); names must be unique",
+                    )
+                )
+            docs[cluster.name] = doc
+            clusters.append(cluster)
+
+    problems += _check_domains(clusters, docs)
+    if problems or settings is None:
+        raise FleetInvalid(problems)
+    return Fleet(root=root.resolve(), settings=settings, clusters=clusters)
+
+
+def _check_files(doc: _Doc, loc: Loc, files: Iterable[str], base: Path) -> list[Problem]:
+    return [
+        doc.problem(
+            (*loc, i),
+            f"file {name!r} not found in {_display(base)}; create it or fix the name",
+        )
+        for i, name in enumerate(files)
+        if not (base / name).is_file()
+    ]
+
+
+def _check_cluster(doc: _Doc, cluster: Cluster, directory: Path) -> list[Problem]:
+    problems: list[Problem] = []
+    if cluster.name != directory.name:
+        problems.append(
+            doc.problem(
+                ("name",),
+                f"found {cluster.name!r}, but the directory is {directory.name!r}; "
+                "they must be equal",
+            )
+        )
+    problems += _check_provider(doc, cluster)
+
+    first_line: dict[str, int] = {}
+    for i, hub in enumerate(cluster.hubs):
+        where = ("hubs", i)
+        if hub.name in first_line:
+            problems.append(
+                doc.problem(
+                    (*where, "name"),
+                    f"duplicate hub name {hub.name!r} (first at line {first_line[hub.name]}); "
+                    "hub names must be unique in a cluster",
+                )
+            )
+        else:
+            first_line[hub.name] = doc.line_of((*where, "name"))
+        problems += _check_files(doc, (*where, "values"), hub.values, directory)
+        if hub.kind is HubKind.event and hub.event is None:
+            problems.append(
+                doc.problem(
+                    (*where, "event"),
+                    "required when kind is 'event'; add start, end, attendees, "
+                    "organizers and data_policy",
+                )
+            )
+        if hub.kind is HubKind.standing and hub.event is not None:
+            problems.append(
+                doc.problem(
+                    (*where, "event"),
+                    "only allowed when kind is 'event'; remove it or set kind: event",
+                )
+            )
+        if hub.event and hub.event.end <= hub.event.start:
+            problems.append(
+                doc.problem(
+                    (*where, "event", "end"),
+                    f"{hub.event.end.isoformat()} is not after start "
+                    f"{hub.event.start.isoformat()}; the end must be later than the start",
+                )
+            )
+    return problems
+
+
+_REQUIRED_SECTION = {
+    Provider.gcp: "project and region",
+    Provider.aws: "account_id and region",
+    Provider.azure: "subscription_id, resource_group and location",
+    Provider.kubeconfig: "context",
+}
+
+
+def _check_provider(doc: _Doc, cluster: Cluster) -> list[Problem]:
+    problems = []
+    for provider in Provider:
+        section = getattr(cluster, provider.value)
+        if provider is cluster.provider:
+            if section is None and provider in _REQUIRED_SECTION:
+                problems.append(
+                    doc.problem(
+                        (provider.value,),
+                        f"required when provider is {provider.value!r}; add a "
+                        f"'{provider.value}:' section with {_REQUIRED_SECTION[provider]}",
+                        anchor=("provider",),
+                    )
+                )
+        elif section is not None:
+            problems.append(
+                doc.problem(
+                    (provider.value,),
+                    f"only allowed when provider is {provider.value!r} (this cluster's "
+                    f"provider is {cluster.provider.value!r}); remove it",
+                )
+            )
+    return problems
+
+
+def _check_domains(clusters: list[Cluster], docs: dict[str, _Doc]) -> list[Problem]:
+    problems = []
+    seen: dict[str, str] = {}
+    for cluster in clusters:
+        doc = docs[cluster.name]
+        for i, hub in enumerate(cluster.hubs):
+            owner = f"{cluster.name}/{hub.name}"
+            if hub.domain in seen:
+                problems.append(
+                    doc.problem(
+                        ("hubs", i, "domain"),
+                        f"domain {hub.domain!r} is already used by hub {seen[hub.domain]}; "
+                        "each hub needs its own domain",
+                    )
+                )
+            else:
+                seen[hub.domain] = owner
+    return problems

@@ -1,0 +1,31 @@
+"""Where hubfleet keeps things on this machine: state, caches, the registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """State of local hubs and the demo's Prefect server (`HUBFLEET_DATA_DIR` overrides)."""
+    env = os.environ.get("HUBFLEET_DATA_DIR")
+    return Path(env) if env else platformdirs.user_data_path("hubfleet")
+
+
+def cache_dir() -> Path:
+    """Tools that are slow to build or install (`HUBFLEET_CACHE_DIR` overrides)."""
+    env = os.environ.get("HUBFLEET_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "hubfleet"
+
+
+def fleet_dir() -> Path:
+    """The registry: `HUBFLEET_FLEET`, else ./fleet, else the checkout's example fleet."""
+    env = os.environ.get("HUBFLEET_FLEET")
+    if env:
+        return Path(env)
+    here = Path.cwd() / "fleet"
+    return here if (here / "fleet.yaml").is_file() else REPO_ROOT / "fleet"

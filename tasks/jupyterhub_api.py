@@ -1,0 +1,107 @@
+"""The JupyterHub REST API, over requests: health, version, identity, services, tokens.
+
+Plain functions (no Prefect) so tasks and the CLI share them. Tokens travel only in the
+Authorization header; nothing here logs, returns or raises a token value.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+from tasks.retry import TransientError
+
+TIMEOUT = 5.0
+_TRANSIENT_STATUS = {429, 502, 503, 504}
+
+
+class HubApiError(Exception):
+    """The hub answered, but not as expected."""
+
+
+class TokenRefused(HubApiError):
+    """The hub is up but does not accept the token (revoked, wrong or missing)."""
+
+
+def call(
+    method: str,
+    url: str,
+    *,
+    token: str | None = None,
+    json: Any = None,
+    timeout: float = TIMEOUT,
+) -> requests.Response:
+    """One HTTP call; transient failures raise `TransientError`, auth failures `TokenRefused`."""
+    headers = {"Authorization": f"token {token}"} if token else {}
+    try:
+        response = requests.request(method, url, headers=headers, json=json, timeout=timeout)
+    except requests.Timeout as exc:
+        raise TransientError(f"{method} {url}: no answer within {timeout:g}s") from None
+    except requests.ConnectionError as exc:
+        raise TransientError(f"{method} {url}: connection failed ({_why(exc)})") from None
+    if response.status_code in _TRANSIENT_STATUS:
+        raise TransientError(f"{method} {url}: HTTP {response.status_code} {response.reason}")
+    if response.status_code in (401, 403):
+        raise TokenRefused(f"{method} {url}: token refused (HTTP {response.status_code})")
+    if response.status_code >= 400:
+        raise HubApiError(f"{method} {url}: HTTP {response.status_code}: {_message(response)}")
+    return response
+
+
+def _why(exc: Exception) -> str:
+    text = str(exc)
+    return "connection refused" if "refused" in text.lower() else text.split(":")[-1].strip()
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("message", response.text[:200]))
+    except ValueError:
+        return response.text[:200]
+
+
+def timed_health(base_url: str, timeout: float = TIMEOUT) -> float:
+    """GET /hub/health; returns latency in ms."""
+    start = time.perf_counter()
+    call("GET", f"{base_url}/hub/health", timeout=timeout)
+    return (time.perf_counter() - start) * 1000
+
+
+def version(base_url: str) -> str:
+    """GET /hub/api: the JupyterHub version (no token needed)."""
+    return str(call("GET", f"{base_url}/hub/api").json()["version"])
+
+
+def whoami(base_url: str, token: str) -> dict[str, Any]:
+    """GET /hub/api/user: who the token belongs to."""
+    return dict(call("GET", f"{base_url}/hub/api/user", token=token).json())
+
+
+def list_services(base_url: str, token: str) -> dict[str, Any]:
+    return dict(call("GET", f"{base_url}/hub/api/services", token=token).json())
+
+
+def create_service(base_url: str, token: str, name: str, service_token: str) -> None:
+    """POST /hub/api/services/<name>: an API-managed admin service (deletable, revocable)."""
+    call(
+        "POST",
+        f"{base_url}/hub/api/services/{name}",
+        token=token,
+        json={"admin": True, "api_token": service_token, "display": False},
+    )
+
+
+def delete_service(base_url: str, token: str, name: str) -> None:
+    """DELETE /hub/api/services/<name>: removes the service and revokes its token."""
+    call("DELETE", f"{base_url}/hub/api/services/{name}", token=token)
+
+
+def revoke_user_tokens(base_url: str, token: str, user: str) -> int:
+    """Delete every API token of `user`; returns how many were revoked."""
+    listing = call("GET", f"{base_url}/hub/api/users/{user}/tokens", token=token).json()
+    ids = [t["id"] for t in listing.get("api_tokens", [])]
+    for token_id in ids:
+        call("DELETE", f"{base_url}/hub/api/users/{user}/tokens/{token_id}", token=token)
+    return len(ids)

@@ -1,0 +1,365 @@
+"""The `local` provider: a real JupyterHub process behind configurable-http-proxy per hub.
+
+Each hub lives in one directory (config, sqlite db, cookie secret, homes, logs, and
+`state.json` with PIDs and ports). Processes are started in their own session so they
+outlive the CLI that started them, and are stopped by PID, never by name.
+Secrets reach the processes only through their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+from hubfleet.localhub import Ports, render_config
+from hubfleet.paths import cache_dir
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+#: Popen handles of processes this interpreter started, so they are reaped (no zombies).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class LocalHubError(Exception):
+    """A local hub could not be started or stopped; the message says why and what to do."""
+
+
+def find_chp() -> str:
+    """configurable-http-proxy: `HUBFLEET_CHP`, PATH, or the copy setup installs."""
+    candidates = [
+        os.environ.get("HUBFLEET_CHP"),
+        shutil.which("configurable-http-proxy"),
+        str(cache_dir() / "node" / "node_modules" / ".bin" / "configurable-http-proxy"),
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise LocalHubError(
+        "configurable-http-proxy not found; install it with "
+        f"`npm install --prefix {cache_dir() / 'node'} configurable-http-proxy` "
+        "(./dev setup does this)"
+    )
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process we started: PID plus its start time, so a reused PID is not mistaken."""
+
+    pid: int
+    started: float
+
+    @classmethod
+    def of(cls, pid: int) -> Proc:
+        return cls(pid, psutil.Process(pid).create_time())
+
+    def alive(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.create_time() == self.started and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+
+@dataclass(frozen=True)
+class HubState:
+    """What `state.json` records: no secrets, only where things run."""
+
+    ports: Ports
+    hub: Proc | None
+    proxy: Proc | None
+    config_sha: str = ""
+    started_at: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.public}"
+
+    def to_json(self) -> str:
+        def proc(p: Proc | None) -> dict[str, float] | None:
+            return {"pid": p.pid, "started": p.started} if p else None
+
+        return json.dumps(
+            {
+                "ports": self.ports.as_dict(),
+                "hub": proc(self.hub),
+                "proxy": proc(self.proxy),
+                "config_sha": self.config_sha,
+                "started_at": self.started_at,
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> HubState:
+        data = json.loads(text)
+
+        def proc(d: dict[str, Any] | None) -> Proc | None:
+            return Proc(int(d["pid"]), float(d["started"])) if d else None
+
+        return cls(
+            Ports(**data["ports"]),
+            proc(data.get("hub")),
+            proc(data.get("proxy")),
+            data.get("config_sha", ""),
+            data.get("started_at", ""),
+        )
+
+
+class LocalHub:
+    """One local hub's directory and processes."""
+
+    def __init__(self, directory: Path, name: str):
+        self.directory = directory
+        self.name = name
+        self.state_file = directory / "state.json"
+        self.config_file = directory / "jupyterhub_config.py"
+
+    # --- reading ------------------------------------------------------------------------
+
+    def state(self) -> HubState | None:
+        if not self.state_file.is_file():
+            return None
+        return HubState.from_json(self.state_file.read_text())
+
+    def is_running(self) -> bool:
+        state = self.state()
+        return bool(
+            state and state.hub and state.proxy and state.hub.alive() and state.proxy.alive()
+        )
+
+    def pids(self) -> list[int]:
+        """PIDs of this hub's live processes (hub, proxy, and anything the hub spawned)."""
+        state = self.state()
+        if not state:
+            return []
+        pids = []
+        for proc in (state.hub, state.proxy):
+            if proc and proc.alive():
+                pids.append(proc.pid)
+                pids += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        return pids
+
+    # --- planning -----------------------------------------------------------------------
+
+    def choose_ports(self) -> Ports:
+        """Keep the ports of an earlier deploy (stable URLs) when they are still usable."""
+        state = self.state()
+        if state and (self.is_running() or all(_free(p) for p in state.ports.as_dict().values())):
+            return state.ports
+        return Ports(*_free_ports(3))
+
+    def render(self, hub_config: dict[str, Any], ports: Ports) -> str:
+        return render_config(
+            hub=self.name,
+            directory=self.directory,
+            ports=ports,
+            hub_config=hub_config,
+            as_root=os.geteuid() == 0,
+        )
+
+    def plan(self, config_text: str) -> str:
+        """What a deploy would do: 'start', 'restart' or 'unchanged'."""
+        state = self.state()
+        if not self.is_running() or state is None:
+            return "start"
+        return "unchanged" if state.config_sha == _sha(config_text) else "restart"
+
+    # --- changing -----------------------------------------------------------------------
+
+    def start(self, config_text: str, ports: Ports) -> HubState:
+        """(Re)start proxy and hub with `config_text`; waits until /hub/health answers."""
+        self.stop()
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.directory / "homes").mkdir(exist_ok=True)
+        self.config_file.write_text(config_text)
+        env = _process_env(proxy_token=secrets.token_hex(32))
+
+        proxy = self._spawn(
+            [
+                find_chp(),
+                "--ip=127.0.0.1",
+                f"--port={ports.public}",
+                "--api-ip=127.0.0.1",
+                f"--api-port={ports.proxy_api}",
+                f"--default-target=http://127.0.0.1:{ports.hub}",
+                f"--error-target=http://127.0.0.1:{ports.hub}/hub/error",
+            ],
+            env,
+            "proxy.log",
+        )
+        state = HubState(ports, None, proxy, _sha(config_text), _now())
+        self._save(state)
+        _wait_for_port(ports.proxy_api, proxy, self.directory / "proxy.log")
+
+        hub = self._spawn(
+            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)], env, "hub.log"
+        )
+        state = HubState(ports, hub, proxy, _sha(config_text), _now())
+        self._save(state)
+        self._wait_healthy(state)
+        return state
+
+    def stop(self) -> list[int]:
+        """Stop hub, proxy and the hub's user servers; returns the PIDs that were stopped."""
+        state = self.state()
+        if not state:
+            return []
+        pids = self.pids()
+        victims = [psutil.Process(p) for p in pids]
+        # The hub first: it stops its user servers and removes its routes on SIGTERM.
+        for proc in (state.hub, state.proxy):
+            if proc and proc.alive():
+                _terminate(proc.pid)
+        for victim in victims:
+            if victim.is_running() and victim.status() != psutil.STATUS_ZOMBIE:
+                _terminate(victim.pid)
+        self._save(HubState(state.ports, None, None, state.config_sha, state.started_at))
+        return pids
+
+    def remove(self, archive_to: Path | None) -> Path | None:
+        """Stop, then delete the hub's directory, or move it under `archive_to`."""
+        self.stop()
+        if not self.directory.exists():
+            return None
+        if archive_to is None:
+            shutil.rmtree(self.directory)
+            return None
+        archive_to.mkdir(parents=True, exist_ok=True)
+        target = archive_to / f"{self.name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+        shutil.move(str(self.directory), target)
+        return target
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _spawn(self, argv: list[str], env: dict[str, str], log: str) -> Proc:
+        with open(self.directory / log, "ab") as out:
+            popen = subprocess.Popen(
+                argv,
+                cwd=self.directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _children[popen.pid] = popen
+        return Proc.of(popen.pid)
+
+    def _save(self, state: HubState) -> None:
+        self.state_file.write_text(state.to_json())
+
+    def _wait_healthy(self, state: HubState) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            assert state.hub is not None
+            if not state.hub.alive():
+                raise LocalHubError(
+                    f"hub {self.name!r} exited during start; last log lines:\n"
+                    + _tail(self.directory / "hub.log")
+                )
+            try:
+                if requests.get(f"{state.url}/hub/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise LocalHubError(
+            f"hub {self.name!r} did not answer /hub/health within {START_TIMEOUT:g}s; "
+            f"see {self.directory / 'hub.log'}:\n" + _tail(self.directory / "hub.log")
+        )
+
+
+def _process_env(proxy_token: str) -> dict[str, str]:
+    """A minimal environment: nothing of ours leaks into the hub but what it needs."""
+    venv_bin = str(Path(sys.executable).parent)
+    keep = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["PATH"] = f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    env["CONFIGPROXY_AUTH_TOKEN"] = proxy_token
+    return env
+
+
+def _terminate(pid: int) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT; reaps our own children."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        psutil.Process(pid).wait(STOP_TIMEOUT)
+    except psutil.TimeoutExpired:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            psutil.Process(pid).wait(STOP_TIMEOUT)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    except psutil.NoSuchProcess:
+        pass
+    popen = _children.pop(pid, None)
+    if popen is not None:
+        popen.wait(STOP_TIMEOUT)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _wait_for_port(port: int, proc: Proc, log: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise LocalHubError("configurable-http-proxy exited during start:\n" + _tail(log))
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise LocalHubError(f"configurable-http-proxy did not listen on {port} within {timeout:g}s")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
