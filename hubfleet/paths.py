@@ -29,3 +29,10 @@ def fleet_dir() -> Path:
         return Path(env)
     here = Path.cwd() / "fleet"
     return here if (here / "fleet.yaml").is_file() else REPO_ROOT / "fleet"
+
+
+def local_hubs_dir(cluster_data_dir: str | None) -> Path:
+    """Root of a local cluster's hubs: HUBFLEET_DATA_DIR, else the cluster's data_dir."""
+    if "HUBFLEET_DATA_DIR" not in os.environ and cluster_data_dir:
+        return Path(cluster_data_dir).expanduser() / "hubs"
+    return data_dir() / "hubs"

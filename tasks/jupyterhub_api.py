@@ -99,9 +99,18 @@ def delete_service(base_url: str, token: str, name: str) -> None:
 
 
 def revoke_user_tokens(base_url: str, token: str, user: str) -> int:
-    """Delete every API token of `user`; returns how many were revoked."""
+    """Delete every API token of `user`; returns how many were revoked.
+
+    Oldest first, so a user revoking its own tokens loses the calling one last.
+    """
     listing = call("GET", f"{base_url}/hub/api/users/{user}/tokens", token=token).json()
-    ids = [t["id"] for t in listing.get("api_tokens", [])]
+    ids = sorted((t["id"] for t in listing.get("api_tokens", [])), key=_numeric)
     for token_id in ids:
         call("DELETE", f"{base_url}/hub/api/users/{user}/tokens/{token_id}", token=token)
     return len(ids)
+
+
+def _numeric(token_id: str | int) -> int:
+    """Token ids look like 'a12'; order them by their number."""
+    digits = "".join(ch for ch in str(token_id) if ch.isdigit())
+    return int(digits or 0)

@@ -24,9 +24,12 @@ from typing import Any
 
 import psutil
 import requests
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from hubfleet.localhub import Ports, render_config
-from hubfleet.paths import cache_dir
+from hubfleet.model import Fleet
+from hubfleet.paths import cache_dir, local_hubs_dir
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -363,3 +366,46 @@ def _sha(text: str) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --- Prefect tasks ----------------------------------------------------------------------
+
+
+def local_hub(fleet: Fleet, cluster: str, hub: str) -> LocalHub:
+    """The local hub of `cluster/hub` (its directory under the cluster's data dir)."""
+    settings = fleet.cluster(cluster).local
+    root = local_hubs_dir(settings.data_dir if settings else None)
+    return LocalHub(root / cluster / hub, f"{cluster}-{hub}")
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    action: str  # start | restart | unchanged
+    config: str
+    ports: Ports
+
+
+@task(task_run_name="plan-local-hub-{local.name}", cache_policy=NO_CACHE)
+def plan_local_hub(local: LocalHub, hub_config: dict[str, Any]) -> LocalPlan:
+    """Render the hub's config and compare with what runs. Changes nothing."""
+    ports = local.choose_ports()
+    config = local.render(hub_config, ports)
+    return LocalPlan(local.plan(config), config, ports)
+
+
+@task(task_run_name="start-local-hub-{local.name}", cache_policy=NO_CACHE)
+def start_local_hub(local: LocalHub, plan: LocalPlan) -> HubState:
+    """Write the hub's config and (re)start its proxy and hub processes."""
+    state = local.start(plan.config, plan.ports)
+    get_run_logger().info(
+        "%s: hub pid %s, proxy pid %s, %s",
+        local.name, state.hub.pid if state.hub else "-", state.proxy.pid if state.proxy else "-",
+        state.url,
+    )
+    return state
+
+
+@task(task_run_name="remove-local-hub-{local.name}", cache_policy=NO_CACHE)
+def remove_local_hub(local: LocalHub, archive_to: Path | None) -> Path | None:
+    """Stop the hub's processes, then delete its directory or move it to `archive_to`."""
+    return local.remove(archive_to)

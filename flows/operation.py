@@ -1,0 +1,84 @@
+"""What every operation does first: load the fleet, find its target, record the run.
+
+Self-hosted Prefect does not record who started a run; hubfleet does, as tags on the run
+(`operator:<who>`, `revision:<fleet commit>`) beside `op:`, `cluster:` and `hub:`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
+
+from hubfleet.loader import load_fleet
+from hubfleet.model import Cluster, Fleet, Hub
+from hubfleet.paths import fleet_dir
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    fleet: Fleet
+    cluster: Cluster
+    hub: Hub | None
+    operator: str
+    revision: str
+
+    @property
+    def target(self) -> str:
+        return f"{self.cluster.name}/{self.hub.name}" if self.hub else self.cluster.name
+
+
+def operator_name(given: str | None) -> str:
+    """Who started the run: the `operator` parameter, else $USER."""
+    return given or os.environ.get("USER") or getpass.getuser()
+
+
+def fleet_revision(root: Path) -> str:
+    """The registry's git commit, or 'uncommitted' if it has changes or no git history."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+        )
+
+    try:
+        head = git("log", "-1", "--format=%h", "--", ".")
+        dirty = git("status", "--porcelain", "--", ".")
+    except (OSError, subprocess.TimeoutExpired):
+        return "uncommitted"
+    if head.returncode != 0 or not head.stdout.strip() or dirty.stdout.strip():
+        return "uncommitted"
+    return head.stdout.strip()
+
+
+def run_tags(op: str, cluster: str, hub: str | None, operator: str, revision: str) -> list[str]:
+    tags = [f"op:{op}", f"cluster:{cluster}", f"operator:{operator}", f"revision:{revision}"]
+    if hub:
+        tags.append(f"hub:{cluster}/{hub}")
+    return tags
+
+
+async def begin(op: str, cluster: str, hub: str | None, operator: str | None) -> Operation:
+    """Load the fleet, resolve the target, tag the current run. Raises on a bad target."""
+    fleet = load_fleet(fleet_dir())
+    cluster_spec = fleet.cluster(cluster)
+    hub_spec = cluster_spec.hub(hub) if hub else None
+    who = operator_name(operator)
+    revision = fleet_revision(fleet.root)
+    run_id = flow_run.get_id()
+    if run_id:
+        async with get_client() as client:
+            run = await client.read_flow_run(run_id)
+            tags = sorted(set(run.tags) | set(run_tags(op, cluster, hub, who, revision)))
+            await client.update_flow_run(run_id, tags=tags)
+    get_run_logger().info(
+        "%s on %s by %s (fleet revision %s)", op, f"{cluster}/{hub}" if hub else cluster,
+        who, revision,
+    )
+    return Operation(op, fleet, cluster_spec, hub_spec, who, revision)

@@ -1,0 +1,143 @@
+"""pytest fixtures for the real test environment.
+
+Register with ``pytest_plugins = ["hubfleet.testenv.pytest_plugin"]`` (or ``-p
+hubfleet.testenv.pytest_plugin``). Session fixtures build missing tools on first use
+(the first run on a fresh machine compiles Kubernetes: 15-25 min on 2 cores), and FAIL,
+never skip, when a build or start fails: a green run means the real thing was exercised.
+
+Fixtures: ``testenv_tools`` (tool -> binary), ``kube`` (a running ControlPlane),
+``kube_api`` (kubernetes.client.ApiClient as cluster admin), ``kube_namespace`` (a fresh
+namespace per test), ``helm``, ``terraform_bin``, ``moto_server``, ``azurite``.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .build import ToolBuildError, ensure_tools
+from .controlplane import ControlPlane, ControlPlaneError
+from .emulators import Azurite, EmulatorError, MotoServer
+
+
+def _progress(msg: str) -> None:
+    # Straight to the real stderr: pytest captures fixture output, and a silent 20-minute
+    # first build looks like a hang.
+    print(f"[hubfleet testenv] {msg}", file=sys.__stderr__, flush=True)
+
+
+_TOOLS_KEY = pytest.StashKey[object]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing tools once collection shows they are needed, before any test runs.
+
+    Doing it here, not inside a fixture, keeps a cold build (minutes) out of the
+    per-test timeout. The result or the error is handed to ``testenv_tools``.
+    """
+    if session.config.option.collectonly:
+        return
+    if not any("testenv_tools" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    try:
+        session.config.stash[_TOOLS_KEY] = ensure_tools(progress=_progress)
+    except ToolBuildError as e:
+        session.config.stash[_TOOLS_KEY] = e
+
+
+@pytest.fixture(scope="session")
+def testenv_tools(pytestconfig) -> dict[str, Path]:
+    """Paths of kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok, helm, terraform."""
+    result = pytestconfig.stash.get(_TOOLS_KEY, None)
+    if result is None:
+        try:
+            result = ensure_tools(progress=_progress)
+        except ToolBuildError as e:
+            result = e
+    if isinstance(result, ToolBuildError):
+        pytest.fail(str(result), pytrace=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def kube(testenv_tools) -> Iterator[ControlPlane]:
+    """A running local control plane (``.kubeconfig``, ``.server``), stopped at session end."""
+    cp = ControlPlane(testenv_tools, progress=_progress)
+    try:
+        cp.start()
+    except ControlPlaneError as e:
+        pytest.fail(f"control plane failed to start: {e}", pytrace=False)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_api(kube):
+    """A kubernetes.client.ApiClient authenticated as cluster admin."""
+    from kubernetes import config
+
+    client = config.new_client_from_config(config_file=str(kube.kubeconfig))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def kube_namespace(kube_api) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api)
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def helm(testenv_tools) -> Path:
+    """Path of the helm binary built from helm.sh/helm/v3."""
+    return testenv_tools["helm"]
+
+
+@pytest.fixture(scope="session")
+def terraform_bin(testenv_tools) -> Path:
+    """Path of terraform (from PATH) or OpenTofu (built) — both speak the same CLI."""
+    return testenv_tools["terraform"]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto server (IAM, STS, S3, ...) with auth enforced; ``.access_key_id`` etc. are an admin's."""
+    server = MotoServer()
+    try:
+        server.start()
+    except (EmulatorError, ToolBuildError) as e:
+        pytest.fail(f"moto server failed to start: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite blob service; ``.connection_string`` uses the documented dev account."""
+    server = Azurite()
+    try:
+        server.start()
+    except (EmulatorError, ToolBuildError) as e:
+        pytest.fail(f"Azurite failed to start: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

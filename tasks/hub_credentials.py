@@ -1,0 +1,95 @@
+"""The hub's ops service and its token: create, verify, store in a block, revoke.
+
+Bootstrap (first deploy, or a lost token): `jupyterhub token` mints a token for the
+bootstrap admin straight into the hub's database (printed to a pipe we read, never to a
+file); with it hubfleet creates an API-managed `hubfleet-ops-<time>` service with a token
+it generated, stores that token in a `HubOpsToken` block, and revokes every token of the
+bootstrap admin. Older ops services are deleted, which revokes their tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.hub_token import HubOpsToken
+from hubfleet.localhub import BOOTSTRAP_USER, OPS_SERVICE_PREFIX
+from tasks import jupyterhub_api as api
+from tasks.local_hub import LocalHub, LocalHubError
+
+
+async def load_ops_token(cluster: str, hub: str) -> HubOpsToken | None:
+    """The stored ops token of a hub, or None if none was ever stored."""
+    try:
+        return await HubOpsToken.aload(HubOpsToken.block_name(cluster, hub))
+    except ValueError:
+        return None
+
+
+@task(task_run_name="ensure-ops-service-{cluster}-{hub}", cache_policy=NO_CACHE)
+async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) -> str:
+    """Make sure the hub has a working ops token in its block.
+
+    Changes: possibly the hub's services and tokens, and the `HubOpsToken` block.
+    Returns what was done: 'kept' or 'created'.
+    """
+    logger = get_run_logger()
+    stored = await load_ops_token(cluster, hub)
+    if stored is not None:
+        try:
+            me = await asyncio.to_thread(api.whoami, url, stored.token.get_secret_value())
+            if me.get("name") == stored.service_name:
+                return "kept"
+        except api.TokenRefused:
+            logger.warning("stored ops token of %s/%s is refused; issuing a new one", cluster, hub)
+
+    bootstrap = await asyncio.to_thread(_mint_bootstrap_token, local)
+    admin = bootstrap  # what revokes the bootstrap tokens at the end
+    try:
+        name = f"{OPS_SERVICE_PREFIX}-{datetime.now(UTC):%Y%m%d%H%M%S}"
+        token = secrets.token_hex(32)
+        await asyncio.to_thread(api.create_service, url, bootstrap, name, token)
+        await HubOpsToken(
+            hub=f"{cluster}/{hub}",
+            url=url,
+            service_name=name,
+            token=token,
+            created_at=datetime.now(UTC),
+        ).asave(HubOpsToken.block_name(cluster, hub), overwrite=True)
+        me = await asyncio.to_thread(api.whoami, url, token)
+        if me.get("name") != name:
+            raise api.HubApiError(f"new ops token answers as {me.get('name')!r}, not {name!r}")
+        admin = token
+        for old in await asyncio.to_thread(api.list_services, url, token):
+            if old.startswith(OPS_SERVICE_PREFIX) and old != name:
+                await asyncio.to_thread(api.delete_service, url, token, old)
+                logger.info("deleted old ops service %s (its token is revoked)", old)
+    finally:
+        revoked = await asyncio.to_thread(api.revoke_user_tokens, url, admin, BOOTSTRAP_USER)
+    logger.info("created ops service %s for %s/%s; revoked %d bootstrap token(s)",
+                name, cluster, hub, revoked)
+    return "created"
+
+
+def _mint_bootstrap_token(local: LocalHub) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "jupyterhub", "token", BOOTSTRAP_USER, "-f", str(local.config_file)],
+        cwd=local.directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    token = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    if result.returncode != 0 or len(token) < 16:
+        # stderr is JupyterHub's log: no token in it (the token goes to stdout only).
+        raise LocalHubError(
+            f"could not mint a bootstrap token for {local.name!r} "
+            f"(exit {result.returncode}): {result.stderr.strip()[-500:]}"
+        )
+    return token
