@@ -9,15 +9,12 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
+from hubfleet.errors import ProviderNotReady
 from hubfleet.localhub import hub_config_from_values
 from hubfleet.model import Provider
 from hubfleet.values import load_values_files
 from tasks.hub_credentials import ensure_ops_service
 from tasks.local_hub import local_hub, plan_local_hub, start_local_hub
-
-
-class ProviderNotReady(Exception):
-    """This provider's deploy path is not built yet; nothing was changed."""
 
 
 def require_local(op: Operation) -> None:

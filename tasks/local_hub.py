@@ -27,6 +27,7 @@ import requests
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from hubfleet.errors import HubfleetError
 from hubfleet.localhub import Ports, render_config
 from hubfleet.model import Fleet
 from hubfleet.paths import cache_dir, local_hubs_dir
@@ -38,7 +39,7 @@ STOP_TIMEOUT = 10.0
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-class LocalHubError(Exception):
+class LocalHubError(HubfleetError):
     """A local hub could not be started or stopped; the message says why and what to do."""
 
 
@@ -192,30 +193,34 @@ class LocalHub:
         self.config_file.write_text(config_text)
         env = _process_env(proxy_token=secrets.token_hex(32))
 
-        proxy = self._spawn(
-            [
-                find_chp(),
-                "--ip=127.0.0.1",
-                f"--port={ports.public}",
-                "--api-ip=127.0.0.1",
-                f"--api-port={ports.proxy_api}",
-                f"--default-target=http://127.0.0.1:{ports.hub}",
-                f"--error-target=http://127.0.0.1:{ports.hub}/hub/error",
-            ],
-            env,
-            "proxy.log",
-        )
-        state = HubState(ports, None, proxy, _sha(config_text), _now())
-        self._save(state)
-        _wait_for_port(ports.proxy_api, proxy, self.directory / "proxy.log")
+        try:
+            proxy = self._spawn(
+                [
+                    find_chp(),
+                    "--ip=127.0.0.1",
+                    f"--port={ports.public}",
+                    "--api-ip=127.0.0.1",
+                    f"--api-port={ports.proxy_api}",
+                    f"--default-target=http://127.0.0.1:{ports.hub}",
+                    f"--error-target=http://127.0.0.1:{ports.hub}/hub/error",
+                ],
+                env,
+                "proxy.log",
+            )
+            state = HubState(ports, None, proxy, _sha(config_text), _now())
+            self._save(state)
+            _wait_for_port(ports.proxy_api, proxy, self.directory / "proxy.log")
 
-        hub = self._spawn(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)], env, "hub.log"
-        )
-        state = HubState(ports, hub, proxy, _sha(config_text), _now())
-        self._save(state)
-        self._wait_healthy(state)
-        return state
+            hub = self._spawn(
+                [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)], env, "hub.log"
+            )
+            state = HubState(ports, hub, proxy, _sha(config_text), _now())
+            self._save(state)
+            self._wait_healthy(state)
+            return state
+        except BaseException:
+            self.stop()  # never leave half a hub running
+            raise
 
     def stop(self) -> list[int]:
         """Stop hub, proxy and the hub's user servers; returns the PIDs that were stopped."""
@@ -281,7 +286,6 @@ class LocalHub:
             except requests.RequestException:
                 pass
             time.sleep(0.2)
-        self.stop()
         raise LocalHubError(
             f"hub {self.name!r} did not answer /hub/health within {START_TIMEOUT:g}s; "
             f"see {self.directory / 'hub.log'}:\n" + _tail(self.directory / "hub.log")

@@ -1,0 +1,172 @@
+"""The `hubfleet` command line.
+
+User errors (an invalid fleet, an unknown hub, a provider not built yet) are printed
+plainly with exit code 2: never a traceback. Prefect is imported only by the commands that
+run flows, so `hubfleet validate` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hubfleet.errors import HubfleetError
+from hubfleet.loader import FleetInvalid, load_fleet
+from hubfleet.paths import data_dir, fleet_dir
+
+app = typer.Typer(
+    help="Run a fleet of JupyterHubs: validate the registry, deploy, check health, "
+    "tear down, and try it all locally with `hubfleet demo`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Wide enough for URLs when piped (CI logs, tests); a terminal's own width otherwise.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, highlight=False)
+
+FleetOpt = Annotated[
+    Path | None,
+    typer.Option("--fleet", help="Fleet directory (default: $HUBFLEET_FLEET or ./fleet)."),
+]
+OperatorOpt = Annotated[
+    str | None, typer.Option(help="Who is running this, for the audit log (default: $USER).")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would change; change nothing.")]
+
+
+def _use_fleet(path: Path | None) -> Path:
+    root = path or fleet_dir()
+    os.environ["HUBFLEET_FLEET"] = str(root)
+    return root
+
+
+@app.command()
+def validate(
+    path: Annotated[Path | None, typer.Argument(help="Fleet directory (default: ./fleet).")] = None,
+) -> None:
+    """Check the fleet registry; list every problem as file:line: field: message."""
+    fleet = load_fleet(path or fleet_dir())
+    out.print(f"fleet {fleet.settings.name} is valid: {fleet.summary()}")
+
+
+@app.command()
+def deploy(
+    cluster: str, hub: str, dry_run: DryRunOpt = False, operator: OperatorOpt = None,
+    fleet: FleetOpt = None,
+) -> None:
+    """Deploy or update one hub (a Prefect flow run, recorded in the run history)."""
+    _use_fleet(fleet)
+    from flows.deploy_hub import deploy_hub
+
+    result = _run(deploy_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator)
+    out.print(result)
+
+
+@app.command()
+def health(cluster: str, hub: str, operator: OperatorOpt = None, fleet: FleetOpt = None) -> None:
+    """Check one hub: reachable, API answers, ops token accepted. Exit 1 unless healthy."""
+    _use_fleet(fleet)
+    from flows.check_hub_health import check_hub_health
+
+    report = _run(check_hub_health, cluster=cluster, hub=hub, operator=operator)
+    out.print(f"{report['hub']}: {report['verdict']} ({report['reason']})")
+    if report["verdict"] != "healthy":
+        raise typer.Exit(1)
+
+
+@app.command()
+def teardown(
+    cluster: str, hub: str, dry_run: DryRunOpt = False,
+    delete_data: Annotated[bool, typer.Option(help="Delete the hub's data instead of archiving it.")] = False,
+    operator: OperatorOpt = None, fleet: FleetOpt = None,
+) -> None:
+    """Stop a hub and archive its data (or delete it with --delete-data)."""
+    _use_fleet(fleet)
+    from flows.teardown_hub import teardown_hub
+
+    result = _run(
+        teardown_hub, cluster=cluster, hub=hub, dry_run=dry_run, keep_data=not delete_data,
+        operator=operator,
+    )
+    out.print(result)
+
+
+@app.command()
+def demo(
+    down: Annotated[bool, typer.Option("--down", help="Stop every process the demo started.")] = False,
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server.")] = 4200,
+    fleet: FleetOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's run logs.")] = False,
+) -> None:
+    """Run the whole pipeline locally: a Prefect server on SQLite and real JupyterHubs."""
+    from hubfleet import demo as demo_mod
+
+    root = _use_fleet(fleet)
+    if down:
+        demo_mod.down(load_fleet(root), out)
+        return
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    demo_mod.up(load_fleet(root), port, out)
+
+
+def _run(flow: Any, **params: Any) -> Any:
+    """Run a flow in this process against the local server (or $PREFECT_API_URL)."""
+    import asyncio
+
+    from hubfleet.server import PrefectServer
+
+    load_fleet(fleet_dir())  # fail fast, before any server starts
+    if "PREFECT_API_URL" not in os.environ:
+        server = PrefectServer(data_dir() / "prefect")
+        server.ensure()
+        os.environ["PREFECT_API_URL"] = server.api_url
+    return asyncio.run(flow(**params))
+
+
+def _mount_testenv() -> None:
+    try:
+        from hubfleet.testenv.cli import app as testenv_app
+    except ImportError:  # the test environment is optional at run time
+        return
+    app.add_typer(testenv_app, name="testenv")
+
+
+_mount_testenv()
+
+
+def main() -> None:
+    """Entry point: turn the errors a user can fix into plain messages and exit code 2."""
+    try:
+        app()
+    except FleetInvalid as exc:
+        for problem in exc.problems:
+            err.print(str(problem), soft_wrap=True)
+        err.print(f"fleet is invalid: {len(exc.problems)} problem(s); nothing was run")
+        sys.exit(2)
+    except (LookupError, HubfleetError) as exc:
+        err.print(f"error: {exc}", soft_wrap=True)
+        sys.exit(2)
+
+
+def hub_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="hubs")
+    for column in ("hub", "tier", "kind", "url", "verdict", "latency ms", "reason"):
+        table.add_column(column)
+    colours = {"healthy": "green", "degraded": "yellow", "down": "red"}
+    for row in rows:
+        verdict = row["verdict"]
+        table.add_row(
+            row["hub"], row["tier"], row["kind"], row["url"] or "-",
+            f"[{colours.get(verdict, 'white')}]{verdict}[/]",
+            f"{row['latency_ms']:.0f}" if row["latency_ms"] is not None else "-",
+            "" if verdict == "healthy" else row["reason"],
+        )
+    return table
