@@ -170,3 +170,7 @@ def hub_table(rows: list[dict[str, Any]]) -> Table:
             "" if verdict == "healthy" else row["reason"],
         )
     return table
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,15 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
 
-from hubfleet.model import PATTERN_HINTS, Cluster, Fleet, FleetSettings, HubKind, Provider
+from hubfleet.model import (
+    PATTERN_HINTS,
+    Cluster,
+    Fleet,
+    FleetSettings,
+    Hub,
+    HubKind,
+    Provider,
+)
 
 Loc = tuple[str | int, ...]
 
@@ -59,9 +67,7 @@ class _Constructor(RoundTripConstructor):
     """Keep timestamps as text so pydantic parses them and keeps their UTC offset."""
 
 
-_Constructor.add_constructor(
-    "tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str
-)
+_Constructor.add_constructor("tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str)
 
 
 def _yaml() -> YAML:
@@ -155,8 +161,6 @@ def _shown(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return repr(value)
-
-
 
 
 def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
@@ -256,6 +260,7 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
 
     clusters: list[Cluster] = []
     docs: dict[str, _Doc] = {}
+    hubs: list[tuple[str, _Doc, int, Hub]] = []  # (cluster, doc, index, hub) of valid hubs
     for path in sorted((root / "clusters").glob("*/cluster.yaml")):
         doc, found = _read(path)
         problems += found
@@ -275,10 +280,17 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
                 )
             docs[cluster.name] = doc
             clusters.append(cluster)
+            valid = list(enumerate(cluster.hubs))
+        else:
+            # Keep checking the hubs that are fine, so one typo does not hide other problems.
+            valid = _valid_hubs(doc)
+        problems += _check_hubs(doc, valid, path.parent)
+        name = cluster.name if cluster else path.parent.name
+        hubs += [(name, doc, i, hub) for i, hub in valid]
 
-    problems += _check_domains(clusters, docs)
+    problems += _check_domains(hubs)
     if problems or settings is None:
-        raise FleetInvalid(problems)
+        raise FleetInvalid(sorted(problems, key=lambda p: (str(p.file), p.line)))
     return Fleet(root=root.resolve(), settings=settings, clusters=clusters)
 
 
@@ -304,9 +316,26 @@ def _check_cluster(doc: _Doc, cluster: Cluster, directory: Path) -> list[Problem
             )
         )
     problems += _check_provider(doc, cluster)
+    return problems
 
+
+def _valid_hubs(doc: _Doc) -> list[tuple[int, Hub]]:
+    items = doc.data.get("hubs")
+    if not isinstance(items, list):
+        return []
+    valid = []
+    for i, item in enumerate(items):
+        try:
+            valid.append((i, Hub.model_validate(item)))
+        except ValidationError:
+            pass  # already reported by the cluster's validation
+    return valid
+
+
+def _check_hubs(doc: _Doc, hubs: list[tuple[int, Hub]], directory: Path) -> list[Problem]:
+    problems: list[Problem] = []
     first_line: dict[str, int] = {}
-    for i, hub in enumerate(cluster.hubs):
+    for i, hub in hubs:
         where = ("hubs", i)
         if hub.name in first_line:
             problems.append(
@@ -378,21 +407,18 @@ def _check_provider(doc: _Doc, cluster: Cluster) -> list[Problem]:
     return problems
 
 
-def _check_domains(clusters: list[Cluster], docs: dict[str, _Doc]) -> list[Problem]:
+def _check_domains(hubs: list[tuple[str, _Doc, int, Hub]]) -> list[Problem]:
     problems = []
     seen: dict[str, str] = {}
-    for cluster in clusters:
-        doc = docs[cluster.name]
-        for i, hub in enumerate(cluster.hubs):
-            owner = f"{cluster.name}/{hub.name}"
-            if hub.domain in seen:
-                problems.append(
-                    doc.problem(
-                        ("hubs", i, "domain"),
-                        f"domain {hub.domain!r} is already used by hub {seen[hub.domain]}; "
-                        "each hub needs its own domain",
-                    )
+    for cluster, doc, i, hub in hubs:
+        if hub.domain in seen:
+            problems.append(
+                doc.problem(
+                    ("hubs", i, "domain"),
+                    f"domain {hub.domain!r} is already used by hub {seen[hub.domain]}; "
+                    "each hub needs its own domain",
                 )
-            else:
-                seen[hub.domain] = owner
+            )
+        else:
+            seen[hub.domain] = f"{cluster}/{hub.name}"
     return problems

@@ -1,0 +1,68 @@
+"""Shared fixtures: one real Prefect server for the session, a private data dir, and a
+final check that no test left a process running."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The Kubernetes/helm/terraform/emulator fixtures (hubfleet testenv).
+pytest_plugins = ["hubfleet.testenv.pytest_plugin"]
+
+
+def _ours(proc: psutil.Process, marker: str) -> bool:
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        env = proc.environ() if proc.uids().real == os.getuid() else {}
+        return (
+            marker in proc.cwd()
+            or any(marker in arg for arg in proc.cmdline())
+            or marker in env.get("PREFECT_HOME", "")
+        )
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test's hub state lives under one data dir; at the end nothing of ours runs.
+
+    Set up first, so torn down last: after the Prefect server and the control plane stop.
+    """
+    data = tmp_path_factory.mktemp("hubfleet-data")
+    os.environ["HUBFLEET_DATA_DIR"] = str(data)
+    yield data
+    me = psutil.Process()
+    left = [p for p in me.children(recursive=True) if p.is_running() and p.status() != "zombie"]
+    left += [p for p in psutil.process_iter() if p.pid != me.pid and _ours(p, str(data))]
+    described = sorted({f"{p.pid}: {' '.join(p.cmdline())[:120]}" for p in left if p.is_running()})
+    for proc in left:  # clean up anyway, by PID, so one failure does not poison the machine
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not described, "tests left processes running:\n" + "\n".join(described)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server (SQLite) for the whole session; flows run against it."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def data_dir(no_leftover_processes: Path) -> Path:
+    return no_leftover_processes
