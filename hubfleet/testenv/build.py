@@ -33,7 +33,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 VERSIONS_FILE = Path(__file__).with_name("versions.toml")
@@ -62,7 +62,9 @@ class ToolBuildError(RuntimeError):
     """A tool could not be built or found. The message says what, which version, the
     command that failed and the end of its output, so CI logs are enough to act on."""
 
-    def __init__(self, tool: str, version: str, command: str | list[str], output: str = "", hint: str = ""):
+    def __init__(
+        self, tool: str, version: str, command: str | list[str], output: str = "", hint: str = ""
+    ):
         self.tool = tool
         self.version = version
         self.command = command if isinstance(command, str) else " ".join(map(str, command))
@@ -71,7 +73,9 @@ class ToolBuildError(RuntimeError):
         if hint:
             msg += f"\n  hint: {hint}"
         if self.output_tail:
-            msg += "\n  output (tail):\n" + "\n".join("    " + ln for ln in self.output_tail.splitlines())
+            msg += "\n  output (tail):\n" + "\n".join(
+                "    " + ln for ln in self.output_tail.splitlines()
+            )
         super().__init__(msg)
 
 
@@ -109,12 +113,27 @@ def _go_env() -> dict[str, str]:
     return env
 
 
-def _run(tool: str, version: str, cmd: list[str], *, cwd: Path | None = None, env: dict | None = None,
-         timeout: float = GO_BUILD_TIMEOUT_S, log: Path | None = None) -> str:
+def _run(
+    tool: str,
+    version: str,
+    cmd: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: float = GO_BUILD_TIMEOUT_S,
+    log: Path | None = None,
+) -> str:
     """Run a build command; on any failure raise ToolBuildError with the output tail."""
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
     except FileNotFoundError as e:
         raise ToolBuildError(tool, version, cmd, str(e)) from e
     except subprocess.TimeoutExpired as e:
@@ -132,9 +151,11 @@ def _run(tool: str, version: str, cmd: list[str], *, cwd: Path | None = None, en
 def check_go() -> str:
     """Return the path of a usable ``go``, or raise ToolBuildError saying how to install it."""
     go = shutil.which("go")
-    hint = ("install Go >= 1.21 (newer toolchains are then fetched from the Go proxy automatically): "
-            "`apt-get install golang-go` on Debian/Ubuntu, or unpack the tarball from "
-            "https://go.dev/dl/ into /usr/local/go and put /usr/local/go/bin on PATH")
+    hint = (
+        "install Go >= 1.21 (newer toolchains are then fetched from the Go proxy automatically): "
+        "`apt-get install golang-go` on Debian/Ubuntu, or unpack the tarball from "
+        "https://go.dev/dl/ into /usr/local/go and put /usr/local/go/bin on PATH"
+    )
     if go is None:
         raise ToolBuildError("go", ">= 1.21", "go version", "go: command not found", hint=hint)
     out = _run("go", ">= 1.21", [go, "version"], timeout=60)
@@ -146,7 +167,14 @@ def check_go() -> str:
 
 def _mod_info(go: str, tool: str, version: str, module_at: str, workdir: Path) -> dict:
     """``go mod download -json module@version``: the module's Dir and GoMod file."""
-    out = _run(tool, version, [go, "mod", "download", "-json", module_at], cwd=workdir, env=_go_env(), timeout=1800)
+    out = _run(
+        tool,
+        version,
+        [go, "mod", "download", "-json", module_at],
+        cwd=workdir,
+        env=_go_env(),
+        timeout=1800,
+    )
     info = json.loads(out)
     if info.get("Error"):
         raise ToolBuildError(tool, version, f"go mod download -json {module_at}", info["Error"])
@@ -159,8 +187,9 @@ def _go_directive(gomod: str) -> str:
     return m.group(1) if m else "1.21"
 
 
-def _write_wrapper(workdir: Path, name: str, go_version: str, requires: dict[str, str],
-                   replaces: dict[str, str]) -> None:
+def _write_wrapper(
+    workdir: Path, name: str, go_version: str, requires: dict[str, str], replaces: dict[str, str]
+) -> None:
     """A throwaway module that pins a program's module and rewrites its local replaces."""
     workdir.mkdir(parents=True, exist_ok=True)
     lines = [f"module hubfleet.local/testenv-build/{name}", "", f"go {go_version}", "", "require ("]
@@ -180,8 +209,11 @@ def _record_build(tool: str, version: str, seconds: float) -> None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         data = {}
-    data[tool] = {"version": version, "seconds": round(seconds, 1),
-                  "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    data[tool] = {
+        "version": version,
+        "seconds": round(seconds, 1),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -223,22 +255,52 @@ def build_kubernetes(version: str, progress: Progress = print) -> dict[str, Path
     major, minor, patch = _version_tuple(version)
     staging = sorted(set(re.findall(r"^\s*(k8s\.io/[\w.\-/]+) v0\.0\.0\s*$", gomod, re.M)))
     if not staging:
-        raise ToolBuildError("kubernetes", version, f"parse {info['GoMod']}", "no k8s.io/* v0.0.0 requirements found")
-    _write_wrapper(work, "kubernetes", _go_directive(gomod), {"k8s.io/kubernetes": f"v{version}"},
-                   {m: f"v0.{minor}.{patch}" for m in staging})
+        raise ToolBuildError(
+            "kubernetes", version, f"parse {info['GoMod']}", "no k8s.io/* v0.0.0 requirements found"
+        )
+    _write_wrapper(
+        work,
+        "kubernetes",
+        _go_directive(gomod),
+        {"k8s.io/kubernetes": f"v{version}"},
+        {m: f"v0.{minor}.{patch}" for m in staging},
+    )
     # The version the binaries report (otherwise v0.0.0-master); clients such as helm read it.
-    stamp = {"gitVersion": f"v{version}", "gitMajor": str(major), "gitMinor": str(minor),
-             "gitTreeState": "clean", "buildDate": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    ldflags = ["-s", "-w"] + [f"-X {pkg}.{k}={v}" for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
-                              for k, v in stamp.items()]
+    stamp = {
+        "gitVersion": f"v{version}",
+        "gitMajor": str(major),
+        "gitMinor": str(minor),
+        "gitTreeState": "clean",
+        "buildDate": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    ldflags = ["-s", "-w"] + [
+        f"-X {pkg}.{k}={v}"
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for k, v in stamp.items()
+    ]
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     progress(f"  kubernetes {version}: go build {' '.join(names)} (cold: 15-25 min on 2 cores) ...")
-    _run("kubernetes", version,
-         [go, "build", "-p", GO_BUILD_PARALLELISM, "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(out) + "/"]
-         + [f"k8s.io/kubernetes/cmd/{n}" for n in names],
-         cwd=work, env=_go_env(), log=log)
+    _run(
+        "kubernetes",
+        version,
+        [
+            go,
+            "build",
+            "-p",
+            GO_BUILD_PARALLELISM,
+            "-trimpath",
+            "-ldflags",
+            " ".join(ldflags),
+            "-o",
+            str(out) + "/",
+        ]
+        + [f"k8s.io/kubernetes/cmd/{n}" for n in names],
+        cwd=work,
+        env=_go_env(),
+        log=log,
+    )
     for n in names:
         _install(n, out / n, dests[n])
     shutil.rmtree(out, ignore_errors=True)
@@ -256,11 +318,27 @@ def build_helm(version: str, progress: Progress = print) -> Path:
     with tempfile.TemporaryDirectory(prefix="hubfleet-build-") as tmp:
         env = _go_env() | {"GOBIN": tmp}
         env["GOFLAGS"] = os.environ.get("GOFLAGS", "")  # -mod=mod is not allowed with pkg@version
-        ldflags = (f"-s -w -X helm.sh/helm/v3/internal/version.version=v{version}"
-                   " -X helm.sh/helm/v3/internal/version.gitTreeState=clean")
-        _run("helm", version, [go, "install", "-p", GO_BUILD_PARALLELISM, "-trimpath", "-ldflags", ldflags,
-                               f"helm.sh/helm/v3/cmd/helm@v{version}"],
-             cwd=Path(tmp), env=env, log=cache_dir() / "logs" / f"helm-{version}.log")
+        ldflags = (
+            f"-s -w -X helm.sh/helm/v3/internal/version.version=v{version}"
+            " -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+        )
+        _run(
+            "helm",
+            version,
+            [
+                go,
+                "install",
+                "-p",
+                GO_BUILD_PARALLELISM,
+                "-trimpath",
+                "-ldflags",
+                ldflags,
+                f"helm.sh/helm/v3/cmd/helm@v{version}",
+            ],
+            cwd=Path(tmp),
+            env=env,
+            log=cache_dir() / "logs" / f"helm-{version}.log",
+        )
         _install("helm", Path(tmp) / "helm", dest)
     _record_build("helm", version, time.monotonic() - t0)
     return dest
@@ -298,12 +376,27 @@ def build_kwok(version: str, progress: Progress = print) -> Path:
         for rel in _KWOK_STAGE_FILES:
             p = Path(info["Dir"]) / rel
             if not p.exists():
-                raise ToolBuildError("kwok", version, f"read {p}", "stage file missing in module source")
+                raise ToolBuildError(
+                    "kwok", version, f"read {p}", "stage file missing in module source"
+                )
             docs.append(p.read_text().strip())
-        _run("kwok", version, [go, "install", "-p", GO_BUILD_PARALLELISM, "-trimpath", "-ldflags",
-                               f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={version}",
-                               f"sigs.k8s.io/kwok/cmd/kwok@v{version}"],
-             cwd=Path(tmp), env=env, log=cache_dir() / "logs" / f"kwok-{version}.log")
+        _run(
+            "kwok",
+            version,
+            [
+                go,
+                "install",
+                "-p",
+                GO_BUILD_PARALLELISM,
+                "-trimpath",
+                "-ldflags",
+                f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={version}",
+                f"sigs.k8s.io/kwok/cmd/kwok@v{version}",
+            ],
+            cwd=Path(tmp),
+            env=env,
+            log=cache_dir() / "logs" / f"kwok-{version}.log",
+        )
         stages.parent.mkdir(parents=True, exist_ok=True)
         stages.write_text("\n---\n".join(docs) + "\n")
         _install("kwok", Path(tmp) / "kwok", dest)
@@ -339,18 +432,43 @@ def build_etcd(version: str, min_system_version: str, progress: Progress = print
     work = cache_dir() / "build" / f"etcd-{version}"
     progress(f"  etcd {version}: go build go.etcd.io/etcd/server/v3 (wrapper module) ...")
     # server/v3 replaces its sibling modules with ../api etc.; pin their releases instead.
-    siblings = ("go.etcd.io/etcd/api/v3", "go.etcd.io/etcd/client/pkg/v3", "go.etcd.io/etcd/client/v3",
-                "go.etcd.io/etcd/pkg/v3")
+    siblings = (
+        "go.etcd.io/etcd/api/v3",
+        "go.etcd.io/etcd/client/pkg/v3",
+        "go.etcd.io/etcd/client/v3",
+        "go.etcd.io/etcd/pkg/v3",
+    )
     work.mkdir(parents=True, exist_ok=True)
     info = _mod_info(go, "etcd", version, f"go.etcd.io/etcd/server/v3@v{version}", work)
-    _write_wrapper(work, "etcd", _go_directive(Path(info["GoMod"]).read_text()),
-                   {"go.etcd.io/etcd/server/v3": f"v{version}"}, {m: f"v{version}" for m in siblings})
+    _write_wrapper(
+        work,
+        "etcd",
+        _go_directive(Path(info["GoMod"]).read_text()),
+        {"go.etcd.io/etcd/server/v3": f"v{version}"},
+        {m: f"v{version}" for m in siblings},
+    )
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    _run("etcd", version, [go, "build", "-p", GO_BUILD_PARALLELISM, "-trimpath", "-ldflags", "-s -w",
-                           "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"],
-         cwd=work, env=_go_env(), log=cache_dir() / "logs" / f"etcd-{version}.log")
+    _run(
+        "etcd",
+        version,
+        [
+            go,
+            "build",
+            "-p",
+            GO_BUILD_PARALLELISM,
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(out / "etcd"),
+            "go.etcd.io/etcd/server/v3",
+        ],
+        cwd=work,
+        env=_go_env(),
+        log=cache_dir() / "logs" / f"etcd-{version}.log",
+    )
     _install("etcd", out / "etcd", dest)
     shutil.rmtree(out, ignore_errors=True)
     _record_build("etcd", version, time.monotonic() - t0)
@@ -362,7 +480,9 @@ def _path_terraform(min_version: str) -> Path | None:
     if not tf:
         return None
     try:
-        out = subprocess.run([tf, "version", "-json"], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run(
+            [tf, "version", "-json"], capture_output=True, text=True, timeout=60
+        ).stdout
         v = json.loads(out)["terraform_version"]
     except (OSError, subprocess.TimeoutExpired, ValueError, KeyError):
         return None
@@ -381,19 +501,45 @@ def build_opentofu(version: str, progress: Progress = print) -> Path:
     info = _mod_info(go, "opentofu", version, f"github.com/opentofu/opentofu@v{version}", work)
     gomod = Path(info["GoMod"]).read_text()
     replaces = {}
-    for old, new, newv in re.findall(r"^\s*(?:replace\s+)?(\S+)(?:\s+\S+)?\s+=>\s+(\S+)\s+(v\S+)\s*$", gomod, re.M):
+    for old, new, newv in re.findall(
+        r"^\s*(?:replace\s+)?(\S+)(?:\s+\S+)?\s+=>\s+(\S+)\s+(v\S+)\s*$", gomod, re.M
+    ):
         replaces[old] = (new, newv)
-    lines = ["module hubfleet.local/testenv-build/opentofu", "", f"go {_go_directive(gomod)}", "",
-             f"require github.com/opentofu/opentofu v{version}", ""]
+    lines = [
+        "module hubfleet.local/testenv-build/opentofu",
+        "",
+        f"go {_go_directive(gomod)}",
+        "",
+        f"require github.com/opentofu/opentofu v{version}",
+        "",
+    ]
     lines += [f"replace {old} => {new} {newv}" for old, (new, newv) in replaces.items()]
     (work / "go.mod").write_text("\n".join(lines) + "\n")
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    progress(f"  opentofu {version}: go build github.com/opentofu/opentofu/cmd/tofu (wrapper module) ...")
-    _run("opentofu", version, [go, "build", "-p", GO_BUILD_PARALLELISM, "-trimpath", "-ldflags", "-s -w",
-                               "-o", str(out / "tofu"), "github.com/opentofu/opentofu/cmd/tofu"],
-         cwd=work, env=_go_env(), log=cache_dir() / "logs" / f"opentofu-{version}.log")
+    progress(
+        f"  opentofu {version}: go build github.com/opentofu/opentofu/cmd/tofu (wrapper module) ..."
+    )
+    _run(
+        "opentofu",
+        version,
+        [
+            go,
+            "build",
+            "-p",
+            GO_BUILD_PARALLELISM,
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(out / "tofu"),
+            "github.com/opentofu/opentofu/cmd/tofu",
+        ],
+        cwd=work,
+        env=_go_env(),
+        log=cache_dir() / "logs" / f"opentofu-{version}.log",
+    )
     _install("opentofu", out / "tofu", dest)
     shutil.rmtree(out, ignore_errors=True)
     _record_build("opentofu", version, time.monotonic() - t0)
@@ -407,7 +553,9 @@ def find_or_build_terraform(versions: dict, progress: Progress = print) -> Path:
         tf = _path_terraform(versions["terraform"]["min_version"])
         if tf is not None:
             return tf
-        progress(f"  terraform: none >= {versions['terraform']['min_version']} on PATH, building OpenTofu")
+        progress(
+            f"  terraform: none >= {versions['terraform']['min_version']} on PATH, building OpenTofu"
+        )
     return build_opentofu(versions["opentofu"]["version"], progress)
 
 
@@ -431,13 +579,23 @@ def ensure_azurite(progress: Progress = print) -> Path:
         pass
     npm = shutil.which("npm")
     if npm is None:
-        raise ToolBuildError("azurite", version, "npm install", "npm: command not found",
-                             hint="install Node.js >= 18 with npm (e.g. `apt-get install nodejs npm`)")
+        raise ToolBuildError(
+            "azurite",
+            version,
+            "npm install",
+            "npm: command not found",
+            hint="install Node.js >= 18 with npm (e.g. `apt-get install nodejs npm`)",
+        )
     t0 = time.monotonic()
     progress(f"  azurite {version}: npm install into {prefix} ...")
     prefix.mkdir(parents=True, exist_ok=True)
-    _run("azurite", version, [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix),
-                              f"azurite@{version}"], timeout=900, log=cache_dir() / "logs" / f"azurite-{version}.log")
+    _run(
+        "azurite",
+        version,
+        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), f"azurite@{version}"],
+        timeout=900,
+        log=cache_dir() / "logs" / f"azurite-{version}.log",
+    )
     if not script.exists():
         raise ToolBuildError("azurite", version, "npm install", f"{script} missing after install")
     _record_build("azurite", version, time.monotonic() - t0)
@@ -455,9 +613,16 @@ def ensure_tools(progress: Progress = print) -> dict[str, Path]:
     v = load_versions()
     tools: dict[str, Path] = {}
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("kubernetes", lambda: tools.update(build_kubernetes(v["kubernetes"]["version"], progress))),
-        ("etcd", lambda: tools.__setitem__("etcd", build_etcd(v["etcd"]["version"],
-                                                              v["etcd"]["min_system_version"], progress))),
+        (
+            "kubernetes",
+            lambda: tools.update(build_kubernetes(v["kubernetes"]["version"], progress)),
+        ),
+        (
+            "etcd",
+            lambda: tools.__setitem__(
+                "etcd", build_etcd(v["etcd"]["version"], v["etcd"]["min_system_version"], progress)
+            ),
+        ),
         ("kwok", lambda: tools.__setitem__("kwok", build_kwok(v["kwok"]["version"], progress))),
         ("helm", lambda: tools.__setitem__("helm", build_helm(v["helm"]["version"], progress))),
         ("terraform", lambda: tools.__setitem__("terraform", find_or_build_terraform(v, progress))),
@@ -473,7 +638,9 @@ def ensure_tools(progress: Progress = print) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Build everything (tools + azurite), printing per-tool progress and timings."""
-    print(f"hubfleet testenv: building tools into {bin_dir()} (versions: {VERSIONS_FILE})", flush=True)
+    print(
+        f"hubfleet testenv: building tools into {bin_dir()} (versions: {VERSIONS_FILE})", flush=True
+    )
 
     def progress(msg: str) -> None:
         print(msg, flush=True)

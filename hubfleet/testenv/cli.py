@@ -10,11 +10,18 @@ from __future__ import annotations
 import typer
 
 from . import build
-from .controlplane import (ControlPlane, ControlPlaneError, default_state_file, status_from_state,
-                           stop_from_state)
+from .controlplane import (
+    ControlPlane,
+    ControlPlaneError,
+    default_state_file,
+    status_from_state,
+    stop_from_state,
+)
 
-app = typer.Typer(help="Local Kubernetes control plane, helm and terraform for tests (built from the Go module proxy).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Local Kubernetes control plane, helm and terraform for tests (built from the Go module proxy).",
+    no_args_is_help=True,
+)
 
 
 @app.command("build")
@@ -24,7 +31,9 @@ def build_cmd() -> None:
 
 
 @app.command()
-def up(timeout: float = typer.Option(120.0, help="Seconds to wait for the control plane to be ready.")) -> None:
+def up(
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the control plane to be ready."),
+) -> None:
     """Start a control plane in the background and print the KUBECONFIG export line."""
     state = status_from_state()
     if state is not None:
@@ -39,8 +48,13 @@ def up(timeout: float = typer.Option(120.0, help="Seconds to wait for the contro
     except build.ToolBuildError as e:
         typer.echo(f"ERROR: {e}", err=True)
         raise typer.Exit(1)
-    cp = ControlPlane(tools, state_file=default_state_file(), detached=True, start_timeout=timeout,
-                      progress=lambda m: typer.echo(m, err=True))
+    cp = ControlPlane(
+        tools,
+        state_file=default_state_file(),
+        detached=True,
+        start_timeout=timeout,
+        progress=lambda m: typer.echo(m, err=True),
+    )
     try:
         cp.start()
     except ControlPlaneError as e:

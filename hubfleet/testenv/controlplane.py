@@ -31,9 +31,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import build
-from ._proc import Component, proc_starttime, set_pdeathsig, log_tail, terminate_pids
+from ._proc import Component, log_tail, proc_starttime, set_pdeathsig, terminate_pids
 
 # Kubernetes service network of the fake cluster; the apiserver's ClusterIP is the first address.
 SERVICE_CIDR = "10.96.0.0/16"
@@ -75,15 +76,27 @@ class NodePool:
 # (user pods tolerate hub.jupyter.org/dedicated=user; the hub and proxy do not).
 DEFAULT_POOLS: tuple[NodePool, ...] = (
     NodePool("core", 2, "core", "n2-highmem-4", cpu="3920m", memory="26Gi"),
-    NodePool("user", 2, "user", "n2-highmem-8", cpu="7910m", memory="55Gi",
-             taints=({"key": "hub.jupyter.org/dedicated", "value": "user", "effect": "NoSchedule"},)),
+    NodePool(
+        "user",
+        2,
+        "user",
+        "n2-highmem-8",
+        cpu="7910m",
+        memory="55Gi",
+        taints=({"key": "hub.jupyter.org/dedicated", "value": "user", "effect": "NoSchedule"},),
+    ),
 )
 
 
 def node_manifest(pool: NodePool, index: int, zone: str = "us-central1-a") -> dict:
     """A Node object for kwok to manage (it fills in conditions, addresses, heartbeats)."""
     name = f"kwok-{pool.name}-{index}"
-    resources = {"cpu": pool.cpu, "memory": pool.memory, "pods": pool.pods, "ephemeral-storage": "95Gi"}
+    resources = {
+        "cpu": pool.cpu,
+        "memory": pool.memory,
+        "pods": pool.pods,
+        "ephemeral-storage": "95Gi",
+    }
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -103,9 +116,16 @@ def node_manifest(pool: NodePool, index: int, zone: str = "us-central1-a") -> di
             },
         },
         "spec": {"taints": [dict(t) for t in pool.taints]} if pool.taints else {},
-        "status": {"allocatable": resources, "capacity": resources,
-                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                                "kubeletVersion": "fake", "kubeProxyVersion": "fake"}},
+        "status": {
+            "allocatable": resources,
+            "capacity": resources,
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "fake",
+                "kubeProxyVersion": "fake",
+            },
+        },
     }
 
 
@@ -118,32 +138,61 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _pem_cert(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _cert(subject: x509.Name, key, issuer: x509.Name, issuer_key, *, ca: bool = False,
-          server_names: tuple[str, ...] = (), server_ips: tuple[str, ...] = (), client: bool = False,
-          days: int = 30) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+def _cert(
+    subject: x509.Name,
+    key,
+    issuer: x509.Name,
+    issuer_key,
+    *,
+    ca: bool = False,
+    server_names: tuple[str, ...] = (),
+    server_ips: tuple[str, ...] = (),
+    client: bool = False,
+    days: int = 30,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ca:
-        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                          content_commitment=False, key_encipherment=False,
-                                          data_encipherment=False, key_agreement=False,
-                                          encipher_only=False, decipher_only=False), critical=True)
+        b = b.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if (server_names or server_ips) else []) + \
-                 ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if (server_names or server_ips) else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        )
         b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    sans = [x509.DNSName(n) for n in server_names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in server_ips]
+    sans = [x509.DNSName(n) for n in server_names] + [
+        x509.IPAddress(ipaddress.ip_address(i)) for i in server_ips
+    ]
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return b.sign(issuer_key, hashes.SHA256())
@@ -191,9 +240,16 @@ class ControlPlane:
     ``workdir`` (temp dir with certs, data and logs), ``components`` (name -> Component).
     """
 
-    def __init__(self, tools: dict[str, Path] | None = None, *, pools: tuple[NodePool, ...] = DEFAULT_POOLS,
-                 state_file: Path | None = None, detached: bool = False,
-                 progress: Callable[[str], None] | None = None, start_timeout: float = 120.0):
+    def __init__(
+        self,
+        tools: dict[str, Path] | None = None,
+        *,
+        pools: tuple[NodePool, ...] = DEFAULT_POOLS,
+        state_file: Path | None = None,
+        detached: bool = False,
+        progress: Callable[[str], None] | None = None,
+        start_timeout: float = 120.0,
+    ):
         self._tools = tools
         self.pools = pools
         self.state_file = state_file
@@ -216,11 +272,17 @@ class ControlPlane:
         self.stop()
 
     # ---- API helpers (stdlib only: keeps startup fast and this module light)
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 5.0
+    ) -> tuple[int, Any]:
         """An admin request to the apiserver; returns (status, parsed JSON or text)."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.server + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+        req = urllib.request.Request(
+            self.server + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, context=self._ssl, timeout=timeout) as r:
                 raw, status = r.read(), r.status
@@ -267,22 +329,36 @@ class ControlPlane:
         ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
         files = {"ca.crt": _pem_cert(ca), "ca.key": _pem_key(ca_key)}
         api_key = _key()
-        files["apiserver.crt"] = _pem_cert(_cert(
-            _name("kube-apiserver"), api_key, ca_name, ca_key,
-            server_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                          "kubernetes.default.svc.cluster.local"),
-            server_ips=("127.0.0.1", SERVICE_IP)))
+        files["apiserver.crt"] = _pem_cert(
+            _cert(
+                _name("kube-apiserver"),
+                api_key,
+                ca_name,
+                ca_key,
+                server_names=(
+                    "localhost",
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                ),
+                server_ips=("127.0.0.1", SERVICE_IP),
+            )
+        )
         files["apiserver.key"] = _pem_key(api_key)
         sa_key = _key()
         files["sa.key"] = _pem_key(sa_key)
-        files["sa.pub"] = sa_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        files["sa.pub"] = sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         kubeconfigs = {}
         for ident, (cn, org) in CLIENTS.items():
             k = _key()
             crt = _pem_cert(_cert(_name(cn, org), k, ca_name, ca_key, client=True))
             files[f"{ident}.crt"], files[f"{ident}.key"] = crt, _pem_key(k)
-            kubeconfigs[ident] = self._kubeconfig(files["ca.crt"], crt, files[f"{ident}.key"], ident)
+            kubeconfigs[ident] = self._kubeconfig(
+                files["ca.crt"], crt, files[f"{ident}.key"], ident
+            )
         for name, content in files.items():
             p = pki / name
             p.write_bytes(content)
@@ -297,35 +373,55 @@ class ControlPlane:
         self.timings["pki"] = time.monotonic() - t0
 
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        self._spawn("etcd", [
-            tools["etcd"], "--name=default", f"--data-dir={w / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
-            f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
-            # A throwaway test store: durability buys nothing and fsync is slow on CI disks.
-            "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=2147483648",
-        ])
-        self._spawn("kube-apiserver", [
-            tools["kube-apiserver"],
-            f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={api_port}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--api-audiences=https://kubernetes.default.svc.cluster.local",
-            "--authorization-mode=RBAC,Node",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-            "--enable-admission-plugins=NodeRestriction",
-            "--profiling=false",
-            # Faster start on 2 cores; fairness between tenants is irrelevant here.
-            "--enable-priority-and-fairness=false",
-        ])
-        self._wait("kube-apiserver /readyz", lambda: self.request("GET", "/readyz", timeout=2)[0] == 200,
-                   watch=("etcd", "kube-apiserver"))
+        self._spawn(
+            "etcd",
+            [
+                tools["etcd"],
+                "--name=default",
+                f"--data-dir={w / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                # A throwaway test store: durability buys nothing and fsync is slow on CI disks.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+                "--quota-backend-bytes=2147483648",
+            ],
+        )
+        self._spawn(
+            "kube-apiserver",
+            [
+                tools["kube-apiserver"],
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--api-audiences=https://kubernetes.default.svc.cluster.local",
+                "--authorization-mode=RBAC,Node",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # The lease reconciler refuses a loopback advertise address; nothing here needs
+                # endpoints for the "kubernetes" Service (no pod really runs).
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--enable-admission-plugins=NodeRestriction",
+                "--profiling=false",
+                # Faster start on 2 cores; fairness between tenants is irrelevant here.
+                "--enable-priority-and-fairness=false",
+            ],
+        )
+        self._wait(
+            "kube-apiserver /readyz",
+            lambda: self.request("GET", "/readyz", timeout=2)[0] == 200,
+            watch=("etcd", "kube-apiserver"),
+        )
         self.timings["apiserver_ready"] = time.monotonic() - t0
 
         # Nodes exist before kwok starts so it picks them up at once.
@@ -335,37 +431,60 @@ class ControlPlane:
                 if status not in (200, 201, 409):
                     raise ControlPlaneError(f"creating fake node failed: {status} {body}")
 
-        self._spawn("kube-controller-manager", [
-            tools["kube-controller-manager"],
-            f"--kubeconfig={w / 'controller-manager.kubeconfig'}",
-            "--leader-elect=false", "--secure-port=0",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # No cloud, no real kubelets: skip controllers that would only log errors.
-            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
-        ])
-        self._spawn("kube-scheduler", [
-            tools["kube-scheduler"], f"--kubeconfig={w / 'scheduler.kubeconfig'}",
-            "--leader-elect=false", "--secure-port=0",
-        ])
-        self._spawn("kwok", [
-            tools["kwok"], f"--kubeconfig={w / 'kwok.kubeconfig'}",
-            f"--config={build.kwok_stages_file(self._kwok_version(tools))}",
-            "--manage-all-nodes=false",
-            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-            "--node-lease-duration-seconds=40",
-            f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                tools["kube-controller-manager"],
+                f"--kubeconfig={w / 'controller-manager.kubeconfig'}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--use-service-account-credentials=true",
+                # Start-up makes ~100 requests (an SA and a token per controller); the default
+                # client rate limit (20 qps) alone cost ~5 s of the start time.
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                tools["kube-scheduler"],
+                f"--kubeconfig={w / 'scheduler.kubeconfig'}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
+            ],
+        )
+        self._spawn(
+            "kwok",
+            [
+                tools["kwok"],
+                f"--kubeconfig={w / 'kwok.kubeconfig'}",
+                f"--config={build.kwok_stages_file(self._kwok_version(tools))}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                "--node-lease-duration-seconds=40",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=10.0.0.1",
+            ],
+        )
         names = [f"kwok-{p.name}-{i}" for p in self.pools for i in range(p.count)]
         self._wait("fake nodes Ready", lambda: self._nodes_ready(names))
         self.timings["nodes_ready"] = time.monotonic() - t0
         # The serviceaccount controller creating "default" proves the controller-manager works;
         # pods cannot be admitted into a namespace before it exists.
-        self._wait("default ServiceAccount", lambda: self.request(
-            "GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200)
+        self._wait(
+            "default ServiceAccount",
+            lambda: (
+                self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
+            ),
+        )
         self.timings["controllers_ready"] = time.monotonic() - t0
         self._progress(f"control plane up at {self.server} in {time.monotonic() - t0:.1f}s")
 
@@ -377,19 +496,40 @@ class ControlPlane:
         status, body = self.request("GET", "/api/v1/nodes")
         if status != 200:
             return False
-        ready = {n["metadata"]["name"] for n in body.get("items", [])
-                 if any(c.get("type") == "Ready" and c.get("status") == "True"
-                        for c in n.get("status", {}).get("conditions", []))}
+        ready = {
+            n["metadata"]["name"]
+            for n in body.get("items", [])
+            if any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
+        }
         return set(names) <= ready
 
     def _kubeconfig(self, ca: bytes, crt: bytes, key: bytes, user: str) -> str:
         b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
         cfg = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "hubfleet-testenv",
-            "clusters": [{"name": "hubfleet-testenv",
-                          "cluster": {"server": self.server, "certificate-authority-data": b64(ca)}}],
-            "users": [{"name": user, "user": {"client-certificate-data": b64(crt), "client-key-data": b64(key)}}],
-            "contexts": [{"name": "hubfleet-testenv", "context": {"cluster": "hubfleet-testenv", "user": user}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "hubfleet-testenv",
+            "clusters": [
+                {
+                    "name": "hubfleet-testenv",
+                    "cluster": {"server": self.server, "certificate-authority-data": b64(ca)},
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {"client-certificate-data": b64(crt), "client-key-data": b64(key)},
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "hubfleet-testenv",
+                    "context": {"cluster": "hubfleet-testenv", "user": user},
+                }
+            ],
         }
         return json.dumps(cfg, indent=2)  # JSON is YAML; every client reads it
 
@@ -397,36 +537,55 @@ class ControlPlane:
         log = self.workdir / "logs" / f"{name}.log"
         f = log.open("wb")
         try:
-            p = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                 cwd=self.workdir, start_new_session=True,
-                                 preexec_fn=None if self.detached else set_pdeathsig)
+            p = subprocess.Popen(
+                [str(a) for a in argv],
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=None if self.detached else set_pdeathsig,
+            )
         finally:
             f.close()
         c = Component(name, p.pid, proc_starttime(p.pid), str(log), p)
         self.components[name] = c
         return c
 
-    def _wait(self, what: str, ready: Callable[[], bool], watch: tuple[str, ...] | None = None) -> None:
+    def _wait(
+        self, what: str, ready: Callable[[], bool], watch: tuple[str, ...] | None = None
+    ) -> None:
         deadline = time.monotonic() + self.start_timeout
         while True:
             for c in self.components.values():
                 if watch is not None and c.name not in watch:
                     continue
                 if not c.alive():
-                    raise ControlPlaneError(f"{c.name} exited while waiting for {what}; log tail:\n{log_tail(c.log)}")
+                    raise ControlPlaneError(
+                        f"{c.name} exited while waiting for {what}; log tail:\n{log_tail(c.log)}"
+                    )
             try:
                 if ready():
                     return
             except (OSError, urllib.error.URLError, ssl.SSLError, ValueError):
                 pass  # not listening yet
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {c.name}\n{log_tail(c.log, 15)}" for c in self.components.values())
-                raise ControlPlaneError(f"timed out after {self.start_timeout:.0f}s waiting for {what}\n{logs}")
+                logs = "\n".join(
+                    f"--- {c.name}\n{log_tail(c.log, 15)}" for c in self.components.values()
+                )
+                raise ControlPlaneError(
+                    f"timed out after {self.start_timeout:.0f}s waiting for {what}\n{logs}"
+                )
             time.sleep(0.1)
 
     def _write_state(self) -> None:
-        state = {"server": self.server, "kubeconfig": str(self.kubeconfig), "workdir": str(self.workdir),
-                 "started_at": time.time(), "components": [c.to_json() for c in self.components.values()]}
+        state = {
+            "server": self.server,
+            "kubeconfig": str(self.kubeconfig),
+            "workdir": str(self.workdir),
+            "started_at": time.time(),
+            "components": [c.to_json() for c in self.components.values()],
+        }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         self.state_file.write_text(json.dumps(state, indent=2) + "\n")
 

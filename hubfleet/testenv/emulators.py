@@ -60,8 +60,16 @@ class _Server:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"hubfleet-{self.name}-"))
         log = self.workdir / f"{self.name}.log"
         with log.open("wb") as f:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                 cwd=self.workdir, env=env, start_new_session=True, preexec_fn=set_pdeathsig)
+            p = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=env,
+                start_new_session=True,
+                preexec_fn=set_pdeathsig,
+            )
         self.component = Component(self.name, p.pid, proc_starttime(p.pid), str(log), p)
         if not self._atexit:
             atexit.register(self.stop)
@@ -107,7 +115,9 @@ class MotoServer(_Server):
     name = "moto"
     BOOTSTRAP_ACTIONS = 3
 
-    def __init__(self, port: int | None = None, region: str = "us-east-1", start_timeout: float = 60.0):
+    def __init__(
+        self, port: int | None = None, region: str = "us-east-1", start_timeout: float = 60.0
+    ):
         super().__init__(port, start_timeout)
         self.region = region
         self.admin_user = "hubfleet-admin"
@@ -124,7 +134,9 @@ class MotoServer(_Server):
         # Never pick up a developer's real AWS credentials or config.
         for k in [k for k in env if k.startswith("AWS_")]:
             del env[k]
-        self._spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env=env)
+        self._spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env=env
+        )
         try:
             self._bootstrap_admin()
         except BaseException:
@@ -135,31 +147,57 @@ class MotoServer(_Server):
     def _bootstrap_admin(self) -> None:
         import boto3  # moto[server] depends on it
 
-        iam = boto3.client("iam", endpoint_url=self.endpoint_url, region_name=self.region,
-                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id="bootstrap",
+            aws_secret_access_key="bootstrap",
+        )
         iam.create_user(UserName=self.admin_user)
-        iam.put_user_policy(UserName=self.admin_user, PolicyName="admin", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        iam.put_user_policy(
+            UserName=self.admin_user,
+            PolicyName="admin",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+                }
+            ),
+        )
         key = iam.create_access_key(UserName=self.admin_user)["AccessKey"]
         self.access_key_id, self.secret_access_key = key["AccessKeyId"], key["SecretAccessKey"]
 
-    def client(self, service: str, access_key_id: str | None = None, secret_access_key: str | None = None) -> Any:
+    def client(
+        self, service: str, access_key_id: str | None = None, secret_access_key: str | None = None
+    ) -> Any:
         """A boto3 client against this server (admin keys unless others are given)."""
         import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region,
-                            aws_access_key_id=access_key_id or self.access_key_id,
-                            aws_secret_access_key=secret_access_key or self.secret_access_key)
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=access_key_id or self.access_key_id,
+            aws_secret_access_key=secret_access_key or self.secret_access_key,
+        )
 
     def env(self) -> dict[str, str]:
         """Environment variables that point AWS SDKs/CLIs at this server with admin keys."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key_id or "", "AWS_SECRET_ACCESS_KEY": self.secret_access_key or "",
-                "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region, "AWS_ENDPOINT_URL": self.endpoint_url}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key_id or "",
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key or "",
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+        }
 
 
 # The Azurite development account (public, documented by Microsoft; not a secret).
 AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 
 
 class Azurite(_Server):
@@ -182,8 +220,10 @@ class Azurite(_Server):
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={self.account_name};AccountKey={self.account_key};"
-                f"BlobEndpoint={self.blob_endpoint};")
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account_name};AccountKey={self.account_key};"
+            f"BlobEndpoint={self.blob_endpoint};"
+        )
 
     def start(self) -> Azurite:
         script = build.ensure_azurite()
@@ -192,6 +232,18 @@ class Azurite(_Server):
             raise EmulatorError("node is not on PATH (Azurite needs Node.js >= 18)")
         # --inMemoryPersistence cannot be combined with --location; nothing touches disk.
         # --skipApiVersionCheck: azure-storage-blob may speak a newer API version than Azurite knows.
-        self._spawn([node, str(script.resolve()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                     "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--silent"])
+        self._spawn(
+            [
+                node,
+                str(script.resolve()),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.port),
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--silent",
+            ]
+        )
         return self
