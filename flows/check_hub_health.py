@@ -8,8 +8,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.artifacts import create_markdown_artifact
 
 from blocks.hub_token import HubOpsToken
 from flows.operation import begin
@@ -21,19 +21,31 @@ from tasks.local_hub import local_hub
 from tasks.retry import transient_retries
 
 
-@task(task_run_name="probe-reachable-{url}", **transient_retries(retries=3, backoff=0.5), cache_policy=NO_CACHE)
+@task(
+    task_run_name="probe-reachable-{url}",
+    **transient_retries(retries=3, backoff=0.5),
+    cache_policy=NO_CACHE,
+)
 async def probe_reachable(url: str) -> float:
     """GET /hub/health (read-only). Transient failures are retried with backoff."""
     return await asyncio.to_thread(api.timed_health, url)
 
 
-@task(task_run_name="probe-api-{url}", **transient_retries(retries=2, backoff=0.5), cache_policy=NO_CACHE)
+@task(
+    task_run_name="probe-api-{url}",
+    **transient_retries(retries=2, backoff=0.5),
+    cache_policy=NO_CACHE,
+)
 async def probe_api(url: str) -> str:
     """GET /hub/api: the hub's version (read-only)."""
     return await asyncio.to_thread(api.version, url)
 
 
-@task(task_run_name="probe-auth-{url}", **transient_retries(retries=2, backoff=0.5), cache_policy=NO_CACHE)
+@task(
+    task_run_name="probe-auth-{url}",
+    **transient_retries(retries=2, backoff=0.5),
+    cache_policy=NO_CACHE,
+)
 async def probe_auth(url: str, block: HubOpsToken | None) -> str:
     """GET /hub/api/user with the ops token (read-only): who the token belongs to."""
     if block is None:
@@ -79,7 +91,7 @@ async def check_hub_health(cluster: str, hub: str, operator: str | None = None) 
             block = await load_ops_token(cluster, hub)
             probes.append(await _probe(Level.auth, probe_auth(url, block)))
     report = judge(op.target, probes)
-    await create_markdown_artifact(
+    await acreate_markdown_artifact(
         key=f"health-{cluster}-{hub}",
         markdown=_markdown(report, url),
         description=f"Health of {op.target}: {report.verdict}",
@@ -95,8 +107,13 @@ def report_dict(report: HealthReport, url: str | None) -> dict[str, Any]:
         "reason": report.reason,
         "latency_ms": report.latency_ms,
         "probes": [
-            {"level": p.level.value, "ok": p.ok, "latency_ms": p.latency_ms,
-             "reason": p.reason, "detail": p.detail}
+            {
+                "level": p.level.value,
+                "ok": p.ok,
+                "latency_ms": p.latency_ms,
+                "reason": p.reason,
+                "detail": p.detail,
+            }
             for p in report.probes
         ],
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import acreate_markdown_artifact
 
 from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
@@ -41,7 +41,7 @@ async def deploy_hub(
     plan = plan_local_hub(local, hub_config_from_values(values))
     logger.info("%s: %s", op.target, plan.action)
     if dry_run:
-        await create_markdown_artifact(
+        await acreate_markdown_artifact(
             key=f"deploy-{cluster}-{hub}",
             markdown=f"# Dry run: deploy {op.target}\n\nWould **{plan.action}** the hub.\n\n"
             f"```python\n{plan.config}\n```\n",
@@ -49,10 +49,12 @@ async def deploy_hub(
         )
         return {"hub": op.target, "action": plan.action, "dry_run": True}
 
-    url = local.state().url if plan.action == "unchanged" else start_local_hub(local, plan).url
+    running = local.state() if plan.action == "unchanged" else start_local_hub(local, plan)
+    assert running is not None  # "unchanged" means it is running
+    url = running.url
     token = await ensure_ops_service(cluster, hub, local, url)
     health = await check_hub_health(cluster, hub, operator=op.operator)
-    await create_markdown_artifact(
+    await acreate_markdown_artifact(
         key=f"deploy-{cluster}-{hub}",
         markdown=f"# Deployed {op.target}\n\n| | |\n|---|---|\n| action | {plan.action} |\n"
         f"| url | {url} |\n| ops token | {token} |\n| health | {health['verdict']} |\n"

@@ -11,6 +11,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -42,6 +43,7 @@ def operator_name(given: str | None) -> str:
 
 def fleet_revision(root: Path) -> str:
     """The registry's git commit, or 'uncommitted' if it has changes or no git history."""
+
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
@@ -74,11 +76,14 @@ async def begin(op: str, cluster: str, hub: str | None, operator: str | None) ->
     run_id = flow_run.get_id()
     if run_id:
         async with get_client() as client:
-            run = await client.read_flow_run(run_id)
+            run = await client.read_flow_run(UUID(run_id))
             tags = sorted(set(run.tags) | set(run_tags(op, cluster, hub, who, revision)))
-            await client.update_flow_run(run_id, tags=tags)
+            await client.update_flow_run(UUID(run_id), tags=tags)
     get_run_logger().info(
-        "%s on %s by %s (fleet revision %s)", op, f"{cluster}/{hub}" if hub else cluster,
-        who, revision,
+        "%s on %s by %s (fleet revision %s)",
+        op,
+        f"{cluster}/{hub}" if hub else cluster,
+        who,
+        revision,
     )
     return Operation(op, fleet, cluster_spec, hub_spec, who, revision)

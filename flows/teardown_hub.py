@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import acreate_markdown_artifact
 
 from blocks.hub_token import HubOpsToken
 from flows.deploy_hub import require_local
@@ -31,13 +31,16 @@ async def teardown_hub(
     archive_root = data_dir() / "archive" / cluster if keep_data else None
     what = (
         f"stop processes {pids or 'none running'}; "
-        + (f"archive {local.directory} under {archive_root}" if keep_data
-           else f"delete {local.directory}")
+        + (
+            f"archive {local.directory} under {archive_root}"
+            if keep_data
+            else f"delete {local.directory}"
+        )
         + f"; delete the ops token block {HubOpsToken.block_name(cluster, hub)}"
     )
     get_run_logger().info("%s: %s", op.target, what)
     if dry_run:
-        await create_markdown_artifact(
+        await acreate_markdown_artifact(
             key=f"teardown-{cluster}-{hub}",
             markdown=f"# Dry run: teardown {op.target}\n\nWould {what}.\n",
             description=f"dry run: teardown {op.target}",
@@ -50,10 +53,11 @@ async def teardown_hub(
         # The hub's database (and with it the service) is gone or archived offline, so the
         # token can no longer be used; the block goes too, so nothing looks current.
         await HubOpsToken.adelete(HubOpsToken.block_name(cluster, hub))
-    await create_markdown_artifact(
+    await acreate_markdown_artifact(
         key=f"teardown-{cluster}-{hub}",
         markdown=f"# Torn down {op.target}\n\nStopped {pids or 'nothing'}; data "
-        + (f"archived at `{archived}`" if archived else "deleted") + ".\n",
+        + (f"archived at `{archived}`" if archived else "deleted")
+        + ".\n",
         description=f"teardown {op.target}",
     )
     return {"hub": op.target, "stopped": pids, "archived": str(archived) if archived else None}

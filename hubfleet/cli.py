@@ -38,7 +38,9 @@ FleetOpt = Annotated[
 OperatorOpt = Annotated[
     str | None, typer.Option(help="Who is running this, for the audit log (default: $USER).")
 ]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would change; change nothing.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
+]
 
 
 def _use_fleet(path: Path | None) -> Path:
@@ -58,7 +60,10 @@ def validate(
 
 @app.command()
 def deploy(
-    cluster: str, hub: str, dry_run: DryRunOpt = False, operator: OperatorOpt = None,
+    cluster: str,
+    hub: str,
+    dry_run: DryRunOpt = False,
+    operator: OperatorOpt = None,
     fleet: FleetOpt = None,
 ) -> None:
     """Deploy or update one hub (a Prefect flow run, recorded in the run history)."""
@@ -83,16 +88,25 @@ def health(cluster: str, hub: str, operator: OperatorOpt = None, fleet: FleetOpt
 
 @app.command()
 def teardown(
-    cluster: str, hub: str, dry_run: DryRunOpt = False,
-    delete_data: Annotated[bool, typer.Option(help="Delete the hub's data instead of archiving it.")] = False,
-    operator: OperatorOpt = None, fleet: FleetOpt = None,
+    cluster: str,
+    hub: str,
+    dry_run: DryRunOpt = False,
+    delete_data: Annotated[
+        bool, typer.Option(help="Delete the hub's data instead of archiving it.")
+    ] = False,
+    operator: OperatorOpt = None,
+    fleet: FleetOpt = None,
 ) -> None:
     """Stop a hub and archive its data (or delete it with --delete-data)."""
     _use_fleet(fleet)
     from flows.teardown_hub import teardown_hub
 
     result = _run(
-        teardown_hub, cluster=cluster, hub=hub, dry_run=dry_run, keep_data=not delete_data,
+        teardown_hub,
+        cluster=cluster,
+        hub=hub,
+        dry_run=dry_run,
+        keep_data=not delete_data,
         operator=operator,
     )
     out.print(result)
@@ -100,7 +114,9 @@ def teardown(
 
 @app.command()
 def demo(
-    down: Annotated[bool, typer.Option("--down", help="Stop every process the demo started.")] = False,
+    down: Annotated[
+        bool, typer.Option("--down", help="Stop every process the demo started.")
+    ] = False,
     port: Annotated[int, typer.Option(help="Port of the local Prefect server.")] = 4200,
     fleet: FleetOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's run logs.")] = False,
@@ -164,7 +180,10 @@ def hub_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         verdict = row["verdict"]
         table.add_row(
-            row["hub"], row["tier"], row["kind"], row["url"] or "-",
+            row["hub"],
+            row["tier"],
+            row["kind"],
+            row["url"] or "-",
             f"[{colours.get(verdict, 'white')}]{verdict}[/]",
             f"{row['latency_ms']:.0f}" if row["latency_ms"] is not None else "-",
             "" if verdict == "healthy" else row["reason"],

@@ -86,6 +86,8 @@ def down(fleet: Fleet, console: Console) -> None:
 
     for cluster, hub in _local_hubs(fleet):
         stopped = local_hub(fleet, cluster, hub.name).stop()
-        console.print(f"{cluster}/{hub.name}: " + (f"stopped {stopped}" if stopped else "not running"))
+        console.print(
+            f"{cluster}/{hub.name}: " + (f"stopped {stopped}" if stopped else "not running")
+        )
     pid = PrefectServer(data_dir() / "prefect").stop()
     console.print(f"Prefect server: {'stopped ' + str(pid) if pid else 'not running'}")

@@ -26,8 +26,7 @@ UUID = r"^[0-9a-f-]{36}$"
 PATTERN_HINTS = {
     DNS_LABEL: "not DNS-safe; use lower-case letters, digits and '-', starting and ending "
     "with a letter or digit, at most 63 characters",
-    DOMAIN: "not a domain name; use lower-case DNS labels separated by dots, e.g. "
-    "hub.example.org",
+    DOMAIN: "not a domain name; use lower-case DNS labels separated by dots, e.g. hub.example.org",
     CRON: "not a cron expression; use five fields, e.g. '0 2 * * *'",
     SEMVER: "not a chart version; use semver, e.g. 0.1.0",
     AWS_ACCOUNT: "not an AWS account id; use the 12 digits, quoted",
@@ -99,7 +98,7 @@ class FleetSettings(Strict):
     notify: list[DnsName] = Field(
         default_factory=list, description="Names of notification blocks told about failures."
     )
-    schedules: Schedules = Field(default_factory=Schedules)
+    schedules: Schedules = Schedules()
 
 
 # --- cluster.yaml -----------------------------------------------------------------------
@@ -229,9 +228,7 @@ class Fleet(BaseModel):
     def summary(self) -> str:
         hubs = [h for c in self.clusters for h in c.hubs]
         events = sum(1 for h in hubs if h.kind is HubKind.event)
-        return (
-            f"{len(self.clusters)} clusters, {len(hubs)} hubs, {events} event hubs"
-        )
+        return f"{len(self.clusters)} clusters, {len(hubs)} hubs, {events} event hubs"
 
 
 ProviderName = Literal["gcp", "aws", "azure", "kubeconfig", "local"]

@@ -89,9 +89,21 @@ class PrefectServer:
         env.pop("PREFECT_API_URL", None)
         with open(self.home / "server.log", "ab") as log:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start",
-                 "--host", "127.0.0.1", "--port", str(self.port)],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         started = psutil.Process(popen.pid).create_time()

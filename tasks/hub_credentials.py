@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
 from blocks.hub_token import HubOpsToken
 from hubfleet.localhub import BOOTSTRAP_USER, OPS_SERVICE_PREFIX
@@ -59,7 +60,7 @@ async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) 
             hub=f"{cluster}/{hub}",
             url=url,
             service_name=name,
-            token=token,
+            token=SecretStr(token),
             created_at=datetime.now(UTC),
         ).asave(HubOpsToken.block_name(cluster, hub), overwrite=True)
         me = await asyncio.to_thread(api.whoami, url, token)
@@ -72,8 +73,13 @@ async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) 
                 logger.info("deleted old ops service %s (its token is revoked)", old)
     finally:
         revoked = await asyncio.to_thread(api.revoke_user_tokens, url, admin, BOOTSTRAP_USER)
-    logger.info("created ops service %s for %s/%s; revoked %d bootstrap token(s)",
-                name, cluster, hub, revoked)
+    logger.info(
+        "created ops service %s for %s/%s; revoked %d bootstrap token(s)",
+        name,
+        cluster,
+        hub,
+        revoked,
+    )
     return "created"
 
 

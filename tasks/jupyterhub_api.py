@@ -37,7 +37,7 @@ def call(
     headers = {"Authorization": f"token {token}"} if token else {}
     try:
         response = requests.request(method, url, headers=headers, json=json, timeout=timeout)
-    except requests.Timeout as exc:
+    except requests.Timeout:
         raise TransientError(f"{method} {url}: no answer within {timeout:g}s") from None
     except requests.ConnectionError as exc:
         raise TransientError(f"{method} {url}: connection failed ({_why(exc)})") from None

@@ -403,7 +403,9 @@ def start_local_hub(local: LocalHub, plan: LocalPlan) -> HubState:
     state = local.start(plan.config, plan.ports)
     get_run_logger().info(
         "%s: hub pid %s, proxy pid %s, %s",
-        local.name, state.hub.pid if state.hub else "-", state.proxy.pid if state.proxy else "-",
+        local.name,
+        state.hub.pid if state.hub else "-",
+        state.proxy.pid if state.proxy else "-",
         state.url,
     )
     return state

@@ -82,7 +82,9 @@ def test_wrong_type(fleet: Path) -> None:
 
 
 def test_unknown_key(fleet: Path) -> None:
-    edit(fleet / "clusters/local/cluster.yaml", "kind: standing", "kind: standing\n    colour: blue")
+    edit(
+        fleet / "clusters/local/cluster.yaml", "kind: standing", "kind: standing\n    colour: blue"
+    )
     assert problems(fleet) == [
         "<fleet>/clusters/local/cluster.yaml:10: hubs[0].colour: unknown key 'colour'; "
         "allowed keys: name, domain, tier, kind, values, chart_version, event"
@@ -98,8 +100,11 @@ def test_duplicate_hub_name(fleet: Path) -> None:
 
 
 def test_duplicate_domain_across_clusters(fleet: Path) -> None:
-    edit(fleet / "clusters/byo-kube/cluster.yaml", "course.university.example.edu",
-         "college.hubs.example.org")
+    edit(
+        fleet / "clusters/byo-kube/cluster.yaml",
+        "course.university.example.edu",
+        "college.hubs.example.org",
+    )
     assert problems(fleet) == [
         "<fleet>/clusters/gcp-central/cluster.yaml:13: hubs[1].domain: domain "
         "'college.hubs.example.org' is already used by hub byo-kube/course; each hub needs "
@@ -108,8 +113,11 @@ def test_duplicate_domain_across_clusters(fleet: Path) -> None:
 
 
 def test_end_before_start(fleet: Path) -> None:
-    edit(fleet / "clusters/local/cluster.yaml", "end: 2027-03-17T18:00:00+01:00",
-         "end: 2027-03-14T18:00:00+01:00")
+    edit(
+        fleet / "clusters/local/cluster.yaml",
+        "end: 2027-03-17T18:00:00+01:00",
+        "end: 2027-03-14T18:00:00+01:00",
+    )
     assert problems(fleet) == [
         "<fleet>/clusters/local/cluster.yaml:22: hubs[2].event.end: 2027-03-14T18:00:00+01:00 "
         "is not after start 2027-03-15T09:00:00+01:00; the end must be later than the start"
@@ -134,8 +142,11 @@ def test_naive_datetime_and_bad_enum_and_dns_name(fleet: Path) -> None:
 
 def test_provider_section_required_and_exclusive(fleet: Path) -> None:
     path = fleet / "clusters/gcp-central/cluster.yaml"
-    edit(path, "gcp:\n  project: example-hubs-123\n  region: us-central1\n  zone: us-central1-b\n",
-         "")
+    edit(
+        path,
+        "gcp:\n  project: example-hubs-123\n  region: us-central1\n  zone: us-central1-b\n",
+        "",
+    )
     assert problems(fleet) == [
         "<fleet>/clusters/gcp-central/cluster.yaml:2: gcp: required when provider is 'gcp'; "
         "add a 'gcp:' section with project and region"
@@ -165,7 +176,9 @@ def test_every_problem_is_listed_not_just_the_first(fleet: Path) -> None:
 def test_cli_validate(fleet: Path) -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "hubfleet.cli", "validate", str(fleet)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "fleet example-fleet is valid: 5 clusters, 10 hubs, 2 event hubs"
@@ -173,7 +186,9 @@ def test_cli_validate(fleet: Path) -> None:
     edit(fleet / "clusters/local/cluster.yaml", "kind: standing", "kind: standin")
     bad = subprocess.run(
         [sys.executable, "-m", "hubfleet.cli", "validate", str(fleet)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr + bad.stdout
