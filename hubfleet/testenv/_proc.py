@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,13 @@ def set_pdeathsig() -> None:  # pragma: no cover - runs in the child between for
     # PR_SET_PDEATHSIG = 1: the kernel sends SIGTERM to the child when its parent dies,
     # so no component outlives a crashed or killed test run.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def pdeathsig_preexec():
+    """``preexec_fn`` that ties a child to this process, or None when not on the main thread:
+    the kernel sends the signal when the *thread* that forked the child exits, so a control
+    plane started from a worker thread (a Prefect task, say) would die with that thread."""
+    return set_pdeathsig if threading.current_thread() is threading.main_thread() else None
 
 
 @dataclass

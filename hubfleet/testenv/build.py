@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,7 +68,8 @@ class ToolBuildError(RuntimeError):
     ):
         self.tool = tool
         self.version = version
-        self.command = command if isinstance(command, str) else " ".join(map(str, command))
+        # shlex.join: the printed command can be pasted into a shell as is.
+        self.command = command if isinstance(command, str) else shlex.join(map(str, command))
         self.output_tail = "\n".join(output.strip().splitlines()[-40:])
         msg = f"building {tool} {version} failed\n  command: {self.command}"
         if hint:
@@ -554,7 +556,8 @@ def find_or_build_terraform(versions: dict, progress: Progress = print) -> Path:
         if tf is not None:
             return tf
         progress(
-            f"  terraform: none >= {versions['terraform']['min_version']} on PATH, building OpenTofu"
+            f"  terraform: none >= {versions['terraform']['min_version']} on PATH; "
+            "building OpenTofu"
         )
     return build_opentofu(versions["opentofu"]["version"], progress)
 

@@ -19,7 +19,8 @@ from .controlplane import (
 )
 
 app = typer.Typer(
-    help="Local Kubernetes control plane, helm and terraform for tests (built from the Go module proxy).",
+    help="Local Kubernetes control plane, helm and terraform for tests "
+    "(built from the Go module proxy).",
     no_args_is_help=True,
 )
 
@@ -47,7 +48,7 @@ def up(
         tools = build.ensure_tools(progress=lambda m: typer.echo(m, err=True))
     except build.ToolBuildError as e:
         typer.echo(f"ERROR: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     cp = ControlPlane(
         tools,
         state_file=default_state_file(),
@@ -59,7 +60,7 @@ def up(
         cp.start()
     except ControlPlaneError as e:
         typer.echo(f"ERROR: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(f"export KUBECONFIG={cp.kubeconfig}")
 
 

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import build
-from ._proc import Component, log_tail, proc_starttime, set_pdeathsig, terminate_pids
+from ._proc import Component, log_tail, pdeathsig_preexec, proc_starttime, terminate_pids
 
 # Kubernetes service network of the fake cluster; the apiserver's ClusterIP is the first address.
 SERVICE_CIDR = "10.96.0.0/16"
@@ -229,8 +229,10 @@ def _free_port() -> int:
 
 
 def default_state_file() -> Path:
-    """Where ``hubfleet testenv up`` records the running control plane."""
-    return build.cache_dir() / "testenv" / "controlplane.json"
+    """Where ``hubfleet testenv up`` records the running control plane
+    (``$HUBFLEET_TESTENV_STATE`` overrides, e.g. for a second, independent one)."""
+    override = os.environ.get("HUBFLEET_TESTENV_STATE")
+    return Path(override) if override else build.cache_dir() / "testenv" / "controlplane.json"
 
 
 class ControlPlane:
@@ -276,6 +278,8 @@ class ControlPlane:
         self, method: str, path: str, body: Any = None, timeout: float = 5.0
     ) -> tuple[int, Any]:
         """An admin request to the apiserver; returns (status, parsed JSON or text)."""
+        if self.server is None:
+            raise ControlPlaneError("control plane not started")
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.server + path,
@@ -317,6 +321,7 @@ class ControlPlane:
     def _start(self, tools: dict[str, Path]) -> None:
         t0 = time.monotonic()
         w = self.workdir
+        assert w is not None  # set by start()
         pki = w / "pki"
         pki.mkdir()
         (w / "logs").mkdir()
@@ -363,10 +368,10 @@ class ControlPlane:
             p = pki / name
             p.write_bytes(content)
             p.chmod(0o600)
-        for ident, content in kubeconfigs.items():
-            p = w / f"{ident}.kubeconfig"
-            p.write_text(content)
-            p.chmod(0o600)
+        for ident, kc in kubeconfigs.items():
+            kc_path = w / f"{ident}.kubeconfig"
+            kc_path.write_text(kc)
+            kc_path.chmod(0o600)
         self.kubeconfig = w / "admin.kubeconfig"
         self._ssl = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         self._ssl.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
@@ -534,6 +539,7 @@ class ControlPlane:
         return json.dumps(cfg, indent=2)  # JSON is YAML; every client reads it
 
     def _spawn(self, name: str, argv: list) -> Component:
+        assert self.workdir is not None
         log = self.workdir / "logs" / f"{name}.log"
         f = log.open("wb")
         try:
@@ -544,7 +550,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 start_new_session=True,
-                preexec_fn=None if self.detached else set_pdeathsig,
+                preexec_fn=None if self.detached else pdeathsig_preexec(),
             )
         finally:
             f.close()
@@ -579,6 +585,7 @@ class ControlPlane:
             time.sleep(0.1)
 
     def _write_state(self) -> None:
+        assert self.state_file is not None
         state = {
             "server": self.server,
             "kubeconfig": str(self.kubeconfig),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import build
-from ._proc import Component, log_tail, proc_starttime, set_pdeathsig, terminate_pids
+from ._proc import Component, log_tail, pdeathsig_preexec, proc_starttime, terminate_pids
 
 
 class EmulatorError(RuntimeError):
@@ -68,7 +68,7 @@ class _Server:
                 cwd=self.workdir,
                 env=env,
                 start_new_session=True,
-                preexec_fn=set_pdeathsig,
+                preexec_fn=pdeathsig_preexec(),
             )
         self.component = Component(self.name, p.pid, proc_starttime(p.pid), str(log), p)
         if not self._atexit:
@@ -81,7 +81,10 @@ class _Server:
                 self.stop()
                 raise EmulatorError(msg)
             if time.monotonic() > deadline:
-                msg = f"{self.name} did not listen on 127.0.0.1:{self.port} in {self.start_timeout:.0f}s:\n{log_tail(log)}"
+                msg = (
+                    f"{self.name} did not listen on 127.0.0.1:{self.port} "
+                    f"in {self.start_timeout:.0f}s:\n{log_tail(log)}"
+                )
                 self.stop()
                 raise EmulatorError(msg)
             time.sleep(0.1)
@@ -231,7 +234,8 @@ class Azurite(_Server):
         if node is None:
             raise EmulatorError("node is not on PATH (Azurite needs Node.js >= 18)")
         # --inMemoryPersistence cannot be combined with --location; nothing touches disk.
-        # --skipApiVersionCheck: azure-storage-blob may speak a newer API version than Azurite knows.
+        # --skipApiVersionCheck: azure-storage-blob may speak a newer API version than
+        # Azurite knows.
         self._spawn(
             [
                 node,

@@ -51,7 +51,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def testenv_tools(pytestconfig) -> dict[str, Path]:
-    """Paths of kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok, helm, terraform."""
+    """Tool name -> binary: kube-apiserver, kube-controller-manager, kube-scheduler, etcd,
+    kwok, helm, terraform."""
     result = pytestconfig.stash.get(_TOOLS_KEY, None)
     if result is None:
         try:
@@ -117,7 +118,8 @@ def terraform_bin(testenv_tools) -> Path:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    """moto server (IAM, STS, S3, ...) with auth enforced; ``.access_key_id`` etc. are an admin's."""
+    """moto server (IAM, STS, S3, ...) with auth enforced; ``.access_key_id`` etc. are an
+    admin's."""
     server = MotoServer()
     try:
         server.start()

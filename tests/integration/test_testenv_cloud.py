@@ -22,10 +22,13 @@ def test_moto_admin_credentials_work(moto_server):
     assert s3.get_object(Bucket="hub-exports", Key="hub1/export.tar")["Body"].read() == b"data"
 
 
-@pytest.mark.parametrize("service,call", [("sts", "get_caller_identity"), ("s3", "list_buckets"),
-                                          ("iam", "list_users")])
+@pytest.mark.parametrize(
+    "service,call", [("sts", "get_caller_identity"), ("s3", "list_buckets"), ("iam", "list_users")]
+)
 def test_moto_refuses_unknown_access_key(moto_server, service, call):
-    bad = moto_server.client(service, access_key_id="AKIAIOSFODNN7EXAMPLE", secret_access_key="wrong")
+    bad = moto_server.client(
+        service, access_key_id="AKIAIOSFODNN7EXAMPLE", secret_access_key="wrong"
+    )
     with pytest.raises(ClientError) as exc:
         getattr(bad, call)()
     assert exc.value.response["Error"]["Code"] in {"InvalidClientTokenId", "InvalidAccessKeyId"}
@@ -33,7 +36,9 @@ def test_moto_refuses_unknown_access_key(moto_server, service, call):
 
 
 def test_moto_refuses_wrong_secret_for_real_key(moto_server):
-    bad = moto_server.client("s3", access_key_id=moto_server.access_key_id, secret_access_key="not-the-secret")
+    bad = moto_server.client(
+        "s3", access_key_id=moto_server.access_key_id, secret_access_key="not-the-secret"
+    )
     with pytest.raises(ClientError) as exc:
         bad.list_buckets()
     assert exc.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
@@ -43,9 +48,18 @@ def test_moto_enforces_iam_policy(moto_server):
     """A valid user whose policy only allows listing buckets is denied writes."""
     iam = moto_server.client("iam")
     iam.create_user(UserName="reader")
-    iam.put_user_policy(UserName="reader", PolicyName="list-only", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="reader",
+        PolicyName="list-only",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}
+                ],
+            }
+        ),
+    )
     key = iam.create_access_key(UserName="reader")["AccessKey"]
     moto_server.client("s3").create_bucket(Bucket="reader-test")
 
@@ -64,7 +78,9 @@ def test_moto_enforces_iam_policy(moto_server):
 def test_moto_env_points_sdks_at_server(moto_server, monkeypatch):
     for k, v in moto_server.env().items():
         monkeypatch.setenv(k, v)
-    assert boto3.client("sts").get_caller_identity()["Arn"].endswith(f":user/{moto_server.admin_user}")
+    assert (
+        boto3.client("sts").get_caller_identity()["Arn"].endswith(f":user/{moto_server.admin_user}")
+    )
 
 
 def test_azurite_blob_upload_list_download(azurite):
@@ -86,8 +102,10 @@ def test_azurite_refuses_wrong_account_key(azurite):
     from azure.storage.blob import BlobServiceClient
 
     wrong = base64.b64encode(b"x" * 64).decode()
-    svc = BlobServiceClient(account_url=azurite.blob_endpoint,
-                            credential={"account_name": azurite.account_name, "account_key": wrong})
+    svc = BlobServiceClient(
+        account_url=azurite.blob_endpoint,
+        credential={"account_name": azurite.account_name, "account_key": wrong},
+    )
     with pytest.raises((ClientAuthenticationError, HttpResponseError)) as exc:
         svc.create_container("should-not-exist")
     assert exc.value.status_code == 403

@@ -75,14 +75,20 @@ def chart(tmp_path: Path) -> Path:
 @pytest.fixture
 def run_helm(helm, kube, tmp_path):
     """Run helm against the control plane with its own config/cache dirs (no user state)."""
-    env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig),
-               HELM_CONFIG_HOME=str(tmp_path / "helm-config"), HELM_CACHE_HOME=str(tmp_path / "helm-cache"),
-               HELM_DATA_HOME=str(tmp_path / "helm-data"))
+    env = dict(
+        os.environ,
+        KUBECONFIG=str(kube.kubeconfig),
+        HELM_CONFIG_HOME=str(tmp_path / "helm-config"),
+        HELM_CACHE_HOME=str(tmp_path / "helm-cache"),
+        HELM_DATA_HOME=str(tmp_path / "helm-data"),
+    )
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         p = subprocess.run([str(helm), *args], env=env, capture_output=True, text=True, timeout=180)
         if check and p.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+            raise AssertionError(
+                f"helm {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+            )
         return p
 
     return run
@@ -97,8 +103,18 @@ def test_helm_release_lifecycle(run_helm, chart, kube_api, kube_namespace):
     assert apps.read_namespaced_deployment("hub1-hub", ns).status.ready_replicas == 1
     assert core.read_namespaced_config_map("hub1-config", ns).data["message"] == "hello"
 
-    run_helm("upgrade", "hub1", str(chart), "-n", ns, "--set", "replicas=2,message=upgraded",
-             "--wait", "--timeout", "90s")
+    run_helm(
+        "upgrade",
+        "hub1",
+        str(chart),
+        "-n",
+        ns,
+        "--set",
+        "replicas=2,message=upgraded",
+        "--wait",
+        "--timeout",
+        "90s",
+    )
     assert apps.read_namespaced_deployment("hub1-hub", ns).status.ready_replicas == 2
     assert core.read_namespaced_config_map("hub1-config", ns).data["message"] == "upgraded"
     values = json.loads(run_helm("get", "values", "hub1", "-n", ns, "-o", "json").stdout)
@@ -125,8 +141,21 @@ def test_helm_reports_failed_rollout(run_helm, chart, kube_namespace):
     """A release whose pods can never be scheduled fails --wait: the check can fail."""
     # Select a node purpose no node has: the pod stays Pending and helm must report failure.
     (chart / "templates" / "deployment.yaml").write_text(
-        DEPLOYMENT.replace("hub.jupyter.org/node-purpose: core", "hub.jupyter.org/node-purpose: nowhere"))
-    p = run_helm("install", "stuck", str(chart), "-n", kube_namespace, "--wait", "--timeout", "8s", check=False)
+        DEPLOYMENT.replace(
+            "hub.jupyter.org/node-purpose: core", "hub.jupyter.org/node-purpose: nowhere"
+        )
+    )
+    p = run_helm(
+        "install",
+        "stuck",
+        str(chart),
+        "-n",
+        kube_namespace,
+        "--wait",
+        "--timeout",
+        "8s",
+        check=False,
+    )
     assert p.returncode != 0
     history = json.loads(run_helm("history", "stuck", "-n", kube_namespace, "-o", "json").stdout)
     assert history[-1]["status"] == "failed"

@@ -39,16 +39,29 @@ def tf(terraform_bin, tmp_path):
     module.mkdir()
     (module / "main.tf").write_text(MAIN_TF)
     # No network: no update checks; keep plugin/data dirs inside the test's tmp dir.
-    env = dict(os.environ, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1",
-               TF_DATA_DIR=str(tmp_path / "tf-data"), TF_CLI_CONFIG_FILE=str(tmp_path / "none.tfrc"))
+    env = dict(
+        os.environ,
+        CHECKPOINT_DISABLE="1",
+        TF_IN_AUTOMATION="1",
+        TF_DATA_DIR=str(tmp_path / "tf-data"),
+        TF_CLI_CONFIG_FILE=str(tmp_path / "none.tfrc"),
+    )
     (tmp_path / "none.tfrc").write_text("")
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run([str(terraform_bin), *args], cwd=module, env=env, capture_output=True, text=True,
-                           timeout=300)
+        p = subprocess.run(
+            [str(terraform_bin), *args],
+            cwd=module,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if check and p.returncode != 0:
-            raise AssertionError(f"{Path(terraform_bin).name} {' '.join(args)} failed ({p.returncode}):\n"
-                                 f"{p.stdout}\n{p.stderr}")
+            raise AssertionError(
+                f"{Path(terraform_bin).name} {' '.join(args)} failed ({p.returncode}):\n"
+                f"{p.stdout}\n{p.stderr}"
+            )
         return p
 
     run.module = module
@@ -59,8 +72,16 @@ def test_terraform_data_module_lifecycle(tf):
     tf("init", "-input=false", "-no-color")
 
     # -detailed-exitcode: 2 means "changes to apply" (what drift detection relies on).
-    plan = tf("plan", "-input=false", "-no-color", "-var", "hub_name=staging", "-out=tfplan",
-              "-detailed-exitcode", check=False)
+    plan = tf(
+        "plan",
+        "-input=false",
+        "-no-color",
+        "-var",
+        "hub_name=staging",
+        "-out=tfplan",
+        "-detailed-exitcode",
+        check=False,
+    )
     assert plan.returncode == 2, plan.stdout + plan.stderr
     assert "2 to add, 0 to change, 0 to destroy" in plan.stdout
 
@@ -69,12 +90,30 @@ def test_terraform_data_module_lifecycle(tf):
     assert out["hub_domain"]["value"] == "staging.hubs.example.org"
     state = json.loads(tf("show", "-json").stdout)
     assert {r["address"] for r in state["values"]["root_module"]["resources"]} == {
-        "terraform_data.hub", "terraform_data.dns"}
+        "terraform_data.hub",
+        "terraform_data.dns",
+    }
 
     # Same inputs: no changes. A renamed hub: the DNS record is replaced.
-    same = tf("plan", "-input=false", "-no-color", "-var", "hub_name=staging", "-detailed-exitcode", check=False)
+    same = tf(
+        "plan",
+        "-input=false",
+        "-no-color",
+        "-var",
+        "hub_name=staging",
+        "-detailed-exitcode",
+        check=False,
+    )
     assert same.returncode == 0, same.stdout + same.stderr
-    renamed = tf("plan", "-input=false", "-no-color", "-var", "hub_name=prod", "-detailed-exitcode", check=False)
+    renamed = tf(
+        "plan",
+        "-input=false",
+        "-no-color",
+        "-var",
+        "hub_name=prod",
+        "-detailed-exitcode",
+        check=False,
+    )
     assert renamed.returncode == 2
     assert "must be replaced" in renamed.stdout
 
@@ -85,7 +124,9 @@ def test_terraform_data_module_lifecycle(tf):
 
 
 def test_terraform_rejects_invalid_module(tf):
-    (tf.module / "main.tf").write_text(MAIN_TF + '\nresource "terraform_data" "broken" {\n  input = var.nope\n}\n')
+    (tf.module / "main.tf").write_text(
+        MAIN_TF + '\nresource "terraform_data" "broken" {\n  input = var.nope\n}\n'
+    )
     tf("init", "-input=false", "-no-color")
     p = tf("validate", "-no-color", check=False)
     assert p.returncode != 0
