@@ -147,7 +147,16 @@ def _run(flow: Any, **params: Any) -> Any:
     return asyncio.run(flow(**params))
 
 
-def _mount_testenv() -> None:
+# Commands that live beside their operation's code. Each module defines
+# `register(app: typer.Typer) -> None`; add a module here to add its commands.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(app)
     try:
         from hubfleet.testenv.cli import app as testenv_app
     except ImportError:  # the test environment is optional at run time
@@ -155,7 +164,7 @@ def _mount_testenv() -> None:
     app.add_typer(testenv_app, name="testenv")
 
 
-_mount_testenv()
+_register_commands()
 
 
 def main() -> None:
