@@ -1,0 +1,107 @@
+"""Who may change what at once: Prefect global concurrency limits, always `strict=True`.
+
+Three kinds of limit per cluster (names use '.', which no DNS-safe hub or cluster name has,
+so `a-b`/`c` and `a`/`b-c` can never collide):
+
+* `hubfleet.hub.<cluster>.<hub>` (1 slot): one mutating operation per hub at a time.
+* `hubfleet.cluster.<cluster>` (CLUSTER_SLOTS slots): a hub operation holds one slot, a
+  cluster-level operation (support chart, provisioning) holds them all, so it excludes every
+  hub operation on that cluster and they exclude it.
+* `hubfleet.deploy.<cluster>` (`parallelism` slots): how many hubs a fleet run changes at
+  once on the cluster.
+
+`strict=True` everywhere: without it Prefect silently skips a missing limit and nothing is
+locked. `ensure_concurrency_limits(fleet)` creates them (idempotent); `hubfleet setup` calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.concurrency.asyncio import concurrency
+from prefect.exceptions import MissingContextError
+
+from hubfleet.errors import HubfleetError
+from hubfleet.model import Fleet
+
+#: Slots of a cluster limit; a cluster-level operation takes all of them.
+CLUSTER_SLOTS = 1000
+
+
+class LockTimeout(HubfleetError):
+    """A lock was not free within the time allowed; nothing was changed."""
+
+
+def hub_limit(cluster: str, hub: str) -> str:
+    return f"hubfleet.hub.{cluster}.{hub}"
+
+
+def cluster_limit(cluster: str) -> str:
+    return f"hubfleet.cluster.{cluster}"
+
+
+def deploy_limit(cluster: str) -> str:
+    return f"hubfleet.deploy.{cluster}"
+
+
+def _log(msg: str, *args: object) -> None:
+    try:
+        get_run_logger().info(msg, *args)
+    except MissingContextError:
+        pass
+
+
+async def ensure_concurrency_limits(fleet: Fleet) -> list[str]:
+    """Create or update every limit the fleet needs; returns their names. Idempotent."""
+    wanted: dict[str, int] = {}
+    for cluster in fleet.clusters:
+        wanted[cluster_limit(cluster.name)] = CLUSTER_SLOTS
+        wanted[deploy_limit(cluster.name)] = fleet.settings.parallelism
+        for hub in cluster.hubs:
+            wanted[hub_limit(cluster.name, hub.name)] = 1
+    async with get_client() as client:
+        for name, slots in wanted.items():
+            await client.upsert_global_concurrency_limit_by_name(name, slots)
+    return sorted(wanted)
+
+
+@asynccontextmanager
+async def _hold(
+    names: list[str], occupy: int, what: str, timeout: float | None
+) -> AsyncIterator[None]:
+    _log("waiting for lock: %s", what)
+    try:
+        async with concurrency(names, occupy=occupy, timeout_seconds=timeout, strict=True):
+            _log("holding lock: %s", what)
+            yield
+    except TimeoutError:
+        raise LockTimeout(
+            f"{what} is busy: another operation held it for more than {timeout:g}s; "
+            "see the running flow runs in the Prefect UI and retry. Nothing was changed."
+        ) from None
+    _log("released lock: %s", what)
+
+
+@asynccontextmanager
+async def hub_lock(cluster: str, hub: str, timeout: float | None = None) -> AsyncIterator[None]:
+    """Exclusive right to change `cluster/hub` (and one shared slot of its cluster)."""
+    names = [hub_limit(cluster, hub), cluster_limit(cluster)]
+    async with _hold(names, 1, f"hub {cluster}/{hub}", timeout):
+        yield
+
+
+@asynccontextmanager
+async def cluster_lock(cluster: str, timeout: float | None = None) -> AsyncIterator[None]:
+    """Exclusive right to change `cluster` itself: no hub operation runs on it meanwhile."""
+    async with _hold([cluster_limit(cluster)], CLUSTER_SLOTS, f"cluster {cluster}", timeout):
+        yield
+
+
+@asynccontextmanager
+async def deploy_slot(cluster: str, timeout: float | None = None) -> AsyncIterator[None]:
+    """One of the cluster's `parallelism` slots for a fleet run's hub change."""
+    async with _hold([deploy_limit(cluster)], 1, f"deploy slot on {cluster}", timeout):
+        yield
