@@ -83,6 +83,30 @@ class Schedules(Strict):
     detect_drift: CronExpr = Field("30 2 * * *", description="Terraform drift detection.")
 
 
+class CredentialPolicy(Strict):
+    """How old each kind of credential may get before `rotate_credentials` replaces it."""
+
+    hub_ops_token: timedelta = Field(
+        timedelta(days=30), gt=timedelta(0), description="Max age of a hub's ops token."
+    )
+    deployer: timedelta = Field(
+        timedelta(days=90),
+        gt=timedelta(0),
+        description="Max age of a cluster's deployer credential (cloud key or SA token).",
+    )
+    hub_secret: timedelta = Field(
+        timedelta(days=365),
+        gt=timedelta(0),
+        description="Max age of hub secrets (proxy token, cookie secret); rotated only "
+        "when asked, because users must log in again.",
+    )
+    warn_within: timedelta = Field(
+        timedelta(days=14),
+        ge=timedelta(0),
+        description="Flag a credential (or TLS certificate) this long before its limit.",
+    )
+
+
 class FleetSettings(Strict):
     """`fleet/fleet.yaml`: defaults for every cluster and hub."""
 
@@ -99,6 +123,7 @@ class FleetSettings(Strict):
         default_factory=list, description="Names of notification blocks told about failures."
     )
     schedules: Schedules = Schedules()
+    credentials: CredentialPolicy = CredentialPolicy()
 
 
 # --- cluster.yaml -----------------------------------------------------------------------
