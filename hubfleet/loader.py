@@ -28,6 +28,7 @@ from hubfleet.model import (
     HubKind,
     Provider,
 )
+from hubfleet.terraform_inputs import check_against_module
 
 Loc = tuple[str | int, ...]
 
@@ -316,6 +317,7 @@ def _check_cluster(doc: _Doc, cluster: Cluster, directory: Path) -> list[Problem
             )
         )
     problems += _check_provider(doc, cluster)
+    problems += [doc.problem(loc, msg) for loc, msg in check_against_module(cluster)]
     return problems
 
 

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from hubfleet.terraform_inputs import TerraformSettings
+
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 DOMAIN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$"
 CRON = r"^\S+( \S+){4}$"
@@ -213,6 +215,9 @@ class Cluster(Strict):
     azure: AzureSettings | None = None
     kubeconfig: KubeconfigSettings | None = None
     local: LocalSettings | None = None
+    terraform: TerraformSettings | None = Field(
+        None, description="How Terraform builds the cluster (hubfleet.terraform_inputs)."
+    )
     hubs: list[Hub] = Field(default_factory=list)
 
     def hub(self, name: str) -> Hub:
