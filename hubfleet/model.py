@@ -12,8 +12,16 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from hubfleet.terraform_inputs import TerraformSettings
 
@@ -23,6 +31,7 @@ CRON = r"^\S+( \S+){4}$"
 SEMVER = r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$"
 AWS_ACCOUNT = r"^\d{12}$"
 UUID = r"^[0-9a-f-]{36}$"
+EXPORT_URL = r"^(file:///.*|(s3|az|gs)://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$"
 
 #: What to tell a user whose value does not match one of the patterns above.
 PATTERN_HINTS = {
@@ -33,6 +42,8 @@ PATTERN_HINTS = {
     SEMVER: "not a chart version; use semver, e.g. 0.1.0",
     AWS_ACCOUNT: "not an AWS account id; use the 12 digits, quoted",
     UUID: "not a subscription id; use the lower-case UUID",
+    EXPORT_URL: "not an export location; use file:///dir, s3://bucket/prefix, "
+    "az://container/prefix or gs://bucket/prefix",
 }
 
 #: A DNS label (RFC 1123): it becomes a Kubernetes namespace, a Helm release and a URL part.
@@ -173,6 +184,19 @@ class PreWarm(Strict):
     )
 
 
+class ExportTarget(Strict):
+    """Where an event hub's home directories go before it is removed."""
+
+    url: Annotated[str, StringConstraints(pattern=EXPORT_URL)] = Field(
+        description="file:///dir, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix."
+    )
+    credentials: DnsName | None = Field(
+        None,
+        description="Block holding the cloud login (AwsCredentials, AzureBlobStorageCredentials "
+        "or GcpCredentials); default: the SDK's own credential chain.",
+    )
+
+
 class EventSpec(Strict):
     """When an event hub exists, who runs it, and what happens to its data."""
 
@@ -185,6 +209,30 @@ class EventSpec(Strict):
         timedelta(hours=24), description="How long after end the hub is expired."
     )
     prewarm: PreWarm | None = Field(None, description="Warm capacity before start.")
+    timezone: str | None = Field(
+        None, description="IANA time zone used when telling organizers times, e.g. Europe/Paris."
+    )
+    reminders: list[timedelta] = Field(
+        default_factory=lambda: [timedelta(hours=48), timedelta(hours=2)],
+        description="Organizers are reminded this long before expiry (end + grace).",
+    )
+    export: ExportTarget | None = Field(
+        None,
+        description="Where homes are exported (data_policy: export); default on local: "
+        "a directory under the data dir.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown time zone {value!r}; use an IANA name such as Europe/Paris"
+                ) from None
+        return value
 
     @property
     def expires_at(self) -> datetime:
