@@ -15,6 +15,7 @@ from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run
 
 from hubfleet.loader import load_fleet
@@ -39,6 +40,21 @@ class Operation:
 def operator_name(given: str | None) -> str:
     """Who started the run: the `operator` parameter, else $USER."""
     return given or os.environ.get("USER") or getpass.getuser()
+
+
+#: Recorded for a deployment run started from the Prefect UI or API without an operator:
+#: self-hosted Prefect does not say who clicked, and the worker's $USER would be a lie.
+UNKNOWN_UI_OPERATOR = "unknown(ui/api)"
+
+
+def deployment_run_operator(run: FlowRun) -> str:
+    """Who started a deployment run that names no operator: its schedule, else unknown."""
+    if run.auto_scheduled:
+        return "schedule"
+    created_by = getattr(run, "created_by", None)
+    if created_by is not None and created_by.type:
+        return f"{created_by.type.lower()}:{created_by.display_value or created_by.id}"
+    return UNKNOWN_UI_OPERATOR
 
 
 def fleet_revision(root: Path) -> str:
@@ -77,6 +93,8 @@ async def begin(op: str, cluster: str, hub: str | None, operator: str | None) ->
     if run_id:
         async with get_client() as client:
             run = await client.read_flow_run(UUID(run_id))
+            if operator is None and run.deployment_id is not None:
+                who = deployment_run_operator(run)
             tags = sorted(set(run.tags) | set(run_tags(op, cluster, hub, who, revision)))
             await client.update_flow_run(UUID(run_id), tags=tags)
     get_run_logger().info(

@@ -1,0 +1,125 @@
+"""The one list of operations hubfleet deploys: adding an operation is adding one entry.
+
+This is the Python equivalent of a `prefect.yaml`: each entry names the flow's entrypoint,
+the deployment's name and tags, its work pool, and (optionally) the key of its schedule in
+`fleet/fleet.yaml` `schedules`, so an operator changes a time in one place. An entry whose
+module does not import (an operation that has not landed yet) is reported by
+`hubfleet setup` as "not available" and registered nothing; nothing else is affected.
+
+Nothing here talks to Prefect's API: `deployments.setup` turns these entries into
+deployments, schedules and automations; the concurrency limits are `tasks.locks`'.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from hubfleet.model import Fleet, Schedules
+
+#: The process work pool every operation runs on by default (`hubfleet worker` serves it).
+DEFAULT_POOL = "hubfleet"
+
+#: Shown in the UI run form for parameters whose flow gives no description of its own.
+PARAMETER_DOCS: dict[str, tuple[str, str]] = {
+    "cluster": ("Cluster", "The cluster, as named in fleet/clusters/<cluster>/cluster.yaml."),
+    "hub": ("Hub", "The hub's name inside the chosen cluster (see the cluster's hubs list)."),
+    "dry_run": ("Dry run", "Only report what would change; change nothing."),
+    "operator": (
+        "Operator",
+        "Who is running this, for the audit log. Leave empty and the run is recorded as "
+        "'unknown(ui/api)'.",
+    ),
+    "keep_data": ("Keep data", "Archive the hub's data before removing it (else delete it)."),
+}
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    """One operation deployed to Prefect.
+
+    entrypoint: `module.path:flow_function` (importable from the installed package).
+    schedule: a field of `hubfleet.model.Schedules`; its cron comes from fleet.yaml.
+    schedule_parameters: parameters of the scheduled runs (required ones must be given).
+    """
+
+    entrypoint: str
+    name: str = "default"
+    tags: tuple[str, ...] = ()
+    pool: str = DEFAULT_POOL
+    schedule: str | None = None
+    schedule_parameters: dict[str, Any] = field(default_factory=dict)
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if ":" not in self.entrypoint:
+            raise ValueError(f"entrypoint {self.entrypoint!r}: use 'module.path:flow_function'")
+        if self.schedule is not None and self.schedule not in Schedules.model_fields:
+            allowed = ", ".join(Schedules.model_fields)
+            raise ValueError(f"schedule {self.schedule!r} is not a fleet schedule ({allowed})")
+
+    @property
+    def module(self) -> str:
+        return self.entrypoint.split(":", 1)[0]
+
+    @property
+    def function(self) -> str:
+        return self.entrypoint.split(":", 1)[1]
+
+    def load(self) -> Any:
+        """The flow object; raises ImportError/AttributeError if it has not landed."""
+        return getattr(importlib.import_module(self.module), self.function)
+
+    def cron(self, fleet: Fleet) -> str | None:
+        """This operation's cron (UTC) from fleet.yaml, or None when it is on demand only."""
+        return getattr(fleet.settings.schedules, self.schedule) if self.schedule else None
+
+
+# Every operation of DESIGN.md. Health deployments (check_fleet_health, deep and shallow
+# schedules) are registered by deployments/health.py (`register_health`), not here.
+OPERATIONS: tuple[OperationSpec, ...] = (
+    OperationSpec("flows.deploy_hub:deploy_hub", tags=("mutating",)),
+    OperationSpec("flows.check_hub_health:check_hub_health", tags=("read-only",)),
+    OperationSpec("flows.teardown_hub:teardown_hub", tags=("mutating",)),
+    OperationSpec("flows.deploy_fleet:deploy_fleet", tags=("mutating",)),
+    OperationSpec("flows.upgrade_fleet:upgrade_fleet", tags=("mutating",), schedule="upgrade"),
+    OperationSpec("flows.provision_cluster:provision_cluster", tags=("mutating",)),
+    OperationSpec("flows.destroy_cluster:destroy_cluster", tags=("mutating",)),
+    OperationSpec("flows.detect_drift:detect_drift", tags=("read-only",), schedule="detect_drift"),
+    OperationSpec(
+        "flows.rotate_credentials:rotate_credentials",
+        tags=("mutating",),
+        schedule="rotate_credentials",
+    ),
+    OperationSpec("flows.create_event_hub:create_event_hub", tags=("mutating",)),
+    OperationSpec("flows.expire_event_hub:expire_event_hub", tags=("mutating",)),
+    OperationSpec(
+        "flows.reap_expired_event_hubs:reap_expired_event_hubs",
+        tags=("mutating",),
+        schedule="reap_events",
+    ),
+)
+
+
+def resolve(
+    registry: tuple[OperationSpec, ...] = OPERATIONS,
+) -> tuple[list[tuple[OperationSpec, Any]], list[tuple[OperationSpec, str]]]:
+    """Split the registry into (spec, flow) pairs that import and (spec, why) that do not.
+
+    Only a missing module or attribute means "not landed yet"; any other import error is a
+    bug in that operation and is raised, so it is never silently left unregistered.
+    """
+    available: list[tuple[OperationSpec, Any]] = []
+    missing: list[tuple[OperationSpec, str]] = []
+    for spec in registry:
+        try:
+            available.append((spec, spec.load()))
+        except ModuleNotFoundError as exc:
+            if exc.name and spec.module.startswith(exc.name):
+                missing.append((spec, f"module {spec.module} not found"))
+            else:
+                raise
+        except AttributeError:
+            missing.append((spec, f"{spec.module} has no {spec.function}"))
+    return available, missing

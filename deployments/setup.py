@@ -1,0 +1,493 @@
+"""`hubfleet setup`: make a Prefect server ready to operate the fleet, idempotently.
+
+It registers block types, the process work pool, per-cluster and per-hub global
+concurrency limits, one deployment per available operation (with the fleet's schedules and
+a parameter schema whose cluster and hub fields are enums of the fleet), and two
+automations: a notification on any failed or crashed operation, and zombie-run detection
+(runs that stop heart-beating become Crashed, as Prefect recommends for self-hosted
+servers). Each object is compared with what the server holds and written only if it
+differs, so a second run reports everything `unchanged`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from prefect.automations import AutomationCore
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import (
+    DeploymentScheduleCreate,
+    WorkPoolCreate,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.events.actions import ChangeFlowRunState, SendNotification
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
+from prefect.exceptions import ObjectNotFound
+
+from deployments.registry import (
+    DEFAULT_POOL,
+    OPERATIONS,
+    PARAMETER_DOCS,
+    OperationSpec,
+    resolve,
+)
+from hubfleet.errors import HubfleetError
+from hubfleet.model import Fleet
+from hubfleet.paths import REPO_ROOT
+
+#: Seconds between flow-run heartbeats of worker runs (Prefect's minimum is 30).
+HEARTBEAT_SECONDS = 30
+#: A run silent this long is marked Crashed: three missed heartbeats.
+ZOMBIE_AFTER = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+
+NOTIFY_AUTOMATION = "hubfleet: notify on failed or crashed operation ({block})"
+ZOMBIE_AUTOMATION = "hubfleet: crash zombie runs"
+
+NOTIFY_BODY = (
+    "{{ flow.name }} run '{{ flow_run.name }}' ended {{ flow_run.state.name }}: "
+    "{{ flow_run.state.message }}\n"
+    "Tags: {{ flow_run.tags | join(', ') }}\n"
+    "Run: {{ flow_run | ui_url }}"
+)
+
+
+class SetupError(HubfleetError):
+    """`hubfleet setup` cannot proceed; the message names what to fix."""
+
+
+@dataclass
+class SetupReport:
+    """What `setup` did to each object, by name."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def record(self, what: str, outcome: str) -> None:
+        getattr(self, outcome).append(what)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.created)} created, {len(self.updated)} updated, "
+            f"{len(self.unchanged)} unchanged, {len(self.unavailable)} operations not available"
+        )
+
+
+async def setup(
+    client: PrefectClient,
+    fleet: Fleet,
+    *,
+    pool: str = DEFAULT_POOL,
+    registry: tuple[OperationSpec, ...] = OPERATIONS,
+    heartbeat_seconds: int = HEARTBEAT_SECONDS,
+    zombie_after: timedelta = ZOMBIE_AFTER,
+) -> SetupReport:
+    """Register everything the fleet needs on the server `client` talks to."""
+    if heartbeat_seconds < 30:
+        raise SetupError(f"heartbeat_seconds={heartbeat_seconds}: Prefect's minimum is 30")
+    if zombie_after.total_seconds() <= heartbeat_seconds:
+        raise SetupError(
+            f"zombie_after={zombie_after.total_seconds():g}s must exceed the heartbeat "
+            f"interval ({heartbeat_seconds}s), else healthy runs are crashed"
+        )
+    available, missing = resolve(registry)
+    report = SetupReport()
+    # Check every scheduled operation before changing anything: a bad entry changes nothing.
+    plans = [
+        (spec, flow, deployment_payload(spec, flow, fleet, pool, heartbeat_seconds))
+        for spec, flow in available
+    ]
+    report.unavailable += [f"{spec.entrypoint} ({why})" for spec, why in missing]
+
+    await register_block_types(report)
+    await ensure_work_pool(client, pool, heartbeat_seconds, report)
+    await ensure_concurrency_limits(client, fleet, report)
+    for _spec, flow, payload in plans:
+        await ensure_deployment(client, flow.name, payload, report)
+    await register_health_deployments(client, fleet, pool, report)
+    await ensure_notifications(client, fleet, report)
+    await ensure_automation(client, zombie_automation(zombie_after), report)
+    return report
+
+
+# --- blocks ------------------------------------------------------------------------------
+
+
+async def register_block_types(report: SetupReport) -> None:
+    """hubfleet's own block types, so the UI can show and create them."""
+    from blocks.hub_token import HubOpsToken
+
+    await HubOpsToken.aregister_type_and_schema()
+    report.record("block type hubfleet-hub-ops-token", "unchanged")
+
+
+# --- work pool ---------------------------------------------------------------------------
+
+
+def process_pool_template(heartbeat_seconds: int) -> dict[str, Any]:
+    """Prefect's process job template, with flow-run heartbeats on by default."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    env = template["variables"]["properties"]["env"]
+    env["default"] = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds)}
+    return template
+
+
+async def ensure_work_pool(
+    client: PrefectClient, pool: str, heartbeat_seconds: int, report: SetupReport
+) -> None:
+    """A `process` work pool; an existing pool of another type is an error, not replaced."""
+    try:
+        existing = await client.read_work_pool(pool)
+    except ObjectNotFound:
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=pool,
+                type="process",
+                description="hubfleet operations (served by `hubfleet worker`).",
+                base_job_template=process_pool_template(heartbeat_seconds),
+            )
+        )
+        report.record(f"work pool {pool}", "created")
+        return
+    if existing.type != "process":
+        raise SetupError(
+            f"work pool {pool!r} exists with type {existing.type!r}; hubfleet needs a "
+            "'process' pool: pass --pool with another name, or delete that pool"
+        )
+    report.record(f"work pool {pool}", "unchanged")
+
+
+# --- concurrency limits ------------------------------------------------------------------
+
+
+async def ensure_concurrency_limits(
+    client: PrefectClient, fleet: Fleet, report: SetupReport
+) -> None:
+    """The hub, cluster and deploy limits of `tasks.locks` (the flows' own lock names).
+
+    Limits of clusters or hubs removed from the fleet are left alone: a run may hold them.
+    """
+    from tasks import locks
+
+    before = {limit.name: limit.limit for limit in await _all_limits(client)}
+    names = await locks.ensure_concurrency_limits(fleet)
+    after = {limit.name: limit.limit for limit in await _all_limits(client)}
+    for name in names:
+        outcome = (
+            "created"
+            if name not in before
+            else "unchanged"
+            if before[name] == after.get(name)
+            else "updated"
+        )
+        report.record(f"concurrency limit {name}", outcome)
+
+
+async def _all_limits(client: PrefectClient) -> list[Any]:
+    limits: list[Any] = []
+    while page := await client.read_global_concurrency_limits(limit=200, offset=len(limits)):
+        limits += page
+    return limits
+
+
+# --- deployments -------------------------------------------------------------------------
+
+
+def ui_parameter_schema(flow: Any, fleet: Fleet) -> dict[str, Any]:
+    """The flow's parameter schema, with cluster/hub enums from the fleet and UI titles.
+
+    Flows keep plain `str` parameters (importable without a fleet); the enums are
+    injected here, so the server rejects an unknown cluster or hub naming the field, and
+    `hubfleet setup` re-registers them when the fleet changes.
+    """
+    schema = copy.deepcopy(flow.parameters.model_dump_for_openapi())
+    props: dict[str, Any] = schema.get("properties", {})
+    enums = {
+        "cluster": sorted(c.name for c in fleet.clusters),
+        "hub": sorted({h.name for c in fleet.clusters for h in c.hubs}),
+    }
+    for name, prop in props.items():
+        title, description = PARAMETER_DOCS.get(name, (None, None))
+        if title and prop.get("title") in (None, name, name.replace("_", " ").title()):
+            prop["title"] = title
+        if description and not prop.get("description"):
+            prop["description"] = description
+        if name in enums and prop.get("type") == "string":
+            prop["enum"] = enums[name]
+    return schema
+
+
+def deployment_payload(
+    spec: OperationSpec, flow: Any, fleet: Fleet, pool: str, heartbeat_seconds: int
+) -> dict[str, Any]:
+    """Everything `create_deployment` needs, in a form comparable with what is stored."""
+    schema = ui_parameter_schema(flow, fleet)
+    cron = spec.cron(fleet)
+    if cron:
+        missing = set(schema.get("required", [])) - set(spec.schedule_parameters)
+        if missing:
+            raise SetupError(
+                f"operation {spec.entrypoint}: its schedule {spec.schedule!r} gives no value "
+                f"for required parameter(s) {', '.join(sorted(missing))}; set "
+                "schedule_parameters in deployments/registry.py. Nothing was changed."
+            )
+    return {
+        "name": spec.name,
+        # A module path (no colon): the worker imports the installed package's module, so
+        # flows share one module object with everything else they import.
+        "entrypoint": f"{spec.module}.{spec.function}",
+        "work_pool_name": pool,
+        "tags": sorted({"hubfleet", f"op:{flow.name}", *spec.tags}),
+        "description": spec.description or flow.description or "",
+        "parameter_openapi_schema": schema,
+        "enforce_parameter_schema": True,
+        # The worker imports the installed package; the fleet is the one setup read, and
+        # heartbeats feed the zombie-run automation.
+        "pull_steps": [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}
+        ],
+        "job_variables": {
+            "env": {
+                "HUBFLEET_FLEET": str(fleet.root.resolve()),
+                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds),
+            }
+        },
+        "schedules": (
+            [{"cron": cron, "timezone": "UTC", "parameters": dict(spec.schedule_parameters)}]
+            if cron
+            else []
+        ),
+    }
+
+
+def _stored(deployment: Any) -> dict[str, Any]:
+    return {
+        "name": deployment.name,
+        "entrypoint": deployment.entrypoint,
+        "work_pool_name": deployment.work_pool_name,
+        "tags": sorted(deployment.tags),
+        "description": deployment.description or "",
+        "parameter_openapi_schema": deployment.parameter_openapi_schema,
+        "enforce_parameter_schema": deployment.enforce_parameter_schema,
+        "pull_steps": deployment.pull_steps,
+        "job_variables": deployment.job_variables,
+        "schedules": [
+            {
+                "cron": getattr(s.schedule, "cron", None),
+                "timezone": getattr(s.schedule, "timezone", None),
+                "parameters": s.parameters,
+            }
+            for s in deployment.schedules
+        ],
+    }
+
+
+async def ensure_deployment(
+    client: PrefectClient, flow_name: str, payload: dict[str, Any], report: SetupReport
+) -> None:
+    what = f"deployment {flow_name}/{payload['name']}"
+    try:
+        existing = await client.read_deployment_by_name(f"{flow_name}/{payload['name']}")
+    except ObjectNotFound:
+        existing = None
+    if existing is not None and _stored(existing) == payload:
+        report.record(what, "unchanged")
+        return
+    flow_id = await client.create_flow_from_name(flow_name)
+    args = {k: v for k, v in payload.items() if k != "schedules"}
+    # The server upserts by (flow, name) and replaces the schedules it is given.
+    await client.create_deployment(
+        flow_id=flow_id,
+        schedules=[
+            DeploymentScheduleCreate(
+                schedule=CronSchedule(cron=s["cron"], timezone=s["timezone"]),
+                active=True,
+                parameters=s["parameters"],
+            )
+            for s in payload["schedules"]
+        ],
+        **args,
+    )
+    report.record(what, "updated" if existing else "created")
+
+
+async def register_health_deployments(
+    client: PrefectClient, fleet: Fleet, pool: str, report: SetupReport
+) -> None:
+    """The health deployments and automation, owned by deployments/health.py (issue 5).
+
+    Called by keyword with whatever of (client, fleet, pool, report) it accepts, so its
+    signature can evolve; until the module lands, setup says so.
+    """
+    try:
+        from deployments import health  # type: ignore[attr-defined]
+    except ModuleNotFoundError:
+        report.unavailable.append("deployments.health:register_health (module not found)")
+        return
+    register = getattr(health, "register_health", None)
+    if register is None:
+        report.unavailable.append("deployments.health has no register_health")
+        return
+    offered = {"client": client, "fleet": fleet, "pool": pool, "report": report}
+    params = inspect.signature(register).parameters
+    result = register(**{k: v for k, v in offered.items() if k in params})
+    if inspect.isawaitable(result):
+        await result
+
+
+# --- automations -------------------------------------------------------------------------
+
+
+def notification_env_var(block: str) -> str:
+    """Where `setup` reads a webhook URL to create the notification block `block`."""
+    return "HUBFLEET_NOTIFY_URL_" + block.upper().replace("-", "_")
+
+
+async def find_block_document(client: PrefectClient, name: str) -> Any | None:
+    """A block document by name, whatever its type (the fleet names notification blocks)."""
+    from prefect.client.schemas.objects import BlockDocument
+
+    response = await client._client.post(
+        "/block_documents/filter",
+        json={"block_documents": {"name": {"any_": [name]}}, "include_secrets": False},
+    )
+    response.raise_for_status()
+    found = [BlockDocument.model_validate(d) for d in response.json()]
+    return found[0] if found else None
+
+
+async def ensure_notification_block(
+    client: PrefectClient, name: str, report: SetupReport
+) -> Any | None:
+    """The notification block `name`: as it is, or created from its env var's URL.
+
+    The URL may embed a secret, so it is read from the environment, never a parameter.
+    """
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    existing = await find_block_document(client, name)
+    url = os.environ.get(notification_env_var(name))
+    if existing is not None and not url:
+        report.record(f"notification block {name}", "unchanged")
+        return existing
+    if url is None:
+        report.warnings.append(
+            f"notification block {name!r} (fleet.yaml notify) does not exist, so failed "
+            f"operations notify nobody; create it in the UI or set "
+            f"{notification_env_var(name)}=<webhook url> and run `hubfleet setup` again"
+        )
+        return None
+    if existing is not None and existing.block_type.slug == "custom-webhook":
+        current = await CustomWebhookNotificationBlock.aload(name)
+        if getattr(current, "url", None) == url:
+            report.record(f"notification block {name}", "unchanged")
+            return existing
+    block = CustomWebhookNotificationBlock(
+        name=name,
+        url=url,
+        method="POST",
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+    )
+    await block.asave(name, overwrite=True)
+    report.record(f"notification block {name}", "updated" if existing else "created")
+    return await find_block_document(client, name)
+
+
+def notify_automation(block_name: str, block_id: Any) -> AutomationCore:
+    """Tell `block_name` once per operation run that ends Failed or Crashed."""
+    return AutomationCore(
+        name=NOTIFY_AUTOMATION.format(block=block_name),
+        description="Every hubfleet operation (a run tagged op:*) that fails or crashes.",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.op:*"}
+            ),
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_id,
+                subject="hubfleet: {{ flow_run.name }} {{ flow_run.state.name }}",
+                body=NOTIFY_BODY,
+            )
+        ],
+    )
+
+
+def zombie_automation(zombie_after: timedelta) -> AutomationCore:
+    """Prefect's recipe: a run that heart-beat and then went silent becomes Crashed."""
+    return AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description=f"No heartbeat for {zombie_after.total_seconds():g}s: the worker or "
+        "machine running it is gone.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=zombie_after,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {zombie_after.total_seconds():g}s: marked Crashed "
+                "by hubfleet zombie-run detection (the worker or machine is gone).",
+            )
+        ],
+    )
+
+
+async def ensure_notifications(client: PrefectClient, fleet: Fleet, report: SetupReport) -> None:
+    for name in fleet.settings.notify:
+        block = await ensure_notification_block(client, name, report)
+        if block is not None:
+            await ensure_automation(client, notify_automation(name, block.id), report)
+
+
+def _comparable(automation: Any) -> dict[str, Any]:
+    return AutomationCore.model_validate(automation, from_attributes=True).model_dump(
+        mode="json", exclude={"id", "created", "updated"}
+    )
+
+
+async def ensure_automation(
+    client: PrefectClient, wanted: AutomationCore, report: SetupReport
+) -> None:
+    """Create the automation, or update the one of that name if it differs."""
+    what = f"automation {wanted.name!r}"
+    existing = await client.read_automations_by_name(wanted.name)
+    if not existing:
+        await client.create_automation(wanted)
+        report.record(what, "created")
+        return
+    first, *duplicates = existing
+    for extra in duplicates:  # left by an interrupted older setup: one of each, always
+        await client.delete_automation(extra.id)
+    if _comparable(first) == _comparable(wanted) and not duplicates:
+        report.record(what, "unchanged")
+        return
+    await client.update_automation(first.id, wanted)
+    report.record(what, "updated")
