@@ -1,0 +1,154 @@
+"""The Kubernetes API (official `kubernetes` client): namespaces, the ops Secret, rollouts.
+
+Every call goes through a client built from a kubeconfig file (see
+`blocks.cluster_access.kubeconfig_file`). API errors that may pass (5xx, 429, connection
+trouble) become `TransientError`s so tasks retry them; anything else is raised as is.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from hubfleet.values import OPS_TOKEN_SECRET
+from tasks.retry import TransientError, transient_retries
+
+#: Labels hubfleet puts on a hub's namespace: how orphans are found.
+MANAGED_LABEL = "hubfleet.io/managed"
+HUB_LABEL = "hubfleet.io/hub"
+
+T = TypeVar("T")
+
+
+@contextmanager
+def kube_client(kubeconfig: Path, context: str | None = None) -> Iterator[client.ApiClient]:
+    """An API client for the kubeconfig's `context`, closed afterwards."""
+    api = config.new_client_from_config(config_file=str(kubeconfig), context=context)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call the API; 429/5xx and connection errors are transient, the rest are not."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status in (429, 500, 502, 503, 504):
+            raise TransientError(f"kubernetes API {exc.status}: {exc.reason}") from None
+        raise
+    except urllib3.exceptions.HTTPError as exc:
+        raise TransientError(f"kubernetes API unreachable: {exc}") from None
+
+
+@task(task_run_name="ensure-namespace-{name}", cache_policy=NO_CACHE, **transient_retries())
+def ensure_namespace(api: client.ApiClient, name: str, hub: str | None = None) -> bool:
+    """Create namespace `name` (labelled as hubfleet's) if missing; True if created."""
+    core = client.CoreV1Api(api)
+    labels = {MANAGED_LABEL: "true", **({HUB_LABEL: hub} if hub else {})}
+    try:
+        _call(core.read_namespace, name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+        _call(core.create_namespace, body)
+        return True
+    _call(core.patch_namespace, name, {"metadata": {"labels": labels}})
+    return False
+
+
+def namespace_exists(api: client.ApiClient, name: str) -> bool:
+    try:
+        _call(client.CoreV1Api(api).read_namespace, name)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+@task(task_run_name="list-hub-namespaces", cache_policy=NO_CACHE, **transient_retries())
+def hub_namespaces(api: client.ApiClient) -> list[str]:
+    """Namespaces hubfleet labelled as hub namespaces. Changes nothing."""
+    found = _call(client.CoreV1Api(api).list_namespace, label_selector=f"{MANAGED_LABEL}=true")
+    return sorted(ns.metadata.name for ns in found.items if HUB_LABEL in ns.metadata.labels)
+
+
+@task(task_run_name="delete-namespace-{name}", cache_policy=NO_CACHE, **transient_retries())
+def delete_namespace(api: client.ApiClient, name: str) -> None:
+    """Delete namespace `name` and everything in it: changes the cluster."""
+    try:
+        _call(client.CoreV1Api(api).delete_namespace, name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@task(task_run_name="ensure-ops-secret-{namespace}", cache_policy=NO_CACHE, **transient_retries())
+def ensure_ops_secret(api: client.ApiClient, namespace: str) -> bool:
+    """Create the Secret holding the hub's ops (bootstrap service) token if it is missing;
+    an existing one is kept (rotation replaces it). True if created. Never logs the token."""
+    core = client.CoreV1Api(api)
+    try:
+        _call(core.read_namespaced_secret, OPS_TOKEN_SECRET, namespace)
+        return False
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=OPS_TOKEN_SECRET, labels={MANAGED_LABEL: "true"}),
+        string_data={"token": secrets.token_hex(32)},
+        type="Opaque",
+    )
+    _call(core.create_namespaced_secret, namespace, body)
+    return True
+
+
+def rollout_problems(api: client.ApiClient, namespace: str, release: str) -> list[str]:
+    """Why the release's workloads are not fully rolled out and Ready ([] if they are).
+
+    Checks every Deployment of the release (observed generation, updated, available and
+    ready replicas) and every pod of it (Ready condition, container restarts).
+    """
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    selector = f"app.kubernetes.io/instance={release}"
+    problems = []
+    deployments = _call(apps.list_namespaced_deployment, namespace, label_selector=selector)
+    if not deployments.items:
+        return [f"no Deployments of release {release!r} in namespace {namespace!r}"]
+    for dep in deployments.items:
+        want, st = dep.spec.replicas or 0, dep.status
+        if (st.observed_generation or 0) < dep.metadata.generation:
+            problems.append(f"deployment {dep.metadata.name}: rollout not observed yet")
+        elif (st.updated_replicas or 0) < want or (st.available_replicas or 0) < want:
+            problems.append(
+                f"deployment {dep.metadata.name}: {st.available_replicas or 0}/{want} available"
+            )
+    pods = _call(core.list_namespaced_pod, namespace, label_selector=selector)
+    for pod in pods.items:
+        if pod.metadata.deletion_timestamp:
+            continue
+        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        restarts = sum(c.restart_count for c in pod.status.container_statuses or [])
+        if not ready:
+            problems.append(f"pod {pod.metadata.name}: not Ready ({pod.status.phase})")
+        if restarts:
+            problems.append(f"pod {pod.metadata.name}: {restarts} container restart(s)")
+    return problems
+
+
+@task(task_run_name="rollout-status-{release}", cache_policy=NO_CACHE, **transient_retries())
+def rollout_status(api: client.ApiClient, namespace: str, release: str) -> list[str]:
+    """Read the rollout state of a release (see `rollout_problems`). Changes nothing."""
+    return rollout_problems(api, namespace, release)
