@@ -1,0 +1,174 @@
+"""The audit log: what was done to which hub, by whom, when, with what result.
+
+Pure logic, no Prefect: parse the CLI's filters into an `AuditQuery`, turn flow runs (any
+object with Prefect's FlowRun attributes) into `AuditRow`s, and format them as a table,
+JSON or CSV. The Prefect run history is the record: runs carry the tags `op:`,
+`cluster:`, `hub:<cluster>/<hub>`, `operator:` and `revision:` (see flows/operation.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hubfleet.errors import HubfleetError
+from hubfleet.model import Fleet
+
+#: Prefect state types a user may filter on (case-insensitive).
+STATES = (
+    "completed",
+    "failed",
+    "crashed",
+    "cancelled",
+    "cancelling",
+    "running",
+    "pending",
+    "scheduled",
+    "paused",
+)
+FORMATS = ("table", "json", "csv")
+_SINCE = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class AuditInputError(HubfleetError):
+    """A filter of `hubfleet audit` is malformed; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """What to look for. `tags` must all be present on a run."""
+
+    tags: tuple[str, ...]
+    since: datetime | None
+    states: tuple[str, ...]  # upper-case Prefect StateType values
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One run, as the audit log shows it."""
+
+    started: str  # ISO 8601, UTC; the expected start if the run never started
+    op: str
+    target: str
+    operator: str
+    outcome: str  # the state name: Completed, Failed, Crashed, ...
+    revision: str
+    run: str  # the run's name
+    url: str  # the run in the Prefect UI
+
+
+def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
+    """'30d' -> the UTC time 30 days ago. Units: m(inutes), h(ours), d(ays), w(eeks)."""
+    if value is None:
+        return None
+    match = _SINCE.match(value.strip())
+    if not match:
+        raise AuditInputError(
+            f"--since {value!r}: use a number and a unit, e.g. 30d, 12h, 90m or 2w"
+        )
+    amount, unit = int(match[1]), match[2]
+    return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+
+
+def parse_states(values: list[str] | None) -> tuple[str, ...]:
+    out = []
+    for value in values or []:
+        if value.lower() not in STATES:
+            raise AuditInputError(f"--state {value!r}: allowed: {', '.join(STATES)}")
+        out.append(value.upper())
+    return tuple(out)
+
+
+def hub_tag(fleet: Fleet | None, hub: str, cluster: str | None) -> str:
+    """The `hub:` tag for --hub: 'cluster/hub', or a bare hub name found in the fleet.
+
+    The history outlives the fleet (a torn-down hub is gone from it), so 'cluster/hub'
+    always works; a bare name must be unique among the fleet's hubs.
+    """
+    if "/" in hub:
+        c, _, h = hub.partition("/")
+        if cluster and cluster != c:
+            raise AuditInputError(f"--hub {hub!r} is in cluster {c!r}, not --cluster {cluster!r}")
+        return f"hub:{c}/{h}"
+    if cluster:
+        return f"hub:{cluster}/{hub}"
+    clusters = fleet.clusters if fleet else []
+    found = [c.name for c in clusters if any(x.name == hub for x in c.hubs)]
+    if len(found) == 1:
+        return f"hub:{found[0]}/{hub}"
+    if not found:
+        raise AuditInputError(
+            f"--hub {hub!r}: no hub of that name in the fleet; give it as CLUSTER/HUB "
+            "(e.g. local/staging) to search the history of a hub that no longer exists"
+        )
+    raise AuditInputError(
+        f"--hub {hub!r} is in several clusters ({', '.join(found)}); give it as CLUSTER/HUB "
+        "or add --cluster"
+    )
+
+
+def build_query(
+    fleet: Fleet | None,
+    *,
+    hub: str | None = None,
+    cluster: str | None = None,
+    op: str | None = None,
+    states: list[str] | None = None,
+    since: str | None = None,
+    now: datetime | None = None,
+) -> AuditQuery:
+    """Turn the CLI's filters into tags, a start time and state types."""
+    tags: list[str] = []
+    if hub:
+        tags.append(hub_tag(fleet, hub, cluster))
+    if cluster:
+        tags.append(f"cluster:{cluster}")
+    if op:
+        tags.append(f"op:{op}")
+    return AuditQuery(tuple(tags), parse_since(since, now), parse_states(states))
+
+
+def _tag(tags: list[str], prefix: str, default: str = "-") -> str:
+    values = sorted(t[len(prefix) :] for t in tags if t.startswith(prefix))
+    return ",".join(values) if values else default
+
+
+def ui_base_url(api_url: str) -> str:
+    """The UI's address from the API's: `http://host:4200/api` -> `http://host:4200`."""
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def to_row(run: Any, ui_url: str) -> AuditRow:
+    """An AuditRow from a Prefect FlowRun (only its public attributes are read)."""
+    tags = list(run.tags or [])
+    when = run.start_time or run.expected_start_time or run.created
+    target = _tag(tags, "hub:", default=_tag(tags, "cluster:"))
+    return AuditRow(
+        started=when.astimezone(UTC).isoformat(timespec="seconds") if when else "-",
+        op=_tag(tags, "op:"),
+        target=target,
+        operator=_tag(tags, "operator:", default="unrecorded"),
+        outcome=run.state.name if run.state else "-",
+        revision=_tag(tags, "revision:"),
+        run=run.name,
+        url=f"{ui_url}/runs/flow-run/{run.id}",
+    )
+
+
+def to_json(rows: list[AuditRow]) -> str:
+    return json.dumps([asdict(r) for r in rows], indent=2)
+
+
+def to_csv(rows: list[AuditRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(AuditRow.__dataclass_fields__))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    return buffer.getvalue()
