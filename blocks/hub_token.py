@@ -24,6 +24,9 @@ class HubOpsToken(Block):
     service_name: str = Field(description="JupyterHub service that owns the token.")
     token: SecretStr = Field(description="The API token. Never logged or passed as a parameter.")
     created_at: datetime = Field(description="When the token was created (UTC).")
+    last_rotated: datetime | None = Field(
+        None, description="When rotate_credentials last replaced the token (UTC); None: never."
+    )
 
     @staticmethod
     def block_name(cluster: str, hub: str) -> str:
