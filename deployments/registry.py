@@ -76,6 +76,18 @@ class OperationSpec:
         return getattr(fleet.settings.schedules, self.schedule) if self.schedule else None
 
 
+# Event hubs (flows/event_hubs.py): the scheduled create/remind/expire runs go through these.
+EVENT_OPERATIONS: tuple[OperationSpec, ...] = (
+    OperationSpec("flows.event_hubs:create_event_hub", tags=("mutating",)),
+    OperationSpec("flows.event_hubs:remind_event_organizers", tags=("read-only",)),
+    OperationSpec("flows.event_hubs:extend_event_hub", tags=("mutating",)),
+    OperationSpec("flows.event_hubs:expire_event_hub", tags=("mutating",)),
+    OperationSpec("flows.event_hubs:sync_event_schedules", tags=("mutating",)),
+    OperationSpec(
+        "flows.event_hubs:reap_expired_event_hubs", tags=("mutating",), schedule="reap_events"
+    ),
+)
+
 # Every operation of DESIGN.md. Health deployments (check_fleet_health, deep and shallow
 # schedules) are registered by deployments/health.py (`register_health`), not here.
 OPERATIONS: tuple[OperationSpec, ...] = (
@@ -92,13 +104,7 @@ OPERATIONS: tuple[OperationSpec, ...] = (
         tags=("mutating",),
         schedule="rotate_credentials",
     ),
-    OperationSpec("flows.create_event_hub:create_event_hub", tags=("mutating",)),
-    OperationSpec("flows.expire_event_hub:expire_event_hub", tags=("mutating",)),
-    OperationSpec(
-        "flows.reap_expired_event_hubs:reap_expired_event_hubs",
-        tags=("mutating",),
-        schedule="reap_events",
-    ),
+    *EVENT_OPERATIONS,
 )
 
 

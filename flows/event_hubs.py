@@ -1,0 +1,610 @@
+"""Event hubs: created on time, pre-warmed, reminded, exported and expired automatically.
+
+Each event hub owns a handful of *scheduled flow runs* in Prefect, made with
+`run_deployment(..., scheduled_time=..., timeout=0, idempotency_key=...)`, so scheduling
+the same thing twice returns the first run instead of a second one:
+
+* `create_event_hub` at start - pre-warm lead time (by `sync_event_schedules`);
+* `remind_event_organizers` at each reminder offset before expiry;
+* `expire_event_hub` at end + grace.
+
+`reap_expired_event_hubs` (hourly) expires whatever those runs missed and reports hubs
+whose creation is overdue. What may be expired is decided by `hubfleet.events`: only
+`kind: event` hubs past their end, whatever the input.
+
+The runs go through the deployments `hubfleet setup` registers (see `DEPLOYMENTS`), so a
+worker on the hubfleet pool runs them at their time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.blocks.core import Block
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import arun_deployment
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
+from prefect.variables import Variable
+
+from flows.check_hub_health import check_hub_health
+from flows.deploy_hub import deploy_hub
+from flows.operation import Operation, begin, fleet_revision, operator_name, run_tags
+from flows.teardown_hub import teardown_hub
+from hubfleet import events
+from hubfleet.errors import HubfleetError, ProviderNotReady
+from hubfleet.events import (
+    CREATE,
+    EXPIRE,
+    REMIND,
+    EventRefused,
+    Extension,
+    ScheduledRun,
+    WantedRun,
+)
+from hubfleet.loader import load_fleet
+from hubfleet.model import Fleet, HubKind, Provider
+from hubfleet.paths import data_dir, fleet_dir
+from tasks import jupyterhub_api as api
+from tasks.export import ExportResult, export_homes
+from tasks.hub_credentials import load_ops_token
+from tasks.local_hub import local_hub
+
+#: The deployment each scheduled run goes through ("<flow name>/<deployment name>").
+#: They are registered by `hubfleet setup` from `deployments/registry.py` (name "default").
+DEPLOYMENTS = {
+    CREATE: "create_event_hub/default",
+    REMIND: "remind_event_organizers/default",
+    EXPIRE: "expire_event_hub/default",
+}
+#: Tag on every run hubfleet schedules for an event hub; `event:<kind>` says which.
+SCHEDULE_TAG = "hubfleet:event-schedule"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- extensions (a Prefect variable per extended hub) -----------------------------------
+
+
+def _extension_var(cluster: str, hub: str) -> str:
+    # '__' never occurs in DNS-safe names, so a-b/c and a/b-c cannot collide.
+    return f"hubfleet_extension__{cluster}__{hub}"
+
+
+async def load_extension(cluster: str, hub: str) -> Extension | None:
+    """The recorded extension of a hub's end, if any."""
+    value: Any = await Variable.aget(  # type: ignore[func-returns-value]
+        _extension_var(cluster, hub), default=None
+    )
+    return Extension.from_json(value) if isinstance(value, dict) else None
+
+
+async def _all_extensions(fleet: Fleet) -> dict[tuple[str, str], Extension]:
+    found = {}
+    for cluster in fleet.clusters:
+        for hub in cluster.hubs:
+            if hub.kind is HubKind.event:
+                ext = await load_extension(cluster.name, hub.name)
+                if ext:
+                    found[(cluster.name, hub.name)] = ext
+    return found
+
+
+# --- scheduled runs --------------------------------------------------------------------
+
+
+async def scheduled_event_runs(
+    cluster: str | None = None, hub: str | None = None
+) -> list[ScheduledRun]:
+    """Scheduled (not started) runs hubfleet made for event hubs, optionally of one hub."""
+    tags = [SCHEDULE_TAG] + ([f"hub:{cluster}/{hub}"] if cluster and hub else [])
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=tags),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+            ),
+            deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=[d.split("/")[1] for d in DEPLOYMENTS.values()])
+            ),
+            limit=200,
+        )
+    return [r for r in (_as_scheduled(run) for run in runs) if r is not None]
+
+
+def _as_scheduled(run: FlowRun) -> ScheduledRun | None:
+    kind = next((t.split(":", 1)[1] for t in run.tags if t.startswith("event:")), None)
+    target = next((t.split(":", 1)[1] for t in run.tags if t.startswith("hub:")), None)
+    if kind is None or target is None or "/" not in target:
+        return None
+    cluster, hub = target.split("/", 1)
+    at = run.next_scheduled_start_time or run.expected_start_time or _now()
+    return ScheduledRun(str(run.id), kind, cluster, hub, at, run.idempotency_key)
+
+
+@task(task_run_name="schedule-{want.kind}-{want.cluster}-{want.hub}", cache_policy=NO_CACHE)
+async def schedule_run(want: WantedRun, operator: str) -> str:
+    """Create one scheduled run of an event deployment (idempotent by its key).
+
+    Changes: a new Scheduled flow run in Prefect, unless one with the key exists. A key
+    whose run was cancelled (an extension moved back) gets a fresh run under `key#n`.
+    """
+    params: dict[str, Any] = {"cluster": want.cluster, "hub": want.hub}
+    params["operator"] = f"schedule:{operator}"
+    tags = [SCHEDULE_TAG, f"event:{want.kind}", f"hub:{want.cluster}/{want.hub}"]
+    for attempt in range(10):
+        key = want.key if attempt == 0 else f"{want.key}#{attempt}"
+        try:
+            run = await arun_deployment(
+                DEPLOYMENTS[want.kind],
+                parameters=params,
+                scheduled_time=want.at,
+                timeout=0,
+                idempotency_key=key,
+                tags=tags,
+                as_subflow=False,
+                flow_run_name=f"{want.kind} {want.cluster}/{want.hub} at {want.at:%Y-%m-%d %H:%M}",
+            )
+        except Exception as exc:  # deployment missing: say how to create it
+            if "not found" in str(exc).lower() or type(exc).__name__ == "ObjectNotFound":
+                raise EventRefused(
+                    f"deployment {DEPLOYMENTS[want.kind]!r} does not exist; run "
+                    "`hubfleet setup` first (it registers the event deployments). "
+                    "Nothing was scheduled."
+                ) from None
+            raise
+        if run.state is None or run.state.type is not StateType.CANCELLED:
+            get_run_logger().info(
+                "%s of %s/%s scheduled at %s (run %s)",
+                want.kind,
+                want.cluster,
+                want.hub,
+                want.at.isoformat(),
+                run.id,
+            )
+            return str(run.id)
+    raise EventRefused(f"could not schedule {want.kind} of {want.cluster}/{want.hub}: key reused")
+
+
+@task(task_run_name="cancel-scheduled-{run.kind}-{run.cluster}-{run.hub}", cache_policy=NO_CACHE)
+async def cancel_run(run: ScheduledRun, why: str) -> None:
+    """Cancel a scheduled run that is no longer wanted. Changes: that run's state."""
+    async with get_client() as client:
+        await client.set_flow_run_state(UUID(run.id), Cancelled(message=why), force=True)
+    get_run_logger().info(
+        "cancelled %s of %s/%s (%s): %s", run.kind, run.cluster, run.hub, run.id, why
+    )
+
+
+async def _apply_schedule(
+    plan: events.SchedulePlan, operator: str, dry_run: bool, why: str
+) -> dict[str, list[str]]:
+    """Schedule what is missing first, then cancel what is stale: never no expiry at all."""
+    done: dict[str, list[str]] = {"scheduled": [], "kept": [], "cancelled": []}
+    for want in plan.schedule:
+        if not dry_run:
+            await schedule_run(want, operator)
+        done["scheduled"].append(f"{want.kind} {want.cluster}/{want.hub} at {want.at.isoformat()}")
+    for run in plan.keep:
+        done["kept"].append(f"{run.kind} {run.cluster}/{run.hub} at {run.at.isoformat()}")
+    for run in plan.cancel:
+        if not dry_run:
+            await cancel_run(run, why)
+        done["cancelled"].append(f"{run.kind} {run.cluster}/{run.hub} at {run.at.isoformat()}")
+    return done
+
+
+def _bullets(done: dict[str, list[str]]) -> str:
+    lines = []
+    for what, items in done.items():
+        lines.append(f"**{what}** ({len(items)})\n")
+        lines += [f"- {item}" for item in items] or ["- none"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- fleet-wide runs -------------------------------------------------------------------
+
+
+async def _begin_fleet(op: str, operator: str | None) -> tuple[Fleet, str]:
+    """Like `flows.operation.begin`, for operations on the whole fleet (no cluster tag)."""
+    fleet = load_fleet(fleet_dir())
+    who = operator_name(operator)
+    revision = fleet_revision(fleet.root)
+    run_id = flow_run.get_id()
+    if run_id:
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(run_id))
+            tags = {t for t in run_tags(op, "fleet", None, who, revision) if t != "cluster:fleet"}
+            await client.update_flow_run(UUID(run_id), tags=sorted(set(run.tags) | tags))
+    get_run_logger().info("%s on the fleet by %s (fleet revision %s)", op, who, revision)
+    return fleet, who
+
+
+def _present(fleet: Fleet) -> dict[tuple[str, str], bool | None]:
+    """Which event hubs exist: local hubs by their directory; other providers unobserved."""
+    seen: dict[tuple[str, str], bool | None] = {}
+    for cluster in fleet.clusters:
+        for hub in cluster.hubs:
+            if hub.kind is HubKind.event:
+                if cluster.provider is Provider.local:
+                    seen[(cluster.name, hub.name)] = local_hub(
+                        fleet, cluster.name, hub.name
+                    ).directory.is_dir()
+                else:
+                    seen[(cluster.name, hub.name)] = None
+    return seen
+
+
+def _running(fleet: Fleet) -> dict[tuple[str, str], bool | None]:
+    return {
+        key: (local_hub(fleet, *key).is_running() if present is not None else None)
+        for key, present in _present(fleet).items()
+    }
+
+
+# --- the flows ---------------------------------------------------------------------
+
+
+@flow(name="create_event_hub", flow_run_name="create_event_hub {cluster}/{hub}")
+async def create_event_hub(
+    cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
+) -> dict[str, Any]:
+    """Deploy an event hub, pre-warm it, and schedule its reminders and expiry."""
+    op = await begin("create_event_hub", cluster, hub, operator)
+    assert op.hub is not None
+    spec = events.event_spec(op.cluster, op.hub)
+    times = events.event_times(spec, await load_extension(cluster, hub))
+    if _now() >= times.end:
+        raise EventRefused(
+            f"{op.target}: the event ended {times.end.isoformat()}; nothing to create "
+            "(the reaper expires it). Nothing was changed."
+        )
+    events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), "check")  # fail early
+
+    deployed = await deploy_hub(cluster, hub, dry_run=dry_run, operator=op.operator)
+    prewarm = await prewarm_capacity(op, events.prewarm_size(spec), dry_run)
+    wanted = events.wanted_runs(
+        cluster,
+        hub,
+        spec,
+        _now(),
+        extension=await load_extension(cluster, hub),
+        include_create=False,
+    )
+    existing = [r for r in await scheduled_event_runs(cluster, hub) if r.kind != CREATE]
+    done = await _apply_schedule(
+        events.plan_schedule(wanted, existing), op.operator, dry_run, "replaced by create"
+    )
+    await acreate_markdown_artifact(
+        key=f"event-create-{cluster}-{hub}",
+        markdown=f"# {'Dry run: ' if dry_run else ''}create event hub {op.target}\n\n"
+        f"| | |\n|---|---|\n| deploy | {deployed.get('action')} |\n| pre-warm | {prewarm} |\n"
+        f"| start | {events.local_time(times.start, spec.timezone)} |\n"
+        f"| end | {events.local_time(times.end, spec.timezone)} |\n"
+        f"| expires | {events.local_time(times.expire_at, spec.timezone)} |\n"
+        f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n\n{_bullets(done)}",
+        description=f"create event hub {op.target}",
+    )
+    return {"hub": op.target, "deploy": deployed, "prewarm": prewarm, "dry_run": dry_run, **done}
+
+
+async def prewarm_capacity(op: Operation, size: int, dry_run: bool) -> str:
+    """Warm `size` placeholder pods before the event (Kubernetes); a no-op on `local`."""
+    if op.cluster.provider is Provider.local:
+        note = (
+            f"no-op on local (a local hub spawns user servers as processes on demand; "
+            f"{size} placeholder(s) would be warmed on Kubernetes)"
+        )
+        get_run_logger().info("pre-warm %s: %s", op.target, note)
+        return note
+    # Kubernetes: the support chart's user-placeholder Deployment is not available yet.
+    raise EventRefused(
+        f"pre-warm of {op.target} on provider {op.cluster.provider.value!r} needs the support "
+        "chart's user-placeholder Deployment, which this version does not deploy. "
+        "Nothing was changed."
+    )
+
+
+@flow(name="remind_event_organizers", flow_run_name="remind_event_organizers {cluster}/{hub}")
+async def remind_event_organizers(
+    cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
+) -> dict[str, Any]:
+    """Tell the event's organizers when their hub expires, through the notification blocks."""
+    op = await begin("remind_event_organizers", cluster, hub, operator)
+    assert op.hub is not None
+    spec = events.event_spec(op.cluster, op.hub)
+    times = events.event_times(spec, await load_extension(cluster, hub))
+    now = _now()
+    if now >= times.expire_at:
+        get_run_logger().info("%s already expired at %s; no reminder", op.target, times.expire_at)
+        return {"hub": op.target, "sent": [], "reason": "already past expiry"}
+    where = (
+        "exported, then deleted" if spec.data_policy.value == "export" else "deleted (not exported)"
+    )
+    subject = f"[hubfleet] {op.hub.domain} expires in {events._human(times.expire_at - now)}"
+    body = (
+        f"To: {', '.join(spec.organizers)}\n\n"
+        f"The event hub {op.target} ({op.hub.domain}) will be removed at "
+        f"{events.local_time(times.expire_at, spec.timezone)} "
+        f"(event end {events.local_time(times.end, spec.timezone)} + grace).\n"
+        f"Home directories will be {where}.\n"
+        f"To keep it longer, ask the ops team to extend it (extend_event_hub) or change `end`."
+    )
+    sent = [] if dry_run else await notify(op.fleet, subject, body)
+    await acreate_markdown_artifact(
+        key=f"event-reminder-{cluster}-{hub}",
+        markdown=f"# {'Dry run: ' if dry_run else ''}reminder for {op.target}\n\n"
+        f"**{subject}**\n\n```\n{body}\n```\n\nSent through: {', '.join(sent) or 'nothing'}\n",
+        description=f"reminder for {op.target}",
+    )
+    return {"hub": op.target, "sent": sent, "subject": subject, "dry_run": dry_run}
+
+
+@task(task_run_name="notify", cache_policy=NO_CACHE)
+async def notify(fleet: Fleet, subject: str, body: str) -> list[str]:
+    """Send through every notification block named in `fleet.yaml` (`notify:`).
+
+    Changes: nothing in hubfleet; the blocks deliver a message. Fails if none exists, so a
+    reminder is never silently dropped.
+    """
+    names = set(fleet.settings.notify)
+    async with get_client() as client:
+        docs = await client.read_block_documents(include_secrets=True, limit=500)
+    blocks = [
+        d
+        for d in docs
+        if d.name in names and d.block_schema and "notify" in d.block_schema.capabilities
+    ]
+    if not blocks:
+        raise EventRefused(
+            f"no notification block named {', '.join(sorted(names)) or '(none listed)'} exists; "
+            "create one (e.g. a Custom Webhook block) or fix `notify` in fleet/fleet.yaml"
+        )
+    sent = []
+    for doc in blocks:
+        block = Block._from_block_document(doc)
+        await block.notify(body=body, subject=subject)  # type: ignore[attr-defined]
+        sent.append(str(doc.name))
+    return sent
+
+
+@flow(name="extend_event_hub", flow_run_name="extend_event_hub {cluster}/{hub}")
+async def extend_event_hub(
+    cluster: str,
+    hub: str,
+    new_end: datetime,
+    dry_run: bool = False,
+    operator: str | None = None,
+) -> dict[str, Any]:
+    """Move an event's end: schedule the new expiry and reminders, cancel the old runs."""
+    op = await begin("extend_event_hub", cluster, hub, operator)
+    assert op.hub is not None
+    spec = events.event_spec(op.cluster, op.hub)
+    if new_end.tzinfo is None:
+        raise EventRefused(f"new_end {new_end.isoformat()} has no UTC offset; add one, e.g. +00:00")
+    if new_end <= max(spec.start, _now()):
+        raise EventRefused(
+            f"new_end {new_end.isoformat()} is not in the future (after start and now); to end "
+            "the event sooner, change `end` in the fleet. Nothing was changed."
+        )
+    extension = Extension(new_end, spec.end)
+    wanted = events.wanted_runs(
+        cluster, hub, spec, _now(), extension=extension, include_create=False
+    )
+    existing = [r for r in await scheduled_event_runs(cluster, hub) if r.kind != CREATE]
+    plan = events.plan_schedule(wanted, existing)
+    if not dry_run:
+        # Recorded first, so a reaper running meanwhile already sees the later end.
+        await Variable.aset(_extension_var(cluster, hub), extension.to_json(), overwrite=True)
+    done = await _apply_schedule(plan, op.operator, dry_run, f"event extended to {new_end}")
+    await acreate_markdown_artifact(
+        key=f"event-extend-{cluster}-{hub}",
+        markdown=f"# {'Dry run: ' if dry_run else ''}extend {op.target}\n\n"
+        f"End moved from {spec.end.isoformat()} to {new_end.isoformat()} "
+        f"(expires {(new_end + spec.grace).isoformat()}).\n\n"
+        f"Record it in the fleet too (`end: {new_end.isoformat()}`): until the fleet's end "
+        "changes, this extension holds; once it changes, the fleet wins.\n\n"
+        f"{_bullets(done)}",
+        description=f"extend {op.target} to {new_end.isoformat()}",
+    )
+    return {"hub": op.target, "new_end": new_end.isoformat(), "dry_run": dry_run, **done}
+
+
+@flow(name="expire_event_hub", flow_run_name="expire_event_hub {cluster}/{hub}")
+async def expire_event_hub(
+    cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
+) -> dict[str, Any]:
+    """Expire an event hub that is over: snapshot, export, revoke, remove, record."""
+    started = _now()
+    op = await begin("expire_event_hub", cluster, hub, operator)
+    assert op.hub is not None
+    # The safety rule, first: standing hubs and unfinished events stop here, untouched.
+    end = events.refuse_unless_expirable(
+        op.cluster, op.hub, started, await load_extension(cluster, hub)
+    )
+    _require_local(op)
+    logger = get_run_logger()
+    local = local_hub(op.fleet, cluster, hub)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    url = events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), stamp)
+    spec = events.event_spec(op.cluster, op.hub)
+    creds = spec.export.credentials if spec.export else None
+    if not local.directory.is_dir():
+        logger.info("%s: already removed; nothing to expire", op.target)
+        await _cleanup_schedule(cluster, hub, dry_run)
+        return {"hub": op.target, "expired": False, "reason": "already removed"}
+    plan = (
+        f"health snapshot; export {local.directory / 'homes'} to {url}; "
+        if url
+        else "health snapshot; delete homes (data_policy: delete); "
+    ) + "revoke the ops service; stop the hub and delete its state"
+    logger.info("%s (ended %s): %s", op.target, end.isoformat(), plan)
+    if dry_run:
+        await acreate_markdown_artifact(
+            key=f"event-expire-{cluster}-{hub}",
+            markdown=f"# Dry run: expire {op.target}\n\nWould: {plan}.\n",
+            description=f"dry run: expire {op.target}",
+        )
+        return {"hub": op.target, "dry_run": True, "would": plan}
+
+    health = await check_hub_health(cluster, hub, operator=op.operator)
+    exported: ExportResult | None = None
+    if url:
+        # A failed or unverified export raises here: the hub is left as it is.
+        exported = await export_homes(local.directory / "homes", url, creds)
+    revoked = await revoke_ops_service(cluster, hub)
+    removed = await teardown_hub(cluster, hub, keep_data=False, operator=op.operator)
+    cancelled = await _cleanup_schedule(cluster, hub, dry_run)
+    await acreate_markdown_artifact(
+        key=f"event-expire-{cluster}-{hub}",
+        markdown=f"# Expired {op.target}\n\n| | |\n|---|---|\n"
+        f"| event end | {end.isoformat()} |\n| health before | {health['verdict']} |\n"
+        f"| exported | {exported.summary() if exported else 'nothing (data_policy: delete)'} |\n"
+        f"| verified | {'object count and sizes match' if exported else '-'} |\n"
+        f"| credentials | {revoked} |\n"
+        f"| removed | processes {removed.get('stopped') or 'none'}; {local.directory} deleted; "
+        f"ops token block deleted |\n| cancelled runs | {len(cancelled)} |\n"
+        f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
+        description=f"expired {op.target}",
+    )
+    return {
+        "hub": op.target,
+        "expired": True,
+        "started": started.isoformat(),
+        "export": {"url": exported.url, "objects": exported.objects, "bytes": exported.bytes}
+        if exported
+        else None,
+        "revoked": revoked,
+        "stopped": removed.get("stopped"),
+    }
+
+
+def _require_local(op: Operation) -> None:
+    """Expiry removes local hubs only in this version; Helm uninstall is issue #4's path."""
+    if op.cluster.provider is not Provider.local:
+        raise ProviderNotReady(
+            f"{op.target}: expiring a hub on provider {op.cluster.provider.value!r} needs its "
+            "Helm release and namespace removed, which this version does not do yet; only "
+            "'local' event hubs are expired. Nothing was changed."
+        )
+
+
+@task(task_run_name="revoke-ops-service-{cluster}-{hub}", cache_policy=NO_CACHE)
+async def revoke_ops_service(cluster: str, hub: str) -> str:
+    """Delete the hub's API-managed ops service, which revokes its token; verify it is refused.
+
+    Changes: the hub's services (the ops service is gone). The block goes with teardown.
+    """
+    block = await load_ops_token(cluster, hub)
+    if block is None:
+        return "no ops token stored"
+    token = block.token.get_secret_value()
+    try:
+        await asyncio.to_thread(api.delete_service, block.url, token, block.service_name)
+    except api.TokenRefused:
+        return f"ops service {block.service_name}: token already refused"
+    except api.HubApiError as exc:
+        get_run_logger().warning("could not delete ops service: %s", exc)
+        return f"ops service {block.service_name} not deleted ({exc}); hub database removed"
+    except Exception as exc:  # hub down: its database is deleted with its state below
+        get_run_logger().warning("hub unreachable for revocation: %s", type(exc).__name__)
+        return "hub unreachable; its database (and the token) removed with its state"
+    try:
+        await asyncio.to_thread(api.whoami, block.url, token)
+    except api.TokenRefused:
+        return f"ops service {block.service_name} deleted; its token is refused"
+    raise HubfleetError(f"{cluster}/{hub}: the ops token still works after deleting its service")
+
+
+async def _cleanup_schedule(cluster: str, hub: str, dry_run: bool) -> list[str]:
+    """Cancel this hub's other scheduled runs and forget its extension (the event is over)."""
+    me = flow_run.get_id()
+    stale = [r for r in await scheduled_event_runs(cluster, hub) if r.id != me]
+    if not dry_run:
+        for run in stale:
+            await cancel_run(run, "event hub expired")
+        await Variable.aunset(_extension_var(cluster, hub))
+    return [r.id for r in stale]
+
+
+@flow(name="reap_expired_event_hubs", flow_run_name="reap_expired_event_hubs")
+async def reap_expired_event_hubs(
+    dry_run: bool = False, operator: str | None = None
+) -> dict[str, Any]:
+    """Hourly: expire event hubs past end + grace that still exist; report overdue creations."""
+    fleet, who = await _begin_fleet("reap_expired_event_hubs", operator)
+    now = _now()
+    items = events.reap_plan(fleet, now, _present(fleet), await _all_extensions(fleet))
+    failed: list[str] = []
+    outcome: dict[str, str] = {}
+    for item in items:
+        target = f"{item.cluster}/{item.hub}"
+        if item.verdict is not events.Verdict.expire:
+            outcome[target] = item.verdict.value
+            continue
+        try:
+            await expire_event_hub(item.cluster, item.hub, dry_run=dry_run, operator=who)
+            outcome[target] = "would expire" if dry_run else "expired"
+        except Exception as exc:  # one hub's failure must not stop the others
+            get_run_logger().error("expiring %s failed: %s", target, exc)
+            outcome[target] = f"FAILED: {exc}"
+            failed.append(target)
+    overdue = [f"{i.cluster}/{i.hub}" for i in items if i.verdict is events.Verdict.overdue_create]
+    rows = "\n".join(
+        f"| {i.cluster}/{i.hub} | {i.verdict.value} | {i.reason} | "
+        f"{outcome[f'{i.cluster}/{i.hub}']} |"
+        for i in items
+    )
+    await acreate_markdown_artifact(
+        key="event-reaper",
+        markdown=f"# {'Dry run: ' if dry_run else ''}event hub reaper\n\n"
+        f"| hub | verdict | why | outcome |\n|---|---|---|---|\n{rows}\n\n"
+        f"Overdue creations: {', '.join(overdue) or 'none'}\n",
+        description=f"reaper: {sum(1 for v in outcome.values() if v == 'expired')} expired, "
+        f"{len(overdue)} overdue, {len(failed)} failed",
+    )
+    if failed:
+        raise HubfleetError(f"reaper: expiring {', '.join(failed)} failed; see the runs")
+    return {"outcome": outcome, "overdue": overdue, "dry_run": dry_run}
+
+
+@flow(name="sync_event_schedules", flow_run_name="sync_event_schedules")
+async def sync_event_schedules(
+    dry_run: bool = False, operator: str | None = None
+) -> dict[str, Any]:
+    """Make the scheduled runs match the fleet: new events scheduled, changed ones moved,
+    removed ones cancelled."""
+    fleet, who = await _begin_fleet("sync_event_schedules", operator)
+    now = _now()
+    for cluster in fleet.clusters:  # a cloud event without an export target fails here, early
+        for hub in cluster.hubs:
+            if hub.kind is HubKind.event:
+                events.export_url(cluster, hub, str(data_dir() / "exports"), "check")
+    wanted = events.fleet_wanted_runs(fleet, now, await _all_extensions(fleet), _running(fleet))
+    plan = events.plan_schedule(wanted, await scheduled_event_runs())
+    done = await _apply_schedule(plan, who, dry_run, "fleet changed (sync)")
+    await acreate_markdown_artifact(
+        key="event-sync",
+        markdown=f"# {'Dry run: ' if dry_run else ''}event schedules\n\n{_bullets(done)}",
+        description=f"event sync: {len(done['scheduled'])} scheduled, "
+        f"{len(done['cancelled'])} cancelled",
+    )
+    return {"dry_run": dry_run, **done}
