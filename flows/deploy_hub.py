@@ -1,41 +1,279 @@
-"""deploy_hub: bring one hub to what the fleet says, then prove it is healthy."""
+"""deploy_hub: bring one hub to what the fleet says, prove it healthy, or put it back.
+
+Runbook, Kubernetes providers (gcp, aws, azure, kubeconfig):
+  1. layer the hub's values and check them against the chart's schema (nothing applied yet)
+  2. dry run: render with the server and show what would change (Secrets only as "changed")
+  3. take the hub's lock; ensure its namespace and ops Secret
+  4. `helm upgrade --install --atomic --wait`: a rollout that never gets Ready is undone by helm
+  5. health gate (see `health_gate`); on failure roll back to the previous revision and fail
+
+The local provider follows the same contract with processes: the previous config is kept,
+and a hub that fails to start or is down after the deploy is restarted with it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
+from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
-from hubfleet.errors import ProviderNotReady
+from hubfleet.errors import HubfleetError, ProviderNotReady
 from hubfleet.localhub import hub_config_from_values
 from hubfleet.model import Provider
-from hubfleet.values import load_values_files
+from hubfleet.values import (
+    CHARTS_DIR,
+    Layer,
+    hub_layers,
+    load_values_files,
+    secret_values_file,
+    validate_layers,
+)
+from tasks import helm as helm_tasks
+from tasks import kube
 from tasks.hub_credentials import ensure_ops_service
-from tasks.local_hub import local_hub, plan_local_hub, start_local_hub
+from tasks.local_hub import (
+    LocalHubError,
+    keep_previous_config,
+    local_hub,
+    plan_local_hub,
+    rollback_local_hub,
+    start_local_hub,
+)
+from tasks.locks import ensure_concurrency_limits_once, hub_lock
+
+Gate = Literal["auto", "health", "rollout", "none"]
+
+
+class HubDeployFailed(HubfleetError):
+    """The deploy did not leave the hub healthy; the message says what was rolled back."""
 
 
 def require_local(op: Operation) -> None:
+    """For operations only the local provider has so far (teardown_hub uses it)."""
     if op.cluster.provider is not Provider.local:
         raise ProviderNotReady(
             f"cluster {op.cluster.name!r} uses provider {op.cluster.provider.value!r}, which "
-            "deploys with Helm; only the 'local' provider is available in this version. "
-            "Nothing was changed."
+            "deploys with Helm; this operation exists only for the 'local' provider in this "
+            "version. Nothing was changed."
         )
+
+
+def secret_values_block(cluster: str, hub: str) -> str:
+    """Name of the optional Prefect `Secret` block with the hub's secret values (a dict)."""
+    return f"hub-values-{cluster}-{hub}"
+
+
+async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:
+    """The hub's secret values layer (from its `Secret` block), or {} if it has none."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block = await Secret.aload(secret_values_block(cluster, hub))
+    except ValueError:
+        return {}
+    value = block.get()
+    if not isinstance(value, dict):
+        raise HubfleetError(
+            f"Secret block {secret_values_block(cluster, hub)!r} must hold a mapping of chart "
+            "values (e.g. {'hub': {'cookieSecret': '...'}}); nothing was applied"
+        )
+    return value
+
+
+def _secret_strings(values: Any) -> list[str]:
+    if isinstance(values, dict):
+        return [s for v in values.values() for s in _secret_strings(v)]
+    if isinstance(values, list):
+        return [s for v in values for s in _secret_strings(v)]
+    return [str(values)] if values not in (None, "", True, False) else []
+
+
+@contextmanager
+def helm_values_files(layers: list[Layer]) -> Iterator[list[Path]]:
+    """The layers as files for helm, in order. Chart defaults are helm's own; layers that
+    are not files (what the fleet says, secret values) go to 0600 temp files, removed after."""
+    with ExitStack() as stack:
+        files = []
+        for layer in layers[1:]:
+            files.append(layer.path or stack.enter_context(secret_values_file(layer.values)))
+        yield files
+
+
+# --- the health gate ---------------------------------------------------------------------
+
+
+async def hub_health(op: Operation) -> dict[str, Any]:
+    """The hub-level verdict: the `check_hub_health` flow (a subflow run in the history)."""
+    assert op.hub is not None
+    return await check_hub_health(op.cluster.name, op.hub.name, operator=op.operator)
+
+
+async def health_gate(op: Operation, gate: Gate, api: Any, namespace: str) -> str | None:
+    """Why the freshly deployed hub must be rolled back, or None if it passes.
+
+    Two layers, because `helm --wait` only proves that pods became Ready once:
+    - rollout (Kubernetes, through the API): every Deployment of the release is on its new
+      generation with all replicas available, and every pod is Ready with no restarts.
+    - health: `check_hub_health` (reachable → api → auth ...) must not say "down".
+
+    `auto` means both for real clusters. `rollout` skips the HTTP probes: for clusters whose
+    hubs are not reachable from where the flow runs (CI, the kwok test cluster, where pods
+    are fake and nothing answers behind a hub's domain). Tests inject a hub-level failure
+    by replacing `hub_health`, which keeps helm, Kubernetes and the rollback real.
+    """
+    logger = get_run_logger()
+    if gate == "none":
+        return None
+    problems = kube.rollout_status(api, namespace, op.hub.name if op.hub else "")
+    if problems:
+        return "rollout: " + "; ".join(problems)
+    if gate == "rollout":
+        return None
+    report = await hub_health(op)
+    logger.info("%s: health %s (%s)", op.target, report["verdict"], report.get("reason"))
+    if report["verdict"] == "down":
+        return f"health check: down ({report.get('reason')})"
+    return None
+
+
+# --- the flow ----------------------------------------------------------------------------
 
 
 @flow(name="deploy_hub", flow_run_name="deploy_hub {cluster}/{hub}")
 async def deploy_hub(
-    cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
+    cluster: str,
+    hub: str,
+    dry_run: bool = False,
+    operator: str | None = None,
+    gate: Gate = "auto",
+    wait_timeout: str = "5m",
+    lock_timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Deploy or update one hub; with dry_run, only report what would change."""
+    """Deploy or update one hub; with dry_run, only report what would change.
+
+    gate: post-deploy health gate (`auto`, `health`, `rollout` or `none`; see health_gate).
+    wait_timeout: how long helm waits for the rollout before undoing it.
+    lock_timeout: seconds to wait for another operation on this hub (None: wait).
+    """
     op = await begin("deploy_hub", cluster, hub, operator)
-    require_local(op)
+    assert op.hub is not None
+    if op.cluster.provider is Provider.local:
+        return await _deploy_local(op, dry_run, lock_timeout)
+    return await _deploy_helm(op, dry_run, gate, wait_timeout, lock_timeout)
+
+
+async def _deploy_helm(
+    op: Operation, dry_run: bool, gate: Gate, wait_timeout: str, lock_timeout: float | None
+) -> dict[str, Any]:
     assert op.hub is not None
     logger = get_run_logger()
+    cluster, hub = op.cluster.name, op.hub.name
+    access = await ClusterAccess.for_cluster(cluster)
+    secret_values = await load_secret_values(cluster, hub)
+    layers = hub_layers(op.fleet, cluster, op.hub, secret_values)
+    version = op.hub.chart_version or op.fleet.settings.chart_version
+    chart = helm_tasks.resolve_chart("hub", version)
+    # Checked against the chart in use (a canary's schema may differ from helm/hub's).
+    schema = (chart if chart.is_dir() else CHARTS_DIR / "hub") / "values.schema.json"
+    validate_layers(layers, schema)
+    secrets = [*_secret_strings(secret_values), access.kubeconfig.get_secret_value()]
 
+    with ExitStack() as stack:
+        kubeconfig = stack.enter_context(kubeconfig_file(access))
+        helm = stack.enter_context(helm_tasks.helm_for(kubeconfig, access.context, secrets))
+        api = stack.enter_context(kube.kube_client(kubeconfig, access.context))
+        files = stack.enter_context(helm_values_files(layers))
+
+        if dry_run:
+            if kube.namespace_exists(api, hub):
+                changes = helm_tasks.helm_diff(helm, hub, chart, hub, files)
+            else:
+                rendered = helm.template(hub, chart, hub, files)
+                changes = helm_tasks.diff_manifests("", rendered)
+            await _artifact(op, f"Dry run: deploy {op.target} (chart {version})", changes)
+            return {"hub": op.target, "dry_run": True, "changes": changes, "to_version": version}
+
+        await ensure_concurrency_limits_once(op.fleet)
+        async with hub_lock(cluster, hub, timeout=lock_timeout):
+            kube.ensure_namespace(api, hub, hub)
+            kube.ensure_ops_secret(api, hub)
+            before = helm_tasks.helm_history(helm, hub, hub)
+            deployed = [r for r in before if r["status"] == "deployed"]
+            previous = deployed[-1] if deployed else None
+            from_version = _chart_version(previous)
+            started = time.monotonic()
+            try:
+                release = helm_tasks.helm_upgrade(helm, hub, chart, hub, files, wait_timeout)
+            except (helm_tasks.HelmError, helm_tasks.HelmTransient) as exc:
+                after = helm_tasks.helm_history(helm, hub, hub)
+                now = _chart_version(next((r for r in after if r["status"] == "deployed"), None))
+                reason = f"helm upgrade failed and --atomic undid it (now on {now}): {exc}"
+                await _artifact(op, f"Deploy of {op.target} FAILED", [], reason)
+                raise HubDeployFailed(f"{op.target}: {reason}") from None
+            revision = int(release["version"])
+            why = await health_gate(op, gate, api, hub)
+            if why is not None:
+                logger.error("%s failed the health gate: %s", op.target, why)
+                if previous is None:
+                    reason = f"failed the health gate ({why}); no previous revision to roll back to"
+                else:
+                    helm_tasks.helm_rollback(helm, hub, hub, int(previous["revision"]))
+                    reason = (
+                        f"failed the health gate ({why}); rolled back automatically from "
+                        f"revision {revision} to revision {previous['revision']} ({from_version})"
+                    )
+                await _artifact(op, f"Deploy of {op.target} ROLLED BACK", [], reason)
+                raise HubDeployFailed(f"{op.target}: {reason}")
+    duration = round(time.monotonic() - started, 1)
+    await _artifact(
+        op,
+        f"Deployed {op.target}: revision {revision}, chart {from_version or 'new'} → {version}",
+        [],
+    )
+    return {
+        "hub": op.target,
+        "action": "install" if previous is None else "upgrade",
+        "revision": revision,
+        "from_version": from_version,
+        "to_version": version,
+        "duration_s": duration,
+        "health": "healthy" if gate != "none" else "unchecked",
+    }
+
+
+def _chart_version(revision: dict[str, Any] | None) -> str | None:
+    """'hub-0.1.0' in helm's history -> '0.1.0'."""
+    if not revision:
+        return None
+    return str(revision.get("chart", "")).rpartition("-")[2] or None
+
+
+async def _artifact(
+    op: Operation, title: str, changes: list[dict[str, str]], why: str = ""
+) -> None:
+    assert op.hub is not None
+    rows = "\n".join(f"| {c['object']} | {c['change']} |" for c in changes)
+    table = f"| object | change |\n|---|---|\n{rows}\n" if changes else ""
+    await acreate_markdown_artifact(
+        key=f"deploy-{op.cluster.name}-{op.hub.name}",
+        markdown=f"# {title}\n\n{why}\n\n{table}\noperator: {op.operator}, "
+        f"fleet revision: {op.revision}\n",
+        description=title,
+    )
+
+
+async def _deploy_local(op: Operation, dry_run: bool, lock_timeout: float | None) -> dict[str, Any]:
+    assert op.hub is not None
+    logger = get_run_logger()
+    cluster, hub = op.cluster.name, op.hub.name
     values = load_values_files(op.fleet.hub_values_files(cluster, op.hub))
     local = local_hub(op.fleet, cluster, hub)
     plan = plan_local_hub(local, hub_config_from_values(values))
@@ -49,11 +287,31 @@ async def deploy_hub(
         )
         return {"hub": op.target, "action": plan.action, "dry_run": True}
 
-    running = local.state() if plan.action == "unchanged" else start_local_hub(local, plan)
-    assert running is not None  # "unchanged" means it is running
-    url = running.url
-    token = await ensure_ops_service(cluster, hub, local, url)
-    health = await check_hub_health(cluster, hub, operator=op.operator)
+    await ensure_concurrency_limits_once(op.fleet)
+    previous = None
+    async with hub_lock(cluster, hub, timeout=lock_timeout):
+        if plan.action == "unchanged":
+            running = local.state()
+        else:
+            previous = keep_previous_config(local)
+            try:
+                running = start_local_hub(local, plan)
+            except LocalHubError as exc:
+                restored = rollback_local_hub(local, previous) if previous else None
+                raise HubDeployFailed(
+                    f"{op.target} did not start with the new config ({exc}); "
+                    + ("restarted with the previous config" if restored else "nothing to restore")
+                ) from None
+        assert running is not None  # "unchanged" means it is running
+        url = running.url
+        token = await ensure_ops_service(cluster, hub, local, url)
+        health = await check_hub_health(cluster, hub, operator=op.operator)
+        if health["verdict"] == "down" and plan.action != "unchanged" and previous:
+            rollback_local_hub(local, previous)
+            raise HubDeployFailed(
+                f"{op.target} is down after deploy ({health['reason']}); "
+                "rolled back automatically to the previous config"
+            )
     await acreate_markdown_artifact(
         key=f"deploy-{cluster}-{hub}",
         markdown=f"# Deployed {op.target}\n\n| | |\n|---|---|\n| action | {plan.action} |\n"
@@ -62,5 +320,5 @@ async def deploy_hub(
         description=f"deploy {op.target}: {plan.action}, {health['verdict']}",
     )
     if health["verdict"] == "down":
-        raise RuntimeError(f"{op.target} is down after deploy: {health['reason']}")
+        raise HubDeployFailed(f"{op.target} is down after deploy: {health['reason']}")
     return {"hub": op.target, "action": plan.action, "url": url, "health": health["verdict"]}

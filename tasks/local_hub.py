@@ -415,3 +415,26 @@ def start_local_hub(local: LocalHub, plan: LocalPlan) -> HubState:
 def remove_local_hub(local: LocalHub, archive_to: Path | None) -> Path | None:
     """Stop the hub's processes, then delete its directory or move it to `archive_to`."""
     return local.remove(archive_to)
+
+
+PREVIOUS_CONFIG = "jupyterhub_config.previous.py"
+
+
+@task(task_run_name="keep-previous-config-{local.name}", cache_policy=NO_CACHE)
+def keep_previous_config(local: LocalHub) -> LocalPlan | None:
+    """Copy the running config to `jupyterhub_config.previous.py` (the rollback target);
+    None on a first deploy. Changes only that copy."""
+    state = local.state()
+    if state is None or not local.config_file.is_file():
+        return None
+    text = local.config_file.read_text()
+    (local.directory / PREVIOUS_CONFIG).write_text(text)
+    return LocalPlan("rollback", text, state.ports)
+
+
+@task(task_run_name="rollback-local-hub-{local.name}", cache_policy=NO_CACHE)
+def rollback_local_hub(local: LocalHub, previous: LocalPlan) -> HubState:
+    """Restart the hub's processes with the previous config: changes the running hub."""
+    state = local.start(previous.config, previous.ports)
+    get_run_logger().warning("%s: rolled back to the previous config", local.name)
+    return state

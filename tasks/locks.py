@@ -105,3 +105,22 @@ async def deploy_slot(cluster: str, timeout: float | None = None) -> AsyncIterat
     """One of the cluster's `parallelism` slots for a fleet run's hub change."""
     async with _hold([deploy_limit(cluster)], 1, f"deploy slot on {cluster}", timeout):
         yield
+
+
+_ensured: set[tuple[str, ...]] = set()
+
+
+async def ensure_concurrency_limits_once(fleet: Fleet) -> None:
+    """`ensure_concurrency_limits` at most once per process and fleet shape, so a flow run
+    on a fresh server works without `hubfleet setup`; locking itself stays strict (a limit
+    deleted later makes acquisition fail loudly instead of silently not locking)."""
+    from prefect.settings import PREFECT_API_URL
+
+    key = (
+        str(PREFECT_API_URL.value()),
+        str(fleet.settings.parallelism),
+        *sorted(f"{c.name}/{h.name}" for c in fleet.clusters for h in c.hubs),
+    )
+    if key not in _ensured:
+        await ensure_concurrency_limits(fleet)
+        _ensured.add(key)
