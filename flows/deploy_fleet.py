@@ -1,0 +1,399 @@
+"""deploy_fleet and deploy_support: change many hubs safely.
+
+Runbook (per cluster, all clusters side by side):
+  1. observe what is deployed (helm releases, hub namespaces) and report orphans
+  2. plan: support chart, staging hubs, health gate, prod hubs in waves (a markdown artifact)
+  3. support chart under the cluster lock (no hub operation runs meanwhile)
+  4. staging hubs, at most `parallelism` at once (the cluster's deploy limit)
+  5. gate: any staging hub failed → this cluster's prod hubs are blocked, other clusters go on
+  6. prod waves; a failed wave blocks the later waves of its cluster
+  7. result table artifact: hub, from-version, to-version, outcome, duration
+Each hub change is a `deploy_hub` subflow run, with its own post-deploy health gate and
+automatic rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
+
+from blocks.cluster_access import ClusterAccess, kubeconfig_file
+from flows.deploy_hub import Gate, deploy_hub
+from flows.operation import fleet_revision, operator_name, run_tags
+from hubfleet.loader import load_fleet
+from hubfleet.model import Cluster, Fleet, Provider
+from hubfleet.paths import fleet_dir
+from hubfleet.plan import ClusterPlan, Deployed, FleetPlan, HubChange, plan_fleet, select
+from hubfleet.values import CHARTS_DIR
+from tasks import helm as helm_tasks
+from tasks import kube
+from tasks.local_hub import local_hub
+from tasks.locks import cluster_lock, deploy_slot, ensure_concurrency_limits_once
+
+SUPPORT_RELEASE = "hubfleet-support"
+SUPPORT_NAMESPACE = "hubfleet-system"
+
+
+@dataclass
+class Outcome:
+    cluster: str
+    hub: str
+    from_version: str | None
+    to_version: str
+    outcome: str
+    duration_s: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "hub": f"{self.cluster}/{self.hub}",
+            "from-version": self.from_version or "-",
+            "to-version": self.to_version,
+            "outcome": self.outcome,
+            "duration s": self.duration_s,
+        }
+
+
+async def tag_run(op: str, clusters: list[str], operator: str | None, fleet: Fleet) -> str:
+    """Tag this fleet-wide run like every hubfleet run: op, operator, revision, clusters."""
+    who = operator_name(operator)
+    run_id = flow_run.get_id()
+    if run_id:
+        tags = {t for c in clusters for t in run_tags(op, c, None, who, fleet_revision(fleet.root))}
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(run_id))
+            await client.update_flow_run(UUID(run_id), tags=sorted(set(run.tags) | tags))
+    return who
+
+
+# --- observing ---------------------------------------------------------------------------
+
+
+async def observe_cluster(fleet: Fleet, cluster: Cluster) -> tuple[Deployed, list[str]]:
+    """What runs on a cluster now: chart version per fleet hub, and orphans (releases or
+    hub namespaces the fleet does not list). Changes nothing."""
+    if cluster.provider is Provider.local:
+        running = {
+            (cluster.name, h.name): (h.chart_version or fleet.settings.chart_version)
+            if local_hub(fleet, cluster.name, h.name).is_running()
+            else None
+            for h in cluster.hubs
+        }
+        return running, []
+    access = await ClusterAccess.for_cluster(cluster.name)
+    known = {h.name for h in cluster.hubs}
+    with kubeconfig_file(access) as kc, helm_tasks.helm_for(kc, access.context) as helm:
+        releases = helm_tasks.helm_releases(helm)
+        with kube.kube_client(kc, access.context) as api:
+            namespaces = kube.hub_namespaces(api)
+    deployed: dict[tuple[str, str], str | None] = {(cluster.name, h): None for h in known}
+    orphans = []
+    for rel in releases:
+        name, ns = rel["name"], rel["namespace"]
+        if name == SUPPORT_RELEASE and ns == SUPPORT_NAMESPACE:
+            continue
+        if name in known and ns == name:
+            deployed[(cluster.name, name)] = str(rel["chart"]).rpartition("-")[2]
+        else:
+            orphans.append(f"release {ns}/{name}")
+    orphans += [f"namespace {ns}" for ns in namespaces if ns not in known]
+    return deployed, sorted(set(orphans))
+
+
+async def remove_orphans(cluster: Cluster, orphans: list[str]) -> None:
+    """Uninstall orphan releases and delete orphan hub namespaces: changes the cluster."""
+    access = await ClusterAccess.for_cluster(cluster.name)
+    with (
+        kubeconfig_file(access) as kc,
+        helm_tasks.helm_for(kc, access.context) as helm,
+        kube.kube_client(kc, access.context) as api,
+    ):
+        for orphan in orphans:
+            kind, _, name = orphan.partition(" ")
+            if kind == "release":
+                ns, _, release = name.partition("/")
+                helm_tasks.helm_uninstall(helm, release, ns)
+            else:
+                kube.delete_namespace(api, name)
+
+
+# --- support chart -----------------------------------------------------------------------
+
+
+@flow(name="deploy_support", flow_run_name="deploy_support {cluster}")
+async def deploy_support(
+    cluster: str,
+    dry_run: bool = False,
+    operator: str | None = None,
+    placeholders: int | None = None,
+) -> dict[str, Any]:
+    """Install or upgrade helm/support on a cluster under the cluster lock (excludes every
+    hub operation there). Creates the hub namespaces so their quota/limit defaults apply.
+    `placeholders` sets the user-placeholder replicas (event pre-warming); None keeps them."""
+    fleet = load_fleet(fleet_dir())
+    spec = fleet.cluster(cluster)
+    await tag_run("deploy_support", [cluster], operator, fleet)
+    access = await ClusterAccess.for_cluster(cluster)
+    hubs = [h.name for h in spec.hubs]
+    chart = CHARTS_DIR / "support"
+    args = ["--set-json", f"hubNamespaces={_json(hubs)}"]
+    with kubeconfig_file(access) as kc, helm_tasks.helm_for(kc, access.context) as helm:
+        if placeholders is None:
+            current = (
+                helm.values(SUPPORT_RELEASE, SUPPORT_NAMESPACE)
+                if helm.status(SUPPORT_RELEASE, SUPPORT_NAMESPACE)
+                else {}
+            )
+            placeholders = int((current.get("userPlaceholder") or {}).get("replicas", 0))
+        args += ["--set", f"userPlaceholder.replicas={placeholders}"]
+        if dry_run:
+            rendered = helm.run(
+                "template",
+                SUPPORT_RELEASE,
+                str(chart),
+                "-n",
+                SUPPORT_NAMESPACE,
+                "--kube-version",
+                helm_tasks.TEMPLATE_KUBE_VERSION,
+                *args,
+            )
+            changes = helm_tasks.diff_manifests(
+                helm.manifest(SUPPORT_RELEASE, SUPPORT_NAMESPACE), rendered
+            )
+            return {"cluster": cluster, "dry_run": True, "changes": changes}
+        await ensure_concurrency_limits_once(fleet)
+        async with cluster_lock(cluster):
+            with kube.kube_client(kc, access.context) as api:
+                kube.ensure_namespace(api, SUPPORT_NAMESPACE)
+                for hub in hubs:
+                    kube.ensure_namespace(api, hub, hub)
+            helm.run(
+                "upgrade",
+                "--install",
+                SUPPORT_RELEASE,
+                str(chart),
+                "-n",
+                SUPPORT_NAMESPACE,
+                "--atomic",
+                "--wait",
+                "--timeout",
+                "3m",
+                *args,
+                timeout=400,
+            )
+    get_run_logger().info("support chart on %s: %d placeholder(s)", cluster, placeholders)
+    return {"cluster": cluster, "placeholders": placeholders}
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+# --- the fleet run -----------------------------------------------------------------------
+
+
+async def _change_hub(change: HubChange, operator: str, gate: Gate, wait_timeout: str) -> Outcome:
+    start = time.monotonic()
+    async with deploy_slot(change.cluster):
+        state = await deploy_hub(
+            cluster=change.cluster,
+            hub=change.hub,
+            operator=operator,
+            gate=gate,
+            wait_timeout=wait_timeout,
+            return_state=True,
+        )
+    took = round(time.monotonic() - start, 1)
+    if state.is_completed():
+        return Outcome(
+            change.cluster, change.hub, change.from_version, change.to_version, "deployed", took
+        )
+    try:
+        await state.result()  # raises the flow's exception: its message says why
+        why = state.message or "failed"
+    except Exception as exc:
+        why = str(exc)
+    outcome = "rolled back" if "rolled back" in why else "failed"
+    return Outcome(
+        change.cluster,
+        change.hub,
+        change.from_version,
+        change.to_version,
+        f"{outcome}: {why}",
+        took,
+    )
+
+
+async def _run_cluster(
+    cp: ClusterPlan, operator: str, gate: Gate, wait_timeout: str
+) -> list[Outcome]:
+    """One cluster's steps in order; a failure blocks this cluster's later steps only."""
+    logger = get_run_logger()
+    outcomes: list[Outcome] = []
+
+    def blocked(changes: list[HubChange], why: str) -> list[Outcome]:
+        return [
+            Outcome(c.cluster, c.hub, c.from_version, c.to_version, f"blocked: {why}")
+            for c in changes
+        ]
+
+    if cp.support:
+        support = await deploy_support(cluster=cp.cluster, operator=operator, return_state=True)
+        if not support.is_completed():
+            logger.error("%s: support chart failed; no hub of this cluster changes", cp.cluster)
+            return blocked(cp.changes, f"support chart failed ({support.message})")
+    steps = [("staging", cp.staging)] if cp.staging else []
+    steps += [(f"prod wave {i}", wave) for i, wave in enumerate(cp.waves, 1)]
+    for index, (name, changes) in enumerate(steps):
+        results = await asyncio.gather(
+            *(_change_hub(c, operator, gate, wait_timeout) for c in changes)
+        )
+        outcomes += results
+        failed = [o for o in results if o.outcome != "deployed"]
+        if failed:
+            rest = [c for _, later in steps[index + 1 :] for c in later]
+            why = f"{name} failed ({', '.join(o.hub for o in failed)})"
+            if name == "staging":
+                why = f"health gate: staging failed ({', '.join(o.hub for o in failed)})"
+            logger.error("%s: %s; %d later hub(s) blocked", cp.cluster, why, len(rest))
+            return outcomes + blocked(rest, why)
+    return outcomes
+
+
+async def run_fleet_plan(
+    op_name: str,
+    selection: list[str],
+    dry_run: bool,
+    operator: str | None,
+    only_version_changes: bool,
+    wave_size: int | None,
+    wave_percent: float | None,
+    remove_orphaned: bool,
+    gate: Gate,
+    wait_timeout: str,
+) -> dict[str, Any]:
+    """Shared by deploy_fleet and upgrade_fleet: observe, plan, execute, report."""
+    logger = get_run_logger()
+    fleet = load_fleet(fleet_dir())
+    chosen = select(fleet, selection)
+    clusters = [c for c in fleet.clusters if any(name == c.name for name, _ in chosen)]
+    who = await tag_run(op_name, [c.name for c in clusters], operator, fleet)
+
+    deployed: dict[tuple[str, str], str | None] = {}
+    orphans: dict[str, list[str]] = {}
+    observed = await asyncio.gather(
+        *(observe_cluster(fleet, c) for c in clusters), return_exceptions=True
+    )
+    unreachable: dict[str, str] = {}
+    for cluster, result in zip(clusters, observed, strict=True):
+        if isinstance(result, BaseException):
+            unreachable[cluster.name] = str(result)
+            logger.error("%s: cannot observe the cluster: %s", cluster.name, result)
+            continue
+        deployed.update(result[0])
+        if result[1]:
+            orphans[cluster.name] = result[1]
+            logger.warning("%s: orphans (not in the fleet): %s", cluster.name, result[1])
+
+    plan = plan_fleet(
+        fleet,
+        [s for s in (selection or ["*"])],
+        deployed,
+        only_version_changes=only_version_changes,
+        wave_size=wave_size,
+        wave_percent=wave_percent,
+    )
+    plan = FleetPlan([cp for cp in plan.clusters if cp.cluster not in unreachable])
+    orphan_md = "".join(
+        f"\n## Orphans on {c}\n\n"
+        + "".join(f"- {o}\n" for o in items)
+        + (
+            "\n(removed in this run)\n"
+            if remove_orphaned and not dry_run
+            else "\n(reported only; run with remove_orphans=true to remove)\n"
+        )
+        for c, items in orphans.items()
+    )
+    unreachable_md = "".join(f"\n- {c}: unreachable: {why}" for c, why in unreachable.items())
+    await acreate_markdown_artifact(
+        key=op_name.replace("_", "-") + "-plan",
+        markdown=plan.markdown(f"{'Dry run: ' if dry_run else ''}{op_name} plan by {who}")
+        + orphan_md
+        + unreachable_md,
+        description=f"{op_name}: {len(plan.changes)} hub change(s)",
+    )
+    if dry_run:
+        return {
+            "dry_run": True,
+            "changes": [c.__dict__ for c in plan.changes],
+            "orphans": orphans,
+            "unreachable": unreachable,
+        }
+
+    if remove_orphaned:
+        for cluster in clusters:
+            if orphans.get(cluster.name):
+                await remove_orphans(cluster, orphans[cluster.name])
+    await ensure_concurrency_limits_once(fleet)
+    per_cluster = await asyncio.gather(
+        *(_run_cluster(cp, who, gate, wait_timeout) for cp in plan.clusters)
+    )
+    outcomes = [o for results in per_cluster for o in results]
+    outcomes += [
+        Outcome(c, h, None, "-", f"failed: cluster unreachable ({why})")
+        for c, why in unreachable.items()
+        for cc, h in chosen
+        if cc == c
+    ]
+    await acreate_table_artifact(
+        key=op_name.replace("_", "-") + "-result",
+        table=[o.row() for o in outcomes],
+        description=f"{op_name}: "
+        f"{sum(o.outcome == 'deployed' for o in outcomes)}/{len(outcomes)} deployed",
+    )
+    result = {
+        "outcomes": [o.row() for o in outcomes],
+        "orphans": orphans,
+        "critical_path_steps": plan.critical_path_steps(),
+    }
+    failed = [o for o in outcomes if o.outcome != "deployed"]
+    if failed:
+        logger.error("%d of %d hub(s) not deployed", len(failed), len(outcomes))
+    return result
+
+
+@flow(name="deploy_fleet", flow_run_name="deploy_fleet {selection}")
+async def deploy_fleet(
+    selection: list[str] | None = None,
+    dry_run: bool = False,
+    operator: str | None = None,
+    wave_size: int | None = None,
+    wave_percent: float | None = None,
+    remove_orphans: bool = False,
+    gate: Gate = "auto",
+    wait_timeout: str = "5m",
+) -> dict[str, Any]:
+    """Deploy the selected hubs ('*', 'cluster' or 'cluster/hub'): support first, staging,
+    a health gate, then prod in waves; clusters in parallel. Orphans are reported, and
+    removed only with remove_orphans=true."""
+    return await run_fleet_plan(
+        "deploy_fleet",
+        selection or ["*"],
+        dry_run,
+        operator,
+        False,
+        wave_size,
+        wave_percent,
+        remove_orphans,
+        gate,
+        wait_timeout,
+    )

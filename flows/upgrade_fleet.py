@@ -1,0 +1,39 @@
+"""upgrade_fleet: the nightly run that moves every hub to its chart version.
+
+Same plan and safety as deploy_fleet (support, staging, gate, waves, rollback), but hubs
+already on their target chart version are left alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.deploy_fleet import run_fleet_plan
+from flows.deploy_hub import Gate
+
+
+@flow(name="upgrade_fleet", flow_run_name="upgrade_fleet")
+async def upgrade_fleet(
+    dry_run: bool = False,
+    operator: str | None = None,
+    wave_size: int | None = None,
+    wave_percent: float | None = None,
+    remove_orphans: bool = False,
+    gate: Gate = "auto",
+    wait_timeout: str = "5m",
+) -> dict[str, Any]:
+    """Upgrade every hub whose deployed chart version differs from the fleet's."""
+    return await run_fleet_plan(
+        "upgrade_fleet",
+        ["*"],
+        dry_run,
+        operator,
+        True,
+        wave_size,
+        wave_percent,
+        remove_orphans,
+        gate,
+        wait_timeout,
+    )
