@@ -1,0 +1,100 @@
+"""detect_drift: nightly, does every cluster still match its Terraform? Changes nothing.
+
+Runbook: for each cluster with a `terraform:` section, `plan -detailed-exitcode` (exit 2:
+reality and the registry differ) → one table artifact for the fleet → a
+`hubfleet.cluster.drifted` event per drifted cluster (automations notify from it). One
+cluster that cannot be planned is reported and does not stop the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_table_artifact
+from prefect.events import emit_event
+
+from flows.operation import fleet_revision, operator_name
+from hubfleet.loader import load_fleet
+from hubfleet.model import Cluster
+from hubfleet.paths import fleet_dir
+from tasks.cluster_login import provider_credentials_env
+from tasks.terraform import PlanSummary, terraform_init, terraform_plan, workspace
+
+DRIFT_EVENT = "hubfleet.cluster.drifted"
+
+
+async def check_cluster(cluster: Cluster) -> PlanSummary:
+    """Plan one cluster against its state (reads only; the plan file is discarded)."""
+    with workspace(cluster, await provider_credentials_env(cluster)) as ws:
+        await terraform_init(ws)
+        return await terraform_plan(ws)
+
+
+def announce_drift(summary: PlanSummary, revision: str) -> None:
+    """Emit the drift event of one cluster, with what changed as its payload."""
+    emit_event(
+        event=DRIFT_EVENT,
+        resource={"prefect.resource.id": f"hubfleet.cluster.{summary.cluster}"},
+        payload={
+            "cluster": summary.cluster,
+            "counts": summary.counts(),
+            "create": summary.create,
+            "update": summary.update,
+            "replace": summary.replace,
+            "destroy": summary.destroy,
+            "revision": revision,
+        },
+    )
+
+
+@flow(name="detect_drift", flow_run_name="detect_drift")
+async def detect_drift(operator: str | None = None) -> list[dict[str, Any]]:
+    """Report, per cluster, whether Terraform would change anything (and what)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    from flows.operation import run_tags
+
+    fleet = load_fleet(fleet_dir())
+    who, revision = operator_name(operator), fleet_revision(fleet.root)
+    run_id = flow_run.get_id()
+    if run_id:  # a fleet-wide operation: tagged like the others, with cluster:all
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(run_id))
+            tags = set(run.tags) | set(run_tags("detect_drift", "all", None, who, revision))
+            await client.update_flow_run(UUID(run_id), tags=sorted(tags))
+    logger = get_run_logger()
+    rows: list[dict[str, Any]] = []
+    for cluster in fleet.clusters:
+        if cluster.terraform is None:
+            continue
+        try:
+            summary = await check_cluster(cluster)
+        except Exception as exc:
+            logger.error("drift check of %s failed: %s", cluster.name, exc)
+            rows.append({"cluster": cluster.name, "status": "error", "changes": str(exc)[:300]})
+            continue
+        if summary.has_changes:
+            announce_drift(summary, revision)
+            changed = summary.create + summary.update + summary.replace + summary.destroy
+            rows.append(
+                {
+                    "cluster": cluster.name,
+                    "status": "drifted",
+                    "changes": f"{summary.counts()}: {', '.join(changed)}",
+                }
+            )
+        else:
+            rows.append({"cluster": cluster.name, "status": "in sync", "changes": ""})
+    await acreate_table_artifact(
+        key="terraform-drift",
+        table=rows,
+        description=f"drift: {sum(r['status'] == 'drifted' for r in rows)} drifted, "
+        f"{sum(r['status'] == 'error' for r in rows)} failed of {len(rows)} clusters",
+    )
+    failed = [r["cluster"] for r in rows if r["status"] == "error"]
+    if failed:  # fail the run so it is noticed, after every cluster was checked
+        raise RuntimeError(f"drift check failed for: {', '.join(failed)}")
+    return rows
