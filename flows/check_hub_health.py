@@ -1,21 +1,39 @@
-"""check_hub_health: is the hub up, does its API answer, is hubfleet's ops token accepted."""
+"""check_hub_health: probe one hub level by level and say why it is (un)healthy.
+
+Levels, shallow to deep: reachable (/hub/health) → api (/hub/api version) → auth (the ops
+token is accepted) → spawn (the health user's server runs Python in a kernel) → tls
+(days until the certificate expires) → k8s (Deployments ready, pods not stuck, PVCs
+bound). `depth="shallow"` stops after auth; `"deep"` runs everything; a level name runs
+up to that level. Each probe is a task retried on transient errors only, so one blip is
+absorbed before it counts. deploy_hub calls this same flow after every deploy.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from prefect import flow, task
-from prefect.artifacts import acreate_markdown_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from blocks.hub_token import HubOpsToken
-from flows.operation import begin
-from hubfleet.health import HealthReport, Level, ProbeResult, judge
+from flows.operation import Operation, begin
+from hubfleet.health import (
+    ALL_PASSED,
+    HealthReport,
+    Level,
+    ProbeResult,
+    judge,
+    judge_k8s,
+    judge_tls,
+    levels_for,
+)
 from hubfleet.model import Provider
-from tasks import jupyterhub_api as api
+from tasks import probes
 from tasks.hub_credentials import load_ops_token
 from tasks.local_hub import local_hub
 from tasks.retry import transient_retries
@@ -27,8 +45,11 @@ from tasks.retry import transient_retries
     cache_policy=NO_CACHE,
 )
 async def probe_reachable(url: str) -> float:
-    """GET /hub/health (read-only). Transient failures are retried with backoff."""
-    return await asyncio.to_thread(api.timed_health, url)
+    """GET /hub/health (read-only); returns the latency in ms."""
+    start = time.perf_counter()
+    async with httpx.AsyncClient() as client:
+        await probes.reachable(client, url)
+    return (time.perf_counter() - start) * 1000
 
 
 @task(
@@ -37,8 +58,9 @@ async def probe_reachable(url: str) -> float:
     cache_policy=NO_CACHE,
 )
 async def probe_api(url: str) -> str:
-    """GET /hub/api: the hub's version (read-only)."""
-    return await asyncio.to_thread(api.version, url)
+    """GET /hub/api (read-only): the hub's version."""
+    async with httpx.AsyncClient() as client:
+        return await probes.api_version(client, url)
 
 
 @task(
@@ -48,24 +70,58 @@ async def probe_api(url: str) -> str:
 )
 async def probe_auth(url: str, block: HubOpsToken | None) -> str:
     """GET /hub/api/user with the ops token (read-only): who the token belongs to."""
-    if block is None:
-        raise api.TokenRefused("no ops token stored for this hub; deploy it to create one")
-    me = await asyncio.to_thread(api.whoami, url, block.token.get_secret_value())
-    return str(me.get("name"))
+    token = block.token.get_secret_value() if block else None
+    async with httpx.AsyncClient() as client:
+        return await probes.auth_whoami(client, url, token)
 
 
-async def _probe(level: Level, call: Coroutine[Any, Any, Any]) -> ProbeResult:
-    """Run a probe task; its final failure (after retries) becomes a failed result."""
+@task(
+    task_run_name="probe-spawn-{url}",
+    **transient_retries(retries=1, backoff=1.0),
+    cache_policy=NO_CACHE,
+)
+async def probe_spawn(url: str, block: HubOpsToken) -> str:
+    """Start the health user's server, run Python in a kernel, check the answer.
+
+    Changes: creates the `hubfleet-health` user if missing; starts, then always stops, its
+    server (a leftover from an earlier failed probe is stopped first).
+    """
+    import asyncio
+
+    outcome = await asyncio.to_thread(probes.spawn_and_run, url, block.token.get_secret_value())
+    return outcome.detail
+
+
+@task(
+    task_run_name="probe-tls-{host}",
+    **transient_retries(retries=2, backoff=0.5),
+    cache_policy=NO_CACHE,
+)
+async def probe_tls(host: str, port: int = 443) -> datetime:
+    """Read (only) the certificate the hub presents: when it expires."""
+    import asyncio
+
+    return await asyncio.to_thread(probes.certificate_not_after, host, port)
+
+
+@task(
+    task_run_name="probe-k8s-{namespace}",
+    **transient_retries(retries=2, backoff=1.0),
+    cache_policy=NO_CACHE,
+)
+async def probe_k8s(cluster: str, namespace: str) -> ProbeResult:
+    """Read (only) the hub namespace's Deployments, pods and PVCs; judge them."""
+    import asyncio
+
+    import yaml
+
+    from blocks.cluster_access import ClusterAccess
+
+    access = await ClusterAccess.for_cluster(cluster)
+    kubeconfig = yaml.safe_load(access.kubeconfig.get_secret_value())
     start = time.perf_counter()
-    try:
-        value = await call
-    except Exception as exc:
-        latency = round((time.perf_counter() - start) * 1000, 1)
-        return ProbeResult(level, False, latency, reason=str(exc))
-    latency = round((time.perf_counter() - start) * 1000, 1)
-    if level is Level.reachable:
-        return ProbeResult(level, True, round(value, 1))
-    return ProbeResult(level, True, latency, detail=str(value))
+    seen = await asyncio.to_thread(probes.observe_namespace, kubeconfig, access.context, namespace)
+    return judge_k8s(namespace, *seen, latency_ms=round((time.perf_counter() - start) * 1000, 1))
 
 
 def hub_url(op: Any) -> str | None:
@@ -77,39 +133,150 @@ def hub_url(op: Any) -> str | None:
 
 
 @flow(name="check_hub_health", flow_run_name="check_hub_health {cluster}/{hub}")
-async def check_hub_health(cluster: str, hub: str, operator: str | None = None) -> dict[str, Any]:
-    """Probe one hub level by level and give a verdict: healthy, degraded or down."""
+async def check_hub_health(
+    cluster: str, hub: str, depth: str = "shallow", operator: str | None = None
+) -> dict[str, Any]:
+    """Probe one hub up to `depth` (shallow | deep | a level) and give a verdict."""
+    levels = levels_for(depth)  # a bad depth fails before anything is probed
     op = await begin("check_hub_health", cluster, hub, operator)
     url = hub_url(op)
+    results = await run_probes(op, url, levels)
+    report = judge(op.target, results)
+    await record_check(report, url, depth)
+    return report_dict(report, url, depth)
+
+
+async def run_probes(
+    op: Operation, url: str | None, levels: tuple[Level, ...]
+) -> list[ProbeResult]:
+    """Each level in order; after reachable or api fails, only k8s (if asked) still runs."""
+    assert op.hub is not None
     if url is None:
-        probes = [ProbeResult(Level.reachable, False, None, "never deployed (no local state)")]
-    else:
-        probes = [await _probe(Level.reachable, probe_reachable(url))]
-        if probes[-1].ok:
-            probes.append(await _probe(Level.api, probe_api(url)))
-        if probes[-1].ok:
-            block = await load_ops_token(cluster, hub)
-            probes.append(await _probe(Level.auth, probe_auth(url, block)))
-    report = judge(op.target, probes)
+        return [ProbeResult(Level.reachable, False, None, "never deployed (no local state)")]
+    local = op.cluster.provider is Provider.local
+    results: list[ProbeResult] = []
+    block: HubOpsToken | None = None
+    for level in levels:
+        if results and any(not r.ok and r.level in _STOPS for r in results):
+            # Nothing answers over HTTP; but Kubernetes can still say why (k8s runs).
+            if level is not Level.k8s:
+                continue
+        if level is Level.reachable:
+            result = await _timed(level, probe_reachable(url))
+            result = ProbeResult(level, result.ok, result.latency_ms, result.reason)
+        elif level is Level.api:
+            result = await _timed(level, probe_api(url))
+        elif level is Level.auth:
+            block = await load_ops_token(op.cluster.name, op.hub.name)
+            result = await _timed(level, probe_auth(url, block))
+        elif level is Level.spawn:
+            if block is None or not all(r.ok for r in results):
+                result = _skip(level, "not run: needs a working ops token (auth failed)")
+            else:
+                result = await _timed(level, probe_spawn(url, block))
+        elif level is Level.tls:
+            if local:
+                result = _skip(level, "plain-http local hub: no certificate to check")
+            else:
+                start = time.perf_counter()
+                try:
+                    not_after = await probe_tls(op.hub.domain)
+                    result = judge_tls(not_after, datetime.now(UTC), _ms(start))
+                except Exception as exc:
+                    result = ProbeResult(level, False, _ms(start), str(exc))
+        else:  # k8s
+            if local:
+                result = _skip(level, "local hub: no Kubernetes objects to check")
+            else:
+                try:
+                    result = await probe_k8s(op.cluster.name, op.hub.name)
+                except Exception as exc:
+                    result = ProbeResult(level, False, None, str(exc))
+        results.append(result)
+    return results
+
+
+#: After one of these fails, the HTTP levels after it cannot answer either.
+_STOPS = (Level.reachable, Level.api)
+
+
+async def _timed(level: Level, call: Any) -> ProbeResult:
+    """Await a probe task; its final failure (after retries) becomes a failed result."""
+    start = time.perf_counter()
+    try:
+        value = await call
+    except Exception as exc:
+        return ProbeResult(level, False, _ms(start), reason=str(exc) or type(exc).__name__)
+    if level is Level.reachable:
+        return ProbeResult(level, True, round(value, 1))
+    return ProbeResult(level, True, _ms(start), detail=str(value))
+
+
+def _skip(level: Level, reason: str) -> ProbeResult:
+    return ProbeResult(level, True, None, reason, skipped=True)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)
+
+
+async def record_check(report: HealthReport, url: str | None, depth: str) -> None:
+    """The run's record: a markdown report for people, one history row for `hubfleet health`."""
+    cluster, hub = report.hub.split("/", 1)
     await acreate_markdown_artifact(
         key=f"health-{cluster}-{hub}",
         markdown=_markdown(report, url),
-        description=f"Health of {op.target}: {report.verdict}",
+        description=f"Health of {report.hub}: {report.verdict}",
     )
-    return report_dict(report, url)
+    await acreate_table_artifact(
+        key=f"health-history-{cluster}-{hub}",
+        table=[history_row(report_dict(report, url, depth))],
+        description=f"{report.hub}: {report.verdict} ({depth})",
+    )
 
 
-def report_dict(report: HealthReport, url: str | None) -> dict[str, Any]:
+def history_row(result: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One hub's check (a `report_dict`) as a row of the history and sweep tables:
+    hub, verdict, failing level and reason, then one column per level (status, latency)."""
+    row: dict[str, Any] = {
+        "hub": result["hub"],
+        "verdict": result["verdict"],
+        "level": result["level"],
+        "reason": "" if result["reason"] == ALL_PASSED else result["reason"],
+        "depth": result["depth"],
+        "run": result.get("run", ""),
+        "checked_at": result.get("checked_at", ""),
+    }
+    seen = {p["level"]: p for p in result["probes"]}
+    for level in Level:
+        p = seen.get(level.value)
+        if p is None:
+            row[level.value] = "-"
+        elif p["latency_ms"] is None:
+            row[level.value] = p["status"]
+        else:
+            row[level.value] = f"{p['status']} {p['latency_ms']:.0f}ms"
+    row.update(extra)
+    return row
+
+
+def report_dict(report: HealthReport, url: str | None, depth: str = "shallow") -> dict[str, Any]:
+    """The flow's result: verdict, reason and every probe, as plain JSON-able data."""
     return {
         "hub": report.hub,
         "url": url,
+        "depth": depth,
         "verdict": report.verdict.value,
+        "level": report.level,
         "reason": report.reason,
         "latency_ms": report.latency_ms,
+        "run": str(flow_run.get_id() or ""),
+        "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "probes": [
             {
                 "level": p.level.value,
                 "ok": p.ok,
+                "status": p.status,
                 "latency_ms": p.latency_ms,
                 "reason": p.reason,
                 "detail": p.detail,
@@ -121,8 +288,7 @@ def report_dict(report: HealthReport, url: str | None) -> dict[str, Any]:
 
 def _markdown(report: HealthReport, url: str | None) -> str:
     rows = "\n".join(
-        f"| {p.level} | {'ok' if p.ok else 'FAIL'} | {p.latency_ms or '-'} | "
-        f"{p.reason or p.detail} |"
+        f"| {p.level} | {p.status} | {p.latency_ms or '-'} | {p.reason or p.detail} |"
         for p in report.probes
     )
     return (

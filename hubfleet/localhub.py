@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hubfleet.health import HEALTH_USER
+
 #: The admin user that exists only to mint the first ops token; it can never log in
 #: (local hubs use the null authenticator) and its tokens are revoked after bootstrap.
 BOOTSTRAP_USER = "hubfleet-bootstrap"
@@ -35,6 +37,8 @@ def render_config(
     # hubfleet's bootstrap admin survives whatever admin_users the values set.
     auth = config.setdefault("Authenticator", {})
     auth["admin_users"] = sorted({*auth.get("admin_users", []), BOOTSTRAP_USER})
+    # The health probe's user gets servers only through the API; it can never log in.
+    auth["blocked_users"] = sorted({*auth.get("blocked_users", []), HEALTH_USER})
     user_config = json.dumps(config, indent=2, sort_keys=True)
     lines = [
         f"# Written by hubfleet for local hub {hub!r}. Do not edit: redeploy instead.",

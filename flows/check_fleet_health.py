@@ -1,0 +1,399 @@
+"""check_fleet_health: probe every selected hub, remember streaks, alert once per outage.
+
+The runbook:
+  1. pick the hubs (`selection`: cluster or cluster/hub names; all by default);
+  2. probe them with bounded concurrency per cluster: a shallow sweep probes many hubs
+     in one task per cluster (Prefect records ~50 task runs/s, so not one per hub); a
+     deep sweep runs `check_hub_health` per hub, each a subflow in the run history;
+  3. count each hub's consecutive failed sweeps, carried over from the last sweep's table;
+  4. emit `hubfleet.hub.unhealthy` once, when a hub's streak reaches `alert_after` (an
+     automation turns it into a notification), and `hubfleet.hub.recovered` after it;
+  5. record a table (hub x level, latency) and a summary: what is wrong, what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import httpx
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+
+from blocks.hub_token import HubOpsToken
+from flows.check_hub_health import check_hub_health, history_row, hub_url, report_dict
+from flows.operation import Operation, fleet_revision, operator_name, run_tags
+from hubfleet.errors import HubfleetError
+from hubfleet.health import (
+    DEPTHS,
+    Level,
+    ProbeResult,
+    Streak,
+    changes,
+    judge,
+    levels_for,
+    next_streak,
+)
+from hubfleet.loader import load_fleet
+from hubfleet.model import Fleet
+from hubfleet.paths import fleet_dir
+from tasks import probes
+
+UNHEALTHY_EVENT = "hubfleet.hub.unhealthy"
+RECOVERED_EVENT = "hubfleet.hub.recovered"
+_SHALLOW_LEVELS = set(DEPTHS["shallow"])
+
+
+class UnknownSelection(HubfleetError):
+    """A selection entry names no cluster or hub of the fleet."""
+
+
+def select_hubs(fleet: Fleet, selection: list[str] | None) -> list[tuple[str, str]]:
+    """(cluster, hub) pairs matching `selection` ('cluster' or 'cluster/hub'); all if None."""
+    every = [(c.name, h.name) for c in fleet.clusters for h in c.hubs]
+    if not selection:
+        return every
+    chosen: list[tuple[str, str]] = []
+    for entry in selection:
+        cluster, _, hub = entry.partition("/")
+        matches = [(c, h) for c, h in every if c == cluster and (not hub or h == hub)]
+        if not matches:
+            known = ", ".join(sorted({c for c, _ in every}))
+            raise UnknownSelection(
+                f"selection {entry!r} matches no hub; use 'cluster' or 'cluster/hub' "
+                f"(clusters: {known}). Nothing was checked."
+            )
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
+@flow(name="check_fleet_health", flow_run_name="check_fleet_health {depth}")
+async def check_fleet_health(
+    depth: str = "shallow",
+    selection: list[str] | None = None,
+    per_cluster: int | None = None,
+    alert_after: int = 3,
+    retries: int = 3,
+    backoff: float = 0.5,
+    timeout: float = 5.0,
+    operator: str | None = None,
+) -> dict[str, Any]:
+    """Sweep the fleet's hubs up to `depth`; alert once a hub fails `alert_after` sweeps in a row.
+
+    per_cluster: hubs probed at once per cluster (default 50 shallow, the fleet's
+    `parallelism` deep). retries/backoff/timeout apply to each shallow request.
+    """
+    levels = levels_for(depth)
+    if alert_after < 1:
+        raise HubfleetError(f"alert_after={alert_after}: use 1 or more")
+    op = await begin_sweep(depth, selection, operator)
+    fleet, targets = op.fleet, select_hubs(op.fleet, selection)
+    limit = per_cluster or (50 if set(levels) <= _SHALLOW_LEVELS else fleet.settings.parallelism)
+
+    previous = await last_sweep_rows(depth)
+    if set(levels) <= _SHALLOW_LEVELS:
+        results = await sweep_shallow(fleet, targets, levels, limit, retries, backoff, timeout)
+    else:
+        results = await sweep_deep(targets, depth, limit, op.operator)
+
+    rows, alerts, recovered = apply_streaks(results, previous, alert_after)
+    announce(alerts, recovered, depth)
+    summary = await record_sweep(depth, rows, previous, alerts, recovered)
+    get_run_logger().info(
+        "%s sweep of %d hubs: %s; %d alert(s), %d recovered",
+        depth,
+        len(rows),
+        ", ".join(f"{n} {v}" for v, n in summary["counts"].items()) or "nothing",
+        len(alerts),
+        len(recovered),
+    )
+    return summary
+
+
+async def begin_sweep(depth: str, selection: list[str] | None, operator: str | None) -> Operation:
+    """Load the fleet and tag the run like `begin` does, with one cluster tag per cluster.
+
+    (`flows.operation.begin` needs a single cluster; a sweep spans the fleet.)
+    """
+    fleet = load_fleet(fleet_dir())
+    targets = select_hubs(fleet, selection)
+    who = operator_name(operator)
+    revision = fleet_revision(fleet.root)
+    clusters = sorted({c for c, _ in targets})
+    tags = {"op:check_fleet_health", f"depth:{depth}"}
+    for cluster in clusters:
+        tags |= set(run_tags("check_fleet_health", cluster, None, who, revision))
+    run_id = flow_run.get_id()
+    if run_id:
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(run_id))
+            await client.update_flow_run(UUID(run_id), tags=sorted(set(run.tags) | tags))
+    get_run_logger().info(
+        "check_fleet_health (%s) of %d hubs in %s by %s (fleet revision %s)",
+        depth,
+        len(targets),
+        ", ".join(clusters) or "no cluster",
+        who,
+        revision,
+    )
+    first = fleet.cluster(clusters[0]) if clusters else fleet.clusters[0]
+    return Operation("check_fleet_health", fleet, first, None, who, revision)
+
+
+# --- shallow: many hubs per task --------------------------------------------------------
+
+
+async def sweep_shallow(
+    fleet: Fleet,
+    targets: list[tuple[str, str]],
+    levels: tuple[Level, ...],
+    limit: int,
+    retries: int,
+    backoff: float,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """One task per cluster, clusters in parallel."""
+    by_cluster: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
+    for cluster, hub in targets:
+        op = _HubRef(fleet, cluster, hub)
+        by_cluster[cluster].append((f"{cluster}/{hub}", hub_url(op)))
+    depth = next((d for d, lv in DEPTHS.items() if lv == levels), levels[-1].value)
+    batches = await asyncio.gather(
+        *(
+            probe_hubs(cluster, hubs, levels, depth, limit, retries, backoff, timeout)
+            for cluster, hubs in by_cluster.items()
+        )
+    )
+    return [result for batch in batches for result in batch]
+
+
+class _HubRef:
+    """What `hub_url` needs to know about a hub."""
+
+    def __init__(self, fleet: Fleet, cluster: str, hub: str):
+        self.fleet = fleet
+        self.cluster = fleet.cluster(cluster)
+        self.hub = self.cluster.hub(hub)
+
+
+@task(task_run_name="probe-hubs-{cluster}", cache_policy=NO_CACHE)
+async def probe_hubs(
+    cluster: str,
+    hubs: list[tuple[str, str | None]],
+    levels: tuple[Level, ...],
+    depth: str,
+    limit: int,
+    retries: int,
+    backoff: float,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """Probe the cluster's hubs (read-only), at most `limit` at once; one result per hub.
+
+    Ops tokens are read in one call for all hubs, inside this task: never a parameter.
+    """
+    tokens = await load_all_ops_tokens() if Level.auth in levels else {}
+    gate = asyncio.Semaphore(limit)
+    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+    async with httpx.AsyncClient(limits=limits) as client:
+
+        async def one(hub: str, url: str | None) -> dict[str, Any]:
+            if url is None:
+                found = [
+                    ProbeResult(Level.reachable, False, None, "never deployed (no local state)")
+                ]
+            else:
+                async with gate:
+                    found = await probes.probe_shallow(
+                        client,
+                        url,
+                        tokens.get(hub),
+                        levels,
+                        retries=retries,
+                        backoff=backoff,
+                        timeout=timeout,
+                    )
+            return report_dict(judge(hub, found), url, depth)
+
+        return list(await asyncio.gather(*(one(hub, url) for hub, url in hubs)))
+
+
+async def load_all_ops_tokens() -> dict[str, str]:
+    """Every stored ops token by hub ('cluster/hub'), read in pages of one API call each."""
+    from prefect.exceptions import ObjectNotFound
+
+    tokens: dict[str, str] = {}
+    async with get_client() as client:
+        offset = 0
+        while True:
+            try:
+                page = await client.read_block_documents_by_type(
+                    HubOpsToken.get_block_type_slug(),
+                    offset=offset,
+                    limit=200,
+                    include_secrets=True,
+                )
+            except ObjectNotFound:  # no token was ever stored
+                return tokens
+            for doc in page:
+                data = doc.data
+                token = data.get("token")
+                if data.get("hub") and token:
+                    tokens[str(data["hub"])] = str(
+                        token.get_secret_value() if hasattr(token, "get_secret_value") else token
+                    )
+            if len(page) < 200:
+                return tokens
+            offset += len(page)
+
+
+# --- deep: one subflow per hub, bounded per cluster -------------------------------------
+
+
+async def sweep_deep(
+    targets: list[tuple[str, str]], depth: str, limit: int, operator: str
+) -> list[dict[str, Any]]:
+    """`check_hub_health` per hub, at most `limit` hubs of one cluster at once."""
+    gates: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(limit))
+
+    async def one(cluster: str, hub: str) -> dict[str, Any]:
+        async with gates[cluster]:
+            try:
+                return await check_hub_health(cluster, hub, depth=depth, operator=operator)
+            except Exception as exc:  # the check itself broke: that hub is down, not the sweep
+                failed = ProbeResult(Level.reachable, False, None, f"check failed: {exc}")
+                return report_dict(judge(f"{cluster}/{hub}", [failed]), None, depth)
+
+    return list(await asyncio.gather(*(one(c, h) for c, h in targets)))
+
+
+# --- streaks, alerts, records -----------------------------------------------------------
+
+
+async def last_sweep_rows(depth: str) -> dict[str, dict[str, Any]]:
+    """The previous sweep's rows of this depth, by hub (empty for the first sweep)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[sweep_key(depth)])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    if not found or not found[0].data:
+        return {}
+    data = found[0].data
+    rows = json.loads(data) if isinstance(data, str) else data
+    return {row["hub"]: row for row in rows}
+
+
+def sweep_key(depth: str) -> str:
+    return f"health-sweep-{depth}"
+
+
+def apply_streaks(
+    results: list[dict[str, Any]], previous: dict[str, dict[str, Any]], alert_after: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows with each hub's streak; the rows that alert now, and those that recovered."""
+    from hubfleet.health import Verdict
+
+    now = datetime.now(UTC)
+    rows, alerts, recovered = [], [], []
+    for result in results:
+        prev = Streak.from_row(previous.get(result["hub"]))
+        move = next_streak(prev, Verdict(result["verdict"]), now, alert_after)
+        row = history_row(
+            result,
+            failures=move.streak.failures,
+            since=move.streak.since,
+            alerted=move.streak.alerted,
+        )
+        rows.append(row)
+        if move.alert:
+            alerts.append(row)
+        if move.recovered:
+            recovered.append(row)
+    return rows, alerts, recovered
+
+
+def announce(alerts: list[dict[str, Any]], recovered: list[dict[str, Any]], depth: str) -> None:
+    """One event per hub that just crossed the threshold or recovered; the hub is the resource."""
+    for row, event in [(r, UNHEALTHY_EVENT) for r in alerts] + [
+        (r, RECOVERED_EVENT) for r in recovered
+    ]:
+        cluster = row["hub"].split("/", 1)[0]
+        emit_event(
+            event=event,
+            resource={
+                "prefect.resource.id": f"hubfleet.hub.{row['hub']}",
+                "prefect.resource.name": row["hub"],
+                "hubfleet.cluster": cluster,
+            },
+            payload={
+                "hub": row["hub"],
+                "verdict": row["verdict"],
+                "level": row["level"],
+                "reason": row["reason"],
+                "failures": row["failures"],
+                "since": row["since"],
+                "depth": depth,
+            },
+        )
+
+
+async def record_sweep(
+    depth: str,
+    rows: list[dict[str, Any]],
+    previous: dict[str, dict[str, Any]],
+    alerts: list[dict[str, Any]],
+    recovered: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The sweep's table (every hub x level) and its summary; returns the summary."""
+    counts: dict[str, int] = defaultdict(int)
+    for row in rows:
+        counts[row["verdict"]] += 1
+    unhealthy = [r for r in rows if r["verdict"] != "healthy"]
+    moved = changes(previous, {r["hub"]: r for r in rows})
+    await acreate_table_artifact(
+        key=sweep_key(depth),
+        table=rows,
+        description=f"{depth} sweep: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())),
+    )
+    wrong = "\n".join(
+        f"- **{r['hub']}** {r['verdict']} at `{r['level']}` for {r['failures']} sweep(s)"
+        f" (since {r['since']}): {r['reason']}"
+        for r in unhealthy
+    )
+    await acreate_markdown_artifact(
+        key=f"health-summary-{depth}",
+        markdown=(
+            f"# Health sweep ({depth}): {len(rows)} hubs\n\n"
+            + " · ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+            + f"\n\n## What is wrong\n\n{wrong or 'Nothing.'}\n\n"
+            + "## What changed since the last sweep\n\n"
+            + ("\n".join(f"- {line}" for line in moved) or "Nothing.")
+            + "\n\n## Alerts\n\n"
+            + (", ".join(r["hub"] for r in alerts) or "none")
+            + " · recovered: "
+            + (", ".join(r["hub"] for r in recovered) or "none")
+            + "\n"
+        ),
+        description=f"{depth} sweep: {len(unhealthy)} unhealthy, {len(alerts)} new alert(s)",
+    )
+    return {
+        "depth": depth,
+        "hubs": len(rows),
+        "counts": dict(sorted(counts.items())),
+        "unhealthy": unhealthy,
+        "alerted": [r["hub"] for r in alerts],
+        "recovered": [r["hub"] for r in recovered],
+        "changes": moved,
+    }
