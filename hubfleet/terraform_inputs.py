@@ -247,6 +247,8 @@ def check_against_module(cluster: Cluster) -> list[tuple[Loc, str]]:
             )
         )
         return problems
+    if builds and getattr(cluster, builds) is None:
+        return problems  # the missing provider section is reported on its own
     directory = module_dir(tf.module)
     declared = declared_variables(directory)
     if not declared:
