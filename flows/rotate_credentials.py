@@ -81,7 +81,7 @@ async def rotate_credential(
 ) -> dict[str, Any]:
     """Rotate one credential now by the protocol (tasks/rotation.py), holding its lock."""
     op: Operation = await begin("rotate_credentials", cluster, hub, operator)
-    rotator = rotator_for(op.fleet, kind, cluster, hub)
+    rotator = await rotator_for(op.fleet, kind, cluster, hub)
     lock = hub_lock(cluster, hub) if hub else cluster_lock(cluster)
     async with lock:
         try:

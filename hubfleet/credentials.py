@@ -222,6 +222,8 @@ def plan_rotation(
                     "and every user logging in again",
                 )
             )
+        elif record.created_at is None and record.last_rotated is None:
+            plan.skipped.append((record, f"nothing stored to rotate ({record.note or 'unknown'})"))
         elif not record.due(now, max_age):
             age = record.age(now)
             plan.skipped.append((record, f"not due (age {format_age(age)})"))

@@ -456,8 +456,8 @@ def _hub_secrets(fleet: Fleet, cluster: str, hub: str, policy: Any) -> list[Cred
     ]
 
 
-def rotator_for(fleet: Fleet, kind: CredentialKind, cluster: str, hub: str | None) -> Rotator:
-    """The adapter that rotates `kind` for `cluster` (and `hub`)."""
+async def rotator_for(fleet: Fleet, kind: CredentialKind, cluster: str, hub: str | None) -> Rotator:
+    """The adapter that rotates `kind` for `cluster` (and `hub`), loaded from its blocks."""
     from tasks.hub_credentials import HubOpsTokenRotator
 
     spec = fleet.cluster(cluster)
@@ -472,7 +472,20 @@ def rotator_for(fleet: Fleet, kind: CredentialKind, cluster: str, hub: str | Non
         else:
             url = f"https://{spec.hub(hub).domain}"
         return HubOpsTokenRotator(cluster, hub, url)
+    if hub is None and kind is DEPLOYER_KIND.get(spec.provider):
+        return await _deployer_rotator(kind, cluster)
     raise ProviderNotReady(
         f"rotating {kind} for {cluster}{'/' + hub if hub else ''} is not supported; "
         "hub secrets are rotated by redeploying the hub. Nothing was changed."
+    )
+
+
+async def _deployer_rotator(kind: CredentialKind, cluster: str) -> Rotator:
+    # Imported here: each adapter pulls in its cloud SDK, and most runs need one or none.
+    if kind is CredentialKind.aws_access_key:
+        from tasks.aws_iam import AwsAccessKeyRotator
+
+        return await AwsAccessKeyRotator.for_cluster(cluster)
+    raise ProviderNotReady(
+        f"rotating {kind} for cluster {cluster!r} is not built yet; nothing was changed."
     )
