@@ -216,6 +216,14 @@ def export_directory(homes: Path, url: str, credentials: Any = None) -> ExportRe
         _call(url, lambda name=name: dest.put(name, homes / name))  # type: ignore[misc]
     found = _call(url, dest.list)
     found.pop(MANIFEST, None)  # a re-run's manifest is not a home file
+    verify(url, files, found)
+    manifest = {"files": files, "objects": len(files), "bytes": sum(files.values())}
+    _call(url, lambda: dest.put_bytes(MANIFEST, json.dumps(manifest, indent=2).encode()))
+    return ExportResult(url, len(files), sum(files.values()), files)
+
+
+def verify(url: str, files: dict[str, int], found: dict[str, int]) -> None:
+    """Raise `ExportFailed` unless every source file is at the destination with its size."""
     missing = sorted(set(files) - set(found))
     wrong = sorted(n for n in files if n in found and found[n] != files[n])
     if missing or wrong:
@@ -231,9 +239,6 @@ def export_directory(homes: Path, url: str, credentials: Any = None) -> ExportRe
             f"export to {url} did not verify ({detail}); the hub was not removed. "
             "Fix the destination and re-run the expiry."
         )
-    manifest = {"files": files, "objects": len(files), "bytes": sum(files.values())}
-    _call(url, lambda: dest.put_bytes(MANIFEST, json.dumps(manifest, indent=2).encode()))
-    return ExportResult(url, len(files), sum(files.values()), files)
 
 
 def _call(url: str, fn: Callable[[], Any]) -> Any:
