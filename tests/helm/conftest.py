@@ -33,6 +33,7 @@ def stop_local_hubs(data_dir: Path) -> Iterator[None]:
 
 def write_fleet(root: Path, clusters: dict[str, list[tuple[str, str]]], provider: str) -> Path:
     """A fleet of `provider` clusters: {cluster: [(hub, tier), ...]}."""
+    root.mkdir(parents=True, exist_ok=True)
     (root / "fleet.yaml").write_text("name: test-fleet\nparallelism: 2\nchart_version: 0.1.0\n")
     for name, hubs in clusters.items():
         d = root / "clusters" / name
@@ -70,15 +71,6 @@ def kube_fleet(tmp_path, monkeypatch, kube, prefect_server, pvs) -> Path:
             kubeconfig=kube.kubeconfig.read_text(), context="hubfleet-testenv", server=kube.server
         ).save(cluster, overwrite=True)
     return root
-
-
-def cluster_names(fleet: Path) -> list[str]:
-    return sorted(p.name for p in (fleet / "clusters").iterdir())
-
-
-def hub_names(fleet: Path, cluster: str) -> list[str]:
-    text = (fleet / "clusters" / cluster / "cluster.yaml").read_text()
-    return [line.split(": ")[1] for line in text.splitlines() if line.strip().startswith("- name")]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,238 @@
+"""deploy_hub / deploy_fleet on the real control plane with the real helm binary.
+
+Real: Prefect server, helm 3, kube-apiserver + controllers + scheduler, kwok (pods Ready).
+Not real, and said where it happens: kwok pods serve no HTTP, so hub-level health
+failures are injected by replacing `flows.deploy_hub.hub_health`; a missing image is an
+admission policy (see conftest `missing_image_policy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, LogFilter
+
+from flows import deploy_hub as deploy_hub_mod
+from flows.deploy_fleet import deploy_fleet
+from flows.deploy_hub import HubDeployFailed, deploy_hub
+from hubfleet.loader import load_fleet
+from hubfleet.values import ValuesInvalid
+from tasks.helm import Helm
+from tasks.locks import LockTimeout, ensure_concurrency_limits, hub_lock
+
+pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server")]
+
+
+def cluster_names(fleet: Path) -> list[str]:
+    return sorted(p.name for p in (fleet / "clusters").iterdir())
+
+
+def hub_names(fleet: Path, cluster: str) -> list[str]:
+    """Hub names of a test cluster, in file order (staging first)."""
+    text = (fleet / "clusters" / cluster / "cluster.yaml").read_text()
+    return [ln.split(": ")[1] for ln in text.splitlines() if ln.strip().startswith("- name")]
+
+
+def helm_history(helm_bin: Path, kube, release: str) -> list[dict]:
+    h = Helm(kube.kubeconfig, "hubfleet-testenv", binary=helm_bin)
+    try:
+        return h.history(release, release)
+    finally:
+        h.close()
+
+
+def hub_image(kube_api, ns: str) -> str:
+    dep = client.AppsV1Api(kube_api).read_namespaced_deployment(f"{ns}-hub", ns)
+    return dep.spec.template.spec.containers[0].image
+
+
+async def run_logs(tag: str) -> list[str]:
+    async with get_client() as c:
+        runs = await c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
+        )
+        logs = await c.read_logs(LogFilter(flow_run_id={"any_": [r.id for r in runs]}), limit=200)
+    return [log.message for log in logs]
+
+
+async def test_install_upgrade_health_rollback_uninstall(
+    kube_fleet, kube, kube_api, helm, chart_packages, monkeypatch
+) -> None:
+    cluster = cluster_names(kube_fleet)[0]
+    hub = hub_names(kube_fleet, cluster)[1]  # a prod hub
+    # Install: pods Ready through kwok; the run is tagged like every hubfleet run.
+    first = await deploy_hub(cluster=cluster, hub=hub, gate="rollout", operator="alice")
+    assert first["action"] == "install" and first["revision"] == 1
+    apps = client.AppsV1Api(kube_api)
+    assert apps.read_namespaced_deployment(f"{hub}-hub", hub).status.ready_replicas == 1
+    assert apps.read_namespaced_deployment(f"{hub}-proxy", hub).status.ready_replicas == 1
+    ingress = client.NetworkingV1Api(kube_api).read_namespaced_ingress(hub, hub)
+    assert ingress.spec.rules[0].host == f"{hub}.{cluster}.hubfleet.test"
+
+    # Dry run of an upgrade to 0.2.0 shows what would change and changes nothing.
+    monkeypatch.setenv("HUBFLEET_CHARTS", str(chart_packages))
+    fleet_yaml = kube_fleet / "fleet.yaml"
+    fleet_yaml.write_text(fleet_yaml.read_text().replace("0.1.0", "0.2.0"))
+    (kube_fleet / "clusters" / cluster / f"{hub}.values.yaml").write_text(
+        "hub:\n  image: {tag: '4.1.1'}\n"
+    )
+    dry = await deploy_hub(cluster=cluster, hub=hub, dry_run=True)
+    assert {"object": f"Deployment/{hub}-hub", "change": dry["changes"][1]["change"]} in dry[
+        "changes"
+    ]
+    assert any(
+        c["object"] == f"Deployment/{hub}-hub" and "spec.template" in c["change"]
+        for c in dry["changes"]
+    )
+    assert len(helm_history(helm, kube, hub)) == 1
+
+    # Upgrade to the next chart version.
+    second = await deploy_hub(cluster=cluster, hub=hub, gate="rollout")
+    assert (second["from_version"], second["to_version"], second["revision"]) == (
+        "0.1.0",
+        "0.2.0",
+        2,
+    )
+    assert hub_image(kube_api, hub).endswith(":4.1.1")
+
+    # A post-deploy health failure (injected: nothing answers behind a kwok pod) rolls back.
+    async def down(op):
+        return {"verdict": "down", "reason": "api: GET /hub/api 500 (injected)"}
+
+    monkeypatch.setattr(deploy_hub_mod, "hub_health", down)
+    (kube_fleet / "clusters" / cluster / f"{hub}.values.yaml").write_text(
+        "hub:\n  image: {tag: '4.2.0'}\n"
+    )
+    with pytest.raises(
+        HubDeployFailed, match=r"rolled back automatically from revision 3 to revision 2"
+    ) as info:
+        await deploy_hub(cluster=cluster, hub=hub, gate="health")
+    assert "injected" in str(info.value)
+    history = helm_history(helm, kube, hub)
+    assert [h["status"] for h in history][-1] == "deployed"
+    assert history[-1]["description"] == "Rollback to 2"
+    assert hub_image(kube_api, hub).endswith(":4.1.1")
+    assert any("failed the health gate" in m for m in await run_logs(f"hub:{cluster}/{hub}"))
+
+    # Uninstall through the tasks module: the release and its workloads are gone.
+    h = Helm(kube.kubeconfig, "hubfleet-testenv", binary=helm)
+    try:
+        h.uninstall(hub, hub, "60s")
+        assert h.status(hub, hub) is None
+    finally:
+        h.close()
+    assert apps.list_namespaced_deployment(hub).items == []
+
+
+async def test_typo_is_refused_before_anything_is_applied(kube_fleet, kube_api) -> None:
+    cluster = cluster_names(kube_fleet)[0]
+    hub = hub_names(kube_fleet, cluster)[2]
+    values = kube_fleet / "clusters" / cluster / f"{hub}.values.yaml"
+    values.write_text("singleuser:\n  memmory: {limit: 2G}\n")
+    with pytest.raises(ValuesInvalid) as info:
+        await deploy_hub(cluster=cluster, hub=hub, gate="rollout")
+    message = str(info.value)
+    assert f"{hub}.values.yaml: singleuser.memmory: unknown key" in message
+    assert "Nothing was applied" in message
+    names = [ns.metadata.name for ns in client.CoreV1Api(kube_api).list_namespace().items]
+    assert hub not in names
+
+
+async def test_bad_image_is_undone_by_atomic(
+    kube_fleet, kube, kube_api, helm, missing_image_policy
+):
+    cluster = cluster_names(kube_fleet)[1]
+    hub = hub_names(kube_fleet, cluster)[1]
+    await deploy_hub(cluster=cluster, hub=hub, gate="rollout")
+    proxy_pods = {
+        p.metadata.uid
+        for p in client.CoreV1Api(kube_api)
+        .list_namespaced_pod(hub, label_selector="app.kubernetes.io/component=proxy")
+        .items
+    }
+    (kube_fleet / "clusters" / cluster / f"{hub}.values.yaml").write_text(
+        f"hub:\n  image: {{tag: '{missing_image_policy}'}}\n"
+    )
+    with pytest.raises(HubDeployFailed, match="--atomic undid it"):
+        await deploy_hub(cluster=cluster, hub=hub, gate="rollout", wait_timeout="15s")
+    history = helm_history(helm, kube, hub)
+    assert [h["status"] for h in history] == ["superseded", "failed", "deployed"]
+    assert hub_image(kube_api, hub).endswith(":4.1.0")
+    apps = client.AppsV1Api(kube_api)
+    assert apps.read_namespaced_deployment(f"{hub}-hub", hub).status.ready_replicas == 1
+    # The proxy (what users reach) was never replaced while the bad revision was tried.
+    assert {
+        p.metadata.uid
+        for p in client.CoreV1Api(kube_api)
+        .list_namespaced_pod(hub, label_selector="app.kubernetes.io/component=proxy")
+        .items
+    } == proxy_pods
+
+
+async def test_concurrent_deploys_of_one_hub_never_interleave(kube_fleet, kube, helm) -> None:
+    cluster = cluster_names(kube_fleet)[1]
+    hub = hub_names(kube_fleet, cluster)[0]
+    fleet = load_fleet(kube_fleet)
+    await ensure_concurrency_limits(fleet)
+    # While someone holds the hub, a deploy with a lock timeout is refused, changing nothing.
+    async with hub_lock(cluster, hub):
+        with pytest.raises(LockTimeout, match="Nothing was changed"):
+            await deploy_hub(cluster=cluster, hub=hub, gate="rollout", lock_timeout=1)
+    assert helm_history(helm, kube, hub) == []
+    # Two at once: the second waits for the first; helm never sees two operations at once.
+    results = await asyncio.gather(
+        deploy_hub(cluster=cluster, hub=hub, gate="rollout"),
+        deploy_hub(cluster=cluster, hub=hub, gate="rollout"),
+    )
+    assert sorted(r["revision"] for r in results) == [1, 2]
+    assert [h["status"] for h in helm_history(helm, kube, hub)] == ["superseded", "deployed"]
+    logs = await run_logs(f"hub:{cluster}/{hub}")
+    assert sum(m.startswith(f"holding lock: hub {cluster}/{hub}") for m in logs) >= 2
+
+
+async def test_staging_failure_blocks_only_its_cluster(
+    kube_fleet, kube, kube_api, helm, missing_image_policy
+) -> None:
+    a, b = cluster_names(kube_fleet)
+    a_staging = hub_names(kube_fleet, a)[0]
+    (kube_fleet / "clusters" / a / f"{a_staging}.values.yaml").write_text(
+        f"hub:\n  image: {{tag: '{missing_image_policy}'}}\n"
+    )
+    secret = "0f" * 32
+    from prefect.blocks.system import Secret
+
+    await Secret(value={"hub": {"cookieSecret": secret}}).save(
+        f"hub-values-{b}-{hub_names(kube_fleet, b)[1]}", overwrite=True
+    )
+    result = await deploy_fleet(
+        selection=[a, b], gate="rollout", wait_timeout="15s", operator="nightly"
+    )
+    outcomes = {row["hub"]: row["outcome"] for row in result["outcomes"]}
+    a_prod = [f"{a}/{h}" for h in hub_names(kube_fleet, a)[1:]]
+    assert outcomes[f"{a}/{a_staging}"].startswith("failed")
+    assert all(outcomes[h].startswith("blocked: health gate: staging failed") for h in a_prod)
+    assert all(outcomes[f"{b}/{h}"] == "deployed" for h in hub_names(kube_fleet, b))
+    for h in hub_names(kube_fleet, a)[1:]:
+        assert helm_history(helm, kube, h) == []
+    # The secret value reached the cluster, and nowhere else: no log, artifact, temp file.
+    b_prod = hub_names(kube_fleet, b)[1]
+    data = client.CoreV1Api(kube_api).read_namespaced_secret(f"{b_prod}-hub-secret", b_prod).data
+    import base64
+
+    assert base64.b64decode(data["hub.cookieSecret"]).decode() == secret
+    async with get_client() as c:
+        logs = await c.read_logs(LogFilter(), limit=200)
+        artifacts = await c.read_artifacts(limit=200)
+    assert all(secret not in m.message for m in logs)
+    assert all(secret not in json.dumps(a.data) for a in artifacts)
+    assert glob.glob(f"{tempfile.gettempdir()}/hubfleet-secret-values-*") == []
+    assert glob.glob(f"{tempfile.gettempdir()}/hubfleet-kubeconfig-*") == []
+    # The support chart went first on both clusters.
+    assert client.SchedulingV1Api(kube_api).read_priority_class("hubfleet-core").value == 1000000
