@@ -486,6 +486,10 @@ async def _deployer_rotator(kind: CredentialKind, cluster: str) -> Rotator:
         from tasks.aws_iam import AwsAccessKeyRotator
 
         return await AwsAccessKeyRotator.for_cluster(cluster)
+    if kind is CredentialKind.kube_service_account_token:
+        from tasks.kube_credentials import KubeTokenRotator
+
+        return await KubeTokenRotator.for_cluster(cluster)
     raise ProviderNotReady(
         f"rotating {kind} for cluster {cluster!r} is not built yet; nothing was changed."
     )
