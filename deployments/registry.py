@@ -23,7 +23,7 @@ DEFAULT_POOL = "hubfleet"
 
 #: Shown in the UI run form for parameters whose flow gives no description of its own.
 PARAMETER_DOCS: dict[str, tuple[str, str]] = {
-    "cluster": ("Cluster", "The cluster, as named in fleet/clusters/<cluster>/cluster.yaml."),
+    "cluster": ("Cluster", "The cluster: a directory of fleet/clusters (its cluster.yaml)."),
     "hub": ("Hub", "The hub's name inside the chosen cluster (see the cluster's hubs list)."),
     "dry_run": ("Dry run", "Only report what would change; change nothing."),
     "operator": (

@@ -12,6 +12,7 @@ differs, so a second run reports everything `unchanged`.
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -113,8 +114,9 @@ async def setup(
     await ensure_concurrency_limits(client, fleet, report)
     for _spec, flow, payload in plans:
         await ensure_deployment(client, flow.name, payload, report)
-    await register_health_deployments(client, fleet, pool, report)
+    # After the notification blocks: the health alert automation uses them too.
     await ensure_notifications(client, fleet, report)
+    await register_health_deployments(client, fleet, pool, report)
     await ensure_automation(client, zombie_automation(zombie_after), report)
     return report
 
@@ -327,19 +329,28 @@ async def register_health_deployments(
 ) -> None:
     """The health deployments and automation, owned by deployments/health.py (issue 5).
 
-    Called by keyword with whatever of (client, fleet, pool, report) it accepts, so its
+    Called by keyword with whatever of (client, fleet, pool or work_pool, report) it
+    accepts, so its
     signature can evolve; until the module lands, setup says so.
     """
     try:
-        from deployments import health  # type: ignore[attr-defined]
-    except ModuleNotFoundError:
+        health = importlib.import_module("deployments.health")
+    except ModuleNotFoundError as exc:
+        if exc.name != "deployments.health":
+            raise
         report.unavailable.append("deployments.health:register_health (module not found)")
         return
     register = getattr(health, "register_health", None)
     if register is None:
         report.unavailable.append("deployments.health has no register_health")
         return
-    offered = {"client": client, "fleet": fleet, "pool": pool, "report": report}
+    offered = {
+        "client": client,
+        "fleet": fleet,
+        "pool": pool,
+        "work_pool": pool,
+        "report": report,
+    }
     params = inspect.signature(register).parameters
     result = register(**{k: v for k, v in offered.items() if k in params})
     if inspect.isawaitable(result):
@@ -486,8 +497,10 @@ async def ensure_automation(
     first, *duplicates = existing
     for extra in duplicates:  # left by an interrupted older setup: one of each, always
         await client.delete_automation(extra.id)
-    if _comparable(first) == _comparable(wanted) and not duplicates:
+    stored, desired = _comparable(first), _comparable(wanted)
+    if stored == desired and not duplicates:
         report.record(what, "unchanged")
         return
     await client.update_automation(first.id, wanted)
-    report.record(what, "updated")
+    changed = sorted(k for k in desired if stored.get(k) != desired[k]) or ["duplicates"]
+    report.record(f"{what} ({', '.join(changed)} changed)", "updated")
