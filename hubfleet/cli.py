@@ -149,7 +149,7 @@ def _run(flow: Any, **params: Any) -> Any:
 
 # Commands that live beside their operation's code. Each module defines
 # `register(app: typer.Typer) -> None`; add a module here to add its commands.
-_COMMAND_MODULES: tuple[str, ...] = ("hubfleet.cli_ops",)
+_COMMAND_MODULES: tuple[str, ...] = ("hubfleet.cli_ops", "hubfleet.cli_clusters")
 
 
 def _register_commands() -> None:

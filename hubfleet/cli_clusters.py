@@ -1,0 +1,78 @@
+"""`hubfleet cluster ...`: provision, destroy and drift-check clusters with Terraform."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hubfleet.cli import DryRunOpt, FleetOpt, OperatorOpt, _run, _use_fleet, out
+
+cluster_app = typer.Typer(
+    help="Provision clusters with Terraform: plan, apply (with approval), destroy, drift.",
+    no_args_is_help=True,
+)
+
+
+@cluster_app.command()
+def provision(
+    cluster: str,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Apply the plan (default: only plan).")
+    ] = False,
+    dry_run: DryRunOpt = False,
+    operator: OperatorOpt = None,
+    fleet: FleetOpt = None,
+) -> None:
+    """Plan (and with --apply, apply) the cluster's Terraform; destroys/replaces need approval
+    in the Prefect UI."""
+    _use_fleet(fleet)
+    from flows.provision_cluster import provision_cluster
+
+    result = _run(
+        provision_cluster,
+        cluster=cluster,
+        action="apply" if apply else "plan",
+        dry_run=dry_run,
+        operator=operator,
+    )
+    plan = result["plan"]
+    out.print(
+        f"{cluster}: {len(plan['create'])} to create, {len(plan['update'])} to update, "
+        f"{len(plan['replace'])} to replace, {len(plan['destroy'])} to destroy; "
+        f"applied: {result.get('applied')}"
+    )
+
+
+@cluster_app.command()
+def destroy(
+    cluster: str,
+    dry_run: DryRunOpt = False,
+    operator: OperatorOpt = None,
+    fleet: FleetOpt = None,
+) -> None:
+    """Destroy a cluster the fleet lists no hubs on (always asks approval in the UI)."""
+    _use_fleet(fleet)
+    from flows.destroy_cluster import destroy_cluster
+
+    result = _run(destroy_cluster, cluster=cluster, dry_run=dry_run, operator=operator)
+    stores = ", ".join(result["data_stores"]) or "none"
+    out.print(f"{cluster}: destroyed: {result['destroyed']}; data stores: {stores}")
+
+
+@cluster_app.command()
+def drift(operator: OperatorOpt = None, fleet: FleetOpt = None) -> None:
+    """Check every cluster for drift (terraform plan); exit 1 if any drifted."""
+    _use_fleet(fleet)
+    from flows.detect_drift import detect_drift
+
+    rows = _run(detect_drift, operator=operator)
+    for row in rows:
+        out.print(f"{row['cluster']}: {row['status']} {row['changes']}".rstrip())
+    if any(r["status"] == "drifted" for r in rows):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `hubfleet cluster` to the CLI."""
+    app.add_typer(cluster_app, name="cluster")
