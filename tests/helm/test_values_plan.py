@@ -1,0 +1,135 @@
+"""Values layering and wave planning: pure functions, no Prefect, no cluster."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from hubfleet.loader import load_fleet
+from hubfleet.plan import SelectionInvalid, plan_fleet, select
+from hubfleet.values import (
+    CHARTS_DIR,
+    ValuesInvalid,
+    hub_layers,
+    merged,
+    secret_values_file,
+    validate_layers,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = CHARTS_DIR / "hub" / "values.schema.json"
+
+
+def test_layers_in_order_later_wins(tmp_path: Path) -> None:
+    fleet = load_fleet(REPO / "fleet")
+    hub = fleet.cluster("gcp-central").hub("college")
+    layers = hub_layers(fleet, "gcp-central", hub, {"hub": {"cookieSecret": "ab" * 32}})
+    assert [layer.source.split(" ")[0] for layer in layers] == [
+        "chart",
+        "fleet:",
+        "fleet/common.values.yaml",
+        "fleet/clusters/gcp-central/college.values.yaml",
+        "secret",
+    ]
+    values = merged(layers)
+    assert values["singleuser"]["memory"] == {"guarantee": "1G", "limit": "2G"}  # hub file
+    assert values["cull"]["timeout"] == 3600  # fleet default over the chart's
+    assert values["cull"]["every"] == 600  # chart default kept
+    assert values["ingress"]["hosts"] == ["college.hubs.example.org"]
+    assert values["hub"]["cookieSecret"] == "ab" * 32
+    validate_layers(layers, SCHEMA)
+
+
+def test_cluster_values_file_sits_between_fleet_and_hub(tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "fleet"
+    shutil.copytree(REPO / "fleet", root)
+    (root / "clusters" / "gcp-central" / "cluster.values.yaml").write_text(
+        "cull: {timeout: 7200}\nsingleuser: {memory: {limit: 8G}}\n"
+    )
+    fleet = load_fleet(root)
+    values = merged(hub_layers(fleet, "gcp-central", fleet.cluster("gcp-central").hub("college")))
+    assert values["cull"]["timeout"] == 7200  # cluster over fleet
+    assert values["singleuser"]["memory"]["limit"] == "2G"  # hub over cluster
+
+
+def test_schema_error_names_file_and_key_and_hides_secrets() -> None:
+    fleet = load_fleet(REPO / "fleet")
+    hub = fleet.cluster("gcp-central").hub("college")
+    secret = "not-hex-but-secret"
+    layers = hub_layers(fleet, "gcp-central", hub, {"hub": {"cookieSecret": secret}})
+    layers[3].values["singleuser"]["memmory"] = 1
+    with pytest.raises(ValuesInvalid) as info:
+        validate_layers(layers, SCHEMA)
+    message = str(info.value)
+    assert "fleet/clusters/gcp-central/college.values.yaml: singleuser.memmory: unknown key" in (
+        message
+    )
+    assert "secret values: hub.cookieSecret: (hidden: a secret value)" in message
+    assert secret not in message
+
+
+def test_secret_values_file_is_private_and_always_removed() -> None:
+    with (
+        pytest.raises(RuntimeError),
+        secret_values_file({"hub": {"cookieSecret": "x"}}) as path,
+    ):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert '"cookieSecret": "x"' in path.read_text()
+        raise RuntimeError("boom")
+    assert not path.exists()
+
+
+def big_fleet(tmp_path: Path, prod: int, parallelism: int = 2) -> Path:
+    root = tmp_path / "fleet"
+    (root / "clusters" / "c1").mkdir(parents=True)
+    (root / "fleet.yaml").write_text(f"name: f\nparallelism: {parallelism}\n")
+    hubs = "".join(
+        f"  - {{name: p{i}, domain: p{i}.c1.example.org, tier: prod, kind: standing}}\n"
+        for i in range(prod)
+    )
+    (root / "clusters" / "c1" / "cluster.yaml").write_text(
+        "name: c1\nprovider: kubeconfig\nkubeconfig: {context: x}\nhubs:\n"
+        "  - {name: s, domain: s.c1.example.org, tier: staging, kind: standing}\n" + hubs
+    )
+    return root
+
+
+def test_waves_by_size_percent_and_parallelism(tmp_path: Path) -> None:
+    fleet = load_fleet(big_fleet(tmp_path, prod=9))
+    default = plan_fleet(fleet, ["*"], {}).clusters[0]
+    assert default.support and [c.hub for c in default.staging] == ["s"]
+    assert [len(w) for w in default.waves] == [2, 2, 2, 2, 1]  # parallelism
+    assert default.steps() == 1 + 1 + 5
+    by_size = plan_fleet(fleet, ["c1"], {}, wave_size=4).clusters[0]
+    assert [len(w) for w in by_size.waves] == [4, 4, 1]
+    assert by_size.steps() == 1 + 1 + (2 + 2 + 1)
+    by_percent = plan_fleet(fleet, ["c1"], {}, wave_percent=50).clusters[0]
+    assert [len(w) for w in by_percent.waves] == [5, 4]
+    md = plan_fleet(fleet, ["*"], {}).markdown("plan")
+    assert "health gate" in md and "prod wave 5" in md
+
+
+def test_upgrade_plans_only_version_changes(tmp_path: Path) -> None:
+    fleet = load_fleet(big_fleet(tmp_path, prod=3))
+    deployed = {("c1", "s"): "0.1.0", ("c1", "p0"): "0.1.0", ("c1", "p1"): "0.0.9"}
+    plan = plan_fleet(fleet, ["*"], deployed, only_version_changes=True).clusters[0]
+    assert plan.staging == []
+    assert [(c.hub, c.action) for w in plan.waves for c in w] == [
+        ("p1", "upgrade"),
+        ("p2", "install"),
+    ]
+    assert plan.unchanged == ["s", "p0"]
+
+
+def test_selection_errors_name_what_is_known() -> None:
+    fleet = load_fleet(REPO / "fleet")
+    assert select(fleet, ["local/prod", "byo-kube"]) == [("local", "prod"), ("byo-kube", "course")]
+    with pytest.raises(SelectionInvalid, match=r"'nope': fleet has no cluster 'nope'"):
+        select(fleet, ["nope"])
+    with pytest.raises(SelectionInvalid, match=r"cluster 'local' has no hub 'x'"):
+        select(fleet, ["local/x"])
