@@ -1,0 +1,226 @@
+"""Fixtures for event-hub flow tests: a fleet whose event is timed relative to now, the
+event deployments on a process work pool (as `hubfleet setup` registers them), a real
+`prefect worker` process, and a local webhook receiving the notification block's calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from hubfleet.paths import REPO_ROOT
+from tasks.local_hub import LocalHub
+
+POOL = "hubfleet-events-test"
+
+
+@pytest.fixture(autouse=True)
+def stop_hubs_after_test(data_dir: Path) -> Iterator[None]:
+    """Whatever a test asserts, its hubs are stopped (by PID) when it ends."""
+    yield
+    for state in (data_dir / "hubs").glob("*/*/state.json"):
+        LocalHub(state.parent, state.parent.name).stop()
+
+
+def iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds")
+
+
+EventWriter = Callable[..., Path]
+
+
+@pytest.fixture
+def event_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> EventWriter:
+    """A copy of the example fleet; call it to (re)time the workshop event. Returns the root."""
+    root = tmp_path / "fleet"
+    shutil.copytree(REPO_ROOT / "fleet", root)
+    cluster_file = root / "clusters" / "local" / "cluster.yaml"
+    original = cluster_file.read_text()
+    monkeypatch.setenv("HUBFLEET_FLEET", str(root))
+
+    def write(
+        *,
+        start: datetime,
+        end: datetime,
+        grace: str = "PT5S",
+        reminders: str = "[]",
+        data_policy: str = "export",
+        present: bool = True,
+    ) -> Path:
+        head, _, _ = original.partition("  - name: workshop")
+        event = (
+            "  - name: workshop\n"
+            "    domain: workshop.local.hubfleet.test\n"
+            "    tier: prod\n"
+            "    kind: event\n"
+            "    event:\n"
+            f"      start: {iso(start)}\n"
+            f"      end: {iso(end)}\n"
+            "      attendees: 3\n"
+            "      organizers: [organizer@example.org]\n"
+            f"      data_policy: {data_policy}\n"
+            f"      grace: {grace}\n"
+            f"      reminders: {reminders}\n"
+            "      timezone: Europe/Paris\n"
+        )
+        cluster_file.write_text(head + event if present else head.rstrip() + "\n")
+        return root
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def event_deployments(prefect_server: str) -> str:
+    """The event deployments registered exactly as `hubfleet setup` does, on a test pool."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from deployments.registry import EVENT_OPERATIONS
+    from deployments.setup import (
+        HEARTBEAT_SECONDS,
+        SetupReport,
+        deployment_payload,
+        ensure_deployment,
+        ensure_work_pool,
+    )
+    from hubfleet.loader import load_fleet
+
+    async def register() -> None:
+        fleet = load_fleet(REPO_ROOT / "fleet")
+        report = SetupReport()
+        async with get_client() as client:
+            await ensure_work_pool(client, POOL, HEARTBEAT_SECONDS, report)
+            for spec in EVENT_OPERATIONS:
+                flow = spec.load()
+                payload = deployment_payload(spec, flow, fleet, POOL, HEARTBEAT_SECONDS)
+                # Tests time their own fleet (HUBFLEET_FLEET, inherited from the worker).
+                payload["job_variables"]["env"].pop("HUBFLEET_FLEET")
+                payload["schedules"] = []  # the hourly reaper is run by hand here
+                await ensure_deployment(client, flow.name, payload, report)
+
+    asyncio.run(register())
+    return POOL
+
+
+class Worker:
+    """A real `prefect worker start` process on the test pool, stopped by PID."""
+
+    def __init__(self, pool: str, api_url: str, log: Path):
+        self.pool, self.api_url, self.log = pool, api_url, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            PREFECT_API_URL=self.api_url,
+            PREFECT_WORKER_QUERY_SECONDS="2",
+            PREFECT_WORKER_PREFETCH_SECONDS="5",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
+        prefect = str(Path(sys.executable).parent / "prefect")
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [prefect, "worker", "start", "--pool", self.pool, "--type", "process",
+                 "--name", f"events-test-{uuid.uuid4().hex[:6]}"],
+                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 90
+        while "started!" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                self.stop()
+                raise AssertionError(f"prefect worker did not start within 90s:\n{tail}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            family = [self.proc, *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = [self.proc]
+        for member in family:
+            try:
+                os.kill(member.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        for member in family[1:]:
+            try:
+                psutil.Process(member.pid).wait(10)
+            except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+                try:
+                    os.kill(member.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.proc = None
+
+
+@pytest.fixture
+def worker(event_deployments: str, prefect_server: str, tmp_path: Path) -> Iterator[Worker]:
+    w = Worker(event_deployments, prefect_server, tmp_path / "worker.log")
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            self.received.append(json.loads(body))
+        except ValueError:
+            self.received.append({"raw": body.decode(errors="replace")})
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def webhook(prefect_server: str) -> Iterator[list[dict[str, Any]]]:
+    """The fleet's `ops-webhook` notification block, posting to a local receiver."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    CustomWebhookNotificationBlock(
+        name="ops-webhook",
+        url=f"http://127.0.0.1:{server.server_port}/hook",
+        method="POST",
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+    ).save("ops-webhook", overwrite=True)
+    try:
+        yield Receiver.received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
