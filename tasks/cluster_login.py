@@ -167,8 +167,8 @@ def eks_token(
         endpoint_url=endpoint_url or f"https://sts.{region}.amazonaws.com",
     )
 
-    def add_cluster_header(params: dict[str, Any], **_: Any) -> None:
-        params["headers"]["x-k8s-aws-id"] = cluster_name
+    def add_cluster_header(request: Any, **_: Any) -> None:
+        request.headers["x-k8s-aws-id"] = cluster_name
 
     event = "before-sign.sts.GetCallerIdentity"
     sts.meta.events.register(event, add_cluster_header)
