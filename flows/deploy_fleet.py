@@ -32,7 +32,7 @@ from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, Provider
 from hubfleet.paths import fleet_dir
 from hubfleet.plan import ClusterPlan, Deployed, FleetPlan, HubChange, plan_fleet, select
-from hubfleet.values import CHARTS_DIR
+from hubfleet.values import CHARTS_DIR, secret_values_file
 from tasks import helm as helm_tasks
 from tasks import kube
 from tasks.local_hub import local_hub
@@ -90,9 +90,9 @@ async def observe_cluster(fleet: Fleet, cluster: Cluster) -> tuple[Deployed, lis
     access = await ClusterAccess.for_cluster(cluster.name)
     known = {h.name for h in cluster.hubs}
     with kubeconfig_file(access) as kc, helm_tasks.helm_for(kc, access.context) as helm:
-        releases = helm_tasks.helm_releases(helm)
+        releases = await helm_tasks.helm_releases(helm)
         with kube.kube_client(kc, access.context) as api:
-            namespaces = kube.hub_namespaces(api)
+            namespaces = await kube.hub_namespaces(api)
     deployed: dict[tuple[str, str], str | None] = {(cluster.name, h): None for h in known}
     orphans = []
     for rel in releases:
@@ -119,9 +119,9 @@ async def remove_orphans(cluster: Cluster, orphans: list[str]) -> None:
             kind, _, name = orphan.partition(" ")
             if kind == "release":
                 ns, _, release = name.partition("/")
-                helm_tasks.helm_uninstall(helm, release, ns)
+                await helm_tasks.helm_uninstall(helm, release, ns)
             else:
-                kube.delete_namespace(api, name)
+                await kube.delete_namespace(api, name)
 
 
 # --- support chart -----------------------------------------------------------------------
@@ -143,59 +143,44 @@ async def deploy_support(
     access = await ClusterAccess.for_cluster(cluster)
     hubs = [h.name for h in spec.hubs]
     chart = CHARTS_DIR / "support"
-    args = ["--set-json", f"hubNamespaces={_json(hubs)}"]
-    with kubeconfig_file(access) as kc, helm_tasks.helm_for(kc, access.context) as helm:
+    with (
+        kubeconfig_file(access) as kc,
+        helm_tasks.helm_for(kc, access.context) as helm,
+        kube.kube_client(kc, access.context) as api,
+    ):
         if placeholders is None:
-            current = (
-                helm.values(SUPPORT_RELEASE, SUPPORT_NAMESPACE)
-                if helm.status(SUPPORT_RELEASE, SUPPORT_NAMESPACE)
-                else {}
-            )
-            placeholders = int((current.get("userPlaceholder") or {}).get("replicas", 0))
-        args += ["--set", f"userPlaceholder.replicas={placeholders}"]
-        if dry_run:
-            rendered = helm.run(
-                "template",
-                SUPPORT_RELEASE,
-                str(chart),
-                "-n",
-                SUPPORT_NAMESPACE,
-                "--kube-version",
-                helm_tasks.TEMPLATE_KUBE_VERSION,
-                *args,
-            )
-            changes = helm_tasks.diff_manifests(
-                helm.manifest(SUPPORT_RELEASE, SUPPORT_NAMESPACE), rendered
-            )
-            return {"cluster": cluster, "dry_run": True, "changes": changes}
-        await ensure_concurrency_limits_once(fleet)
-        async with cluster_lock(cluster):
-            with kube.kube_client(kc, access.context) as api:
-                kube.ensure_namespace(api, SUPPORT_NAMESPACE)
+            placeholders = await asyncio.to_thread(_current_placeholders, helm)
+        values = {"hubNamespaces": hubs, "userPlaceholder": {"replicas": placeholders}}
+        with secret_values_file(values) as values_file:
+            if dry_run:
+                if await asyncio.to_thread(kube.namespace_exists, api, SUPPORT_NAMESPACE):
+                    changes = await helm_tasks.helm_diff(
+                        helm, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [values_file]
+                    )
+                else:
+                    rendered = await asyncio.to_thread(
+                        helm.template, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [values_file]
+                    )
+                    changes = helm_tasks.diff_manifests("", rendered)
+                return {"cluster": cluster, "dry_run": True, "changes": changes}
+            await ensure_concurrency_limits_once(fleet)
+            async with cluster_lock(cluster):
+                await kube.ensure_namespace(api, SUPPORT_NAMESPACE)
                 for hub in hubs:
-                    kube.ensure_namespace(api, hub, hub)
-            helm.run(
-                "upgrade",
-                "--install",
-                SUPPORT_RELEASE,
-                str(chart),
-                "-n",
-                SUPPORT_NAMESPACE,
-                "--atomic",
-                "--wait",
-                "--timeout",
-                "3m",
-                *args,
-                timeout=400,
-            )
+                    await kube.ensure_namespace(api, hub, hub)
+                await helm_tasks.helm_upgrade(
+                    helm, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [values_file], "3m"
+                )
     get_run_logger().info("support chart on %s: %d placeholder(s)", cluster, placeholders)
     return {"cluster": cluster, "placeholders": placeholders}
 
 
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
+def _current_placeholders(helm: helm_tasks.Helm) -> int:
+    """The user-placeholder replicas deployed now (0 if the support chart is not)."""
+    if not helm.status(SUPPORT_RELEASE, SUPPORT_NAMESPACE):
+        return 0
+    current = helm.values(SUPPORT_RELEASE, SUPPORT_NAMESPACE)
+    return int((current.get("userPlaceholder") or {}).get("replicas", 0))
 
 
 # --- the fleet run -----------------------------------------------------------------------
@@ -218,7 +203,7 @@ async def _change_hub(change: HubChange, operator: str, gate: Gate, wait_timeout
             change.cluster, change.hub, change.from_version, change.to_version, "deployed", took
         )
     try:
-        await state.result()  # raises the flow's exception: its message says why
+        await state.aresult()  # raises the flow's exception: its message says why
         why = state.message or "failed"
     except Exception as exc:
         why = str(exc)
@@ -360,7 +345,7 @@ async def run_fleet_plan(
         description=f"{op_name}: "
         f"{sum(o.outcome == 'deployed' for o in outcomes)}/{len(outcomes)} deployed",
     )
-    result = {
+    summary = {
         "outcomes": [o.row() for o in outcomes],
         "orphans": orphans,
         "critical_path_steps": plan.critical_path_steps(),
@@ -368,7 +353,7 @@ async def run_fleet_plan(
     failed = [o for o in outcomes if o.outcome != "deployed"]
     if failed:
         logger.error("%d of %d hub(s) not deployed", len(failed), len(outcomes))
-    return result
+    return summary
 
 
 @flow(name="deploy_fleet", flow_run_name="deploy_fleet {selection}")

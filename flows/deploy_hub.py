@@ -13,6 +13,7 @@ and a hub that fails to start or is down after the deploy is restarted with it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -76,10 +77,10 @@ async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:
     from prefect.blocks.system import Secret
 
     try:
-        block = await Secret.aload(secret_values_block(cluster, hub))
+        block: Any = await Secret.aload(secret_values_block(cluster, hub))
     except ValueError:
         return {}
-    value = block.get()
+    value: Any = block.get()
     if not isinstance(value, dict):
         raise HubfleetError(
             f"Secret block {secret_values_block(cluster, hub)!r} must hold a mapping of chart "
@@ -132,7 +133,7 @@ async def health_gate(op: Operation, gate: Gate, api: Any, namespace: str) -> st
     logger = get_run_logger()
     if gate == "none":
         return None
-    problems = kube.rollout_status(api, namespace, op.hub.name if op.hub else "")
+    problems = await kube.rollout_status(api, namespace, op.hub.name if op.hub else "")
     if problems:
         return "rollout: " + "; ".join(problems)
     if gate == "rollout":
@@ -193,27 +194,27 @@ async def _deploy_helm(
         files = stack.enter_context(helm_values_files(layers))
 
         if dry_run:
-            if kube.namespace_exists(api, hub):
-                changes = helm_tasks.helm_diff(helm, hub, chart, hub, files)
+            if await asyncio.to_thread(kube.namespace_exists, api, hub):
+                changes = await helm_tasks.helm_diff(helm, hub, chart, hub, files)
             else:
-                rendered = helm.template(hub, chart, hub, files)
+                rendered = await asyncio.to_thread(helm.template, hub, chart, hub, files)
                 changes = helm_tasks.diff_manifests("", rendered)
             await _artifact(op, f"Dry run: deploy {op.target} (chart {version})", changes)
             return {"hub": op.target, "dry_run": True, "changes": changes, "to_version": version}
 
         await ensure_concurrency_limits_once(op.fleet)
         async with hub_lock(cluster, hub, timeout=lock_timeout):
-            kube.ensure_namespace(api, hub, hub)
-            kube.ensure_ops_secret(api, hub)
-            before = helm_tasks.helm_history(helm, hub, hub)
+            await kube.ensure_namespace(api, hub, hub)
+            await kube.ensure_ops_secret(api, hub)
+            before = await helm_tasks.helm_history(helm, hub, hub)
             deployed = [r for r in before if r["status"] == "deployed"]
             previous = deployed[-1] if deployed else None
             from_version = _chart_version(previous)
             started = time.monotonic()
             try:
-                release = helm_tasks.helm_upgrade(helm, hub, chart, hub, files, wait_timeout)
+                release = await helm_tasks.helm_upgrade(helm, hub, chart, hub, files, wait_timeout)
             except (helm_tasks.HelmError, helm_tasks.HelmTransient) as exc:
-                after = helm_tasks.helm_history(helm, hub, hub)
+                after = await helm_tasks.helm_history(helm, hub, hub)
                 now = _chart_version(next((r for r in after if r["status"] == "deployed"), None))
                 reason = f"helm upgrade failed and --atomic undid it (now on {now}): {exc}"
                 await _artifact(op, f"Deploy of {op.target} FAILED", [], reason)
@@ -225,7 +226,7 @@ async def _deploy_helm(
                 if previous is None:
                     reason = f"failed the health gate ({why}); no previous revision to roll back to"
                 else:
-                    helm_tasks.helm_rollback(helm, hub, hub, int(previous["revision"]))
+                    await helm_tasks.helm_rollback(helm, hub, hub, int(previous["revision"]))
                     reason = (
                         f"failed the health gate ({why}); rolled back automatically from "
                         f"revision {revision} to revision {previous['revision']} ({from_version})"

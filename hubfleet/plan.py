@@ -150,7 +150,9 @@ def plan_fleet(
         names = [h for c, h in chosen if c == cluster.name]
         if not names:
             continue
-        staging, prod, unchanged = [], [], []
+        staging: list[HubChange] = []
+        prod: list[HubChange] = []
+        unchanged: list[str] = []
         for hub in cluster.hubs:
             if hub.name not in names:
                 continue

@@ -6,11 +6,14 @@ rate limits, "another operation is in progress") and what may not (a chart or va
 error, a rollout that never got Ready). Known secret strings are removed from every
 message before it can reach a log or an exception.
 
-The Prefect tasks at the bottom each change one thing and say so.
+The Prefect tasks at the bottom each change one thing and say so. They are async and run
+helm in a thread, so a fleet run's hubs really change side by side (a sync task called
+from an async flow would hold the event loop for the whole `--wait`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -320,7 +323,7 @@ def _changed_paths(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
     cache_policy=NO_CACHE,
     **transient_retries(retries=3, backoff=2.0),
 )
-def helm_upgrade(
+async def helm_upgrade(
     helm: Helm,
     release: str,
     chart: Path,
@@ -331,7 +334,9 @@ def helm_upgrade(
     """Install or upgrade `release` in `namespace` (--atomic --wait): changes the cluster.
     On a rollout that never gets Ready helm itself restores the previous revision."""
     try:
-        return helm.upgrade(release, chart, namespace, values, wait_timeout)
+        return await asyncio.to_thread(
+            helm.upgrade, release, chart, namespace, values, wait_timeout
+        )
     except (HelmError, HelmTransient) as exc:
         get_run_logger().error("helm upgrade of %s/%s failed: %s", namespace, release, exc)
         raise
@@ -342,9 +347,9 @@ def helm_upgrade(
     cache_policy=NO_CACHE,
     **transient_retries(retries=3, backoff=2.0),
 )
-def helm_rollback(helm: Helm, release: str, namespace: str, revision: int | None) -> None:
+async def helm_rollback(helm: Helm, release: str, namespace: str, revision: int | None) -> None:
     """Roll `release` back to `revision` (the previous one if None): changes the cluster."""
-    helm.rollback(release, namespace, revision)
+    await asyncio.to_thread(helm.rollback, release, namespace, revision)
 
 
 @task(
@@ -352,9 +357,9 @@ def helm_rollback(helm: Helm, release: str, namespace: str, revision: int | None
     cache_policy=NO_CACHE,
     **transient_retries(retries=3, backoff=2.0),
 )
-def helm_uninstall(helm: Helm, release: str, namespace: str) -> None:
+async def helm_uninstall(helm: Helm, release: str, namespace: str) -> None:
     """Uninstall `release` (its resources and history): changes the cluster."""
-    helm.uninstall(release, namespace)
+    await asyncio.to_thread(helm.uninstall, release, namespace)
 
 
 @task(
@@ -362,9 +367,9 @@ def helm_uninstall(helm: Helm, release: str, namespace: str) -> None:
     cache_policy=NO_CACHE,
     **transient_retries(retries=3, backoff=1.0),
 )
-def helm_history(helm: Helm, release: str, namespace: str) -> list[dict[str, Any]]:
+async def helm_history(helm: Helm, release: str, namespace: str) -> list[dict[str, Any]]:
     """Read the release's revisions. Changes nothing."""
-    return helm.history(release, namespace)
+    return await asyncio.to_thread(helm.history, release, namespace)
 
 
 @task(
@@ -372,13 +377,14 @@ def helm_history(helm: Helm, release: str, namespace: str) -> list[dict[str, Any
     cache_policy=NO_CACHE,
     **transient_retries(retries=3, backoff=1.0),
 )
-def helm_diff(
+async def helm_diff(
     helm: Helm, release: str, chart: Path, namespace: str, values: list[Path]
 ) -> list[dict[str, str]]:
     """Render what an upgrade would apply and compare with `helm get manifest`. Changes
     nothing (server-side dry run)."""
-    new = helm.render_upgrade(release, chart, namespace, values)
-    return diff_manifests(helm.manifest(release, namespace), new)
+    new = await asyncio.to_thread(helm.render_upgrade, release, chart, namespace, values)
+    old = await asyncio.to_thread(helm.manifest, release, namespace)
+    return diff_manifests(old, new)
 
 
 @task(
@@ -386,6 +392,6 @@ def helm_diff(
     cache_policy=NO_CACHE,
     **transient_retries(retries=3, backoff=1.0),
 )
-def helm_releases(helm: Helm) -> list[dict[str, Any]]:
+async def helm_releases(helm: Helm) -> list[dict[str, Any]]:
     """Every release in the cluster. Changes nothing."""
-    return helm.list_releases()
+    return await asyncio.to_thread(helm.list_releases)

@@ -7,6 +7,7 @@ trouble) become `TransientError`s so tasks retry them; anything else is raised a
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,8 +52,7 @@ def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise TransientError(f"kubernetes API unreachable: {exc}") from None
 
 
-@task(task_run_name="ensure-namespace-{name}", cache_policy=NO_CACHE, **transient_retries())
-def ensure_namespace(api: client.ApiClient, name: str, hub: str | None = None) -> bool:
+def _ensure_namespace(api: client.ApiClient, name: str, hub: str | None = None) -> bool:
     """Create namespace `name` (labelled as hubfleet's) if missing; True if created."""
     core = client.CoreV1Api(api)
     labels = {MANAGED_LABEL: "true", **({HUB_LABEL: hub} if hub else {})}
@@ -78,15 +78,14 @@ def namespace_exists(api: client.ApiClient, name: str) -> bool:
         raise
 
 
-@task(task_run_name="list-hub-namespaces", cache_policy=NO_CACHE, **transient_retries())
-def hub_namespaces(api: client.ApiClient) -> list[str]:
+def _hub_namespaces(api: client.ApiClient) -> list[str]:
     """Namespaces hubfleet labelled as hub namespaces. Changes nothing."""
     found = _call(client.CoreV1Api(api).list_namespace, label_selector=f"{MANAGED_LABEL}=true")
-    return sorted(ns.metadata.name for ns in found.items if HUB_LABEL in ns.metadata.labels)
+    items: list[Any] = found.items
+    return sorted(ns.metadata.name for ns in items if HUB_LABEL in (ns.metadata.labels or {}))
 
 
-@task(task_run_name="delete-namespace-{name}", cache_policy=NO_CACHE, **transient_retries())
-def delete_namespace(api: client.ApiClient, name: str) -> None:
+def _delete_namespace(api: client.ApiClient, name: str) -> None:
     """Delete namespace `name` and everything in it: changes the cluster."""
     try:
         _call(client.CoreV1Api(api).delete_namespace, name)
@@ -95,8 +94,7 @@ def delete_namespace(api: client.ApiClient, name: str) -> None:
             raise
 
 
-@task(task_run_name="ensure-ops-secret-{namespace}", cache_policy=NO_CACHE, **transient_retries())
-def ensure_ops_secret(api: client.ApiClient, namespace: str) -> bool:
+def _ensure_ops_secret(api: client.ApiClient, namespace: str) -> bool:
     """Create the Secret holding the hub's ops (bootstrap service) token if it is missing;
     an existing one is kept (rotation replaces it). True if created. Never logs the token."""
     core = client.CoreV1Api(api)
@@ -127,6 +125,7 @@ def rollout_problems(api: client.ApiClient, namespace: str, release: str) -> lis
     deployments = _call(apps.list_namespaced_deployment, namespace, label_selector=selector)
     if not deployments.items:
         return [f"no Deployments of release {release!r} in namespace {namespace!r}"]
+    dep: Any  # the client's models type every field Optional; the API always sets these
     for dep in deployments.items:
         want, st = dep.spec.replicas or 0, dep.status
         if (st.observed_generation or 0) < dep.metadata.generation:
@@ -136,11 +135,12 @@ def rollout_problems(api: client.ApiClient, namespace: str, release: str) -> lis
                 f"deployment {dep.metadata.name}: {st.available_replicas or 0}/{want} available"
             )
     pods = _call(core.list_namespaced_pod, namespace, label_selector=selector)
+    pod: Any
     for pod in pods.items:
         if pod.metadata.deletion_timestamp:
             continue
         ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-        restarts = sum(c.restart_count for c in pod.status.container_statuses or [])
+        restarts = sum(int(c.restart_count) for c in pod.status.container_statuses or [])
         if not ready:
             problems.append(f"pod {pod.metadata.name}: not Ready ({pod.status.phase})")
         if restarts:
@@ -148,7 +148,35 @@ def rollout_problems(api: client.ApiClient, namespace: str, release: str) -> lis
     return problems
 
 
+# --- Prefect tasks (async: the blocking client runs in a thread) ----------------------------
+
+
+@task(task_run_name="ensure-namespace-{name}", cache_policy=NO_CACHE, **transient_retries())
+async def ensure_namespace(api: client.ApiClient, name: str, hub: str | None = None) -> bool:
+    """Create namespace `name` (labelled as hubfleet's) if missing; True if created."""
+    return await asyncio.to_thread(_ensure_namespace, api, name, hub)
+
+
+@task(task_run_name="list-hub-namespaces", cache_policy=NO_CACHE, **transient_retries())
+async def hub_namespaces(api: client.ApiClient) -> list[str]:
+    """Namespaces hubfleet labelled as hub namespaces. Changes nothing."""
+    return await asyncio.to_thread(_hub_namespaces, api)
+
+
+@task(task_run_name="delete-namespace-{name}", cache_policy=NO_CACHE, **transient_retries())
+async def delete_namespace(api: client.ApiClient, name: str) -> None:
+    """Delete namespace `name` and everything in it: changes the cluster."""
+    await asyncio.to_thread(_delete_namespace, api, name)
+
+
+@task(task_run_name="ensure-ops-secret-{namespace}", cache_policy=NO_CACHE, **transient_retries())
+async def ensure_ops_secret(api: client.ApiClient, namespace: str) -> bool:
+    """Create the Secret holding the hub's ops (bootstrap service) token if it is missing;
+    an existing one is kept (rotation replaces it). True if created. Never logs the token."""
+    return await asyncio.to_thread(_ensure_ops_secret, api, namespace)
+
+
 @task(task_run_name="rollout-status-{release}", cache_policy=NO_CACHE, **transient_retries())
-def rollout_status(api: client.ApiClient, namespace: str, release: str) -> list[str]:
+async def rollout_status(api: client.ApiClient, namespace: str, release: str) -> list[str]:
     """Read the rollout state of a release (see `rollout_problems`). Changes nothing."""
-    return rollout_problems(api, namespace, release)
+    return await asyncio.to_thread(rollout_problems, api, namespace, release)
