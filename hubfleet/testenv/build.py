@@ -533,7 +533,7 @@ def build_opentofu(version: str, progress: Progress = print) -> Path:
             GO_BUILD_PARALLELISM,
             "-trimpath",
             "-ldflags",
-            "-s -w",
+            "-s -w -X github.com/opentofu/opentofu/version.dev=no",
             "-o",
             str(out / "tofu"),
             "github.com/opentofu/opentofu/cmd/tofu",

@@ -222,9 +222,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# --------------------------------------------------------------------------- processes
-
-
 # --------------------------------------------------------------------------- the control plane
 
 
@@ -308,11 +305,22 @@ class ControlPlane:
         if not self.detached and not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
-        try:
-            self._start(tools)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in (1, 2):
+            try:
+                self._start(tools)
+                break
+            except ControlPlaneError as e:
+                self.stop()
+                # Free ports are picked before the processes bind them; another process
+                # can take one in between. That race is worth exactly one retry.
+                if attempt == 2 or "address already in use" not in str(e):
+                    raise
+                self._progress("port taken during start-up; retrying once")
+                self.workdir = Path(tempfile.mkdtemp(prefix="hubfleet-testenv-"))
+                os.chmod(self.workdir, 0o700)
+            except BaseException:
+                self.stop()
+                raise
         self.timings["total"] = time.monotonic() - t_start
         if self.state_file is not None:
             self._write_state()
