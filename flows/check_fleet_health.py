@@ -291,7 +291,7 @@ async def last_sweep_rows(depth: str) -> dict[str, dict[str, Any]]:
     if not found or not found[0].data:
         return {}
     data = found[0].data
-    rows = json.loads(data) if isinstance(data, str) else data
+    rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data  # type: ignore[assignment]
     return {row["hub"]: row for row in rows}
 
 

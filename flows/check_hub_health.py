@@ -157,10 +157,10 @@ async def run_probes(
     results: list[ProbeResult] = []
     block: HubOpsToken | None = None
     for level in levels:
-        if results and any(not r.ok and r.level in _STOPS for r in results):
-            # Nothing answers over HTTP; but Kubernetes can still say why (k8s runs).
-            if level is not Level.k8s:
-                continue
+        # After reachable or api failed nothing answers over HTTP; Kubernetes can still
+        # say why, so k8s runs.
+        if level is not Level.k8s and any(not r.ok and r.level in _STOPS for r in results):
+            continue
         if level is Level.reachable:
             result = await _timed(level, probe_reachable(url))
             result = ProbeResult(level, result.ok, result.latency_ms, result.reason)

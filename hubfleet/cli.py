@@ -75,18 +75,6 @@ def deploy(
 
 
 @app.command()
-def health(cluster: str, hub: str, operator: OperatorOpt = None, fleet: FleetOpt = None) -> None:
-    """Check one hub: reachable, API answers, ops token accepted. Exit 1 unless healthy."""
-    _use_fleet(fleet)
-    from flows.check_hub_health import check_hub_health
-
-    report = _run(check_hub_health, cluster=cluster, hub=hub, operator=operator)
-    out.print(f"{report['hub']}: {report['verdict']} ({report['reason']})")
-    if report["verdict"] != "healthy":
-        raise typer.Exit(1)
-
-
-@app.command()
 def teardown(
     cluster: str,
     hub: str,
@@ -149,11 +137,7 @@ def _run(flow: Any, **params: Any) -> Any:
 
 # Commands that live beside their operation's code. Each module defines
 # `register(app: typer.Typer) -> None`; add a module here to add its commands.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "hubfleet.cli_ops",
-    "hubfleet.cli_clusters",
-    "hubfleet.cli_credentials",
-)
+_COMMAND_MODULES: tuple[str, ...] = ("hubfleet.cli_ops", "hubfleet.cli_health", "hubfleet.cli_clusters", "hubfleet.cli_credentials", "hubfleet.cli_pilot")
 
 
 def _register_commands() -> None:

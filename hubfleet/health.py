@@ -214,8 +214,8 @@ def judge_k8s(
     for d in deployments:
         if d.ready < d.desired:
             # The pods of the Deployment say why: Unschedulable, CrashLoopBackOff, ...
-            why = [_pod_reason(p) for p in pods if p.name.startswith(f"{d.name}-")]
-            why = [w for w in why if w]
+            reasons = [_pod_reason(p) for p in pods if p.name.startswith(f"{d.name}-")]
+            why = [r for r in reasons if r]
             problems.append(
                 f"deployment {d.name} {d.ready}/{d.desired} ready"
                 + (f" ({'; '.join(why)})" if why else "")
@@ -229,8 +229,8 @@ def judge_k8s(
         if crashing:
             problems.append(f"pod {pod.name} {crashing[0]}")
         elif pod.phase == "Pending" and pod.age_s > pending_grace_s:
-            why = "; ".join(pod.conditions) or ", ".join(pod.waiting) or "no reason given"
-            problems.append(f"pod {pod.name} Pending for {pod.age_s:.0f}s: {why}")
+            said = "; ".join(pod.conditions) or ", ".join(pod.waiting) or "no reason given"
+            problems.append(f"pod {pod.name} Pending for {pod.age_s:.0f}s: {said}")
         elif pod.phase == "Failed":
             problems.append(f"pod {pod.name} Failed: {'; '.join(pod.conditions) or '-'}")
     problems += [f"pvc {p.name} {p.phase}" for p in pvcs if p.phase != "Bound"]

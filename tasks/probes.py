@@ -214,7 +214,7 @@ def _failure_from_progress(users: str, token: str) -> str:
         )
     except requests.RequestException:
         return ""
-    for line in response.text.splitlines():
+    for line in str(response.text).splitlines():
         if line.startswith("data:"):
             event = json.loads(line[5:])
             if event.get("failed"):
@@ -251,10 +251,11 @@ def _wait_ready(users: str, token: str, deadline: float) -> None:
             if response.status_code == 400:  # no longer pending: ready, or failed just now
                 return _check_ready(users, token)
             response.raise_for_status()
-            for line in response.iter_lines(decode_unicode=True):
+            for raw in response.iter_lines(decode_unicode=True):
+                line = str(raw or "")
                 if time.monotonic() > deadline:
                     break
-                if not line or not line.startswith("data:"):
+                if not line.startswith("data:"):
                     continue
                 event = json.loads(line[5:])
                 if event.get("failed"):
@@ -288,8 +289,10 @@ def _run_code(server: str, token: str, deadline: float) -> str:
         try:
             msg_id = uuid.uuid4().hex
             ws.send(json.dumps(_execute_request(msg_id, f"print({a} * {b})")))
-            output, status = "", ""
-            while time.monotonic() < deadline and not status:
+            # The reply (shell) and the output (iopub) race: wait for both the reply
+            # and the kernel going idle after our request.
+            output, status, idle = "", "", False
+            while time.monotonic() < deadline and not (status and idle):
                 msg = json.loads(ws.recv())
                 if msg.get("parent_header", {}).get("msg_id") != msg_id:
                     continue
@@ -302,6 +305,8 @@ def _run_code(server: str, token: str, deadline: float) -> str:
                     )
                 elif kind == "execute_reply":
                     status = content.get("status", "")
+                elif kind == "status" and content.get("execution_state") == "idle":
+                    idle = True
         finally:
             ws.close()
     finally:
@@ -397,11 +402,18 @@ def observe_namespace(
     now = datetime.now(UTC)
     return (
         [
-            DeploymentSeen(d.metadata.name, d.spec.replicas or 0, d.status.ready_replicas or 0)
+            DeploymentSeen(
+                str(d.metadata.name),  # type: ignore[union-attr]
+                d.spec.replicas or 0 if d.spec else 0,
+                (d.status.ready_replicas or 0) if d.status else 0,
+            )
             for d in deps
         ],
         [_pod_seen(p, now) for p in pods],
-        [PvcSeen(p.metadata.name, p.status.phase or "Unknown") for p in pvcs.items],
+        [
+            PvcSeen(str(p.metadata.name), (p.status.phase if p.status else None) or "Unknown")  # type: ignore[union-attr]
+            for p in pvcs.items
+        ],
     )
 
 

@@ -1,0 +1,112 @@
+"""Fixtures of the health tests: a fleet with hubs of our own, a webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.local_hub import LocalHub
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Local hubs only these tests use, so they never collide with other test directories.
+HC_CLUSTER = """\
+name: hc
+provider: local
+local: {}
+hubs:
+  - {name: ok, domain: ok.hc.hubfleet.test, tier: staging, kind: standing}
+  - name: nospawn
+    domain: nospawn.hc.hubfleet.test
+    tier: staging
+    kind: standing
+    values: [nospawn.values.yaml]
+  - {name: flaky, domain: flaky.hc.hubfleet.test, tier: staging, kind: standing}
+  - {name: sweep, domain: sweep.hc.hubfleet.test, tier: staging, kind: standing}
+"""
+# A spawner that cannot start a server: its command does not exist.
+NOSPAWN_VALUES = """\
+hub:
+  config:
+    Spawner:
+      cmd: [/nonexistent/jupyterhub-singleuser]
+"""
+KC_CLUSTER = """\
+name: kc
+provider: kubeconfig
+kubeconfig: {context: testenv}
+hubs:
+  - {name: hc-k8s, domain: hc-k8s.kc.hubfleet.test, tier: staging, kind: standing}
+"""
+
+
+@pytest.fixture(scope="session")
+def health_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The example fleet plus cluster `hc` (local hubs) and `kc` (kubeconfig), in use."""
+    root = tmp_path_factory.mktemp("health-fleet") / "fleet"
+    shutil.copytree(REPO / "fleet", root)
+    (root / "clusters" / "hc").mkdir()
+    (root / "clusters" / "hc" / "cluster.yaml").write_text(HC_CLUSTER)
+    (root / "clusters" / "hc" / "nospawn.values.yaml").write_text(NOSPAWN_VALUES)
+    (root / "clusters" / "kc").mkdir()
+    (root / "clusters" / "kc" / "cluster.yaml").write_text(KC_CLUSTER)
+    before = os.environ.get("HUBFLEET_FLEET")
+    os.environ["HUBFLEET_FLEET"] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop("HUBFLEET_FLEET", None)
+    else:
+        os.environ["HUBFLEET_FLEET"] = before
+
+
+@pytest.fixture(autouse=True)
+def stop_hubs_after_test(data_dir: Path) -> Iterator[None]:
+    """Whatever a test asserts, the hubs it started are stopped (by PID) when it ends."""
+    yield
+    for state in (data_dir / "hubs" / "hc").glob("*/state.json"):
+        LocalHub(state.parent, state.parent.name).stop()
+
+
+class Receiver:
+    """A local webhook endpoint (a real HTTP server in a thread) recording what it gets."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def webhook() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver

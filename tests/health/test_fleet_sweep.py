@@ -1,0 +1,200 @@
+"""check_fleet_health: streaks across sweeps, one alert per outage, the webhook, history.
+
+Real components: a real Prefect server (its triggers and actions services run the
+automation), real local JupyterHubs, a real HTTP webhook receiver. One test injects a
+single failed request; that needs a hub that fails on demand, so it uses a small loopback
+server answering like a hub (`/hub/health`, `/hub/api`) and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from deployments.health import AUTOMATION_NAME, health_deployments, register_health
+from flows.check_fleet_health import UnknownSelection, check_fleet_health
+from flows.deploy_hub import deploy_hub
+from hubfleet.loader import load_fleet
+from tasks.local_hub import local_hub
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "health_fleet")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def fleet() -> Any:
+    return load_fleet(os.environ["HUBFLEET_FLEET"])
+
+
+async def wait_for(what: str, check: Any, timeout: float = 45.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.5)
+
+
+async def unhealthy_events(hub: str) -> list[Any]:
+    async with get_client() as client:
+        page = await client.read_events(
+            filter=EventFilter(event=EventNameFilter(name=["hubfleet.hub.unhealthy"]))
+        )
+    return [e for e in page.events if e.resource.id == f"hubfleet.hub.{hub}"]
+
+
+async def sweep(**kw: Any) -> dict[str, Any]:
+    return await check_fleet_health(selection=["hc/sweep"], backoff=0.1, timeout=2.0, **kw)
+
+
+async def test_alert_once_after_three_failed_sweeps(webhook: Any) -> None:
+    await CustomWebhookNotificationBlock(
+        name="ops-webhook",
+        url=webhook.url,
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+    ).save("ops-webhook", overwrite=True)
+    registered = await register_health(fleet(), work_pool="hubfleet-health-test")
+    assert len(registered["deployments"]) == 2
+
+    await deploy_hub(cluster="hc", hub="sweep")
+    hub = local_hub(fleet(), "hc", "sweep")
+    first = await sweep()
+    assert first["counts"] == {"healthy": 1} and first["changes"] == [
+        "hc/sweep: first check, healthy"
+    ]
+
+    # One failed sweep, then recovery: no alert.
+    hub.stop()
+    blip = await sweep()
+    assert blip["unhealthy"][0]["failures"] == 1 and blip["alerted"] == []
+    await deploy_hub(cluster="hc", hub="sweep")
+    back = await sweep()
+    assert back["counts"] == {"healthy": 1} and back["recovered"] == []
+    assert back["changes"] == ["hc/sweep: down → healthy ()"]
+
+    # Three failed sweeps in a row: one alert, on the third.
+    hub.stop()
+    streak = [await sweep() for _ in range(3)]
+    assert [s["unhealthy"][0]["failures"] for s in streak] == [1, 2, 3]
+    assert [s["alerted"] for s in streak] == [[], [], ["hc/sweep"]]
+    assert streak[2]["unhealthy"][0]["level"] == "reachable"
+
+    got = await wait_for("the webhook notification", _received(webhook, 1))
+    assert "hc/sweep is down" in got[0]["subject"], got
+    assert "reachable" in got[0]["body"] and "3 shallow sweep(s)" in got[0]["body"], got
+    # A fourth failed sweep is the same outage: no second event, no second notification.
+    fourth = await sweep()
+    assert fourth["alerted"] == [] and fourth["unhealthy"][0]["failures"] == 4
+    await asyncio.sleep(5)
+    assert len(webhook.received) == 1, webhook.received
+    assert len(await unhealthy_events("hc/sweep")) == 1
+
+    # Recovery is an event too, and resets the streak.
+    await deploy_hub(cluster="hc", hub="sweep")
+    healed = await sweep()
+    assert healed["recovered"] == ["hc/sweep"]
+
+    # The history command shows the outage: since when, and that it ended.
+    history = subprocess.run(
+        [str(REPO / ".venv/bin/hubfleet"), "health", "hc/sweep", "--since", "1h"],
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert history.returncode == 0, history.stdout + history.stderr
+    lines = [line for line in history.stdout.splitlines() if "hc/sweep" in line]
+    assert sum("down" in line for line in lines) >= 5, history.stdout
+    assert "Traceback" not in history.stdout + history.stderr
+
+
+def _received(webhook: Any, n: int) -> Any:
+    async def check() -> list[dict[str, Any]] | None:
+        return webhook.received if len(webhook.received) >= n else None
+
+    return check
+
+
+class FlakyHub:
+    """A loopback HTTP server answering like a hub; /hub/health fails `failures` times."""
+
+    def __init__(self, failures: int) -> None:
+        state = {"left": failures, "health_calls": 0}
+        self.state = state
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/hub/health":
+                    state["health_calls"] += 1
+                    if state["left"] > 0:
+                        state["left"] -= 1
+                        self.send_response(503)
+                        self.end_headers()
+                        return
+                body = json.dumps({"version": "6.1.1"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_one_failed_request_is_retried_not_counted(data_dir: Path) -> None:
+    flaky = FlakyHub(failures=1)
+    try:
+        # The hub's local state points at the loopback server (no process to stop).
+        directory = data_dir / "hubs" / "hc" / "flaky"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "state.json").write_text(
+            json.dumps(
+                {
+                    "ports": {"public": flaky.port, "proxy_api": 1, "hub": 1},
+                    "hub": None,
+                    "proxy": None,
+                }
+            )
+        )
+        result = await check_fleet_health(depth="api", selection=["hc/flaky"], backoff=0.1)
+    finally:
+        flaky.close()
+    assert result["counts"] == {"healthy": 1}, result
+    assert flaky.state["health_calls"] == 2  # the 503, then the retry that passed
+
+
+async def test_bad_selection_is_refused_before_anything_runs() -> None:
+    with pytest.raises(UnknownSelection, match=r"selection 'nope/x' matches no hub"):
+        await check_fleet_health(selection=["nope/x"])
+
+
+def test_deployments_take_their_schedules_from_the_fleet() -> None:
+    deep, shallow = health_deployments(fleet())
+    assert deep.name == "health-deep" and shallow.name == "health-shallow"
+    assert deep.parameters == {"depth": "deep", "alert_after": 1}
+    assert shallow.parameters["depth"] == "shallow"
+    crons = [d.schedules[0].schedule.cron for d in (deep, shallow)]
+    assert crons == ["0 2 * * *", "*/15 * * * *"]
+    assert AUTOMATION_NAME

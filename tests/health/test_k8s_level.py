@@ -1,0 +1,121 @@
+"""The k8s level against the real control plane (kube-apiserver, scheduler, kwok nodes).
+
+The hub's namespace gets a `hub` Deployment that becomes Ready (kwok runs its pod) and a
+`proxy` Deployment whose pod can never be scheduled (a nodeSelector no node matches).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from blocks.cluster_access import ClusterAccess
+from flows.check_hub_health import check_hub_health
+
+pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server", "health_fleet")]
+NAMESPACE = "hc-k8s"  # the hub `kc/hc-k8s` of the test fleet lives in its own namespace
+
+
+def deployment(name: str, selector: dict[str, str]) -> client.V1Deployment:
+    labels = {"app": name}
+    return client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        spec=client.V1DeploymentSpec(
+            replicas=1,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(
+                    node_selector=selector,
+                    containers=[client.V1Container(name="c", image="registry.k8s.io/pause:3.10")],
+                ),
+            ),
+        ),
+    )
+
+
+@pytest.fixture
+def hub_namespace(kube_api: Any) -> Iterator[str]:
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
+    try:
+        yield NAMESPACE
+    finally:
+        core.delete_namespace(NAMESPACE)
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.5)
+    return value
+
+
+async def test_deployment_that_never_gets_ready_is_reported_with_the_pods_reason(
+    kube: Any, kube_api: Any, hub_namespace: str
+) -> None:
+    text = kube.kubeconfig.read_text()
+    context = yaml.safe_load(text)["current-context"]
+    await ClusterAccess(kubeconfig=text, context=context, server=kube.server).save(
+        "kc", overwrite=True
+    )
+    apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
+    apps.create_namespaced_deployment(
+        hub_namespace, deployment("hub", {"hub.jupyter.org/node-purpose": "core"})
+    )
+    apps.create_namespaced_deployment(
+        hub_namespace, deployment("proxy", {"hubfleet.test/no-such-pool": "true"})
+    )
+    wait_for(
+        "the hub Deployment to be Ready (kwok)",
+        lambda: apps.read_namespaced_deployment("hub", hub_namespace).status.ready_replicas,
+    )
+    wait_for(
+        "the scheduler to mark the proxy pod Unschedulable",
+        lambda: any(
+            c.reason == "Unschedulable"
+            for p in core.list_namespaced_pod(hub_namespace, label_selector="app=proxy").items
+            for c in (p.status.conditions or [])
+        ),
+    )
+
+    report = await check_hub_health("kc", "hc-k8s", depth="k8s")
+
+    k8s = next(p for p in report["probes"] if p["level"] == "k8s")
+    assert k8s["status"] == "FAIL", report
+    assert "deployment proxy 0/1 ready" in k8s["reason"], k8s["reason"]
+    assert "Unschedulable" in k8s["reason"] and "node" in k8s["reason"], k8s["reason"]
+    assert "deployment hub" not in k8s["reason"]  # the Ready one is not blamed
+    # The hub's domain does not resolve here, so it is down at reachable; k8s says why.
+    assert report["verdict"] == "down" and report["level"] == "reachable"
+
+    # Fix the proxy: the same probe now passes (no false alarm once pods are Ready).
+    apps.patch_namespaced_deployment(
+        "proxy",
+        hub_namespace,
+        {
+            "spec": {
+                "template": {"spec": {"nodeSelector": {"hub.jupyter.org/node-purpose": "core"}}}
+            }
+        },
+    )
+    wait_for(
+        "the proxy Deployment to be Ready",
+        lambda: (
+            apps.read_namespaced_deployment("proxy", hub_namespace).status.ready_replicas
+            and not any(
+                p.status.phase == "Pending"
+                for p in core.list_namespaced_pod(hub_namespace, label_selector="app=proxy").items
+            )
+        ),
+    )
+    fixed = await check_hub_health("kc", "hc-k8s", depth="k8s")
+    k8s = next(p for p in fixed["probes"] if p["level"] == "k8s")
+    assert k8s["status"] == "ok", fixed
