@@ -1,0 +1,153 @@
+"""`hubfleet audit --hub X --since 365d` over 100,000 flow runs in PostgreSQL.
+
+Starts hubfleet's own PostgreSQL and a Prefect server on it (`hubfleet server --postgres`,
+in a throwaway data dir), creates the flows through the API, then inserts 100,000 flow runs
+(25 hubs on 5 clusters, over 400 days, 5% failed) and their states with SQL straight into
+Prefect's tables: creating them through the API would take hours on 2 cores and measures
+nothing the audit does. Then it times the real `hubfleet audit` command (median of 5) and
+the query alone, and records the database size. Writes benchmarks/results/audit.json.
+Everything it started is stopped by PID and its data deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS = int(os.environ.get("BENCH_AUDIT_RUNS", "100000"))
+REPEAT = 5
+HUB = "c1/h6"
+
+
+def psql(pg: object, sql: str) -> str:
+    from deployments.pgserver import pg_bin
+
+    result = subprocess.run(
+        [pg_bin("psql"), "-h", str(pg.socket_dir), "-U", "prefect", "-d", "prefect",  # type: ignore[attr-defined]
+         "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+        capture_output=True, text=True, timeout=1800, check=True,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def seed(pg: object, flows: list[str]) -> float:
+    start = time.perf_counter()
+    f0, f1 = flows
+    psql(
+        pg,
+        f"""
+        INSERT INTO flow_run (id, name, flow_id, tags, expected_start_time, start_time,
+                              end_time, state_type, state_name, state_timestamp, parameters)
+        SELECT gen_random_uuid(), 'bench-' || g,
+               CASE WHEN g % 3 = 0 THEN '{f1}'::uuid ELSE '{f0}'::uuid END,
+               jsonb_build_array(
+                 CASE WHEN g % 3 = 0 THEN 'op:check_hub_health' ELSE 'op:deploy_hub' END,
+                 'cluster:c' || (g % 5), 'hub:c' || (g % 5) || '/h' || (g % 25),
+                 'operator:person' || (g % 7), 'revision:abc1234'),
+               t, t, t + interval '30 seconds',
+               CASE WHEN g % 20 = 0 THEN 'FAILED' ELSE 'COMPLETED' END::state_type,
+               CASE WHEN g % 20 = 0 THEN 'Failed' ELSE 'Completed' END,
+               t + interval '30 seconds',
+               jsonb_build_object('cluster', 'c' || (g % 5), 'hub', 'h' || (g % 25))
+        FROM generate_series(1, {RUNS}) AS g,
+             LATERAL (SELECT now() - g * interval '{400 * 86400 // RUNS} seconds' AS t) AS x;
+        INSERT INTO flow_run_state (flow_run_id, type, name, timestamp)
+        SELECT id, state_type, state_name, end_time FROM flow_run WHERE name LIKE 'bench-%';
+        UPDATE flow_run SET state_id = s.id FROM flow_run_state s
+        WHERE s.flow_run_id = flow_run.id AND flow_run.name LIKE 'bench-%';
+        ANALYZE;
+        """,
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.audit_log import fetch_audit
+    from deployments.pgserver import postgres_stack
+    from hubfleet.audit import build_query
+    from hubfleet.server import _any_free_port
+
+    root = Path(tempfile.mkdtemp(prefix="hubfleet-bench-audit-"))
+    pg, server = postgres_stack(root, _any_free_port())
+    try:
+        pg.ensure()
+        server.ensure()
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+
+            async def flows() -> list[str]:
+                async with get_client() as client:
+                    return [
+                        str(await client.create_flow_from_name(name))
+                        for name in ("deploy_hub", "check_hub_health")
+                    ]
+
+            seed_s = seed(pg, asyncio.run(flows()))
+            query = build_query(None, hub=HUB, since="365d")
+
+            async def query_once() -> tuple[float, int]:
+                async with get_client() as client:
+                    start = time.perf_counter()
+                    rows = await fetch_audit(client, query, server.ui_url)
+                    return time.perf_counter() - start, len(rows)
+
+            query_times, counts = [], set()
+            for _ in range(REPEAT):
+                seconds, count = asyncio.run(query_once())
+                query_times.append(seconds)
+                counts.add(count)
+
+        env = {**os.environ, "PREFECT_API_URL": server.api_url}
+        cli_times = []
+        for _ in range(REPEAT):
+            start = time.perf_counter()
+            out = subprocess.run(
+                [str(REPO / ".venv/bin/hubfleet"), "audit", "--hub", HUB, "--since", "365d",
+                 "--format", "json"],
+                env=env, capture_output=True, text=True, timeout=300, check=True,
+            )  # fmt: skip
+            cli_times.append(time.perf_counter() - start)
+            cli_rows = len(json.loads(out.stdout))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import prefect.client.orchestration"], check=True)
+        import_s = time.perf_counter() - start
+
+        size = int(psql(pg, "SELECT pg_database_size('prefect')"))
+        total = int(psql(pg, "SELECT count(*) FROM flow_run"))
+        result = {
+            "flow_runs": total,
+            "hub": HUB,
+            "since": "365d",
+            "rows_returned": cli_rows,
+            "query_rows": sorted(counts),
+            "cli_median_s": round(statistics.median(cli_times), 3),
+            "cli_times_s": [round(t, 3) for t in cli_times],
+            "query_median_s": round(statistics.median(query_times), 3),
+            "query_times_s": [round(t, 3) for t in query_times],
+            "python_prefect_import_s": round(import_s, 3),
+            "database_size_bytes": size,
+            "database_size_mb": round(size / 2**20, 1),
+            "seed_s": round(seed_s, 1),
+            "target": "cli median <= 1 s",
+        }
+        out_file = REPO / "benchmarks" / "results" / "audit.json"
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+    finally:
+        server.stop()
+        pg.remove()
+
+
+if __name__ == "__main__":
+    main()

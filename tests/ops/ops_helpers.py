@@ -1,0 +1,130 @@
+"""Helpers of the ops tests: the real `hubfleet` CLI, worker processes, a webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HUBFLEET = str(REPO / ".venv" / "bin" / "hubfleet")
+POOL = "hubfleet-test"
+#: Short, so the zombie test waits under a minute after the kill (heartbeats are every 30 s).
+ZOMBIE_AFTER = timedelta(seconds=45)
+
+
+class Webhook:
+    """A local HTTP receiver: records every POST body (JSON)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def cli_env(api_url: str, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "HUBFLEET_FLEET": str(REPO / "fleet")}
+    env.update(extra)
+    return env
+
+
+def run_cli(api_url: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `hubfleet` command; fails the test after 5 minutes, never hangs."""
+    return subprocess.run(
+        [HUBFLEET, *args],
+        env=cli_env(api_url, **extra),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+class Workers:
+    """`hubfleet worker` processes started by a test, stopped by PID at the end."""
+
+    def __init__(self, api_url: str, log_dir: Path) -> None:
+        self.api_url = api_url
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - closed by OS
+        proc = subprocess.Popen(
+            [HUBFLEET, "worker", "--pool", POOL, "--name", name],
+            env=cli_env(self.api_url),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def kill_hard(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the worker and every process under it: a machine lost mid-run."""
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for member in family:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                continue
+            try:
+                family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
+            except psutil.NoSuchProcess:
+                continue
+            for member in family:
+                try:
+                    member.send_signal(signal.SIGTERM)
+                except psutil.NoSuchProcess:
+                    pass
+            _gone, alive = psutil.wait_procs(family, timeout=20)
+            for member in alive:
+                member.kill()
+            proc.wait(timeout=10)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
