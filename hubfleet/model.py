@@ -77,6 +77,14 @@ class HubKind(StrEnum):
     event = "event"
 
 
+class UseCase(StrEnum):
+    """What a hub is for; its preset (hubfleet/presets/<use_case>.yaml) sets defaults."""
+
+    learning = "learning"
+    research = "research"
+    event = "event"
+
+
 class DataPolicy(StrEnum):
     export = "export"
     delete = "delete"
@@ -251,6 +259,11 @@ class Hub(Strict):
     )
     chart_version: ChartVersion | None = Field(None, description="Override, e.g. for a canary.")
     event: EventSpec | None = Field(None, description="Required when kind is event.")
+    use_case: UseCase | None = Field(
+        None,
+        description="learning | research | event: the preset layered under the hub's values "
+        "(hubfleet.presets); none: no preset.",
+    )
 
 
 class Cluster(Strict):

@@ -79,8 +79,9 @@ def hub_layers(
     """Every values layer of a hub, in the order helm applies them (later wins):
 
     chart defaults → what the fleet says about the hub (domain, ops Secret) → fleet
-    defaults (`fleet.yaml: values`) → the cluster's `cluster.values.yaml` → the hub's values
-    files → secret values (from a block; written to a 0600 temp file only when helm runs).
+    defaults (`fleet.yaml: values`) → the cluster's `cluster.values.yaml` → the use case's
+    preset (`use_case`, hubfleet.presets) → the hub's values files → secret values (from a
+    block; written to a 0600 temp file only when helm runs).
     """
     chart = chart_dir or CHARTS_DIR / "hub"
     yaml = YAML(typ="safe")
@@ -105,8 +106,15 @@ def hub_layers(
     cluster_file = fleet.cluster_dir(cluster) / CLUSTER_VALUES_FILE
     if cluster_file.is_file():
         files.append(cluster_file)
-    files += [fleet.cluster_dir(cluster) / f for f in hub.values]
     layers += [Layer(_show(p), read(p), path=p) for p in files]
+    if hub.use_case is not None:
+        # The use case's preset: more specific than fleet and cluster defaults, but the
+        # hub's own files (what its community asked for) still win.
+        from hubfleet.presets import load_preset
+
+        layers.append(load_preset(hub.use_case).layer())
+    hub_files = [fleet.cluster_dir(cluster) / f for f in hub.values]
+    layers += [Layer(_show(p), read(p), path=p) for p in hub_files]
     if secret_values:
         layers.append(Layer("secret values", dict(secret_values), secret=True))
     return layers

@@ -1,0 +1,191 @@
+"""What the pilot needs: `hubfleet show` (effective values and their origin),
+`hubfleet export-hub` (a bundle a community runs without hubfleet) and `hubfleet report`
+(the fleet ops report from the run history).
+
+Prefect is imported only where the run history or a secret block is read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from hubfleet.errors import HubfleetError
+from hubfleet.loader import load_fleet
+from hubfleet.model import Fleet, Hub
+from hubfleet.paths import fleet_dir
+
+FleetOpt = Annotated[
+    Path | None,
+    typer.Option("--fleet", help="Fleet directory (default: $HUBFLEET_FLEET or ./fleet)."),
+]
+
+
+class UnknownHub(HubfleetError):
+    """A hub argument names no hub of the fleet (or several)."""
+
+
+def find_hub(fleet: Fleet, name: str) -> tuple[str, Hub]:
+    """'cluster/hub', or a hub name that is unique in the fleet."""
+    if "/" in name:
+        cluster, _, hub = name.partition("/")
+        try:
+            return cluster, fleet.cluster(cluster).hub(hub)
+        except LookupError as exc:
+            raise UnknownHub(str(exc)) from None
+    found = [(c.name, h) for c in fleet.clusters for h in c.hubs if h.name == name]
+    if len(found) == 1:
+        return found[0]
+    every = ", ".join(f"{c.name}/{h.name}" for c in fleet.clusters for h in c.hubs)
+    if not found:
+        raise UnknownHub(f"no hub {name!r} in the fleet; hubs: {every}")
+    where = ", ".join(f"{c}/{h.name}" for c, h in found)
+    raise UnknownHub(f"hub {name!r} is in several clusters ({where}); give it as CLUSTER/HUB")
+
+
+def show(
+    hub: Annotated[str, typer.Argument(help="CLUSTER/HUB, or a hub name unique in the fleet.")],
+    fleet: FleetOpt = None,
+    only: Annotated[
+        str | None,
+        typer.Option(help="Only keys starting with this prefix, e.g. singleuser or cull."),
+    ] = None,
+    chart_defaults: Annotated[
+        bool,
+        typer.Option("--chart-defaults", help="Also list values nobody changed from the chart."),
+    ] = False,
+) -> None:
+    """Show a hub's effective values and where each comes from (chart, preset, fleet,
+    cluster, hub). The merged values are checked against the chart's schema too."""
+    from hubfleet.cli import out
+    from hubfleet.presets import explain, load_preset
+    from hubfleet.values import CHARTS_DIR, hub_layers, validate_layers
+
+    model = load_fleet(fleet or fleet_dir())
+    cluster, spec = find_hub(model, hub)
+    layers = hub_layers(model, cluster, spec)
+    validate_layers(layers, CHARTS_DIR / "hub" / "values.schema.json")
+    preset = load_preset(spec.use_case) if spec.use_case else None
+    out.print(
+        f"hub {cluster}/{spec.name}: use case "
+        + (f"{preset.use_case.value} ({preset.description})" if preset else "none (no preset)")
+    )
+    sources = [layer.source.replace(f"{model.root}/", "") for layer in layers]
+    out.print("layers, later wins: " + " → ".join(sources))
+    table = Table(title=f"effective values of {cluster}/{spec.name}")
+    table.add_column("key", no_wrap=True)
+    for column in ("value", "from", "source", "overrides"):
+        table.add_column(column, overflow="fold")
+    for origin in explain(layers):
+        if only and not origin.key.startswith(only):
+            continue
+        if origin.kind == "chart" and not chart_defaults:
+            continue
+        table.add_row(
+            origin.key,
+            _short(origin.value),
+            origin.kind,
+            origin.source.replace(f"{model.root}/", ""),
+            ", ".join(origin.overrode),
+        )
+    out.print(table)
+    if preset and preset.event_defaults and spec.event is None:
+        out.print(f"event preset suggests for the hub's event section: {preset.event_defaults}")
+    out.print(
+        "Secret values (block hub-values-<cluster>-<hub>) are applied last and never shown."
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def export_hub(
+    cluster: str,
+    hub: str,
+    directory: Annotated[Path, typer.Argument(help="Where to write the bundle (new or empty).")],
+    fleet: FleetOpt = None,
+) -> None:
+    """Write a bundle that runs HUB on any Kubernetes with plain helm, without hubfleet:
+    the chart, the merged values (secrets as placeholders), install.sh and a README."""
+    from hubfleet.bundle import export_hub as write_bundle
+    from hubfleet.cli import out
+
+    model = load_fleet(fleet or fleet_dir())
+    model.cluster(cluster).hub(hub)  # a clear LookupError before anything else
+    bundle = write_bundle(model, cluster, hub, directory, secret_keys=_secret_keys(cluster, hub))
+    out.print(
+        f"wrote {bundle.directory}: chart hub {bundle.chart_version}, values.yaml, "
+        f"secrets.example.yaml ({len(bundle.secret_keys)} secret(s) to fill in), install.sh, "
+        "README.md"
+    )
+    out.print(f"next: read {bundle.directory / 'README.md'}")
+
+
+def _secret_keys(cluster: str, hub: str) -> list[str]:
+    """Names (never values) of the hub's secret values, if a Prefect server is configured."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return []
+    import asyncio
+
+    from flows.deploy_hub import load_secret_values
+    from hubfleet.presets import _leaves
+
+    values = asyncio.run(load_secret_values(cluster, hub))
+    return [".".join(path) for path in _leaves(values)]
+
+
+def report(
+    since: Annotated[str, typer.Option(help="How far back: e.g. 30d, 12h, 2w.")] = "30d",
+    format: Annotated[str, typer.Option("--format", help="md, html or json.")] = "md",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    fleet: FleetOpt = None,
+) -> None:
+    """The fleet ops report from the run history alone: availability and incidents per hub
+    and use case, operations and outcomes, runs that needed a human, time to recovery."""
+    import asyncio
+
+    from hubfleet.audit import parse_since
+    from hubfleet.cli_ops import _api_url
+    from hubfleet.report import FORMATS, ReportInputError, build_report, render
+
+    if format not in FORMATS:
+        raise ReportInputError(f"--format {format!r}: allowed: {', '.join(FORMATS)}")
+    start = parse_since(since)
+    assert start is not None
+    root = fleet or fleet_dir()
+    model = load_fleet(root) if (root / "fleet.yaml").is_file() else None
+    _api_url()
+    from flows.fleet_report import collect_history
+
+    history = asyncio.run(collect_history(start))
+    built = build_report(history, start=start, use_cases=_use_cases(model))
+    text = render(built, format)
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        typer.echo(text)
+
+
+def _use_cases(model: Fleet | None) -> dict[str, str]:
+    if model is None:
+        return {}
+    return {
+        f"{c.name}/{h.name}": (h.use_case.value if h.use_case else "none")
+        for c in model.clusters
+        for h in c.hubs
+    }
+
+
+def register(app: typer.Typer) -> None:
+    """Add `show`, `export-hub` and `report` to the hubfleet CLI."""
+    app.command()(show)
+    app.command("export-hub")(export_hub)
+    app.command()(report)

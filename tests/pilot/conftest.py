@@ -1,0 +1,48 @@
+"""A test fleet with one hub per use case (course: learning, lab: research, hack: event)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CLUSTER = "pilot"
+
+
+def write_pilot_fleet(root: Path, provider: str, cluster: str = CLUSTER) -> Path:
+    """fleet.yaml + common values, a cluster.values.yaml, and the three preset hubs."""
+    d = root / "clusters" / cluster
+    d.mkdir(parents=True)
+    (root / "fleet.yaml").write_text(
+        "name: pilot-fleet\nchart_version: 0.1.0\nvalues: [common.values.yaml]\n"
+    )
+    (root / "common.values.yaml").write_text("cull:\n  timeout: 3600\n")
+    (d / "cluster.values.yaml").write_text(
+        "hub:\n  config:\n    JupyterHub:\n      concurrent_spawn_limit: 20\n"
+    )
+    section = "kubeconfig: {context: hubfleet-testenv}" if provider == "kubeconfig" else "local: {}"
+    hubs = "".join(
+        f"  - name: {name}\n    domain: {name}.{cluster}.hubfleet.test\n    tier: {tier}\n"
+        f"    kind: standing\n    use_case: {case}\n    values: [{name}.values.yaml]\n"
+        for name, tier, case in (
+            ("course", "prod", "learning"),
+            ("lab", "prod", "research"),
+            ("hack", "staging", "event"),
+        )
+    )
+    (d / "cluster.yaml").write_text(
+        f"name: {cluster}\nprovider: {provider}\n{section}\nhubs:\n{hubs}"
+    )
+    (d / "course.values.yaml").write_text("singleuser:\n  memory: {limit: 2G}\n")
+    (d / "lab.values.yaml").write_text("{}\n")
+    (d / "hack.values.yaml").write_text("{}\n")
+    return root
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def pilot_fleet(tmp_path: Path):
+    """A function writing the pilot fleet: write(provider) -> root."""
+    return lambda provider, cluster=CLUSTER: write_pilot_fleet(
+        tmp_path / f"fleet-{provider}", provider, cluster
+    )
