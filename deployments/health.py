@@ -49,6 +49,7 @@ def health_deployments(fleet: Fleet) -> list[Any]:
 
     return [
         check_fleet_health.to_deployment(
+            _sync=True,  # type: ignore[call-arg]  # same in sync and async callers
             name=name,
             cron=getattr(fleet.settings.schedules, schedule),
             parameters=parameters,
@@ -64,7 +65,7 @@ def health_deployments(fleet: Fleet) -> list[Any]:
 
 async def register_health_deployments(fleet: Fleet, work_pool: str = "hubfleet") -> list[UUID]:
     """Create or update the two sweep deployments on `work_pool`. Changes: deployments."""
-    return [await d.aapply(work_pool_name=work_pool) for d in health_deployments(fleet)]
+    return [await d.aapply(work_pool_name=work_pool) for d in health_deployments(fleet)]  # type: ignore[attr-defined]
 
 
 async def register_health_alerts(fleet: Fleet, notify: str | None = None) -> UUID:
