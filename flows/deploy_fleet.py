@@ -24,6 +24,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.deploy_hub import Gate, deploy_hub
@@ -188,14 +189,29 @@ def _current_placeholders(helm: helm_tasks.Helm) -> int:
 
 async def _change_hub(change: HubChange, operator: str, gate: Gate, wait_timeout: str) -> Outcome:
     start = time.monotonic()
-    async with deploy_slot(change.cluster):
-        state = await deploy_hub(
-            cluster=change.cluster,
-            hub=change.hub,
-            operator=operator,
-            gate=gate,
-            wait_timeout=wait_timeout,
-            return_state=True,
+    try:
+        async with deploy_slot(change.cluster):
+            state = await deploy_hub(
+                cluster=change.cluster,
+                hub=change.hub,
+                operator=operator,
+                gate=gate,
+                wait_timeout=wait_timeout,
+                return_state=True,
+            )
+    except Exception as exc:
+        # The subflow could not even be run (Prefect API unavailable, lock service error):
+        # this hub failed, its cluster's later hubs are blocked, other clusters carry on.
+        get_run_logger().error(
+            "%s/%s: could not run deploy_hub: %s", change.cluster, change.hub, exc
+        )
+        return Outcome(
+            change.cluster,
+            change.hub,
+            change.from_version,
+            change.to_version,
+            f"failed: could not run deploy_hub ({exc})",
+            round(time.monotonic() - start, 1),
         )
     took = round(time.monotonic() - start, 1)
     if state.is_completed():
@@ -330,9 +346,20 @@ async def run_fleet_plan(
                 await remove_orphans(cluster, orphans[cluster.name])
     await ensure_concurrency_limits_once(fleet)
     per_cluster = await asyncio.gather(
-        *(_run_cluster(cp, who, gate, wait_timeout) for cp in plan.clusters)
+        *(_run_cluster(cp, who, gate, wait_timeout) for cp in plan.clusters),
+        return_exceptions=True,  # one cluster's crash never stops the others
     )
-    outcomes = [o for results in per_cluster for o in results]
+    outcomes = []
+    for cp, results in zip(plan.clusters, per_cluster, strict=True):
+        if isinstance(results, BaseException):
+            if not isinstance(results, Exception):
+                raise results  # cancellation and the like are not a cluster's failure
+            outcomes += [
+                Outcome(c.cluster, c.hub, c.from_version, c.to_version, f"failed: {results}")
+                for c in cp.changes
+            ]
+        else:
+            outcomes += results
     outcomes += [
         Outcome(c, h, None, "-", f"failed: cluster unreachable ({why})")
         for c, why in unreachable.items()
@@ -352,7 +379,12 @@ async def run_fleet_plan(
     }
     failed = [o for o in outcomes if o.outcome != "deployed"]
     if failed:
-        logger.error("%d of %d hub(s) not deployed", len(failed), len(outcomes))
+        # The run ends Failed (notifications, the UI's red) and still carries the summary.
+        message = f"{len(failed)} of {len(outcomes)} hub(s) not deployed: " + ", ".join(
+            f"{o.cluster}/{o.hub}" for o in failed[:10]
+        )
+        logger.error(message)
+        return Failed(message=message, data=summary)  # type: ignore[return-value]
     return summary
 
 
@@ -369,7 +401,8 @@ async def deploy_fleet(
 ) -> dict[str, Any]:
     """Deploy the selected hubs ('*', 'cluster' or 'cluster/hub'): support first, staging,
     a health gate, then prod in waves; clusters in parallel. Orphans are reported, and
-    removed only with remove_orphans=true."""
+    removed only with remove_orphans=true. If any hub is not deployed the run ends Failed,
+    its data still the summary (outcome per hub)."""
     return await run_fleet_plan(
         "deploy_fleet",
         selection or ["*"],

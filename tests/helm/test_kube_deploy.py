@@ -211,9 +211,11 @@ async def test_staging_failure_blocks_only_its_cluster(
     await Secret(value={"hub": {"cookieSecret": secret}}).save(
         f"hub-values-{b}-{hub_names(kube_fleet, b)[1]}", overwrite=True
     )
-    result = await deploy_fleet(
-        selection=[a, b], gate="rollout", wait_timeout="15s", operator="nightly"
+    state = await deploy_fleet(
+        selection=[a, b], gate="rollout", wait_timeout="15s", operator="nightly", return_state=True
     )
+    assert state.is_failed() and "hub(s) not deployed" in state.message
+    result = await state.aresult(raise_on_failure=False)
     outcomes = {row["hub"]: row["outcome"] for row in result["outcomes"]}
     a_prod = [f"{a}/{h}" for h in hub_names(kube_fleet, a)[1:]]
     assert outcomes[f"{a}/{a_staging}"].startswith("failed")

@@ -1,0 +1,52 @@
+"""The local provider's deploy/rollback contract, with real JupyterHub processes: a config
+that does not start is replaced by the previous one, which serves again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from flows.deploy_hub import HubDeployFailed, deploy_hub
+from hubfleet.loader import load_fleet
+from tasks.local_hub import PREVIOUS_CONFIG, local_hub
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def local_fleet(root: Path) -> Path:
+    (root / "clusters" / "lrb").mkdir(parents=True)
+    (root / "fleet.yaml").write_text("name: local-rollback\n")
+    (root / "clusters" / "lrb" / "cluster.yaml").write_text(
+        "name: lrb\nprovider: local\nlocal: {}\nhubs:\n"
+        "  - {name: solo, domain: solo.lrb.hubfleet.test, tier: prod, kind: standing, "
+        "values: [solo.values.yaml]}\n"
+    )
+    (root / "clusters" / "lrb" / "solo.values.yaml").write_text(
+        "hub: {config: {JupyterHub: {concurrent_spawn_limit: 7}}}\n"
+    )
+    return root
+
+
+async def test_failed_start_restores_previous_config(tmp_path: Path, monkeypatch) -> None:
+    root = local_fleet(tmp_path / "fleet")
+    monkeypatch.setenv("HUBFLEET_FLEET", str(root))
+    first = await deploy_hub(cluster="lrb", hub="solo")
+    assert first["health"] == "healthy"
+    hub = local_hub(load_fleet(root), "lrb", "solo")
+    good_config = hub.config_file.read_text()
+
+    # A config JupyterHub refuses at start (an unknown database URL scheme).
+    (root / "clusters" / "lrb" / "solo.values.yaml").write_text(
+        "hub: {config: {JupyterHub: {db_url: 'nonsense://nowhere'}}}\n"
+    )
+    with pytest.raises(HubDeployFailed, match="restarted with the previous config"):
+        await deploy_hub(cluster="lrb", hub="solo")
+    assert hub.is_running()
+    assert hub.config_file.read_text() == good_config
+    assert (hub.directory / PREVIOUS_CONFIG).read_text() == good_config
+    state = hub.state()
+    assert state is not None
+    assert requests.get(f"{state.url}/hub/health", timeout=5).status_code == 200
+    assert state.url == first["url"]  # same ports: users' URL did not move
