@@ -144,20 +144,25 @@ def ui_base_url(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
 
-def to_row(run: Any, ui_url: str) -> AuditRow:
-    """An AuditRow from a Prefect FlowRun (only its public attributes are read)."""
-    tags = list(run.tags or [])
-    when = run.start_time or run.expected_start_time or run.created
+def to_row(run: dict[str, Any], ui_url: str) -> AuditRow:
+    """An AuditRow from a flow run as the REST API returns it (JSON)."""
+    tags = list(run.get("tags") or [])
+    when = run.get("start_time") or run.get("expected_start_time") or run.get("created")
     target = _tag(tags, "hub:", default=_tag(tags, "cluster:"))
+    state = run.get("state") or {}
     return AuditRow(
-        started=when.astimezone(UTC).isoformat(timespec="seconds") if when else "-",
+        started=(
+            datetime.fromisoformat(when).astimezone(UTC).isoformat(timespec="seconds")
+            if when
+            else "-"
+        ),
         op=_tag(tags, "op:"),
         target=target,
         operator=_tag(tags, "operator:", default="unrecorded"),
-        outcome=run.state.name if run.state else "-",
+        outcome=state.get("name") or "-",
         revision=_tag(tags, "revision:"),
-        run=run.name,
-        url=f"{ui_url}/runs/flow-run/{run.id}",
+        run=run.get("name", "-"),
+        url=f"{ui_url}/runs/flow-run/{run['id']}",
     )
 
 

@@ -135,7 +135,6 @@ def audit(
     fleet: FleetOpt = None,
 ) -> None:
     """What was done to a hub, by whom, when, with what result (the Prefect run history)."""
-    from prefect.client.orchestration import get_client
     from rich.table import Table
 
     from deployments.audit_log import fetch_audit
@@ -149,13 +148,9 @@ def audit(
     root = fleet or fleet_dir()
     model = load_fleet(root) if (hub and "/" not in hub and not cluster) else None
     query = audit_mod.build_query(model, hub=hub, cluster=cluster, op=op, states=state, since=since)
-    ui_url = os.environ.get("PREFECT_UI_URL") or audit_mod.ui_base_url(_api_url())
-
-    async def go() -> list[audit_mod.AuditRow]:
-        async with get_client() as client:
-            return await fetch_audit(client, query, ui_url, limit)
-
-    rows = asyncio.run(go())
+    api_url = _api_url()
+    ui_url = os.environ.get("PREFECT_UI_URL") or audit_mod.ui_base_url(api_url)
+    rows = fetch_audit(api_url, query, ui_url, limit)
     if format == "json":
         sys.stdout.write(audit_mod.to_json(rows) + "\n")
         return
