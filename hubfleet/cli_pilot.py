@@ -95,9 +95,7 @@ def show(
     out.print(table)
     if preset and preset.event_defaults and spec.event is None:
         out.print(f"event preset suggests for the hub's event section: {preset.event_defaults}")
-    out.print(
-        "Secret values (block hub-values-<cluster>-<hub>) are applied last and never shown."
-    )
+    out.print("Secret values (block hub-values-<cluster>-<hub>) are applied last and never shown.")
 
 
 def _short(value: Any) -> str:

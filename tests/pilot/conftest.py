@@ -46,3 +46,43 @@ def pilot_fleet(tmp_path: Path):
     return lambda provider, cluster=CLUSTER: write_pilot_fleet(
         tmp_path / f"fleet-{provider}", provider, cluster
     )
+
+
+@pytest.fixture(scope="session")
+def pilot_pvs(kube_api) -> None:
+    """Volumes for hub databases (the test cluster has no provisioner; PVCs bind these)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(kube_api)
+    for i in range(8):
+        body = client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=f"hubfleet-pilot-pv-{i}"),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "5Gi"},
+                access_modes=["ReadWriteOnce"],
+                host_path=client.V1HostPathVolumeSource(path=f"/tmp/hubfleet-pilot-pv-{i}"),
+                persistent_volume_reclaim_policy="Delete",
+            ),
+        )
+        try:
+            core.create_persistent_volume(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+
+@pytest.fixture
+def kube_pilot_fleet(pilot_fleet, monkeypatch, kube, prefect_server, pilot_pvs) -> Path:
+    """The pilot fleet on the testenv control plane, with its cluster access block saved."""
+    import uuid
+
+    from blocks.cluster_access import ClusterAccess
+
+    cluster = f"p{uuid.uuid4().hex[:6]}"
+    root = pilot_fleet("kubeconfig", cluster)
+    monkeypatch.setenv("HUBFLEET_FLEET", str(root))
+    ClusterAccess(
+        kubeconfig=kube.kubeconfig.read_text(), context="hubfleet-testenv", server=kube.server
+    ).save(cluster, overwrite=True)
+    return root
