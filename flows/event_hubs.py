@@ -140,11 +140,12 @@ def _as_scheduled(run: FlowRun) -> ScheduledRun | None:
 
 
 @task(task_run_name="schedule-{want.kind}-{want.cluster}-{want.hub}", cache_policy=NO_CACHE)
-async def schedule_run(want: WantedRun, operator: str) -> str:
+async def schedule_run(want: WantedRun, operator: str) -> bool:
     """Create one scheduled run of an event deployment (idempotent by its key).
 
     Changes: a new Scheduled flow run in Prefect, unless one with the key exists. A key
     whose run was cancelled (an extension moved back) gets a fresh run under `key#n`.
+    Returns False when the key's run has already started or finished (nothing scheduled).
     """
     params: dict[str, Any] = {"cluster": want.cluster, "hub": want.hub}
     params["operator"] = f"schedule:{operator}"
@@ -170,7 +171,8 @@ async def schedule_run(want: WantedRun, operator: str) -> str:
                     "Nothing was scheduled."
                 ) from None
             raise
-        if run.state is None or run.state.type is not StateType.CANCELLED:
+        state = run.state.type if run.state else None
+        if state is StateType.SCHEDULED:
             get_run_logger().info(
                 "%s of %s/%s scheduled at %s (run %s)",
                 want.kind,
@@ -179,7 +181,9 @@ async def schedule_run(want: WantedRun, operator: str) -> str:
                 want.at.isoformat(),
                 run.id,
             )
-            return str(run.id)
+            return True
+        if state is not StateType.CANCELLED:
+            return False  # the key's run already started or ran: nothing to schedule
     raise EventRefused(f"could not schedule {want.kind} of {want.cluster}/{want.hub}: key reused")
 
 
@@ -199,9 +203,11 @@ async def _apply_schedule(
     """Schedule what is missing first, then cancel what is stale: never no expiry at all."""
     done: dict[str, list[str]] = {"scheduled": [], "kept": [], "cancelled": []}
     for want in plan.schedule:
-        if not dry_run:
-            await schedule_run(want, operator)
-        done["scheduled"].append(f"{want.kind} {want.cluster}/{want.hub} at {want.at.isoformat()}")
+        line = f"{want.kind} {want.cluster}/{want.hub} at {want.at.isoformat()}"
+        if dry_run or await schedule_run(want, operator):
+            done["scheduled"].append(line)
+        else:
+            done["kept"].append(f"{line} (already ran)")
     for run in plan.keep:
         done["kept"].append(f"{run.kind} {run.cluster}/{run.hub} at {run.at.isoformat()}")
     for run in plan.cancel:
@@ -367,7 +373,7 @@ async def notify(fleet: Fleet, subject: str, body: str) -> list[str]:
     """
     names = set(fleet.settings.notify)
     async with get_client() as client:
-        docs = await client.read_block_documents(include_secrets=True, limit=500)
+        docs = await client.read_block_documents(include_secrets=True, limit=200)
     blocks = [
         d
         for d in docs

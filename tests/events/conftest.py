@@ -224,3 +224,30 @@ def webhook(prefect_server: str) -> Iterator[list[dict[str, Any]]]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def reap_hub_children() -> Iterator[None]:
+    """Reap exited hub processes this test process started, as the CLI's exit does in use.
+
+    A hub started in-process (create_event_hub awaited here) is this process's child; when
+    the worker's flow run stops it, it stays a zombie until we reap it, and the stopping
+    process (not its parent) would wait on it in vain.
+    """
+    from tasks import local_hub as lh
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            for popen in list(lh._children.values()):
+                popen.poll()
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)

@@ -98,13 +98,14 @@ def serve_a_user(url: str, token: str, user: str = "alice") -> None:
     assert response.status_code in (200, 201), response.text
 
 
+@pytest.mark.usefixtures("reap_hub_children")
 async def test_event_hub_end_to_end_with_a_real_worker(
     event_fleet: EventWriter, webhook: list, worker, data_dir: Path
 ) -> None:
     """Created, serves a user, reminded, expired by the scheduled run a real worker picks up;
     the user's files are exported and verified; the hub is gone; the history shows it all."""
-    end = now() + timedelta(seconds=75)
-    event_fleet(start=now() - minutes(30), end=end, grace="PT5S", reminders="[PT40S]")
+    end = now() + timedelta(seconds=100)
+    event_fleet(start=now() - minutes(30), end=end, grace="PT5S", reminders="[PT45S]")
 
     created = await create_event_hub("local", "workshop", operator="alice")
     assert created["deploy"]["health"] == "healthy"
@@ -146,7 +147,11 @@ async def test_event_hub_end_to_end_with_a_real_worker(
     assert not hub().directory.exists()
     with pytest.raises(ValueError):
         await HubOpsToken.aload("local-workshop")
-    # The reminder reached the notification block, addressed to the organizers.
+    # The reminder ran and reached the notification block, addressed to the organizers.
+    reminders = await runs_of("remind_event_organizers")
+    assert [r.state.type for r in reminders] == [StateType.COMPLETED], [
+        r.state.message for r in reminders
+    ]
     assert any("organizer@example.org" in str(m.get("body")) for m in webhook), webhook
     # Run history: create -> reminder -> expire, each with operator and tags.
     (create,) = [r for r in await runs_of("create_event_hub") if r.state.is_completed()][:1]
