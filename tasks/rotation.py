@@ -486,6 +486,10 @@ async def _deployer_rotator(kind: CredentialKind, cluster: str) -> Rotator:
         from tasks.aws_iam import AwsAccessKeyRotator
 
         return await AwsAccessKeyRotator.for_cluster(cluster)
+    if kind is CredentialKind.gcp_service_account_key:
+        from tasks.gcp_iam import GcpServiceAccountKeyRotator
+
+        return await GcpServiceAccountKeyRotator.for_cluster(cluster)
     if kind is CredentialKind.kube_service_account_token:
         from tasks.kube_credentials import KubeTokenRotator
 
