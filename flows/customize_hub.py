@@ -1,0 +1,265 @@
+"""customize_hub: community self-service, within what the hub's use-case preset allows.
+
+Runbook:
+  1. check the request against the preset (image allow-list, profiles it offers); a refusal
+     names the field, the bad value and what is allowed, and nothing is changed
+  2. compute the change to the hub's own values file (its last listed file) as a patch
+  3. dry run: show the patch, stop
+  4. write the file and run the normal `deploy_hub` (schema check, health gate, rollback);
+     if the deploy fails, the file is put back as it was
+  5. record the patch in git as a commit on a branch `customize/<cluster>-<hub>-<time>`
+     (the working tree is left as it was; merging the branch makes it permanent), or, when
+     the registry is not a writable git repository, as a patch in the run's artifact
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+from ruamel.yaml import YAML
+
+from flows.deploy_hub import Gate, deploy_hub
+from flows.operation import Operation, begin
+from hubfleet.errors import HubfleetError
+from hubfleet.presets import Preset, load_preset
+
+
+class CustomizationRejected(HubfleetError):
+    """The request asks for something the hub's preset does not allow; nothing changed."""
+
+
+def check_request(
+    preset: Preset | None,
+    target: str,
+    default_image: str | None,
+    profiles: list[str] | None,
+    default_profile: str | None,
+) -> list[str]:
+    """Every reason the request is refused (empty: allowed)."""
+    if preset is None:
+        if default_image or profiles or default_profile:
+            return [
+                f"{target} has no use_case, so no image allow-list or profiles to choose from; "
+                "ask an operator to set use_case (learning, research or event) first"
+            ]
+        return []
+    problems = []
+    if default_image is not None and default_image not in preset.images:
+        problems.append(
+            f"default_image {default_image!r} is not allowed for a {preset.use_case.value} hub; "
+            f"allowed images: {', '.join(preset.images)}"
+        )
+    unknown = [p for p in profiles or [] if p not in preset.profiles]
+    if unknown:
+        problems.append(
+            f"profiles {unknown} are not offered by the {preset.use_case.value} preset; "
+            f"choose from: {', '.join(preset.profiles)}"
+        )
+    if default_profile is not None and default_profile not in (profiles or preset.profiles):
+        problems.append(
+            f"default_profile {default_profile!r} must be one of the chosen profiles "
+            f"({', '.join(profiles or preset.profiles)})"
+        )
+    return problems
+
+
+def customized_values(
+    current: Any,
+    preset: Preset | None,
+    admins: list[str] | None,
+    allowed_users: list[str] | None,
+    allowed_groups: list[str] | None,
+    default_image: str | None,
+    profiles: list[str] | None,
+    default_profile: str | None,
+) -> Any:
+    """The hub's values file content with the community's choices applied (in place)."""
+    values = current if current is not None else {}
+    config = values.setdefault("hub", {}).setdefault("config", {})
+    auth = config.setdefault("Authenticator", {})
+    if admins is not None:
+        auth["admin_users"] = sorted(admins)
+    if allowed_users is not None:
+        auth["allowed_users"] = sorted(allowed_users)
+    if allowed_groups is not None:
+        config.setdefault("OAuthenticator", {})["allowed_groups"] = sorted(allowed_groups)
+    if not auth:
+        del config["Authenticator"]
+    if default_image is not None:
+        name, _, tag = default_image.rpartition(":")
+        values.setdefault("singleuser", {})["image"] = {"name": name, "tag": tag}
+    if preset is not None and (profiles is not None or default_profile is not None):
+        chosen = profiles or list(preset.profiles)
+        default = default_profile or chosen[0]
+        config.setdefault("KubeSpawner", {})["profile_list"] = [
+            preset.profiles[slug].as_kubespawner(default=slug == default) for slug in chosen
+        ]
+    if not config:
+        del values["hub"]["config"]
+    if not values["hub"]:
+        del values["hub"]
+    return values
+
+
+def _dump(data: Any) -> str:
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    buf = io.StringIO()
+    yaml.dump(data, buf)
+    return buf.getvalue()
+
+
+def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+    if done.returncode != 0:
+        raise OSError(done.stderr.strip() or f"git {args[0]} failed")
+    return done.stdout.strip()
+
+
+def commit_on_branch(root: Path, file: Path, content: str, branch: str, message: str) -> str:
+    """Commit `content` as `file` on a new branch from HEAD without touching the working
+    tree or the checkout's index (a private index file). Returns the commit id."""
+    top = Path(_git(root, "rev-parse", "--show-toplevel"))
+    rel = file.resolve().relative_to(top.resolve())
+    with tempfile.TemporaryDirectory(prefix="hubfleet-customize-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git(top, "read-tree", "HEAD", env=env)
+        blob_src = Path(tmp) / "values.yaml"
+        blob_src.write_text(content, encoding="utf-8")
+        blob = _git(top, "hash-object", "-w", str(blob_src))
+        _git(top, "update-index", "--cacheinfo", f"100644,{blob},{rel}", env=env)
+        tree = _git(top, "write-tree", env=env)
+        author = {
+            "GIT_AUTHOR_NAME": "hubfleet customize_hub",
+            "GIT_AUTHOR_EMAIL": "hubfleet@localhost",
+            "GIT_COMMITTER_NAME": "hubfleet customize_hub",
+            "GIT_COMMITTER_EMAIL": "hubfleet@localhost",
+        }
+        commit = _git(top, "commit-tree", tree, "-p", "HEAD", "-m", message, env=author)
+        _git(top, "update-ref", f"refs/heads/{branch}", commit, "")
+    return commit
+
+
+@flow(name="customize_hub", flow_run_name="customize_hub {cluster}/{hub}")
+async def customize_hub(
+    cluster: str,
+    hub: str,
+    admins: list[str] | None = None,
+    allowed_users: list[str] | None = None,
+    allowed_groups: list[str] | None = None,
+    default_image: str | None = None,
+    profiles: list[str] | None = None,
+    default_profile: str | None = None,
+    dry_run: bool = False,
+    operator: str | None = None,
+    gate: Gate = "auto",
+) -> dict[str, Any]:
+    """Change what a hub's community may change: admins, allowed users or groups, the
+    default image (from the preset's allow-list) and the profiles offered (from the
+    preset's). Leave a field empty to keep it as it is.
+
+    gate: the deploy's health gate (see deploy_hub); `rollout` where hubs are not reachable.
+    """
+    op = await begin("customize_hub", cluster, hub, operator)
+    assert op.hub is not None
+    preset = load_preset(op.hub.use_case) if op.hub.use_case else None
+    problems = check_request(preset, op.target, default_image, profiles, default_profile)
+    if problems:
+        raise CustomizationRejected(
+            f"{op.target}: request refused, nothing was changed:\n  " + "\n  ".join(problems)
+        )
+    file = _values_file(op)
+    before = file.read_text(encoding="utf-8")
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    after = _dump(
+        customized_values(
+            yaml.load(before),
+            preset,
+            admins,
+            allowed_users,
+            allowed_groups,
+            default_image,
+            profiles,
+            default_profile,
+        )
+    )
+    rel = file.relative_to(op.fleet.root)
+    patch = "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True),
+            after.splitlines(keepends=True),
+            f"a/{rel}",
+            f"b/{rel}",
+        )
+    )
+    if not patch:
+        await _record(op, "No change", "", None)
+        return {"hub": op.target, "changed": False}
+    if dry_run:
+        await _record(op, "Dry run: would apply", patch, None)
+        return {"hub": op.target, "dry_run": True, "patch": patch}
+
+    file.write_text(after, encoding="utf-8")
+    try:
+        deployed = await deploy_hub(cluster, hub, operator=op.operator, gate=gate)
+    finally:
+        # Git, not the working tree, is the source of truth: the change lands as a branch.
+        file.write_text(before, encoding="utf-8")
+    branch = f"customize/{cluster}-{hub}-{datetime.now(UTC):%Y%m%d%H%M%S}"
+    message = f"customize_hub {op.target} by {op.operator}\n\n{patch}"
+    try:
+        commit: str | None = commit_on_branch(op.fleet.root, file, after, branch, message)
+    except (OSError, ValueError) as exc:
+        get_run_logger().warning("registry not writable as git (%s): patch kept as artifact", exc)
+        commit, branch = None, ""
+    await _record(op, "Applied", patch, branch or None)
+    return {
+        "hub": op.target,
+        "changed": True,
+        "patch": patch,
+        "branch": branch or None,
+        "commit": commit,
+        "deploy": deployed,
+    }
+
+
+def _values_file(op: Operation) -> Path:
+    assert op.hub is not None
+    if not op.hub.values:
+        raise CustomizationRejected(
+            f"{op.target} lists no values file of its own; add one (e.g. "
+            f"values: [{op.hub.name}.values.yaml]) so customizations have a home. "
+            "Nothing was changed."
+        )
+    return op.fleet.cluster_dir(op.cluster.name) / op.hub.values[-1]
+
+
+async def _record(op: Operation, what: str, patch: str, branch: str | None) -> None:
+    where = (
+        f"Committed on branch `{branch}`: merge it to keep the change in the next fleet deploy."
+        if branch
+        else "The registry is not a writable git repository: apply this patch to it."
+    )
+    await acreate_markdown_artifact(
+        key=f"customize-{op.cluster.name}-{op.hub.name}",
+        markdown=f"# {what}: customize {op.target}\n\n"
+        + (f"{where}\n\n```diff\n{patch}```\n\n" if patch else "")
+        + f"operator: {op.operator}, fleet revision: {op.revision}\n",
+        description=f"customize {op.target}: {what.lower()}",
+    )
