@@ -83,9 +83,8 @@ def event_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> EventWriter:
     return write
 
 
-@pytest.fixture(scope="session")
-def event_deployments(prefect_server: str) -> str:
-    """The event deployments registered exactly as `hubfleet setup` does, on a test pool."""
+def register_event_deployments(pool: str = POOL) -> str:
+    """The event deployments registered exactly as `hubfleet setup` does, on `pool`."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -104,17 +103,23 @@ def event_deployments(prefect_server: str) -> str:
         fleet = load_fleet(REPO_ROOT / "fleet")
         report = SetupReport()
         async with get_client() as client:
-            await ensure_work_pool(client, POOL, HEARTBEAT_SECONDS, report)
+            await ensure_work_pool(client, pool, HEARTBEAT_SECONDS, report)
             for spec in EVENT_OPERATIONS:
                 flow = spec.load()
-                payload = deployment_payload(spec, flow, fleet, POOL, HEARTBEAT_SECONDS)
+                payload = deployment_payload(spec, flow, fleet, pool, HEARTBEAT_SECONDS)
                 # Tests time their own fleet (HUBFLEET_FLEET, inherited from the worker).
                 payload["job_variables"]["env"].pop("HUBFLEET_FLEET")
                 payload["schedules"] = []  # the hourly reaper is run by hand here
                 await ensure_deployment(client, flow.name, payload, report)
 
     asyncio.run(register())
-    return POOL
+    return pool
+
+
+@pytest.fixture(scope="session")
+def event_deployments(prefect_server: str) -> str:
+    """The event deployments on the test pool (registered once per session)."""
+    return register_event_deployments(POOL)
 
 
 class Worker:
