@@ -490,6 +490,10 @@ async def _deployer_rotator(kind: CredentialKind, cluster: str) -> Rotator:
         from tasks.gcp_iam import GcpServiceAccountKeyRotator
 
         return await GcpServiceAccountKeyRotator.for_cluster(cluster)
+    if kind is CredentialKind.azure_client_secret:
+        from tasks.azure_ad import AzureClientSecretRotator
+
+        return await AzureClientSecretRotator.for_cluster(cluster)
     if kind is CredentialKind.kube_service_account_token:
         from tasks.kube_credentials import KubeTokenRotator
 

@@ -21,9 +21,11 @@ block's `api_endpoint` and `token_endpoint`.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import secrets
 import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -32,19 +34,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from prefect_azure import AzureContainerInstanceCredentials
 from prefect_gcp import GcpCredentials
+from pydantic import SecretStr
 
 from blocks.deployer_credential import DeployerCredential
 from flows.rotate_credentials import RotationsFailed, rotate_credentials
 from hubfleet.credentials import CredentialKind
+from tasks.azure_ad import AzureClientSecretRotator
 from tasks.gcp_iam import GcpServiceAccountKeyRotator
 from tasks.rotation import CredentialRefused, Issued
 
@@ -366,3 +374,295 @@ async def test_gcp_failed_verification_deletes_the_new_key(
     assert stored.service_account_info.get_secret_value() == old
     record = await DeployerCredential.for_cluster("gcp-central")
     assert record.credential_id == old["private_key_id"] and record.last_rotated is None
+
+
+# --- Azure: Entra ID token endpoint + Graph addPassword / removePassword ----------------
+
+
+def tls_for_loopback(ca_file: Path) -> ssl.SSLContext:
+    """A throwaway CA (its certificate written to `ca_file` for the clients) and a server
+    certificate for 127.0.0.1 signed by it; the private keys never touch the disk for long."""
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hubfleet test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory() as private:
+        chain = Path(private) / "server.pem"
+        chain.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            + cert.public_bytes(serialization.Encoding.PEM)
+        )
+        context.load_cert_chain(chain)
+    return context
+
+
+@dataclass
+class FakeEntra:
+    """Entra ID's v2.0 OpenID configuration and client-credentials token endpoint, and Graph
+    v1.0 `applications/{id}/addPassword` and `removePassword`.
+
+    An application may change only its own passwords (it owns itself); a token request
+    succeeds only with a secret the application currently has."""
+
+    tenant: str = field(default_factory=lambda: str(uuid.uuid4()))
+    base: str = ""
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict)  # object id -> app
+    tokens: dict[str, str] = field(default_factory=dict)  # access token -> object id
+    created: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def new_app(self) -> tuple[str, str]:
+        object_id, app_id = str(uuid.uuid4()), str(uuid.uuid4())
+        with self.lock:
+            self.apps[object_id] = {"appId": app_id, "passwords": {}}
+        return object_id, app_id
+
+    def add_password(self, object_id: str, name: str | None = None) -> dict[str, Any]:
+        secret = f"{secrets.token_urlsafe(3)[:3]}8Q~{secrets.token_urlsafe(30)}"
+        key_id = str(uuid.uuid4())
+        with self.lock:
+            self.apps[object_id]["passwords"][key_id] = secret
+        self.created.add(secret)
+        start = datetime.now(UTC)
+        return {
+            "customKeyIdentifier": None,
+            "displayName": name,
+            "endDateTime": (start + timedelta(days=730)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "hint": secret[:3],
+            "keyId": key_id,
+            "secretText": secret,
+            "startDateTime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    def key_ids(self, object_id: str) -> set[str]:
+        with self.lock:
+            return set(self.apps[object_id]["passwords"])
+
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], headers: Any, body: bytes
+    ) -> tuple[int, dict[str, Any] | None]:
+        tenant = f"/{self.tenant}"
+        if method == "GET" and path == f"{tenant}/v2.0/.well-known/openid-configuration":
+            return 200, {
+                "issuer": f"{self.base}{tenant}/v2.0",
+                "authorization_endpoint": f"{self.base}{tenant}/oauth2/v2.0/authorize",
+                "token_endpoint": f"{self.base}{tenant}/oauth2/v2.0/token",
+                "token_endpoint_auth_methods_supported": ["client_secret_post"],
+            }
+        if method == "POST" and path == f"{tenant}/oauth2/v2.0/token":
+            return self._token(parse_qs(body.decode()))
+        parts = path.strip("/").split("/")
+        if method != "POST" or len(parts) != 4 or parts[:2] != ["v1.0", "applications"]:
+            return 404, {"error": {"code": "Request_ResourceNotFound", "message": path}}
+        auth = headers.get("Authorization", "")
+        with self.lock:
+            caller = self.tokens.get(auth.removeprefix("Bearer "))
+        if caller is None:
+            return 401, {
+                "error": {
+                    "code": "InvalidAuthenticationToken",
+                    "message": "Access token validation failure.",
+                }
+            }
+        object_id, action = parts[2], parts[3]
+        if caller != object_id or object_id not in self.apps:
+            return 403, {"error": {"code": "Authorization_RequestDenied", "message": "denied"}}
+        request = json.loads(body or b"{}")
+        if action == "addPassword":
+            made = self.add_password(object_id, request["passwordCredential"].get("displayName"))
+            return 200, made
+        if action == "removePassword":
+            with self.lock:
+                if self.apps[object_id]["passwords"].pop(request["keyId"], None) is None:
+                    return 404, {"error": {"code": "Request_ResourceNotFound", "message": "no"}}
+            return 204, None
+        return 400, {"error": {"code": "BadRequest", "message": f"unknown action {action}"}}
+
+    def _token(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        if form.get("grant_type") != ["client_credentials"]:
+            return 400, {"error": "unsupported_grant_type", "error_description": "AADSTS70003"}
+        client_id = form.get("client_id", [""])[0]
+        secret = form.get("client_secret", [""])[0]
+        with self.lock:
+            found = [(oid, app) for oid, app in self.apps.items() if app["appId"] == client_id]
+            valid = bool(found) and any(
+                secrets.compare_digest(secret, s) for s in found[0][1]["passwords"].values()
+            )
+        if not found:
+            return 400, {
+                "error": "unauthorized_client",
+                "error_description": f"AADSTS700016: Application {client_id} was not found.",
+                "error_codes": [700016],
+            }
+        if not valid:
+            return 401, {
+                "error": "invalid_client",
+                "error_description": "AADSTS7000215: Invalid client secret provided.",
+                "error_codes": [7000215],
+            }
+        token = f"eyJ0eXAi.{secrets.token_urlsafe(48)}"
+        with self.lock:
+            self.tokens[token] = found[0][0]
+        self.created.add(token)
+        return 200, {
+            "token_type": "Bearer",
+            "expires_in": 3599,
+            "ext_expires_in": 3599,
+            "access_token": token,
+        }
+
+
+async def azure_block() -> AzureContainerInstanceCredentials:
+    loaded = await AzureContainerInstanceCredentials.aload("azure-europe-deployer")
+    assert isinstance(loaded, AzureContainerInstanceCredentials)
+    return loaded
+
+
+def entra_token(fake: FakeEntra, ca: Path, app_id: str, secret: str) -> httpx.Response:
+    """A client-credentials token request, made by hand (not through the adapter)."""
+    return httpx.post(
+        f"{fake.base}/{fake.tenant}/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": app_id,
+            "client_secret": secret,
+            "scope": "https://graph.microsoft.com/.default",
+        },
+        verify=ssl.create_default_context(cafile=str(ca)),
+    )
+
+
+@pytest.fixture
+async def azure(
+    secret_ledger: set[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[dict[str, Any]]:
+    """A fake Entra ID + Graph over HTTPS with one deployer application and secret,
+    registered as azure-europe's deployer credential."""
+    monkeypatch.setattr(AzureClientSecretRotator, "propagation_seconds", 0.0)
+    fake = FakeEntra()
+    ca = tmp_path / "ca.pem"
+    with serve(fake, tls_for_loopback(ca)) as base:
+        fake.base = base
+        object_id, app_id = fake.new_app()
+        password = fake.add_password(object_id, "bootstrap")
+        await AzureContainerInstanceCredentials(
+            client_id=app_id,
+            tenant_id=fake.tenant,
+            client_secret=SecretStr(password["secretText"]),
+            credential_kwargs={"connection_verify": str(ca)},
+        ).asave("azure-europe-deployer", overwrite=True)
+        await DeployerCredential(
+            cluster="azure-europe",
+            kind=CredentialKind.azure_client_secret,
+            principal=object_id,
+            credential_id=password["keyId"],
+            secret_block="azure-europe-deployer",
+            created_at=datetime.now(UTC) - timedelta(days=120),
+            consumed_by=["terraform:azure-europe", "aks:azure-europe"],
+            api_endpoint=base,
+            token_endpoint=base,
+            tenant_id=fake.tenant,
+        ).asave("azure-europe-deployer", overwrite=True)
+        try:
+            yield {
+                "fake": fake,
+                "ca": ca,
+                "object_id": object_id,
+                "app_id": app_id,
+                "key_id": password["keyId"],
+                "secret": password["secretText"],
+            }
+        finally:
+            secret_ledger.update(fake.created)
+
+
+async def test_azure_secret_rotation(azure: dict[str, Any]) -> None:
+    """Against the fake Entra ID + Graph over HTTPS (no emulator exists; see the module
+    docstring): addPassword with the old secret, removePassword with the new one."""
+    fake: FakeEntra = azure["fake"]
+    result = await rotate_credentials(scope="cluster:azure-europe", operator="dave")
+    [done] = result["rotated"]
+    assert done["old"] == azure["key_id"] and done["new"] != azure["key_id"]
+    assert azure["app_id"] in done["verified_as"]
+
+    stored = await azure_block()
+    assert stored.client_secret is not None
+    new_secret = stored.client_secret.get_secret_value()
+    assert new_secret != azure["secret"]
+    # The new secret gets a token; the removed one is refused.
+    assert entra_token(fake, azure["ca"], azure["app_id"], new_secret).status_code == 200
+    refused = entra_token(fake, azure["ca"], azure["app_id"], azure["secret"])
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    # The app has only the new password, and the block holds only it.
+    assert fake.key_ids(azure["object_id"]) == {done["new"]}
+    dumped = stored.model_dump_json(context={"include_secrets": True})
+    assert new_secret in dumped and azure["secret"] not in dumped
+    record = await DeployerCredential.for_cluster("azure-europe")
+    assert record.credential_id == done["new"] and record.last_rotated is not None
+
+
+async def test_azure_failed_verification_removes_the_new_secret(
+    azure: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection at the adapter: the token check of the new secret is made to fail;
+    the fake then shows the new password removed and the old one still getting tokens."""
+    real_verify = AzureClientSecretRotator.verify
+
+    async def refuse_new(self: AzureClientSecretRotator, credential: Issued) -> str:
+        if credential.ident != azure["key_id"]:
+            raise CredentialRefused(f"injected fault: refusing {credential.ident}")
+        return await real_verify(self, credential)
+
+    monkeypatch.setattr(AzureClientSecretRotator, "verify", refuse_new)
+    with pytest.raises(RotationsFailed, match="deleted the new credential") as failed:
+        await rotate_credentials(scope="cluster:azure-europe")
+    assert f"checked: the old credential {azure['key_id']} works" in str(failed.value)
+    fake: FakeEntra = azure["fake"]
+    assert fake.key_ids(azure["object_id"]) == {azure["key_id"]}
+    assert entra_token(fake, azure["ca"], azure["app_id"], azure["secret"]).status_code == 200
+    stored = await azure_block()
+    assert stored.client_secret is not None
+    assert stored.client_secret.get_secret_value() == azure["secret"]
+    record = await DeployerCredential.for_cluster("azure-europe")
+    assert record.credential_id == azure["key_id"] and record.last_rotated is None
