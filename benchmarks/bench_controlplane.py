@@ -159,6 +159,7 @@ def main() -> int:
     ap.add_argument("--measure-cold", action="store_true", help="time a build from empty caches")
     args = ap.parse_args()
 
+    load_at_start = round(os.getloadavg()[0], 2)
     cold = measure_cold() if args.measure_cold else cold_build()
     tools = build.ensure_tools(progress=lambda m: print(m, flush=True))
     runs = []
@@ -179,6 +180,9 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            # Other work on the machine slows both figures; keep the evidence with them.
+            "loadavg_1m_at_start": load_at_start,
+            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         },
         "versions": build.load_versions(),
         "cold_build": cold,
