@@ -105,6 +105,13 @@ OPERATIONS: tuple[OperationSpec, ...] = (
         schedule="rotate_credentials",
     ),
     *EVENT_OPERATIONS,
+    # The pilot (issue 10): community self-service, and the monthly fleet ops report.
+    OperationSpec("flows.customize_hub:customize_hub", tags=("mutating", "self-service")),
+    OperationSpec(
+        "flows.fleet_report:publish_fleet_report",
+        tags=("read-only",),
+        schedule="fleet_report",
+    ),
 )
 
 

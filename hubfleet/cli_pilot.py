@@ -163,8 +163,8 @@ def report(
     _api_url()
     from flows.fleet_report import collect_history
 
-    history = asyncio.run(collect_history(start))
-    built = build_report(history, start=start, use_cases=_use_cases(model))
+    sweeps, runs = asyncio.run(collect_history(start))
+    built = build_report(sweeps, runs, start=start, use_cases=_use_cases(model))
     text = render(built, format)
     if output:
         output.write_text(text, encoding="utf-8")

@@ -102,6 +102,9 @@ class Schedules(Strict):
     reap_events: CronExpr = Field("0 * * * *", description="Expire overdue event hubs.")
     rotate_credentials: CronExpr = Field("0 4 * * 1", description="Credential rotation.")
     detect_drift: CronExpr = Field("30 2 * * *", description="Terraform drift detection.")
+    fleet_report: CronExpr = Field(
+        "0 6 1 * *", description="Monthly fleet ops report (flows/fleet_report.py)."
+    )
 
 
 class CredentialPolicy(Strict):

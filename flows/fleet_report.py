@@ -1,0 +1,119 @@
+"""publish_fleet_report: the monthly fleet ops report, from the run history alone.
+
+Runbook:
+  1. read the health sweep tables (artifacts `health-sweep-<depth>`, every version) and
+     every hubfleet run (tags `op:`, `hub:`, `operator:`) since `since`
+  2. compute availability, incidents, operations, runs that needed a human, MTTR
+     (hubfleet.report, pure)
+  3. publish it as a markdown artifact and return it as data
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterStartTime,
+)
+
+from hubfleet.audit import parse_since
+from hubfleet.loader import load_fleet
+from hubfleet.paths import fleet_dir
+from hubfleet.report import RunRecord, SweepRow, as_dict, build_report, markdown
+
+SWEEP_KEYS = ["health-sweep-shallow", "health-sweep-deep"]
+
+
+async def collect_history(start: datetime) -> tuple[list[SweepRow], list[RunRecord]]:
+    """Sweep rows and run records since `start`, read from the Prefect API."""
+    sweeps: list[SweepRow] = []
+    runs: list[RunRecord] = []
+    async with get_client() as client:
+        offset = 0
+        while True:
+            page = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=SWEEP_KEYS)),
+                offset=offset,
+                limit=200,
+            )
+            for artifact in page:
+                data: Any = artifact.data
+                rows = json.loads(data) if isinstance(data, str) else data or []
+                for row in rows:
+                    at = row.get("checked_at")
+                    if not at:
+                        continue
+                    sweeps.append(
+                        SweepRow(
+                            row["hub"],
+                            datetime.fromisoformat(at),
+                            row["verdict"],
+                            row.get("reason") or "",
+                        )
+                    )
+            if len(page) < 200:
+                break
+            offset += len(page)
+        offset = 0
+        while True:
+            flow_runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=start)),
+                offset=offset,
+                limit=200,
+            )
+            for run in flow_runs:
+                tags = {t.split(":", 1)[0]: t.split(":", 1)[1] for t in run.tags if ":" in t}
+                if "op" not in tags or run.start_time is None:
+                    continue
+                state = run.state_type.value if run.state_type else "UNKNOWN"
+                runs.append(
+                    RunRecord(
+                        op=tags["op"],
+                        hub=tags.get("hub"),
+                        operator=tags.get("operator", "unknown"),
+                        state=state,
+                        start=run.start_time,
+                        end=run.end_time,
+                        paused=state == "PAUSED" or "approval" in run.tags,
+                        run_count=run.run_count or 1,
+                    )
+                )
+            if len(flow_runs) < 200:
+                break
+            offset += len(flow_runs)
+    return sweeps, runs
+
+
+def _use_cases() -> dict[str, str]:
+    try:
+        fleet = load_fleet(fleet_dir())
+    except Exception:  # the history outlives the fleet: a report never fails on it
+        return {}
+    return {
+        f"{c.name}/{h.name}": (h.use_case.value if h.use_case else "none")
+        for c in fleet.clusters
+        for h in c.hubs
+    }
+
+
+@flow(name="publish_fleet_report", flow_run_name="publish_fleet_report {since}")
+async def publish_fleet_report(since: str = "30d") -> dict[str, Any]:
+    """Publish the fleet ops report for the last `since` (e.g. 30d) as an artifact."""
+    start = parse_since(since)
+    assert start is not None
+    sweeps, runs = await collect_history(start)
+    report = build_report(sweeps, runs, start=start, end=datetime.now(UTC), use_cases=_use_cases())
+    await acreate_markdown_artifact(
+        key="fleet-ops-report",
+        markdown=markdown(report),
+        description=f"fleet ops report, last {since}",
+    )
+    return as_dict(report)
