@@ -321,8 +321,9 @@ def availability_svg(series: dict[str, list[tuple[str, float]]], width: int = 64
     x_of = {d: pad + (i * (width - 2 * pad) / max(len(days) - 1, 1)) for i, d in enumerate(days)}
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
     parts = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height + 20 * len(series)}'"
-        " role='img' aria-label='availability per hub over time'>",
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' "
+        f"height='{height + 20 * len(series)}' role='img' "
+        "aria-label='availability per hub over time'>",
         f"<line x1='{pad}' y1='{height - pad}' x2='{width - pad}' y2='{height - pad}' "
         "stroke='#999'/>",
         f"<text x='2' y='{pad}' font-size='10'>100%</text>",
