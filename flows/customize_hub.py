@@ -251,6 +251,7 @@ def _values_file(op: Operation) -> Path:
 
 
 async def _record(op: Operation, what: str, patch: str, branch: str | None) -> None:
+    assert op.hub is not None
     where = (
         f"Committed on branch `{branch}`: merge it to keep the change in the next fleet deploy."
         if branch

@@ -121,11 +121,11 @@ def build_report(
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     daily: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for row in sweeps:
-        ok = row.verdict == "healthy"
-        counts[row.hub][0] += ok
+        healthy = int(row.verdict == "healthy")
+        counts[row.hub][0] += healthy
         counts[row.hub][1] += 1
         bucket = daily[row.hub][row.at.date().isoformat()]
-        bucket[0] += ok
+        bucket[0] += healthy
         bucket[1] += 1
     report.incidents = incidents_from(sweeps)
     closed = [i.duration for i in report.incidents if i.duration is not None]
