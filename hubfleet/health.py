@@ -300,7 +300,8 @@ def changes(previous: dict[str, dict[str, Any]], current: dict[str, dict[str, An
         if before is None:
             lines.append(f"{hub}: first check, {now['verdict']}")
         elif before["verdict"] != now["verdict"]:
-            lines.append(f"{hub}: {before['verdict']} → {now['verdict']} ({now['reason']})")
+            why = f" ({now['reason']})" if now.get("reason") else ""
+            lines.append(f"{hub}: {before['verdict']} → {now['verdict']}{why}")
         elif now["verdict"] != "healthy" and before.get("level") != now.get("level"):
             lines.append(f"{hub}: still {now['verdict']}, now at {now['level']}")
     lines += [f"{hub}: no longer checked" for hub in sorted(set(previous) - set(current))]

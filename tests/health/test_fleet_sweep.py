@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.exceptions import ObjectAlreadyExists
 
 from deployments.health import AUTOMATION_NAME, health_deployments, register_health
 from flows.check_fleet_health import UnknownSelection, check_fleet_health
@@ -51,7 +53,7 @@ async def wait_for(what: str, check: Any, timeout: float = 45.0) -> Any:
 async def unhealthy_events(hub: str) -> list[Any]:
     async with get_client() as client:
         page = await client.read_events(
-            filter=EventFilter(event=EventNameFilter(name=["hubfleet.hub.unhealthy"]))
+            filter=EventFilter(event=EventNameFilter(name=["hubfleet.hub.unhealthy"])), limit=50
         )
     return [e for e in page.events if e.resource.id == f"hubfleet.hub.{hub}"]
 
@@ -60,14 +62,23 @@ async def sweep(**kw: Any) -> dict[str, Any]:
     return await check_fleet_health(selection=["hc/sweep"], backoff=0.1, timeout=2.0, **kw)
 
 
-async def test_alert_once_after_three_failed_sweeps(webhook: Any) -> None:
+async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server: str) -> None:
     await CustomWebhookNotificationBlock(
         name="ops-webhook",
         url=webhook.url,
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
     ).save("ops-webhook", overwrite=True)
-    registered = await register_health(fleet(), work_pool="hubfleet-health-test")
-    assert len(registered["deployments"]) == 2
+    async with get_client() as client:
+        try:
+            await client.create_work_pool(WorkPoolCreate(name="health-test", type="process"))
+        except ObjectAlreadyExists:
+            pass
+        registered = await register_health(fleet(), work_pool="health-test")
+        crons = [
+            (await client.read_deployment(d)).schedules[0].schedule.cron
+            for d in registered["deployments"]
+        ]
+    assert crons == ["0 2 * * *", "*/15 * * * *"]
 
     await deploy_hub(cluster="hc", hub="sweep")
     hub = local_hub(fleet(), "hc", "sweep")
@@ -83,7 +94,7 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any) -> None:
     await deploy_hub(cluster="hc", hub="sweep")
     back = await sweep()
     assert back["counts"] == {"healthy": 1} and back["recovered"] == []
-    assert back["changes"] == ["hc/sweep: down → healthy ()"]
+    assert back["changes"] == ["hc/sweep: down → healthy"]
 
     # Three failed sweeps in a row: one alert, on the third.
     hub.stop()
@@ -110,7 +121,7 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any) -> None:
     # The history command shows the outage: since when, and that it ended.
     history = subprocess.run(
         [str(REPO / ".venv/bin/hubfleet"), "health", "hc/sweep", "--since", "1h"],
-        env={**os.environ},
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
         capture_output=True,
         text=True,
         timeout=120,
