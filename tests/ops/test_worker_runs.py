@@ -1,0 +1,145 @@
+"""Runs through the work pool, as from the Prefect UI: real `hubfleet worker` processes,
+real JupyterHubs, the real automations of `hubfleet setup`, and the `hubfleet audit` CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from uuid import UUID
+
+import pytest
+import requests
+from ops_helpers import REPO, ZOMBIE_AFTER, Webhook, Workers, run_cli, wait_for
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+from flows.operation import UNKNOWN_UI_OPERATOR
+from hubfleet.loader import load_fleet
+from tasks.local_hub import local_hub
+
+pytestmark = pytest.mark.usefixtures("ops_setup", "stop_hubs")
+
+
+async def start_run(deployment: str, parameters: dict[str, Any]) -> UUID:
+    """What the UI's Run button does: create a run of the deployment with these values."""
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name(deployment)
+        run = await client.create_flow_run_from_deployment(dep.id, parameters=parameters)
+    return run.id
+
+
+async def read_run(run_id: UUID) -> Any:
+    async with get_client() as client:
+        return await client.read_flow_run(run_id)
+
+
+async def wait_final(run_id: UUID, timeout: float = 240) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = await read_run(run_id)
+        if run.state and run.state.is_final():
+            return run
+        time.sleep(1)
+    pytest.fail(f"run {run_id} not finished after {timeout:g}s (state {run.state.name})")
+
+
+async def test_ui_runs_are_audited_with_their_operator(ops_api: str, workers: Workers) -> None:
+    workers.start("w-audit")
+    ui_run = await start_run("deploy_hub/default", {"cluster": "local", "hub": "staging"})
+    named_run = await start_run(
+        "check_hub_health/default", {"cluster": "local", "hub": "prod", "operator": "bob"}
+    )
+    ui = await wait_final(ui_run)
+    named = await wait_final(named_run)
+    assert ui.state.name == "Completed", ui.state.message
+    assert named.state.name == "Completed", named.state.message
+    assert f"operator:{UNKNOWN_UI_OPERATOR}" in ui.tags
+    assert not any(
+        t.startswith("operator:") and t != f"operator:{UNKNOWN_UI_OPERATOR}" for t in ui.tags
+    ), ui.tags
+    assert "operator:bob" in named.tags
+
+    result = run_cli(ops_api, "audit", "--hub", "local/staging", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    async with get_client() as client:
+        touched = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["hub:local/staging"])),
+            limit=200,
+        )
+    # Exactly the runs that touched the hub: the deploy and the health check inside it.
+    assert sorted(r["url"].rsplit("/", 1)[1] for r in rows) == sorted(str(r.id) for r in touched)
+    assert {r["target"] for r in rows} == {"local/staging"}
+    mine = next(r for r in rows if r["url"].endswith(str(ui_run)))
+    assert mine["op"] == "deploy_hub"
+    assert mine["operator"] == UNKNOWN_UI_OPERATOR
+    assert mine["outcome"] == "Completed"
+    assert mine["url"] == f"{ops_api.removesuffix('/api')}/runs/flow-run/{ui_run}"
+    assert str(named_run) not in result.stdout  # another hub's run is not listed
+
+    prod = run_cli(ops_api, "audit", "--hub", "local/prod", "--format", "csv", "--since", "1h")
+    assert prod.returncode == 0, prod.stderr
+    assert "check_hub_health,local/prod,bob,Completed" in prod.stdout
+
+    table = run_cli(ops_api, "audit", "--hub", "local/staging", "--op", "deploy_hub")
+    assert table.returncode == 0 and UNKNOWN_UI_OPERATOR in table.stdout, table.stdout
+
+    bad = run_cli(ops_api, "audit", "--hub", "local/staging", "--since", "5 days")
+    assert bad.returncode == 2
+    assert "--since '5 days': use a number and a unit" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+async def test_failed_operation_notifies_webhook_once(workers: Workers, webhook: Webhook) -> None:
+    workers.start("w-notify")
+    fleet = load_fleet(REPO / "fleet")
+    remote = next(c for c in fleet.clusters if c.provider.value != "local" and c.hubs)
+    run_id = await start_run(
+        "deploy_hub/default", {"cluster": remote.name, "hub": remote.hubs[0].name}
+    )
+    run = await wait_final(run_id)
+    assert run.state.name == "Failed", run.state
+
+    def mine() -> list[dict[str, Any]]:
+        return [m for m in webhook.received if str(run_id) in m.get("body", "")]
+
+    wait_for("the failure notification", mine, timeout=90)
+    time.sleep(10)  # a second (duplicate) notification would arrive within this
+    assert len(mine()) == 1, mine()
+    body = mine()[0]["body"]
+    assert f"/runs/flow-run/{run_id}" in body
+    assert "Failed" in body and "deploy_hub" in body
+
+
+async def test_killed_worker_run_crashes_then_rerun_converges(
+    workers: Workers, data_dir: Any
+) -> None:
+    hub_dir = local_hub(load_fleet(REPO / "fleet"), "local", "prod").directory
+    worker = workers.start("w-doomed")
+    run_id = await start_run(
+        "deploy_hub/default", {"cluster": "local", "hub": "prod", "operator": "carol"}
+    )
+    # Mid-run: the hub's processes are up (state.json written), the deploy not finished.
+    wait_for("the hub to start", lambda: (hub_dir / "state.json").is_file(), 180, 0.1)
+    workers.kill_hard(worker)
+    run = await read_run(run_id)
+    assert run.state.name == "Running", f"the run ended before the kill: {run.state}"
+
+    crashed = await wait_final(run_id, timeout=ZOMBIE_AFTER.total_seconds() + 90)
+    assert crashed.state.name == "Crashed", crashed.state
+    assert "No heartbeat" in (crashed.state.message or "")
+
+    workers.start("w-rescue")
+    # The dead run still holds the hub's lock (tasks/locks.py): Prefect frees a concurrency
+    # slot when its lease (300 s, renewed only by a live run) expires, so the re-run waits
+    # for that, by design: nobody can tell a dead holder from a slow one sooner.
+    again = await wait_final(
+        await start_run("deploy_hub/default", {"cluster": "local", "hub": "prod"}),
+        timeout=300 + 240,
+    )
+    assert again.state.name == "Completed", again.state.message
+    # Converged: the hub answers, and the processes the crashed run left are the hub's.
+    state = local_hub(load_fleet(REPO / "fleet"), "local", "prod").state()
+    assert state is not None
+    assert requests.get(f"{state.url}/hub/health", timeout=10).status_code == 200
