@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -48,23 +47,19 @@ hubs:
 """
 
 
-@pytest.fixture(scope="session")
-def health_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The example fleet plus cluster `hc` (local hubs) and `kc` (kubeconfig), in use."""
-    root = tmp_path_factory.mktemp("health-fleet") / "fleet"
+@pytest.fixture
+def health_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The example fleet plus cluster `hc` (local hubs) and `kc` (kubeconfig), in use for
+    this test only (HUBFLEET_FLEET is restored after it, so other tests never see it)."""
+    root = tmp_path / "fleet"
     shutil.copytree(REPO / "fleet", root)
     (root / "clusters" / "hc").mkdir()
     (root / "clusters" / "hc" / "cluster.yaml").write_text(HC_CLUSTER)
     (root / "clusters" / "hc" / "nospawn.values.yaml").write_text(NOSPAWN_VALUES)
     (root / "clusters" / "kc").mkdir()
     (root / "clusters" / "kc" / "cluster.yaml").write_text(KC_CLUSTER)
-    before = os.environ.get("HUBFLEET_FLEET")
-    os.environ["HUBFLEET_FLEET"] = str(root)
-    yield root
-    if before is None:
-        os.environ.pop("HUBFLEET_FLEET", None)
-    else:
-        os.environ["HUBFLEET_FLEET"] = before
+    monkeypatch.setenv("HUBFLEET_FLEET", str(root))
+    return root
 
 
 @pytest.fixture(autouse=True)
