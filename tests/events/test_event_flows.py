@@ -199,15 +199,19 @@ async def test_reaper_expires_a_hub_whose_scheduled_expiry_was_deleted(
 
     # The organizers end the event early in the fleet; no expiry run exists any more.
     event_fleet(start=start, end=now() - timedelta(seconds=1), grace="PT0S", data_policy="delete")
+    exports = data_dir / "exports" / "local" / "workshop"
+
+    def exports_now() -> set[str]:
+        return {p.name for p in exports.iterdir()} if exports.is_dir() else set()
+
+    exports_before = exports_now()
     dry = await reap_expired_event_hubs(dry_run=True, operator="bob")
     assert dry["outcome"]["local/workshop"] == "would expire" and hub().is_running()
     reaped = await reap_expired_event_hubs(operator="bob")
     assert reaped["outcome"]["local/workshop"] == "expired"
     assert not hub().directory.exists()
     # data_policy: delete exports nothing.
-    assert not (data_dir / "exports" / "local" / "workshop").exists() or not list(
-        (data_dir / "exports" / "local" / "workshop").iterdir()
-    )
+    assert exports_now() == exports_before
     again = await reap_expired_event_hubs(operator="bob")
     assert again["outcome"]["local/workshop"] == "gone"
 
