@@ -284,6 +284,8 @@ async def create_event_hub(
             "(the reaper expires it). Nothing was changed."
         )
     events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), "check")  # fail early
+    if op.cluster.provider is not Provider.local:  # refuse before deploying anything
+        await prewarm_capacity(op, events.prewarm_size(spec), dry_run=True)
 
     deployed = await deploy_hub(cluster, hub, dry_run=dry_run, operator=op.operator)
     prewarm = await prewarm_capacity(op, events.prewarm_size(spec), dry_run)
