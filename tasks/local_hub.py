@@ -303,24 +303,37 @@ def _process_env(proxy_token: str) -> dict[str, str]:
 
 
 def _terminate(pid: int) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT; reaps our own children."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        psutil.Process(pid).wait(STOP_TIMEOUT)
-    except psutil.TimeoutExpired:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT; reaps our own children.
+
+    A process another (living) process started stays a zombie until that parent reaps it;
+    a zombie has stopped, so it counts as gone here.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.kill(pid, signal.SIGKILL)
-            psutil.Process(pid).wait(STOP_TIMEOUT)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    except psutil.NoSuchProcess:
-        pass
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        if _wait_gone(pid, STOP_TIMEOUT):
+            break
     popen = _children.pop(pid, None)
     if popen is not None:
         popen.wait(STOP_TIMEOUT)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """True once `pid` has exited (or is a zombie) within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        popen = _children.get(pid)
+        if popen is not None and popen.poll() is not None:
+            return True
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _free(port: int) -> bool:
