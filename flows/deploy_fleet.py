@@ -36,6 +36,7 @@ from hubfleet.plan import ClusterPlan, Deployed, FleetPlan, HubChange, plan_flee
 from hubfleet.values import CHARTS_DIR, secret_values_file
 from tasks import helm as helm_tasks
 from tasks import kube
+from tasks.helm import in_thread
 from tasks.local_hub import local_hub
 from tasks.locks import cluster_lock, deploy_slot, ensure_concurrency_limits_once
 
@@ -150,16 +151,16 @@ async def deploy_support(
         kube.kube_client(kc, access.context) as api,
     ):
         if placeholders is None:
-            placeholders = await asyncio.to_thread(_current_placeholders, helm)
+            placeholders = await in_thread(_current_placeholders, helm)
         values = {"hubNamespaces": hubs, "userPlaceholder": {"replicas": placeholders}}
         with secret_values_file(values) as values_file:
             if dry_run:
-                if await asyncio.to_thread(kube.namespace_exists, api, SUPPORT_NAMESPACE):
+                if await in_thread(kube.namespace_exists, api, SUPPORT_NAMESPACE):
                     changes = await helm_tasks.helm_diff(
                         helm, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [values_file]
                     )
                 else:
-                    rendered = await asyncio.to_thread(
+                    rendered = await in_thread(
                         helm.template, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [values_file]
                     )
                     changes = helm_tasks.diff_manifests("", rendered)

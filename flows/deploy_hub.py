@@ -13,7 +13,6 @@ and a hub that fails to start or is down after the deploy is restarted with it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -39,6 +38,7 @@ from hubfleet.values import (
 )
 from tasks import helm as helm_tasks
 from tasks import kube
+from tasks.helm import in_thread
 from tasks.hub_credentials import ensure_ops_service
 from tasks.local_hub import (
     LocalHubError,
@@ -194,10 +194,10 @@ async def _deploy_helm(
         files = stack.enter_context(helm_values_files(layers))
 
         if dry_run:
-            if await asyncio.to_thread(kube.namespace_exists, api, hub):
+            if await in_thread(kube.namespace_exists, api, hub):
                 changes = await helm_tasks.helm_diff(helm, hub, chart, hub, files)
             else:
-                rendered = await asyncio.to_thread(helm.template, hub, chart, hub, files)
+                rendered = await in_thread(helm.template, hub, chart, hub, files)
                 changes = helm_tasks.diff_manifests("", rendered)
             await _artifact(op, f"Dry run: deploy {op.target} (chart {version})", changes)
             return {"hub": op.target, "dry_run": True, "changes": changes, "to_version": version}

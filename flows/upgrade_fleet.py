@@ -16,6 +16,7 @@ from flows.deploy_hub import Gate
 
 @flow(name="upgrade_fleet", flow_run_name="upgrade_fleet")
 async def upgrade_fleet(
+    selection: list[str] | None = None,
     dry_run: bool = False,
     operator: str | None = None,
     wave_size: int | None = None,
@@ -24,10 +25,11 @@ async def upgrade_fleet(
     gate: Gate = "auto",
     wait_timeout: str = "5m",
 ) -> dict[str, Any]:
-    """Upgrade every hub whose deployed chart version differs from the fleet's."""
+    """Upgrade every selected hub (default: all) whose deployed chart version differs from
+    the fleet's."""
     return await run_fleet_plan(
         "upgrade_fleet",
-        ["*"],
+        selection or ["*"],
         dry_run,
         operator,
         True,

@@ -20,11 +20,12 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from prefect import get_run_logger, task
@@ -34,6 +35,8 @@ from hubfleet.errors import HubfleetError
 from hubfleet.paths import cache_dir
 from hubfleet.values import CHARTS_DIR, ValuesInvalid
 from tasks.retry import TransientError, transient_retries
+
+T = TypeVar("T")
 
 #: Kubernetes version `helm template`/`lint` assume when no cluster is asked (helm built
 #: from source defaults to v1.20, older than our charts' kubeVersion).
@@ -47,6 +50,17 @@ _TRANSIENT = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _SCHEMA = "values don't meet the specifications of the schema"
+
+
+#: Threads for blocking helm/kube calls. `asyncio.to_thread` shares a pool of cpu+4
+#: threads, so a fleet run with 40 `helm --wait`s in flight would queue most of them; these
+#: threads mostly wait on a subprocess or a socket, so many are cheap.
+_BLOCKING_POOL = ThreadPoolExecutor(max_workers=128, thread_name_prefix="hubfleet-blocking")
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call (helm subprocess, kube API) without holding the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_BLOCKING_POOL, fn, *args)
 
 
 class HelmError(HubfleetError):
@@ -334,9 +348,7 @@ async def helm_upgrade(
     """Install or upgrade `release` in `namespace` (--atomic --wait): changes the cluster.
     On a rollout that never gets Ready helm itself restores the previous revision."""
     try:
-        return await asyncio.to_thread(
-            helm.upgrade, release, chart, namespace, values, wait_timeout
-        )
+        return await in_thread(helm.upgrade, release, chart, namespace, values, wait_timeout)
     except (HelmError, HelmTransient) as exc:
         get_run_logger().error("helm upgrade of %s/%s failed: %s", namespace, release, exc)
         raise
@@ -349,7 +361,7 @@ async def helm_upgrade(
 )
 async def helm_rollback(helm: Helm, release: str, namespace: str, revision: int | None) -> None:
     """Roll `release` back to `revision` (the previous one if None): changes the cluster."""
-    await asyncio.to_thread(helm.rollback, release, namespace, revision)
+    await in_thread(helm.rollback, release, namespace, revision)
 
 
 @task(
@@ -359,7 +371,7 @@ async def helm_rollback(helm: Helm, release: str, namespace: str, revision: int 
 )
 async def helm_uninstall(helm: Helm, release: str, namespace: str) -> None:
     """Uninstall `release` (its resources and history): changes the cluster."""
-    await asyncio.to_thread(helm.uninstall, release, namespace)
+    await in_thread(helm.uninstall, release, namespace)
 
 
 @task(
@@ -369,7 +381,7 @@ async def helm_uninstall(helm: Helm, release: str, namespace: str) -> None:
 )
 async def helm_history(helm: Helm, release: str, namespace: str) -> list[dict[str, Any]]:
     """Read the release's revisions. Changes nothing."""
-    return await asyncio.to_thread(helm.history, release, namespace)
+    return await in_thread(helm.history, release, namespace)
 
 
 @task(
@@ -382,8 +394,8 @@ async def helm_diff(
 ) -> list[dict[str, str]]:
     """Render what an upgrade would apply and compare with `helm get manifest`. Changes
     nothing (server-side dry run)."""
-    new = await asyncio.to_thread(helm.render_upgrade, release, chart, namespace, values)
-    old = await asyncio.to_thread(helm.manifest, release, namespace)
+    new = await in_thread(helm.render_upgrade, release, chart, namespace, values)
+    old = await in_thread(helm.manifest, release, namespace)
     return diff_manifests(old, new)
 
 
@@ -394,4 +406,4 @@ async def helm_diff(
 )
 async def helm_releases(helm: Helm) -> list[dict[str, Any]]:
     """Every release in the cluster. Changes nothing."""
-    return await asyncio.to_thread(helm.list_releases)
+    return await in_thread(helm.list_releases)

@@ -7,7 +7,6 @@ trouble) become `TransientError`s so tasks retry them; anything else is raised a
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from hubfleet.values import OPS_TOKEN_SECRET
+from tasks.helm import in_thread
 from tasks.retry import TransientError, transient_retries
 
 #: Labels hubfleet puts on a hub's namespace: how orphans are found.
@@ -154,29 +154,29 @@ def rollout_problems(api: client.ApiClient, namespace: str, release: str) -> lis
 @task(task_run_name="ensure-namespace-{name}", cache_policy=NO_CACHE, **transient_retries())
 async def ensure_namespace(api: client.ApiClient, name: str, hub: str | None = None) -> bool:
     """Create namespace `name` (labelled as hubfleet's) if missing; True if created."""
-    return await asyncio.to_thread(_ensure_namespace, api, name, hub)
+    return await in_thread(_ensure_namespace, api, name, hub)
 
 
 @task(task_run_name="list-hub-namespaces", cache_policy=NO_CACHE, **transient_retries())
 async def hub_namespaces(api: client.ApiClient) -> list[str]:
     """Namespaces hubfleet labelled as hub namespaces. Changes nothing."""
-    return await asyncio.to_thread(_hub_namespaces, api)
+    return await in_thread(_hub_namespaces, api)
 
 
 @task(task_run_name="delete-namespace-{name}", cache_policy=NO_CACHE, **transient_retries())
 async def delete_namespace(api: client.ApiClient, name: str) -> None:
     """Delete namespace `name` and everything in it: changes the cluster."""
-    await asyncio.to_thread(_delete_namespace, api, name)
+    await in_thread(_delete_namespace, api, name)
 
 
 @task(task_run_name="ensure-ops-secret-{namespace}", cache_policy=NO_CACHE, **transient_retries())
 async def ensure_ops_secret(api: client.ApiClient, namespace: str) -> bool:
     """Create the Secret holding the hub's ops (bootstrap service) token if it is missing;
     an existing one is kept (rotation replaces it). True if created. Never logs the token."""
-    return await asyncio.to_thread(_ensure_ops_secret, api, namespace)
+    return await in_thread(_ensure_ops_secret, api, namespace)
 
 
 @task(task_run_name="rollout-status-{release}", cache_policy=NO_CACHE, **transient_retries())
 async def rollout_status(api: client.ApiClient, namespace: str, release: str) -> list[str]:
     """Read the rollout state of a release (see `rollout_problems`). Changes nothing."""
-    return await asyncio.to_thread(rollout_problems, api, namespace, release)
+    return await in_thread(rollout_problems, api, namespace, release)

@@ -238,3 +238,53 @@ async def test_staging_failure_blocks_only_its_cluster(
     assert glob.glob(f"{tempfile.gettempdir()}/hubfleet-kubeconfig-*") == []
     # The support chart went first on both clusters.
     assert client.SchedulingV1Api(kube_api).read_priority_class("hubfleet-core").value == 1000000
+
+
+async def test_upgrade_fleet_moves_only_stale_hubs_and_reports_orphans(
+    kube_fleet, kube, kube_api, helm, chart_packages, monkeypatch
+) -> None:
+    from flows.deploy_fleet import remove_orphans
+    from flows.upgrade_fleet import upgrade_fleet
+
+    b = cluster_names(kube_fleet)[1]
+    hubs = hub_names(kube_fleet, b)
+    first = await deploy_fleet(selection=[b], gate="rollout")
+    assert [r["outcome"] for r in first["outcomes"]] == ["deployed", "deployed"]
+
+    # An orphan: a hub namespace and a release the fleet does not list.
+    ghost = f"ghost{b}"
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(
+                name=ghost, labels={"hubfleet.io/managed": "true", "hubfleet.io/hub": ghost}
+            )
+        )
+    )
+
+    # Nothing to upgrade: every hub runs the fleet's chart version; orphans are reported.
+    same = await upgrade_fleet(selection=[b], gate="rollout")
+    assert same["outcomes"] == []
+    assert f"namespace {ghost}" in same["orphans"][b]
+
+    # The fleet moves to 0.2.0: a dry run lists the upgrades, the real run performs them.
+    monkeypatch.setenv("HUBFLEET_CHARTS", str(chart_packages))
+    fleet_yaml = kube_fleet / "fleet.yaml"
+    fleet_yaml.write_text(fleet_yaml.read_text().replace("0.1.0", "0.2.0"))
+    dry = await upgrade_fleet(selection=[b], dry_run=True)
+    assert [(c["hub"], c["from_version"], c["to_version"]) for c in dry["changes"]] == [
+        (h, "0.1.0", "0.2.0") for h in hubs
+    ]
+    assert [h["chart"] for h in helm_history(helm, kube, hubs[0])] == ["hub-0.1.0"]
+    upgraded = await upgrade_fleet(selection=[b], gate="rollout")
+    assert [
+        (r["hub"], r["from-version"], r["to-version"], r["outcome"]) for r in upgraded["outcomes"]
+    ] == [(f"{b}/{h}", "0.1.0", "0.2.0", "deployed") for h in hubs]
+    # The orphan was reported in every run and is still there: removal needs the parameter.
+    assert f"namespace {ghost}" in upgraded["orphans"][b]
+    assert core.read_namespace(ghost).status.phase == "Active"
+    # What remove_orphans=true runs, limited to this test's orphan (the test clusters share
+    # one control plane, so "everything not in this fleet" includes other tests' hubs).
+    await remove_orphans(load_fleet(kube_fleet).cluster(b), [f"namespace {ghost}"])
+    gone = [ns.metadata for ns in core.list_namespace().items if ns.metadata.name == ghost]
+    assert gone == [] or gone[0].deletion_timestamp is not None
