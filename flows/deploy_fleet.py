@@ -38,7 +38,7 @@ from tasks import helm as helm_tasks
 from tasks import kube
 from tasks.helm import in_thread
 from tasks.local_hub import local_hub
-from tasks.locks import cluster_lock, deploy_slot, ensure_concurrency_limits_once
+from tasks.locks import cluster_lock, ensure_concurrency_limits_once
 
 SUPPORT_RELEASE = "hubfleet-support"
 SUPPORT_NAMESPACE = "hubfleet-system"
@@ -191,15 +191,16 @@ def _current_placeholders(helm: helm_tasks.Helm) -> int:
 async def _change_hub(change: HubChange, operator: str, gate: Gate, wait_timeout: str) -> Outcome:
     start = time.monotonic()
     try:
-        async with deploy_slot(change.cluster):
-            state = await deploy_hub(
-                cluster=change.cluster,
-                hub=change.hub,
-                operator=operator,
-                gate=gate,
-                wait_timeout=wait_timeout,
-                return_state=True,
-            )
+        # deploy_hub takes one of the cluster's `parallelism` slots with its hub lock.
+        state = await deploy_hub(
+            cluster=change.cluster,
+            hub=change.hub,
+            operator=operator,
+            gate=gate,
+            wait_timeout=wait_timeout,
+            fleet_slot=True,
+            return_state=True,
+        )
     except Exception as exc:
         # The subflow could not even be run (Prefect API unavailable, lock service error):
         # this hub failed, its cluster's later hubs are blocked, other clusters carry on.

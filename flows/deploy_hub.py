@@ -157,22 +157,29 @@ async def deploy_hub(
     gate: Gate = "auto",
     wait_timeout: str = "5m",
     lock_timeout: float | None = None,
+    fleet_slot: bool = False,
 ) -> dict[str, Any]:
     """Deploy or update one hub; with dry_run, only report what would change.
 
     gate: post-deploy health gate (`auto`, `health`, `rollout` or `none`; see health_gate).
     wait_timeout: how long helm waits for the rollout before undoing it.
     lock_timeout: seconds to wait for another operation on this hub (None: wait).
+    fleet_slot: also take one of the cluster's `parallelism` slots (set by deploy_fleet).
     """
     op = await begin("deploy_hub", cluster, hub, operator)
     assert op.hub is not None
     if op.cluster.provider is Provider.local:
-        return await _deploy_local(op, dry_run, lock_timeout)
-    return await _deploy_helm(op, dry_run, gate, wait_timeout, lock_timeout)
+        return await _deploy_local(op, dry_run, lock_timeout, fleet_slot)
+    return await _deploy_helm(op, dry_run, gate, wait_timeout, lock_timeout, fleet_slot)
 
 
 async def _deploy_helm(
-    op: Operation, dry_run: bool, gate: Gate, wait_timeout: str, lock_timeout: float | None
+    op: Operation,
+    dry_run: bool,
+    gate: Gate,
+    wait_timeout: str,
+    lock_timeout: float | None,
+    fleet_slot: bool,
 ) -> dict[str, Any]:
     assert op.hub is not None
     logger = get_run_logger()
@@ -203,7 +210,7 @@ async def _deploy_helm(
             return {"hub": op.target, "dry_run": True, "changes": changes, "to_version": version}
 
         await ensure_concurrency_limits_once(op.fleet)
-        async with hub_lock(cluster, hub, timeout=lock_timeout):
+        async with hub_lock(cluster, hub, timeout=lock_timeout, fleet_slot=fleet_slot):
             await kube.ensure_namespace(api, hub, hub)
             await kube.ensure_ops_secret(api, hub)
             before = await helm_tasks.helm_history(helm, hub, hub)
@@ -271,7 +278,9 @@ async def _artifact(
     )
 
 
-async def _deploy_local(op: Operation, dry_run: bool, lock_timeout: float | None) -> dict[str, Any]:
+async def _deploy_local(
+    op: Operation, dry_run: bool, lock_timeout: float | None, fleet_slot: bool
+) -> dict[str, Any]:
     assert op.hub is not None
     logger = get_run_logger()
     cluster, hub = op.cluster.name, op.hub.name
@@ -290,7 +299,7 @@ async def _deploy_local(op: Operation, dry_run: bool, lock_timeout: float | None
 
     await ensure_concurrency_limits_once(op.fleet)
     previous = None
-    async with hub_lock(cluster, hub, timeout=lock_timeout):
+    async with hub_lock(cluster, hub, timeout=lock_timeout, fleet_slot=fleet_slot):
         if plan.action == "unchanged":
             running = local.state()
         else:

@@ -86,10 +86,19 @@ async def _hold(
 
 
 @asynccontextmanager
-async def hub_lock(cluster: str, hub: str, timeout: float | None = None) -> AsyncIterator[None]:
-    """Exclusive right to change `cluster/hub` (and one shared slot of its cluster)."""
+async def hub_lock(
+    cluster: str, hub: str, timeout: float | None = None, fleet_slot: bool = False
+) -> AsyncIterator[None]:
+    """Exclusive right to change `cluster/hub` (and one shared slot of its cluster).
+
+    fleet_slot: also hold one of the cluster's `parallelism` deploy slots (fleet runs), in
+    the same acquisition: one lease to renew instead of two.
+    """
     names = [hub_limit(cluster, hub), cluster_limit(cluster)]
-    async with _hold(names, 1, f"hub {cluster}/{hub}", timeout):
+    if fleet_slot:
+        names.append(deploy_limit(cluster))
+    what = f"hub {cluster}/{hub}" + (" + a deploy slot" if fleet_slot else "")
+    async with _hold(names, 1, what, timeout):
         yield
 
 
