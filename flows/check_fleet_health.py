@@ -226,10 +226,11 @@ async def probe_hubs(
 
 
 async def load_all_ops_tokens() -> dict[str, str]:
-    """Every stored ops token by hub ('cluster/hub'), read in pages of one API call each."""
+    """Every stored ops token by hub ('cluster/hub'): one API call per page of blocks."""
     from prefect.exceptions import ObjectNotFound
 
     tokens: dict[str, str] = {}
+    seen: set[str] = set()
     async with get_client() as client:
         offset = 0
         while True:
@@ -242,15 +243,19 @@ async def load_all_ops_tokens() -> dict[str, str]:
                 )
             except ObjectNotFound:  # no token was ever stored
                 return tokens
-            for doc in page:
+            # This endpoint may ignore limit/offset and answer everything at once: stop
+            # as soon as a page brings nothing new, or it would loop forever.
+            fresh = [doc for doc in page if str(doc.id) not in seen]
+            if not fresh:
+                return tokens
+            for doc in fresh:
+                seen.add(str(doc.id))
                 data = doc.data
                 token = data.get("token")
                 if data.get("hub") and token:
                     tokens[str(data["hub"])] = str(
                         token.get_secret_value() if hasattr(token, "get_secret_value") else token
                     )
-            if len(page) < 200:
-                return tokens
             offset += len(page)
 
 
