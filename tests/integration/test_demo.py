@@ -32,6 +32,7 @@ def hubfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 def test_demo_up_reuse_and_down(data_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["HUBFLEET_DATA_DIR"] = str(data_dir / "demo")
+    env["HUBFLEET_FLEET"] = str(REPO / "fleet")  # the example fleet, whatever a test set
     port = str(free_port())
 
     first = hubfleet("demo", "--port", port, env=env)

@@ -47,12 +47,25 @@ def ops_server(
 
 
 @pytest.fixture(scope="session")
-def ops_api(ops_server: PrefectServer) -> Iterator[str]:
-    """The Prefect settings of this process point at the ops server while tests use it."""
+def ops_api(ops_server: PrefectServer) -> str:
+    """The ops server's API URL (subprocesses get it explicitly)."""
+    return ops_server.api_url
+
+
+@pytest.fixture(autouse=True)
+def _prefect_points_at_ops_server(request: pytest.FixtureRequest) -> Iterator[None]:
+    """While an ops test runs, this process's Prefect client talks to the ops server.
+
+    Per test, not per session: the tests collected after these (other directories) must get
+    the shared test server back.
+    """
+    if "ops_api" not in request.fixturenames:
+        yield
+        return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: ops_server.api_url}):
-        yield ops_server.api_url
+    with temporary_settings({PREFECT_API_URL: request.getfixturevalue("ops_api")}):
+        yield
 
 
 @pytest.fixture
