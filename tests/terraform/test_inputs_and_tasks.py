@@ -129,7 +129,13 @@ async def test_state_lock_is_retried_until_free(lab_fleet: Any, prefect_server: 
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
-        runs = await client.read_task_runs()
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[final.state_details.flow_run_id])
+            )
+        )
     plan_runs = [
         r
         for r in runs

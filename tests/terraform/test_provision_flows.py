@@ -113,12 +113,21 @@ async def everything_recorded(cluster: str) -> str:
     """Logs, artifacts and parameters of every run on this cluster, as one text."""
     runs = await runs_of(cluster)
     async with get_client() as client:
-        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            LogFilter,
+            LogFilterFlowRunId,
+        )
 
         logs = await client.read_logs(
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs]))
         )
-        artifacts = await client.read_artifacts()
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[r.id for r in runs])
+            )
+        )
     return "\n".join(
         [json.dumps(r.parameters) for r in runs]
         + [log.message for log in logs]
