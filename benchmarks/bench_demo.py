@@ -40,7 +40,12 @@ def server_pid(data: Path) -> int | None:
     return json.loads(state.read_text())["pid"] if state.is_file() else None
 
 
-def rss_tree(pid: int, skip: tuple[str, ...] = ("jupyterhub", "configurable-http")) -> int:
+#: Not counted in the CLI's tree: the workload, and the Prefect server (counted on its own;
+#: it is the CLI's child until the CLI exits).
+SKIP = ("jupyterhub", "configurable-http", "prefect server")
+
+
+def rss_tree(pid: int, skip: tuple[str, ...] = SKIP) -> int:
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -49,7 +54,10 @@ def rss_tree(pid: int, skip: tuple[str, ...] = ("jupyterhub", "configurable-http
     total = 0
     for proc in procs:
         try:
-            if proc is not root and any(s in " ".join(proc.cmdline()) for s in skip):
+            # A skipped process's own children (e.g. the server's workers) go with it.
+            if proc is not root and any(
+                s in " ".join(p.cmdline()) for p in (proc, *proc.parents()) for s in skip
+            ):
                 continue
             total += proc.memory_info().rss
         except psutil.NoSuchProcess:
@@ -78,7 +86,7 @@ def run_demo(data: Path, port: int) -> dict[str, float]:
             peak_cli = max(peak_cli, rss_tree(proc.pid))
             spid = server_pid(data)
             if spid:
-                peak_server = max(peak_server, rss_tree(spid))
+                peak_server = max(peak_server, rss_tree(spid, skip=()))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
