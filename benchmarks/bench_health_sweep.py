@@ -139,8 +139,9 @@ async def store_tokens(n: int, ports: list[int], data: Path) -> dict[str, str]:
         d = data / "hubs" / "sim" / f"h{i:04d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / "state.json").write_text(
-            json.dumps({"ports": {"public": port, "proxy_api": 1, "hub": 1}, "hub": None,
-                        "proxy": None})
+            json.dumps(
+                {"ports": {"public": port, "proxy_api": 1, "hub": 1}, "hub": None, "proxy": None}
+            )
         )
         tokens[f"sim/h{i:04d}"] = behaviour(i)["token"]
 
@@ -191,8 +192,12 @@ async def bare_probe(
         async def one(hub: str) -> str:
             async with gate:
                 found = await probes.probe_shallow(
-                    client, urls[hub], tokens.get(hub), DEPTHS["shallow"],
-                    retries=retries, backoff=backoff,
+                    client,
+                    urls[hub],
+                    tokens.get(hub),
+                    DEPTHS["shallow"],
+                    retries=retries,
+                    backoff=backoff,
                 )
             return judge(hub, found).verdict.value
 
@@ -227,13 +232,14 @@ async def shallow(n: int, runs: int, data: Path, limit: int) -> dict[str, Any]:
             bare_counts = await bare_probe(urls, tokens, limit, 3, 0.5)
             bare.append(time.perf_counter() - t)
             t = time.perf_counter()
-            result = await check_fleet_health(depth="shallow", selection=["sim"],
-                                              per_cluster=limit)
+            result = await check_fleet_health(depth="shallow", selection=["sim"], per_cluster=limit)
             swept.append(time.perf_counter() - t)
             counts = result["counts"]
         async with get_client() as client:
             table = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["health-sweep-shallow"])),
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["health-sweep-shallow"])
+                ),
                 sort=ArtifactSort.CREATED_DESC,
                 limit=1,
             )
