@@ -211,8 +211,7 @@ async def _deploy_helm(
 
         await ensure_concurrency_limits_once(op.fleet)
         async with hub_lock(cluster, hub, timeout=lock_timeout, fleet_slot=fleet_slot):
-            await kube.ensure_namespace(api, hub, hub)
-            await kube.ensure_ops_secret(api, hub)
+            await kube.ensure_hub_namespace(api, hub)
             before = await helm_tasks.helm_history(helm, hub, hub)
             deployed = [r for r in before if r["status"] == "deployed"]
             previous = deployed[-1] if deployed else None

@@ -169,6 +169,20 @@ async def delete_namespace(api: client.ApiClient, name: str) -> None:
     await in_thread(_delete_namespace, api, name)
 
 
+@task(task_run_name="ensure-hub-namespace-{hub}", cache_policy=NO_CACHE, **transient_retries())
+async def ensure_hub_namespace(api: client.ApiClient, hub: str) -> bool:
+    """Create the hub's namespace (labelled as hubfleet's) and its ops-token Secret if they
+    are missing; True if the namespace was created. One task for both: a fleet run does
+    this for every hub, and each task run costs the orchestrator."""
+
+    def both() -> bool:
+        created = _ensure_namespace(api, hub, hub)
+        _ensure_ops_secret(api, hub)
+        return created
+
+    return await in_thread(both)
+
+
 @task(task_run_name="ensure-ops-secret-{namespace}", cache_policy=NO_CACHE, **transient_retries())
 async def ensure_ops_secret(api: client.ApiClient, namespace: str) -> bool:
     """Create the Secret holding the hub's ops (bootstrap service) token if it is missing;
