@@ -111,16 +111,19 @@ async def register_health_alerts(fleet: Fleet, notify: str | None = None) -> UUI
 
 
 async def _notification_block_id(client: Any, name: str) -> UUID | None:
-    """The block document named `name` whose type can notify (paged; secrets not read)."""
-    offset = 0
-    while page := await client.read_block_documents(
-        offset=offset, limit=200, include_secrets=False
-    ):
-        for doc in page:
-            capabilities = doc.block_schema.capabilities if doc.block_schema else []
-            if doc.name == name and "notify" in capabilities:
-                return UUID(str(doc.id))
-        offset += len(page)
+    """The block document named `name` whose type can notify (secrets not read)."""
+    from prefect.client.schemas.objects import BlockDocument
+
+    response = await client._client.post(
+        "/block_documents/filter",
+        json={"block_documents": {"name": {"any_": [name]}}, "include_secrets": False},
+    )
+    response.raise_for_status()
+    for raw in response.json():
+        doc = BlockDocument.model_validate(raw)
+        capabilities = doc.block_schema.capabilities if doc.block_schema else []
+        if doc.name == name and "notify" in capabilities:
+            return UUID(str(doc.id))
     return None
 
 
@@ -128,6 +131,6 @@ async def register_health(
     fleet: Fleet, work_pool: str = "hubfleet", notify: str | None = None
 ) -> dict[str, Any]:
     """Everything health needs in Prefect: the two scheduled sweeps and the alert automation."""
-    automation = await register_health_alerts(fleet, notify)
     deployments = await register_health_deployments(fleet, work_pool)
+    automation = await register_health_alerts(fleet, notify)
     return {"deployments": deployments, "automation": automation}

@@ -352,9 +352,13 @@ async def register_health_deployments(
         "report": report,
     }
     params = inspect.signature(register).parameters
-    result = register(**{k: v for k, v in offered.items() if k in params})
-    if inspect.isawaitable(result):
-        await result
+    try:
+        result = register(**{k: v for k, v in offered.items() if k in params})
+        if inspect.isawaitable(result):
+            await result
+    except getattr(health, "NotificationBlockMissing", ()) as exc:
+        # The sweeps are registered; only their alert has nowhere to go yet.
+        report.warnings.append(f"health alerts not registered: {exc}")
 
 
 # --- automations -------------------------------------------------------------------------
@@ -479,9 +483,20 @@ async def ensure_notifications(client: PrefectClient, fleet: Fleet, report: Setu
 
 
 def _comparable(automation: Any) -> dict[str, Any]:
-    return AutomationCore.model_validate(automation, from_attributes=True).model_dump(
+    """An automation as data, without what the server or pydantic assign: ids (a trigger gets
+    a fresh random id each time it is built) and timestamps."""
+    dumped = AutomationCore.model_validate(automation, from_attributes=True).model_dump(
         mode="json", exclude={"id", "created", "updated"}
     )
+    return dict(_without_ids(dumped))
+
+
+def _without_ids(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_ids(v) for k, v in value.items() if k != "id"}
+    if isinstance(value, list):
+        return [_without_ids(v) for v in value]
+    return value
 
 
 async def ensure_automation(
