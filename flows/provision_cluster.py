@@ -107,15 +107,22 @@ async def create_cluster_limits(op: Operation) -> list[str]:
 
 
 async def deploy_support_chart(op: Operation) -> str:
-    """Deploy the per-cluster support chart.
+    """Deploy the per-cluster support chart (helm/support) with `deploy_support`.
 
-    Not wired yet: tasks/helm.py (issue 4) has not landed. Wiring it is this one call.
+    The `testing` module's endpoint is a made-up address (no cluster exists behind it), so
+    there the step is skipped and the run says so.
     """
-    get_run_logger().warning(
-        "support chart for %s: not deployed (tasks/helm.py is not available yet)",
-        op.cluster.name,
-    )
-    return "not-wired"
+    terraform = op.cluster.terraform
+    if terraform is not None and terraform.module == "testing":
+        get_run_logger().info(
+            "support chart for %s: skipped (module 'testing' has no real cluster)",
+            op.cluster.name,
+        )
+        return "skipped (testing module)"
+    from flows.deploy_fleet import deploy_support
+
+    await deploy_support(op.cluster.name, operator=op.operator)
+    return "deployed"
 
 
 async def plan_cluster(op: Operation, ws: Workspace, destroy: bool = False) -> PlanSummary:
