@@ -51,6 +51,9 @@ async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) 
         try:
             me = await asyncio.to_thread(api.whoami, url, stored.token.get_secret_value())
             if me.get("name") == stored.service_name:
+                if stored.url != url:  # redeployed on other ports: the block follows the hub
+                    stored.url = url
+                    await stored.asave(HubOpsToken.block_name(cluster, hub), overwrite=True)
                 return "kept"
         except api.TokenRefused:
             logger.warning("stored ops token of %s/%s is refused; issuing a new one", cluster, hub)
