@@ -75,6 +75,25 @@ def fleet_revision(root: Path) -> str:
     return head.stdout.strip()
 
 
+_fleet_cache: dict[Path, tuple[tuple[tuple[str, int], ...], Fleet]] = {}
+
+
+def current_fleet() -> Fleet:
+    """The validated fleet, re-read only when a file under it changed.
+
+    A fleet run starts hundreds of hub runs in one process; validating the registry for
+    each was a quarter of the orchestration overhead. Any edit (mtime) invalidates.
+    """
+    root = fleet_dir().resolve()
+    stamp = tuple(sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()))
+    cached = _fleet_cache.get(root)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    fleet = load_fleet(root)
+    _fleet_cache[root] = (stamp, fleet)
+    return fleet
+
+
 def run_tags(op: str, cluster: str, hub: str | None, operator: str, revision: str) -> list[str]:
     tags = [f"op:{op}", f"cluster:{cluster}", f"operator:{operator}", f"revision:{revision}"]
     if hub:
@@ -84,7 +103,7 @@ def run_tags(op: str, cluster: str, hub: str | None, operator: str, revision: st
 
 async def begin(op: str, cluster: str, hub: str | None, operator: str | None) -> Operation:
     """Load the fleet, resolve the target, tag the current run. Raises on a bad target."""
-    fleet = load_fleet(fleet_dir())
+    fleet = current_fleet()
     cluster_spec = fleet.cluster(cluster)
     hub_spec = cluster_spec.hub(hub) if hub else None
     who = operator_name(operator)
