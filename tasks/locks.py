@@ -68,13 +68,25 @@ async def ensure_concurrency_limits(fleet: Fleet) -> list[str]:
     return sorted(wanted)
 
 
+#: A holder renews its lease while it lives; a crashed one (worker killed) frees the lock
+#: when the lease runs out. Prefect's default (300 s) kept a hub locked 5 minutes after a
+#: crash; 90 s leaves renewals ample slack on a loaded machine.
+LEASE_SECONDS = 90.0
+
+
 @asynccontextmanager
 async def _hold(
     names: list[str], occupy: int, what: str, timeout: float | None
 ) -> AsyncIterator[None]:
     _log("waiting for lock: %s", what)
     try:
-        async with concurrency(names, occupy=occupy, timeout_seconds=timeout, strict=True):
+        async with concurrency(
+            names,
+            occupy=occupy,
+            timeout_seconds=timeout,
+            strict=True,
+            lease_duration=LEASE_SECONDS,
+        ):
             _log("holding lock: %s", what)
             yield
     except TimeoutError:
