@@ -137,7 +137,14 @@ def _run(flow: Any, **params: Any) -> Any:
 
 # Commands that live beside their operation's code. Each module defines
 # `register(app: typer.Typer) -> None`; add a module here to add its commands.
-_COMMAND_MODULES: tuple[str, ...] = ("hubfleet.cli_ops", "hubfleet.cli_health", "hubfleet.cli_clusters", "hubfleet.cli_credentials", "hubfleet.cli_pilot", "hubfleet.cli_events")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "hubfleet.cli_ops",
+    "hubfleet.cli_health",
+    "hubfleet.cli_clusters",
+    "hubfleet.cli_credentials",
+    "hubfleet.cli_pilot",
+    "hubfleet.cli_events",
+)
 
 
 def _register_commands() -> None:

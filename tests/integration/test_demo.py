@@ -75,9 +75,9 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
     assert second.stdout.count(": unchanged") == 3
 
     states = list((data_dir / "demo" / "hubs").glob("local/*/state.json"))
-    pids = [
-        json.loads(s.read_text())[k]["pid"] for s in states for k in ("hub", "proxy")
-    ] + [json.loads((data_dir / "demo/prefect/server.json").read_text())["pid"]]
+    pids = [json.loads(s.read_text())[k]["pid"] for s in states for k in ("hub", "proxy")] + [
+        json.loads((data_dir / "demo/prefect/server.json").read_text())["pid"]
+    ]
     assert len(pids) == 7 and all(psutil.pid_exists(p) for p in pids)
 
     down = hubfleet("demo", "--down", env=env)
