@@ -4,6 +4,11 @@ Runbook: read the inventory -> plan what is due -> for each credential (one chil
 under its hub's or cluster's lock): create new -> store -> verify new -> switch consumers
 -> revoke old -> verify old is refused; any failure before the revocation rolls back.
 One failing credential never stops the others; the run fails at the end if any failed.
+
+Hub secrets (proxy auth token, cookie secret) are rotated only when the scope asks for
+them ('hub-secret:<cluster>/<hub>' or 'kind:hub-secret'): the hub is redeployed and every
+user must log in again, which the run says up front (log and plan artifact). A hub's
+secrets are rotated together, in one child run.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from flows.operation import Operation, begin, operator_name
 from hubfleet.credentials import (
+    HUB_SECRET_WARNING,
     CredentialKind,
     CredentialRecord,
     RotationPlan,
@@ -41,8 +47,9 @@ async def rotate_credentials(
     dry_run: bool = False,
     operator: str | None = None,
 ) -> dict[str, Any]:
-    """Rotate the credentials in `scope` ('all', 'cluster:<c>', 'hub:<c>/<h>', 'kind:<k>')
-    older than `max_age` (default: each kind's policy); with dry_run, only show the plan."""
+    """Rotate the credentials in `scope` ('all', 'cluster:<c>', 'hub:<c>/<h>', 'kind:<k>',
+    'hub-secret:<c>/<h>') older than `max_age` (default: each kind's policy); with dry_run,
+    only show the plan. Hub secrets only when the scope names them (see the module doc)."""
     fleet = load_fleet(fleet_dir())
     target = parse_scope(scope, fleet)
     clusters = [target.cluster] if target.cluster else [c.name for c in fleet.clusters]
@@ -52,13 +59,33 @@ async def rotate_credentials(
 
     records = await collect_inventory(fleet)
     plan = plan_rotation(records, target, datetime.now(UTC), max_age)
-    await _plan_artifact(plan, scope, dry_run)
+    logger = get_run_logger()
+    hub_secrets = hub_secret_owners(plan)
+    warning = _hub_secret_warning(hub_secrets)
+    if warning:
+        logger.warning("%s", warning)
+    left = sorted({r.owner for r, _ in plan.skipped if r.kind is CredentialKind.hub_secret})
+    if left:
+        logger.info(
+            "hub secrets of %s not rotated: rotate on request only ('hub-secret:<cluster>/<hub>'"
+            " or 'kind:hub-secret'), because %s",
+            ", ".join(left),
+            HUB_SECRET_WARNING,
+        )
+    await _plan_artifact(plan, scope, dry_run, warning)
+    todo = _one_per_rotation(plan.rotate)
     if dry_run:
-        return {"scope": scope, "dry_run": True, "would_rotate": [_name(r) for r in plan.rotate]}
+        return {
+            "scope": scope,
+            "dry_run": True,
+            "would_rotate": [_name(r) for r in todo],
+            "hub_secrets": hub_secrets,
+            "warning": warning,
+        }
 
     await ensure_concurrency_limits(fleet)
     rotated, failed = [], []
-    for record in plan.rotate:
+    for record in todo:
         try:
             rotated.append(await rotate_credential(record.kind, record.cluster, record.hub, who))
         except Exception as exc:  # one credential's failure never stops the others
@@ -66,10 +93,16 @@ async def rotate_credentials(
     await _result_artifact(rotated, failed)
     if failed:
         raise RotationsFailed(
-            f"{len(failed)} of {len(plan.rotate)} rotation(s) failed: "
+            f"{len(failed)} of {len(todo)} rotation(s) failed: "
             + "; ".join(f"{f['credential']}: {f['error']}" for f in failed)
         )
-    return {"scope": scope, "rotated": rotated, "skipped": len(plan.skipped)}
+    return {
+        "scope": scope,
+        "rotated": rotated,
+        "skipped": len(plan.skipped),
+        "hub_secrets": hub_secrets,
+        "warning": warning,
+    }
 
 
 @flow(
@@ -102,7 +135,30 @@ def _name(record: CredentialRecord) -> str:
     return f"{record.kind} {record.owner}"
 
 
-async def _plan_artifact(plan: RotationPlan, scope: str, dry_run: bool) -> None:
+def _one_per_rotation(records: list[CredentialRecord]) -> list[CredentialRecord]:
+    """One record per rotation: a hub's secrets (proxy token, cookie secret) rotate together."""
+    seen, unique = set(), []
+    for record in records:
+        key = (record.kind, record.cluster, record.hub)
+        if record.kind is not CredentialKind.hub_secret or key not in seen:
+            seen.add(key)
+            unique.append(record)
+    return unique
+
+
+def hub_secret_owners(plan: RotationPlan) -> list[str]:
+    """The hubs whose secrets this plan rotates (cluster/hub), in plan order."""
+    owners = [r.owner for r in plan.rotate if r.kind is CredentialKind.hub_secret]
+    return list(dict.fromkeys(owners))
+
+
+def _hub_secret_warning(owners: list[str]) -> str:
+    if not owners:
+        return ""
+    return f"rotating hub secrets of {', '.join(owners)}: {HUB_SECRET_WARNING}"
+
+
+async def _plan_artifact(plan: RotationPlan, scope: str, dry_run: bool, warning: str) -> None:
     now = datetime.now(UTC)
     rows = [
         f"| {r.kind} | {r.owner} | {r.ident} | {format_age(r.age(now))} | rotate |"
@@ -112,9 +168,10 @@ async def _plan_artifact(plan: RotationPlan, scope: str, dry_run: bool) -> None:
         for r, why in plan.skipped
     ]
     title = "Dry run: would rotate" if dry_run else "Rotation plan"
+    loud = f"**WARNING: {warning}.**\n\n" if warning else ""
     await acreate_markdown_artifact(
         key="rotation-plan",
-        markdown=f"# {title} ({scope})\n\n| kind | owner | id | age | action |\n"
+        markdown=f"# {title} ({scope})\n\n{loud}| kind | owner | id | age | action |\n"
         "|---|---|---|---|---|\n" + "\n".join(rows) + "\n",
         description=f"{len(plan.rotate)} to rotate, {len(plan.skipped)} skipped",
     )

@@ -4,6 +4,11 @@
     hubfleet credentials --tls              also the TLS certificate of every non-local hub
     hubfleet credentials rotate SCOPE [--max-age 0d] [--dry-run]
 
+Hub secrets (proxy auth token, cookie secret) are marked "on request": the weekly run never
+rotates them; `rotate hub-secret:<cluster>/<hub>` (one hub, now) or `rotate kind:hub-secret`
+(every hub, when due) does, and says first that the hub is redeployed and every user must
+log in again.
+
 Exit code 1 when anything is overdue, expired, or expiring within the warning window, so a
 cron job or CI can alert on it.
 """
@@ -16,7 +21,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hubfleet.credentials import CredentialKind, CredentialRecord, Status, format_age
+from hubfleet.credentials import (
+    HUB_SECRET_WARNING,
+    CredentialKind,
+    CredentialRecord,
+    Status,
+    format_age,
+)
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Fleet, Provider
 
@@ -53,7 +64,8 @@ def inventory_table(
 ) -> tuple[Table, int]:
     """The inventory as a table, and how many records need attention."""
     table = Table(title="credentials")
-    for column in ("owner", "kind", "id", "age", "max age", "status", "consumed by", "note"):
+    columns = ("owner", "kind", "id", "age", "max age", "status", "rotation", "consumed by", "note")
+    for column in columns:
         table.add_column(column)
     flagged = 0
     for r in records:
@@ -62,8 +74,6 @@ def inventory_table(
         note = r.note
         if r.expires_at is not None:
             note = f"expires {r.expires_at:%Y-%m-%d} {note}".strip()
-        if not r.kind.scheduled and r.kind is CredentialKind.hub_secret:
-            note = f"{note}; rotate only when asked".strip("; ")
         table.add_row(
             r.owner,
             r.kind.value,
@@ -71,10 +81,20 @@ def inventory_table(
             format_age(r.age(now)),
             format_age(r.max_age) if r.max_age else "-",
             f"[{_COLOURS[status]}]{status}[/]",
+            rotation_mode(r.kind),
             ", ".join(r.consumed_by) or "-",
             note,
         )
     return table, flagged
+
+
+def rotation_mode(kind: CredentialKind) -> str:
+    """How a kind gets rotated: by the weekly run, on request only, or not by hubfleet."""
+    if kind is CredentialKind.hub_secret:
+        return "rotate on request"
+    if kind is CredentialKind.tls_certificate:
+        return "reported only"
+    return "weekly when due"
 
 
 def tls_records(fleet: Fleet) -> list[CredentialRecord]:
@@ -161,7 +181,13 @@ def register(app: typer.Typer) -> None:
 
     @group.command()
     def rotate(
-        scope: Annotated[str, typer.Argument(help="all, cluster:<c>, hub:<c>/<h> or kind:<kind>.")],
+        scope: Annotated[
+            str,
+            typer.Argument(
+                help="all, cluster:<c>, hub:<c>/<h>, kind:<kind>, or hub-secret:<c>/<h> (a "
+                "hub's proxy token and cookie secret: redeploys it, every user logs in again)."
+            ),
+        ],
         max_age: Annotated[
             str | None,
             typer.Option(help="Rotate what is older than this (e.g. 0d: everything in scope)."),
@@ -175,11 +201,15 @@ def register(app: typer.Typer) -> None:
         from flows.rotate_credentials import rotate_credentials
         from hubfleet.credentials import parse_scope
 
-        parse_scope(scope, load_fleet(root))  # a bad scope fails before any server starts
+        target = parse_scope(scope, load_fleet(root))  # a bad scope fails before any server
         age = parse_max_age(max_age) if max_age is not None else None
+        if target.asks_for_hub_secrets:
+            out.print(f"[bold red]hub secrets in scope {scope}: {HUB_SECRET_WARNING}[/]")
         result = _run(
             rotate_credentials, scope=scope, max_age=age, dry_run=dry_run, operator=operator
         )
+        if result.get("warning"):
+            out.print(f"[bold red]{result['warning']}[/]")
         if dry_run:
             out.print("would rotate: " + (", ".join(result["would_rotate"]) or "nothing"))
             return

@@ -118,14 +118,21 @@ class BadScope(HubfleetError):
     """A rotation scope that does not parse or names nothing in the fleet."""
 
 
-SCOPE_FORMS = "'all', 'cluster:<cluster>', 'hub:<cluster>/<hub>' or 'kind:<kind>'"
+SCOPE_FORMS = (
+    "'all', 'cluster:<cluster>', 'hub:<cluster>/<hub>', 'kind:<kind>' or "
+    "'hub-secret:<cluster>/<hub>'"
+)
+
+#: What rotating hub secrets does to users; said up front in logs, plans and the CLI.
+HUB_SECRET_WARNING = "the hub is redeployed and every user must log in again"
 
 
 @dataclass(frozen=True)
 class Scope:
-    """What a rotation run covers: everything, one cluster, one hub, or one kind."""
+    """What a rotation run covers: everything, one cluster, one hub, one kind, or one hub's
+    hub secrets (`hub-secret:<cluster>/<hub>`, the explicit request for just that hub)."""
 
-    what: str  # all | cluster | hub | kind
+    what: str  # all | cluster | hub | kind | hub-secret
     cluster: str | None = None
     hub: str | None = None
     kind: CredentialKind | None = None
@@ -137,11 +144,17 @@ class Scope:
             return record.kind is self.kind
         if self.what == "cluster":
             return record.cluster == self.cluster
+        if self.what == "hub-secret" and record.kind is not CredentialKind.hub_secret:
+            return False
         return record.cluster == self.cluster and record.hub == self.hub
 
     @property
     def asks_for_hub_secrets(self) -> bool:
-        """Hub secrets are rotated only when the scope names their kind explicitly."""
+        """Hub secrets are rotated only when the scope names them explicitly: `kind:hub-secret`
+        (every hub of the fleet) or `hub-secret:<cluster>/<hub>` (one hub). 'all', a cluster
+        or a hub scope never rotates them."""
+        if self.what == "hub-secret":
+            return True
         return self.what == "kind" and self.kind is CredentialKind.hub_secret
 
     def __str__(self) -> str:
@@ -151,7 +164,7 @@ class Scope:
             return f"kind:{self.kind}"
         if self.what == "cluster":
             return f"cluster:{self.cluster}"
-        return f"hub:{self.cluster}/{self.hub}"
+        return f"{self.what}:{self.cluster}/{self.hub}"
 
 
 def parse_scope(text: str, fleet: Fleet) -> Scope:
@@ -170,15 +183,15 @@ def parse_scope(text: str, fleet: Fleet) -> Scope:
     if what == "cluster":
         _cluster(fleet, rest, text)
         return Scope("cluster", cluster=rest)
-    if what == "hub":
+    if what in ("hub", "hub-secret"):
         cluster, slash, hub = rest.partition("/")
         if not slash or not hub:
-            raise BadScope(f"scope {text!r}: a hub is named as hub:<cluster>/<hub>")
+            raise BadScope(f"scope {text!r}: a hub is named as {what}:<cluster>/<hub>")
         spec = _cluster(fleet, cluster, text)
         if hub not in [h.name for h in spec.hubs]:
             known = ", ".join(h.name for h in spec.hubs) or "none"
             raise BadScope(f"scope {text!r}: cluster {cluster!r} has no hub {hub!r} ({known})")
-        return Scope("hub", cluster=cluster, hub=hub)
+        return Scope(what, cluster=cluster, hub=hub)
     raise BadScope(f"scope {text!r} is not understood; use {SCOPE_FORMS}")
 
 
@@ -207,7 +220,10 @@ def plan_rotation(
     now: datetime,
     max_age: timedelta | None = None,
 ) -> RotationPlan:
-    """Pick the records in scope that are due; say why each other one is left alone."""
+    """Pick the records in scope that are due; say why each other one is left alone.
+
+    Hub secrets are picked only when the scope asks for them: `hub-secret:<c>/<h>` rotates
+    that hub's now, `kind:hub-secret` every hub's that is due (policy or `max_age`)."""
     plan = RotationPlan()
     for record in records:
         if not scope.covers(record):
@@ -218,12 +234,14 @@ def plan_rotation(
             plan.skipped.append(
                 (
                     record,
-                    "rotated only when asked (scope kind:hub-secret): it means a redeploy "
-                    "and every user logging in again",
+                    "rotate on request only (scope 'hub-secret:<cluster>/<hub>' or "
+                    f"'kind:hub-secret'): {HUB_SECRET_WARNING}",
                 )
             )
         elif record.created_at is None and record.last_rotated is None:
             plan.skipped.append((record, f"nothing stored to rotate ({record.note or 'unknown'})"))
+        elif scope.what == "hub-secret":
+            plan.rotate.append(record)  # asked for by name: rotated now, whatever its age
         elif not record.due(now, max_age):
             age = record.age(now)
             plan.skipped.append((record, f"not due (age {format_age(age)})"))

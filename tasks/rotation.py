@@ -369,10 +369,14 @@ async def collect_inventory(fleet: Fleet) -> list[CredentialRecord]:
     """Read-only: every credential hubfleet manages, from its blocks and the hubs' state."""
     from blocks.deployer_credential import DeployerCredential
     from blocks.hub_token import HubOpsToken
+    from tasks.hub_secrets import kube_hub_secret_records
 
     policy = fleet.settings.credentials
     records: list[CredentialRecord] = []
     for cluster in fleet.clusters:
+        kube_secrets: list[CredentialRecord] = []
+        if cluster.provider is not Provider.local and cluster.hubs:
+            kube_secrets = await kube_hub_secret_records(fleet, cluster.name)
         kind = DEPLOYER_KIND.get(cluster.provider)
         if kind is not None:
             dep: DeployerCredential | None
@@ -413,11 +417,13 @@ async def collect_inventory(fleet: Fleet) -> list[CredentialRecord]:
                 )
             )
             records.extend(_hub_secrets(fleet, cluster.name, hub.name, policy))
+            records.extend(r for r in kube_secrets if r.hub == hub.name)
     return records
 
 
 def _hub_secrets(fleet: Fleet, cluster: str, hub: str, policy: Any) -> list[CredentialRecord]:
-    """A local hub's cookie secret (a file) and proxy token (new at every start)."""
+    """A local hub's cookie secret (a file) and proxy token (new at every start). Kubernetes
+    hubs' secrets are read from their Secret (tasks/hub_secrets.py)."""
     from tasks.local_hub import local_hub
 
     if fleet.cluster(cluster).provider is not Provider.local:
@@ -451,7 +457,7 @@ def _hub_secrets(fleet: Fleet, cluster: str, hub: str, policy: Any) -> list[Cred
             None,
             max_age,
             ("env:CONFIGPROXY_AUTH_TOKEN",),
-            note="new at every hub start",
+            note="new at every hub start: rotating it is a restart",
         ),
     ]
 
@@ -472,11 +478,17 @@ async def rotator_for(fleet: Fleet, kind: CredentialKind, cluster: str, hub: str
         else:
             url = f"https://{spec.hub(hub).domain}"
         return HubOpsTokenRotator(cluster, hub, url)
+    if kind is CredentialKind.hub_secret and hub is not None:
+        from tasks.hub_secrets import KubeHubSecretRotator, LocalHubSecretRotator
+
+        if spec.provider is Provider.local:
+            return LocalHubSecretRotator(fleet, cluster, hub)
+        return await KubeHubSecretRotator.for_hub(cluster, hub)
     if hub is None and kind is DEPLOYER_KIND.get(spec.provider):
         return await _deployer_rotator(kind, cluster)
     raise ProviderNotReady(
-        f"rotating {kind} for {cluster}{'/' + hub if hub else ''} is not supported; "
-        "hub secrets are rotated by redeploying the hub. Nothing was changed."
+        f"rotating {kind} for {cluster}{'/' + hub if hub else ''} is not supported. "
+        "Nothing was changed."
     )
 
 
