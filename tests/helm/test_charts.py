@@ -60,6 +60,25 @@ def test_lint_strict_and_template_with_every_option(offline_helm: Helm, chart: s
     assert kinds == expected
 
 
+def test_dask_gateway_option_lints_and_renders(offline_helm: Helm) -> None:
+    """daskGateway (off by default) lints strictly when on and renders its own objects."""
+    chart = REPO / "helm" / "hub"
+    gateway = chart / "ci" / "dask-gateway.values.yaml"
+    assert "0 chart(s) failed" in offline_helm.lint(chart, [gateway])
+    docs = [d for d in yaml.safe_load_all(offline_helm.template("x", chart, "ns", [gateway])) if d]
+    names = {f"{d['kind']}/{d['metadata']['name']}" for d in docs}
+    assert {
+        "Deployment/x-dask-gateway",
+        "Service/x-dask-gateway",
+        "ConfigMap/x-dask-gateway",
+        "NetworkPolicy/x-dask-gateway",
+    } <= names
+    plain = [d for d in yaml.safe_load_all(offline_helm.template("x", chart, "ns", [])) if d]
+    assert not [d for d in plain if "dask-gateway" in d["metadata"]["name"]]
+    [hub] = [d for d in plain if d["kind"] == "Deployment" and d["metadata"]["name"] == "x-hub"]
+    assert "DASK_GATEWAY_API_TOKEN" not in str(hub)
+
+
 def test_every_values_key_is_commented() -> None:
     """Every top-level key of each chart's values.yaml has a comment line right above it."""
     for chart in ("hub", "support"):

@@ -21,3 +21,7 @@ hubfleet.io/hub: {{ .Release.Name }}
 app.kubernetes.io/name: jupyterhub
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{/* The optional Dask Gateway (daskGateway.enabled). */}}
+{{- define "hub.daskGatewayName" -}}{{ include "hub.fullname" . }}-dask-gateway{{- end -}}
+{{- define "hub.daskGatewayPrefix" -}}/services/dask-gateway{{- end -}}

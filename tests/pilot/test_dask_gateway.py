@@ -1,0 +1,144 @@
+"""The research preset's optional Dask Gateway: a research hub turns it on with one line
+(`daskGateway: {enabled: true}`), deploy_hub installs it with the real helm into the real
+test control plane (kube-apiserver + controllers + kwok), and the hub is wired to it.
+
+Not real, and said where: kwok runs no containers, so "Ready" is kwok's (as for every
+chart test here); the gateway's own process is not started."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from flows.deploy_hub import deploy_hub
+from tasks.helm import Helm
+
+pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server")]
+
+
+@pytest.fixture
+def research_hub(kube_pilot_fleet: Path, kube, kube_api, helm):
+    """(cluster, hub) of a research hub whose values enable the gateway; uninstalled after."""
+    cluster = next((kube_pilot_fleet / "clusters").iterdir()).name
+    name = f"rs{uuid.uuid4().hex[:6]}"
+    spec = kube_pilot_fleet / "clusters" / cluster / "cluster.yaml"
+    spec.write_text(spec.read_text().replace("- name: lab\n", f"- name: {name}\n"))
+    (kube_pilot_fleet / "clusters" / cluster / "lab.values.yaml").write_text(
+        "daskGateway: {enabled: true}\n"
+    )
+    yield cluster, name
+    h = Helm(kube.kubeconfig, "hubfleet-testenv", binary=helm)
+    try:
+        h.uninstall(name, name, wait_timeout="2m")
+    except Exception:  # cleanup only: the test's own failure is what matters
+        pass
+    finally:
+        h.close()
+    try:
+        client.CoreV1Api(kube_api).delete_namespace(name)
+    except client.exceptions.ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+async def test_research_hub_with_dask_gateway_installs_and_is_wired(research_hub, kube_api) -> None:
+    cluster, hub = research_hub
+    result = await deploy_hub(cluster, hub, operator="test", gate="rollout")
+    assert result["action"] == "install", result
+
+    apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
+    gateway = apps.read_namespaced_deployment(f"{hub}-dask-gateway", hub)
+    assert gateway.status.ready_replicas == 1
+    container = gateway.spec.template.spec.containers[0]
+    assert container.image.startswith("ghcr.io/dask/dask-gateway-server:")
+    # The research preset sized it (its resources, and its per-cluster limits).
+    assert container.resources.limits == {"cpu": "8", "memory": "32Gi"}
+    gw_config = core.read_namespaced_config_map(f"{hub}-dask-gateway", hub).data[
+        "dask_gateway_config.py"
+    ]
+    assert 'c.ClusterConfig.worker_memory = "8G"' in gw_config
+    assert "c.ClusterConfig.cluster_max_workers = 4" in gw_config
+    assert "JupyterHubAuthenticator" in gw_config and f"{hub}-hub:8081/hub/api" in gw_config
+    svc = core.read_namespaced_service(f"{hub}-dask-gateway", hub)
+    assert {p.port for p in svc.spec.ports} == {8000, 8786}
+
+    # The hub registers it as a service and tells user servers where it is.
+    hub_config = core.read_namespaced_config_map(f"{hub}-hub", hub).data
+    values = json.loads(hub_config["values.json"])
+    assert values["daskGateway"] == {
+        "enabled": True,
+        "url": f"http://{hub}-dask-gateway:8000",
+        "prefix": "/services/dask-gateway",
+        "proxyAddress": f"gateway://{hub}-dask-gateway:8786",
+    }
+    for needle in (
+        '"name": "dask-gateway"',
+        "DASK_GATEWAY__ADDRESS",
+        "DASK_GATEWAY__PROXY_ADDRESS",
+        '"DASK_GATEWAY__AUTH__TYPE": "jupyterhub"',
+    ):
+        assert needle in hub_config["jupyterhub_config.py"], needle
+    # Hub and gateway share one generated token, from the hub Secret (never a value in git).
+    ref = {"name": f"{hub}-hub-secret", "key": "daskGateway.apiToken"}
+    hub_env = {
+        e.name: e
+        for e in apps.read_namespaced_deployment(f"{hub}-hub", hub)
+        .spec.template.spec.containers[0]
+        .env
+    }
+    for env in (
+        hub_env["DASK_GATEWAY_API_TOKEN"],
+        {e.name: e for e in container.env}["JUPYTERHUB_API_TOKEN"],
+    ):
+        key_ref = env.value_from.secret_key_ref
+        assert {"name": key_ref.name, "key": key_ref.key} == ref
+    secret = core.read_namespaced_secret(f"{hub}-hub-secret", hub)
+    token = base64.b64decode(secret.data["daskGateway.apiToken"])
+    assert len(token) == 64
+    # User servers may reach it; the gateway lets in only user servers, the proxy and hub.
+    netpols = {
+        p.metadata.name: p
+        for p in client.NetworkingV1Api(kube_api).list_namespaced_network_policy(hub).items
+    }
+    assert f"{hub}-dask-gateway" in netpols
+    egress = netpols[f"{hub}-singleuser"].spec.egress
+    assert any(
+        (r.to or [None])[0] is not None
+        and r.to[0].pod_selector is not None
+        and (r.to[0].pod_selector.match_labels or {}).get("app.kubernetes.io/component")
+        == "dask-gateway"
+        for r in egress
+    )
+
+    # A redeploy keeps the token (users' running clusters keep working).
+    await deploy_hub(cluster, hub, operator="test", gate="rollout")
+    again = core.read_namespaced_secret(f"{hub}-hub-secret", hub)
+    assert base64.b64decode(again.data["daskGateway.apiToken"]) == token
+
+
+def test_research_preset_sizes_the_gateway_but_leaves_it_off(pilot_fleet, helm) -> None:
+    """Without the hub's `enabled: true` the preset only sizes it; nothing is rendered."""
+    import yaml
+
+    from hubfleet.loader import load_fleet
+    from hubfleet.values import CHARTS_DIR, hub_layers, merged
+
+    fleet = load_fleet(pilot_fleet("kubeconfig"))
+    cluster = fleet.clusters[0]
+    values = merged(hub_layers(fleet, cluster.name, cluster.hub("lab")))
+    assert values["daskGateway"]["enabled"] is False
+    assert values["daskGateway"]["cluster"]["maxWorkers"] == 4
+    h = Helm(kubeconfig=None, binary=helm)
+    try:
+        values_file = Path(fleet.root) / "lab.merged.yaml"
+        values_file.write_text(json.dumps(values))
+        docs = yaml.safe_load_all(h.template("lab", CHARTS_DIR / "hub", "lab", [values_file]))
+        names = {d["metadata"]["name"] for d in docs if d}
+    finally:
+        h.close()
+    assert "lab-hub" in names and not any("dask-gateway" in n for n in names)
