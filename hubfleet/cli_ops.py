@@ -26,9 +26,16 @@ FleetOpt = Annotated[
 
 
 def _api_url() -> str:
-    """$PREFECT_API_URL, else the local server `hubfleet demo` uses (started if needed)."""
+    """$PREFECT_API_URL; else `hubfleet server --postgres` if it runs here; else the local
+    SQLite server `hubfleet demo` uses (started if needed)."""
     if "PREFECT_API_URL" not in os.environ:
+        from deployments.pgserver import postgres_stack
         from hubfleet.server import PrefectServer
+
+        _pg, on_postgres = postgres_stack(data_dir())
+        if on_postgres.pid() is not None:
+            os.environ["PREFECT_API_URL"] = on_postgres.api_url
+            return on_postgres.api_url
 
         server = PrefectServer(data_dir() / "prefect")
         server.ensure()
@@ -132,12 +139,20 @@ def audit(
     ] = None,
     format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     limit: Annotated[int | None, typer.Option(help="At most this many runs (newest).")] = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            help="Where to read the run history: api (any server), database (PostgreSQL: "
+            "`hubfleet server --postgres` or $HUBFLEET_AUDIT_DATABASE; fastest), or auto "
+            "(database when there is one, else api)."
+        ),
+    ] = "auto",
     fleet: FleetOpt = None,
 ) -> None:
     """What was done to a hub, by whom, when, with what result (the Prefect run history)."""
     from rich.table import Table
 
-    from deployments.audit_log import fetch_audit
+    from deployments.audit_log import read_audit
     from hubfleet import audit as audit_mod
     from hubfleet.cli import out
 
@@ -150,14 +165,14 @@ def audit(
     query = audit_mod.build_query(model, hub=hub, cluster=cluster, op=op, states=state, since=since)
     api_url = _api_url()
     ui_url = os.environ.get("PREFECT_UI_URL") or audit_mod.ui_base_url(api_url)
-    rows = fetch_audit(api_url, query, ui_url, limit)
+    rows, used = read_audit(api_url, query, ui_url, limit, source)
     if format == "json":
         sys.stdout.write(audit_mod.to_json(rows) + "\n")
         return
     if format == "csv":
         sys.stdout.write(audit_mod.to_csv(rows))
         return
-    table = Table(title=f"audit: {len(rows)} run(s)")
+    table = Table(title=f"audit: {len(rows)} run(s)", caption=f"read from the {used}")
     for column in ("started (UTC)", "op", "target", "operator", "outcome", "revision", "run"):
         table.add_column(column)
     colours = {"Completed": "green", "Failed": "red", "Crashed": "red"}

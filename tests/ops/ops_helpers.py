@@ -77,10 +77,13 @@ class Workers:
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - closed by OS
+    def start(
+        self, name: str, pool: str = POOL, limit: int | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed by OS
+        extra = ["--limit", str(limit)] if limit else []
         proc = subprocess.Popen(
-            [HUBFLEET, "worker", "--pool", POOL, "--name", name],
+            [HUBFLEET, "worker", "--pool", pool, "--name", name, *extra],
             env=cli_env(self.api_url),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -89,6 +92,9 @@ class Workers:
         )
         self.procs.append(proc)
         return proc
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"worker-{name}.log"
 
     def kill_hard(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGKILL the worker and every process under it: a machine lost mid-run."""
