@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -30,7 +31,7 @@ from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.deploy_hub import Gate, deploy_hub
 from flows.operation import fleet_revision, operator_name, run_tags
 from hubfleet.loader import load_fleet
-from hubfleet.model import Cluster, Fleet, Provider
+from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.paths import fleet_dir
 from hubfleet.plan import ClusterPlan, Deployed, FleetPlan, HubChange, plan_fleet, select
 from hubfleet.values import CHARTS_DIR, secret_values_file
@@ -143,13 +144,13 @@ async def deploy_support(
     spec = fleet.cluster(cluster)
     await tag_run("deploy_support", [cluster], operator, fleet)
     access = await ClusterAccess.for_cluster(cluster)
-    hubs = [h.name for h in spec.hubs]
     chart = CHARTS_DIR / "support"
     with (
         kubeconfig_file(access) as kc,
         helm_tasks.helm_for(kc, access.context) as helm,
         kube.kube_client(kc, access.context) as api,
     ):
+        hubs = await in_thread(_support_namespaces, api, spec)
         if placeholders is None:
             placeholders = await in_thread(_current_placeholders, helm)
         values = {"hubNamespaces": hubs, "userPlaceholder": {"replicas": placeholders}}
@@ -175,6 +176,22 @@ async def deploy_support(
                 )
     get_run_logger().info("support chart on %s: %d placeholder(s)", cluster, placeholders)
     return {"cluster": cluster, "placeholders": placeholders}
+
+
+def _support_namespaces(api: Any, cluster: Cluster) -> list[str]:
+    """The hub namespaces the support chart covers (and creates): every hub's, except an
+    event hub whose event has ended and whose namespace is gone (expired: it stays gone)."""
+    now = datetime.now(UTC)
+    return [
+        h.name
+        for h in cluster.hubs
+        if not (
+            h.kind is HubKind.event
+            and h.event is not None
+            and now >= h.event.end
+            and not kube.namespace_exists(api, h.name)
+        )
+    ]
 
 
 def _current_placeholders(helm: helm_tasks.Helm) -> int:

@@ -14,6 +14,16 @@ whose creation is overdue. What may be expired is decided by `hubfleet.events`: 
 
 The runs go through the deployments `hubfleet setup` registers (see `DEPLOYMENTS`), so a
 worker on the hubfleet pool runs them at their time.
+
+Kubernetes (gcp, aws, azure, kubeconfig): pre-warm sets the support chart's user-placeholder
+replicas (`deploy_support(placeholders=N)`). Placeholders belong to the cluster, so N is
+always recomputed as the sum over the cluster's warm events (`events.warm_hubs`), never
+incremented: creating an event raises it, expiring one lowers it to what the others still
+need. A create run made before start - lead time deploys the hub but does not warm yet; it
+schedules the create run at start - lead time (the same idempotency key `sync_event_schedules`
+uses), which warms then. Expiry exports the user PVCs with an in-cluster Job
+(`tasks.kube_export`), verifies the bucket, then uninstalls the release and deletes the
+namespace.
 """
 
 from __future__ import annotations
@@ -42,12 +52,15 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from prefect.variables import Variable
 
+from blocks.cluster_access import ClusterAccess, kubeconfig_file
+from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health
+from flows.deploy_fleet import _current_placeholders, deploy_support
 from flows.deploy_hub import deploy_hub
 from flows.operation import Operation, begin, fleet_revision, operator_name, run_tags
 from flows.teardown_hub import teardown_hub
 from hubfleet import events
-from hubfleet.errors import HubfleetError, ProviderNotReady
+from hubfleet.errors import HubfleetError
 from hubfleet.events import (
     CREATE,
     EXPIRE,
@@ -58,12 +71,18 @@ from hubfleet.events import (
     WantedRun,
 )
 from hubfleet.loader import load_fleet
-from hubfleet.model import Fleet, HubKind, Provider
+from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.paths import data_dir, fleet_dir
+from hubfleet.values import OPS_TOKEN_SECRET
+from tasks import helm as helm_tasks
 from tasks import jupyterhub_api as api
+from tasks import kube
 from tasks.export import ExportResult, export_homes
+from tasks.helm import in_thread
 from tasks.hub_credentials import load_ops_token
+from tasks.kube_export import UserVolume, export_homes_with_job, user_volumes
 from tasks.local_hub import local_hub
+from tasks.locks import ensure_concurrency_limits_once, hub_lock
 
 #: The deployment each scheduled run goes through ("<flow name>/<deployment name>").
 #: They are registered by `hubfleet setup` from `deployments/registry.py` (name "default").
@@ -244,26 +263,97 @@ async def _begin_fleet(op: str, operator: str | None) -> tuple[Fleet, str]:
     return fleet, who
 
 
-def _present(fleet: Fleet) -> dict[tuple[str, str], bool | None]:
-    """Which event hubs exist: local hubs by their directory; other providers unobserved."""
+async def helm_present(cluster: Cluster) -> dict[str, bool]:
+    """Which hubs of a Kubernetes cluster have their Helm release (release = namespace =
+    hub name). Changes nothing."""
+    access = await ClusterAccess.for_cluster(cluster.name)
+    secrets = [access.kubeconfig.get_secret_value()]
+    with (
+        kubeconfig_file(access) as kc,
+        helm_tasks.helm_for(kc, access.context, secrets) as helm,
+    ):
+        releases = await helm_tasks.helm_releases(helm)
+    names = {(r["name"], r["namespace"]) for r in releases}
+    return {h.name: (h.name, h.name) in names for h in cluster.hubs}
+
+
+async def _present(fleet: Fleet) -> dict[tuple[str, str], bool | None]:
+    """Which event hubs exist: local hubs by their directory, Kubernetes hubs by their Helm
+    release; a cluster that cannot be reached is unobserved (None), with a warning."""
     seen: dict[tuple[str, str], bool | None] = {}
     for cluster in fleet.clusters:
-        for hub in cluster.hubs:
-            if hub.kind is HubKind.event:
-                if cluster.provider is Provider.local:
-                    seen[(cluster.name, hub.name)] = local_hub(
-                        fleet, cluster.name, hub.name
-                    ).directory.is_dir()
-                else:
-                    seen[(cluster.name, hub.name)] = None
+        hubs = [h for h in cluster.hubs if h.kind is HubKind.event]
+        if not hubs:
+            continue
+        if cluster.provider is Provider.local:
+            for hub in hubs:
+                seen[(cluster.name, hub.name)] = local_hub(
+                    fleet, cluster.name, hub.name
+                ).directory.is_dir()
+            continue
+        try:
+            present: dict[str, bool] | None = await helm_present(cluster)
+        except Exception as exc:  # one unreachable cluster must not blind the others
+            get_run_logger().warning("%s: cannot list Helm releases: %s", cluster.name, exc)
+            present = None
+        for hub in hubs:
+            seen[(cluster.name, hub.name)] = present[hub.name] if present is not None else None
     return seen
 
 
-def _running(fleet: Fleet) -> dict[tuple[str, str], bool | None]:
+async def _running(fleet: Fleet) -> dict[tuple[str, str], bool | None]:
+    """Local hubs: processes running; Kubernetes hubs: the release exists."""
     return {
-        key: (local_hub(fleet, *key).is_running() if present is not None else None)
-        for key, present in _present(fleet).items()
+        key: (
+            local_hub(fleet, *key).is_running()
+            if present is not None and fleet.cluster(key[0]).provider is Provider.local
+            else present
+        )
+        for key, present in (await _present(fleet)).items()
     }
+
+
+# --- pre-warm: the cluster's placeholders -----------------------------------------------------
+
+#: A scheduled create run may start a moment before its time; within this it counts as due.
+PREWARM_TOLERANCE_S = 60
+
+
+async def set_placeholders(
+    op: Operation, dry_run: bool, *, include: str | None = None, exclude: str | None = None
+) -> str:
+    """Set the cluster's user-placeholder replicas to the sum over its warm events.
+
+    Changes (unless dry_run or already right): the support release, through the
+    `deploy_support` flow (under the cluster lock). Returns what was (or would be) set.
+    """
+    cluster = op.cluster
+    present = await helm_present(cluster)
+    warm = events.warm_hubs(
+        cluster,
+        _now(),
+        present,
+        await _all_extensions(op.fleet),
+        include=include,
+        exclude=exclude,
+    )
+    total = sum(warm.values())
+    access = await ClusterAccess.for_cluster(cluster.name)
+    with (
+        kubeconfig_file(access) as kc,
+        helm_tasks.helm_for(kc, access.context, [access.kubeconfig.get_secret_value()]) as helm,
+    ):
+        current = await in_thread(_current_placeholders, helm)
+    why = ", ".join(f"{h}: {n}" for h, n in sorted(warm.items())) or "no warm event"
+    if dry_run:
+        line = f"would set {cluster.name}'s placeholders to {total} (now {current}; {why})"
+    elif total == current:
+        line = f"{cluster.name}'s placeholders stay at {total} ({why})"
+    else:
+        await deploy_support(cluster.name, operator=op.operator, placeholders=total)
+        line = f"{cluster.name}'s placeholders {current} -> {total} ({why})"
+    get_run_logger().info("pre-warm: %s", line)
+    return line
 
 
 # --- the flows ---------------------------------------------------------------------
@@ -284,20 +374,28 @@ async def create_event_hub(
             "(the reaper expires it). Nothing was changed."
         )
     events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), "check")  # fail early
-    if op.cluster.provider is not Provider.local:  # refuse before deploying anything
-        await prewarm_capacity(op, events.prewarm_size(spec), dry_run=True)
+    local = op.cluster.provider is Provider.local
+    # Before start - lead time the hub is deployed but capacity is not warmed yet: the create
+    # run scheduled at that time (below) warms it. Placeholders cost nodes; days early is waste.
+    early = not local and (times.create_at - _now()).total_seconds() > PREWARM_TOLERANCE_S
 
     deployed = await deploy_hub(cluster, hub, dry_run=dry_run, operator=op.operator)
-    prewarm = await prewarm_capacity(op, events.prewarm_size(spec), dry_run)
+    if early:
+        prewarm = (
+            f"not yet: warmed at {times.create_at.isoformat()} (start - lead time) by the "
+            "create run scheduled then"
+        )
+    else:
+        prewarm = await prewarm_capacity(op, events.prewarm_size(spec), dry_run)
     wanted = events.wanted_runs(
         cluster,
         hub,
         spec,
         _now(),
         extension=await load_extension(cluster, hub),
-        include_create=False,
+        include_create=early,
     )
-    existing = [r for r in await scheduled_event_runs(cluster, hub) if r.kind != CREATE]
+    existing = [r for r in await scheduled_event_runs(cluster, hub) if early or r.kind != CREATE]
     done = await _apply_schedule(
         events.plan_schedule(wanted, existing), op.operator, dry_run, "replaced by create"
     )
@@ -315,7 +413,11 @@ async def create_event_hub(
 
 
 async def prewarm_capacity(op: Operation, size: int, dry_run: bool) -> str:
-    """Warm `size` placeholder pods before the event (Kubernetes); a no-op on `local`."""
+    """Warm `size` placeholder pods for the event (Kubernetes); a no-op on `local`.
+
+    On Kubernetes the cluster's placeholders become the sum over its warm events, this one
+    included (see `set_placeholders`).
+    """
     if op.cluster.provider is Provider.local:
         note = (
             f"no-op on local (a local hub spawns user servers as processes on demand; "
@@ -323,12 +425,8 @@ async def prewarm_capacity(op: Operation, size: int, dry_run: bool) -> str:
         )
         get_run_logger().info("pre-warm %s: %s", op.target, note)
         return note
-    # Kubernetes: the support chart's user-placeholder Deployment is not available yet.
-    raise EventRefused(
-        f"pre-warm of {op.target} on provider {op.cluster.provider.value!r} needs the support "
-        "chart's user-placeholder Deployment, which this version does not deploy. "
-        "Nothing was changed."
-    )
+    assert op.hub is not None
+    return await set_placeholders(op, dry_run, include=op.hub.name)
 
 
 @flow(name="remind_event_organizers", flow_run_name="remind_event_organizers {cluster}/{hub}")
@@ -438,9 +536,17 @@ async def extend_event_hub(
 
 @flow(name="expire_event_hub", flow_run_name="expire_event_hub {cluster}/{hub}")
 async def expire_event_hub(
-    cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
+    cluster: str,
+    hub: str,
+    dry_run: bool = False,
+    operator: str | None = None,
+    export_timeout: float = 3600.0,
 ) -> dict[str, Any]:
-    """Expire an event hub that is over: snapshot, export, revoke, remove, record."""
+    """Expire an event hub that is over: snapshot, export, revoke, remove, record.
+
+    export_timeout: seconds the export Job of a Kubernetes hub may take before the expiry
+    fails (and the hub stays).
+    """
     started = _now()
     op = await begin("expire_event_hub", cluster, hub, operator)
     assert op.hub is not None
@@ -448,7 +554,8 @@ async def expire_event_hub(
     end = events.refuse_unless_expirable(
         op.cluster, op.hub, started, await load_extension(cluster, hub)
     )
-    _require_local(op)
+    if op.cluster.provider is not Provider.local:
+        return await _expire_helm(op, end, started, dry_run, export_timeout)
     logger = get_run_logger()
     local = local_hub(op.fleet, cluster, hub)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
@@ -505,14 +612,134 @@ async def expire_event_hub(
     }
 
 
-def _require_local(op: Operation) -> None:
-    """Expiry removes local hubs only in this version; Helm uninstall is issue #4's path."""
-    if op.cluster.provider is not Provider.local:
-        raise ProviderNotReady(
-            f"{op.target}: expiring a hub on provider {op.cluster.provider.value!r} needs its "
-            "Helm release and namespace removed, which this version does not do yet; only "
-            "'local' event hubs are expired. Nothing was changed."
+async def _expire_helm(
+    op: Operation, end: datetime, started: datetime, dry_run: bool, export_timeout: float
+) -> dict[str, Any]:
+    """Expire a Helm-deployed event hub: snapshot, export (Job) and verify, revoke,
+    uninstall the release, delete the namespace, lower the placeholders, record.
+
+    A failed or unverified export raises before anything is removed: the hub stays.
+    """
+    assert op.hub is not None
+    cluster, hub = op.cluster.name, op.hub.name
+    logger = get_run_logger()
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    url = events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), stamp)
+    spec = events.event_spec(op.cluster, op.hub)
+    creds = spec.export.credentials if spec.export else None
+    access = await ClusterAccess.for_cluster(cluster)
+    secrets = [access.kubeconfig.get_secret_value()]
+    with (
+        kubeconfig_file(access) as kc,
+        helm_tasks.helm_for(kc, access.context, secrets) as helm,
+        kube.kube_client(kc, access.context) as kapi,
+    ):
+        release = await in_thread(helm.status, hub, hub)
+        namespace = await in_thread(kube.namespace_exists, kapi, hub)
+        if release is None and not namespace:
+            logger.info("%s: no release and no namespace; nothing to expire", op.target)
+            placeholders = await set_placeholders(op, dry_run, exclude=hub)
+            await _cleanup_schedule(cluster, hub, dry_run)
+            return {
+                "hub": op.target,
+                "expired": False,
+                "reason": "already removed",
+                "placeholders": placeholders,
+            }
+        volumes: list[UserVolume] = await in_thread(user_volumes, kapi, hub) if namespace else []
+        plan = (
+            (
+                f"health snapshot; stop user servers; export {len(volumes)} home volume(s) "
+                f"({', '.join(v.claim for v in volumes) or 'none'}) to {url} with a Job and "
+                "verify; "
+            )
+            if url
+            else "health snapshot; delete the home volumes (data_policy: delete); "
+        ) + (
+            f"revoke the ops token; helm uninstall {hub} -n {hub}; delete namespace {hub}; "
+            "lower the cluster's placeholders"
         )
+        logger.info("%s (ended %s): %s", op.target, end.isoformat(), plan)
+        if dry_run:
+            placeholders = await set_placeholders(op, True, exclude=hub)
+            await acreate_markdown_artifact(
+                key=f"event-expire-{cluster}-{hub}",
+                markdown=f"# Dry run: expire {op.target}\n\nWould: {plan}.\n\n"
+                f"Pre-warm: {placeholders}.\n",
+                description=f"dry run: expire {op.target}",
+            )
+            return {"hub": op.target, "dry_run": True, "would": plan, "placeholders": placeholders}
+
+        health = await check_hub_health(cluster, hub, operator=op.operator)
+        exported: ExportResult | None = None
+        await ensure_concurrency_limits_once(op.fleet)
+        async with hub_lock(cluster, hub):
+            if url and namespace:
+                # A failed or unverified export raises here: the hub is left as it is.
+                exported, volumes = await export_homes_with_job(
+                    kapi, hub, url, creds, stamp, export_timeout
+                )
+            revoked = await revoke_ops_service(cluster, hub)
+            removed = await uninstall_helm_hub(helm, kapi, hub, release is not None)
+        if await load_ops_token(cluster, hub) is not None:
+            await HubOpsToken.adelete(HubOpsToken.block_name(cluster, hub))
+    placeholders = await set_placeholders(op, False, exclude=hub)
+    cancelled = await _cleanup_schedule(cluster, hub, dry_run)
+    verified = "object count and sizes match the Job's listing; every volume listed"
+    verified = verified if exported else "-"
+    credentials = (
+        f"{revoked}; Secret {OPS_TOKEN_SECRET} (the ops token) and the hub database deleted "
+        "with the namespace; ops token block deleted"
+    )
+    await acreate_markdown_artifact(
+        key=f"event-expire-{cluster}-{hub}",
+        markdown=f"# Expired {op.target}\n\n| | |\n|---|---|\n"
+        f"| event end | {end.isoformat()} |\n| health before | {health['verdict']} |\n"
+        f"| exported | {exported.summary() if exported else 'nothing (data_policy: delete)'} |\n"
+        f"| volumes | {', '.join(f'{v.claim} -> {v.user}/' for v in volumes) or 'none'} |\n"
+        f"| verified | {verified} |\n| credentials | {credentials} |\n| removed | {removed} |\n"
+        f"| placeholders | {placeholders} |\n| cancelled runs | {len(cancelled)} |\n"
+        f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
+        description=f"expired {op.target}",
+    )
+    return {
+        "hub": op.target,
+        "expired": True,
+        "started": started.isoformat(),
+        "export": {"url": exported.url, "objects": exported.objects, "bytes": exported.bytes}
+        if exported
+        else None,
+        "volumes": [v.claim for v in volumes],
+        "revoked": revoked,
+        "removed": removed,
+        "placeholders": placeholders,
+    }
+
+
+@task(task_run_name="uninstall-hub-{hub}", cache_policy=NO_CACHE)
+async def uninstall_helm_hub(
+    helm: helm_tasks.Helm, api: Any, hub: str, release: bool, timeout: float = 300
+) -> str:
+    """helm uninstall the hub's release, delete its namespace, wait until it is gone.
+
+    Changes: the cluster (the hub's workloads, volumes, Secrets and namespace).
+    """
+    if release:
+        await helm_tasks.helm_uninstall(helm, hub, hub)
+    await kube.delete_namespace(api, hub)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await in_thread(kube.namespace_exists, api, hub):
+        if asyncio.get_running_loop().time() > deadline:
+            raise HubfleetError(
+                f"namespace {hub} still exists {timeout:g}s after its deletion (a finalizer "
+                "waits?); the release is uninstalled. Check `kubectl get ns "
+                f"{hub} -o yaml` and re-run the expiry."
+            )
+        await asyncio.sleep(1)
+    return (
+        f"{'release ' + hub + ' uninstalled; ' if release else 'no release; '}"
+        f"namespace {hub} deleted (gone)"
+    )
 
 
 @task(task_run_name="revoke-ops-service-{cluster}-{hub}", cache_policy=NO_CACHE)
@@ -560,7 +787,7 @@ async def reap_expired_event_hubs(
     """Hourly: expire event hubs past end + grace that still exist; report overdue creations."""
     fleet, who = await _begin_fleet("reap_expired_event_hubs", operator)
     now = _now()
-    items = events.reap_plan(fleet, now, _present(fleet), await _all_extensions(fleet))
+    items = events.reap_plan(fleet, now, await _present(fleet), await _all_extensions(fleet))
     failed: list[str] = []
     outcome: dict[str, str] = {}
     for item in items:
@@ -606,7 +833,8 @@ async def sync_event_schedules(
         for hub in cluster.hubs:
             if hub.kind is HubKind.event:
                 events.export_url(cluster, hub, str(data_dir() / "exports"), "check")
-    wanted = events.fleet_wanted_runs(fleet, now, await _all_extensions(fleet), _running(fleet))
+    running = await _running(fleet)
+    wanted = events.fleet_wanted_runs(fleet, now, await _all_extensions(fleet), running)
     plan = events.plan_schedule(wanted, await scheduled_event_runs())
     done = await _apply_schedule(plan, who, dry_run, "fleet changed (sync)")
     await acreate_markdown_artifact(

@@ -114,6 +114,34 @@ def prewarm_size(spec: EventSpec) -> int:
     return spec.attendees
 
 
+def warm_hubs(
+    cluster: Cluster,
+    now: datetime,
+    present: dict[str, bool],
+    extensions: dict[tuple[str, str], Extension] | None = None,
+    *,
+    include: str | None = None,
+    exclude: str | None = None,
+) -> dict[str, int]:
+    """The event hubs of `cluster` whose capacity should be warm now: hub -> placeholders.
+
+    Placeholders belong to the cluster (one Deployment of the support chart), so the count
+    deployed is the sum of this over the cluster's events. An event is warm from its
+    creation time (start - pre-warm lead time) until its (effective) end, while its hub is
+    `present` (deployed). `include` counts a hub being created now whatever the clock says;
+    `exclude` drops a hub being expired. Standing hubs never count.
+    """
+    extensions = extensions or {}
+    warm: dict[str, int] = {}
+    for hub in cluster.hubs:
+        if hub.kind is not HubKind.event or hub.event is None or hub.name == exclude:
+            continue
+        times = event_times(hub.event, extensions.get((cluster.name, hub.name)))
+        if hub.name == include or (present.get(hub.name) and times.create_at <= now < times.end):
+            warm[hub.name] = prewarm_size(hub.event)
+    return warm
+
+
 def idempotency_key(kind: str, cluster: str, hub: str, when: datetime, extra: str = "") -> str:
     """One key per (what, hub, when): scheduling the same run twice returns the first one."""
     at = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -341,6 +369,13 @@ def export_url(cluster: Cluster, hub: Hub, default_root: str, stamp: str) -> str
         return None
     if spec.export is not None:
         base = spec.export.url.rstrip("/")
+        if cluster.provider is not Provider.local and base.startswith("file:"):
+            raise EventRefused(
+                f"{cluster.name}/{hub.name}: event.export.url {spec.export.url!r} is a local "
+                "directory, but the homes of a Kubernetes hub are exported by a Job in the "
+                "cluster, which cannot write there; use s3://, gs:// or az:// "
+                "(with event.export.credentials). Nothing was changed."
+            )
     elif cluster.provider is Provider.local:
         base = f"file://{default_root.rstrip('/')}"
     else:

@@ -81,6 +81,10 @@ class _Destination:
     def list(self) -> dict[str, int]:
         raise NotImplementedError
 
+    def get_bytes(self, name: str) -> bytes | None:
+        """The object `name` under the prefix, or None if there is none."""
+        raise NotImplementedError
+
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
@@ -106,6 +110,10 @@ class _Directory(_Destination):
     def list(self) -> dict[str, int]:
         return source_files(self.root)
 
+    def get_bytes(self, name: str) -> bytes | None:
+        path = self.root / name
+        return path.read_bytes() if path.is_file() else None
+
 
 class _S3(_Destination):
     def __init__(self, client: Any, bucket: str, prefix: str):
@@ -127,6 +135,13 @@ class _S3(_Destination):
                 found[_strip(self.prefix, obj["Key"])] = int(obj["Size"])
         return found
 
+    def get_bytes(self, name: str) -> bytes | None:
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=_join(self.prefix, name))
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return bytes(got["Body"].read())
+
 
 class _AzureBlob(_Destination):
     def __init__(self, container: Any, prefix: str):
@@ -146,6 +161,14 @@ class _AzureBlob(_Destination):
             for b in self.container.list_blobs(name_starts_with=starts)
         }
 
+    def get_bytes(self, name: str) -> bytes | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return bytes(self.container.download_blob(_join(self.prefix, name)).readall())
+        except ResourceNotFoundError:
+            return None
+
 
 class _Gcs(_Destination):
     def __init__(self, client: Any, bucket: str, prefix: str):
@@ -163,6 +186,10 @@ class _Gcs(_Destination):
             _strip(self.prefix, b.name): int(b.size)
             for b in self.client.list_blobs(self.bucket, prefix=starts)
         }
+
+    def get_bytes(self, name: str) -> bytes | None:
+        blob = self.bucket.blob(_join(self.prefix, name))
+        return bytes(blob.download_as_bytes()) if blob.exists() else None
 
 
 def destination(url: str, credentials: Any = None) -> _Destination:
