@@ -93,9 +93,43 @@ def show(
             ", ".join(origin.overrode),
         )
     out.print(table)
-    if preset and preset.event_defaults and spec.event is None:
-        out.print(f"event preset suggests for the hub's event section: {preset.event_defaults}")
+    if spec.event is not None:
+        out.print(_event_table(model, cluster, spec))
+    elif preset and preset.event_defaults:
+        out.print(
+            f"preset {preset.use_case.value} fills in for kind: event hubs: "
+            + ", ".join(f"event.{k}={v}" for k, v in preset.event_defaults.items())
+        )
     out.print("Secret values (block hub-values-<cluster>-<hub>) are applied last and never shown.")
+
+
+def _event_table(model: Fleet, cluster: str, spec: Hub) -> Table:
+    """The hub's event settings and where each comes from: the hub's cluster.yaml, the
+    use case's preset (keys it left out), or hubfleet's default."""
+    from rich.markup import escape
+
+    from hubfleet.presets import load_preset
+
+    event = spec.event
+    assert event is not None
+    own = str(model.cluster_dir(cluster) / "cluster.yaml").replace(f"{model.root}/", "")
+    preset = load_preset(spec.use_case).layer().source if spec.use_case else ""
+    table = Table(title=f"event settings of {cluster}/{spec.name}")
+    for column in ("key", "value", "from", "source"):
+        table.add_column(column, overflow="fold")
+    as_yaml = event.model_dump(mode="json")  # durations as ISO 8601, as in the YAML
+    for name in type(event).model_fields:
+        value = as_yaml[name]
+        if name in event.from_preset:
+            kind, source = "preset", preset
+        elif name in event.model_fields_set:
+            kind, source = "hub", own
+        else:
+            kind, source = "default", "hubfleet (hubfleet/model.py EventSpec)"
+        if value is None and kind == "default":
+            continue
+        table.add_row(f"event.{name}", escape(_short(value)), kind, source)
+    return table
 
 
 def _short(value: Any) -> str:

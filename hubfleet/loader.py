@@ -6,6 +6,7 @@ carrying every problem found, each pointing at the line a user has to edit.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from hubfleet.model import (
     Hub,
     HubKind,
     Provider,
+    UseCase,
 )
 from hubfleet.terraform_inputs import check_against_module
 
@@ -89,7 +91,10 @@ class _Doc:
         line = _first_line(node)
         for part in loc:
             if isinstance(node, CommentedMap) and part in node:
-                line = node.lc.key(part)[0] + 1
+                try:
+                    line = node.lc.key(part)[0] + 1
+                except KeyError:  # filled in by the loader (a preset default): no line
+                    pass
                 node = node[part]
             elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
                 line = node.lc.item(part)[0] + 1
@@ -199,6 +204,12 @@ def _message(model: type[BaseModel], err: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(model, loc[:-1]))
         return f"unknown key {loc[-1]!r}; allowed keys: {allowed}"
+    if kind == "missing" and loc[-2:] == ("event", "data_policy"):
+        return (
+            "required key is missing; add data_policy: export (homes saved before teardown) "
+            "or data_policy: delete, or set use_case: event on the hub (its preset defaults "
+            f"it to {_event_preset_default('data_policy')!r})"
+        )
     if kind == "missing":
         return "required key is missing; add it"
     if kind in ("enum", "literal_error"):
@@ -267,9 +278,14 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
         problems += found
         if not doc:
             continue
+        filled = _fill_event_defaults(doc)
         cluster, found = _validate(doc, Cluster)
         problems += found
         if cluster:
+            for i, keys in filled.items():
+                event = cluster.hubs[i].event
+                if event is not None:
+                    event._from_preset = frozenset(keys)
             problems += _check_cluster(doc, cluster, path.parent)
             if cluster.name in docs:
                 problems.append(
@@ -293,6 +309,37 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
     if problems or settings is None:
         raise FleetInvalid(sorted(problems, key=lambda p: (str(p.file), p.line)))
     return Fleet(root=root.resolve(), settings=settings, clusters=clusters)
+
+
+def _event_preset_default(key: str) -> Any:
+    from hubfleet.presets import load_preset
+
+    return load_preset(UseCase.event).event_defaults.get(key)
+
+
+def _fill_event_defaults(doc: _Doc) -> dict[int, list[str]]:
+    """Give event hubs with `use_case: event` the preset's `event_defaults` (data_policy,
+    prewarm) where their own `event:` section leaves them out; the hub's settings win.
+
+    Changes the parsed document before validation; returns, per hub index, the keys filled.
+    """
+    from hubfleet.presets import load_preset
+
+    items = doc.data.get("hubs")
+    if not isinstance(items, list):
+        return {}
+    filled: dict[int, list[str]] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("use_case") != UseCase.event.value:
+            continue
+        event = item.get("event")
+        if item.get("kind") != HubKind.event.value or not isinstance(event, dict):
+            continue
+        for key, value in load_preset(UseCase.event).event_defaults.items():
+            if key not in event:
+                event[key] = copy.deepcopy(value)
+                filled.setdefault(i, []).append(key)
+    return filled
 
 
 def _check_files(doc: _Doc, loc: Loc, files: Iterable[str], base: Path) -> list[Problem]:
@@ -355,7 +402,8 @@ def _check_hubs(doc: _Doc, hubs: list[tuple[int, Hub]], directory: Path) -> list
                 doc.problem(
                     (*where, "event"),
                     "required when kind is 'event'; add start, end, attendees, "
-                    "organizers and data_policy",
+                    "organizers and data_policy (data_policy and prewarm may be left out "
+                    "with use_case: event: its preset supplies them)",
                 )
             )
         if hub.kind is HubKind.standing and hub.event is not None:

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     field_validator,
 )
@@ -215,11 +216,18 @@ class EventSpec(Strict):
     end: AwareDatetime = Field(description="When the event ends (with a UTC offset).")
     attendees: int = Field(ge=1, le=100_000, description="Expected number of attendees.")
     organizers: list[str] = Field(min_length=1, description="Emails told about expiry.")
-    data_policy: DataPolicy = Field(description="export: homes saved before teardown.")
+    data_policy: DataPolicy = Field(
+        description="export: homes saved before teardown; delete: homes deleted. Optional "
+        "with use_case: event (its preset's default applies)."
+    )
     grace: timedelta = Field(
         timedelta(hours=24), description="How long after end the hub is expired."
     )
-    prewarm: PreWarm | None = Field(None, description="Warm capacity before start.")
+    prewarm: PreWarm | None = Field(
+        None,
+        description="Warm capacity before start; with use_case: event the preset's lead time "
+        "applies when unset.",
+    )
     timezone: str | None = Field(
         None, description="IANA time zone used when telling organizers times, e.g. Europe/Paris."
     )
@@ -232,6 +240,15 @@ class EventSpec(Strict):
         description="Where homes are exported (data_policy: export); default on local: "
         "a directory under the data dir.",
     )
+
+    # Keys the loader filled in from the use case's preset (`event_defaults`), for
+    # `hubfleet show`; not a registry key (a private attribute cannot be set from YAML).
+    _from_preset: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def from_preset(self) -> frozenset[str]:
+        """Event keys that came from the use case's preset, not from the hub's own file."""
+        return self._from_preset
 
     @field_validator("timezone")
     @classmethod
