@@ -26,13 +26,12 @@ from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
 from hubfleet.errors import HubfleetError, ProviderNotReady
-from hubfleet.localhub import hub_config_from_values
+from hubfleet.localhub import hub_config_from_values, local_values
 from hubfleet.model import Provider
 from hubfleet.values import (
     CHARTS_DIR,
     Layer,
     hub_layers,
-    load_values_files,
     secret_values_file,
     validate_layers,
 )
@@ -283,7 +282,7 @@ async def _deploy_local(
     assert op.hub is not None
     logger = get_run_logger()
     cluster, hub = op.cluster.name, op.hub.name
-    values = load_values_files(op.fleet.hub_values_files(cluster, op.hub))
+    values = local_values(op.fleet, cluster, op.hub)  # files and the use case's preset
     local = local_hub(op.fleet, cluster, hub)
     plan = plan_local_hub(local, hub_config_from_values(values))
     logger.info("%s: %s", op.target, plan.action)

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
-from hubfleet.model import Fleet, Hub
+from hubfleet.model import Fleet, Hub, Provider
 from hubfleet.paths import fleet_dir
 
 FleetOpt = Annotated[
@@ -100,6 +100,17 @@ def show(
             f"preset {preset.use_case.value} fills in for kind: event hubs: "
             + ", ".join(f"event.{k}={v}" for k, v in preset.event_defaults.items())
         )
+    if model.cluster(cluster).provider is Provider.local:
+        from hubfleet.localhub import local_values, not_applied
+
+        ignored = not_applied(local_values(model, cluster, spec))
+        out.print(
+            "local hub: applies hub.config, cull (idle-culler service) and singleuser "
+            "memory/cpu (as Spawner limits, informational for local processes); chart "
+            "defaults are not applied"
+        )
+        if ignored:
+            out.print("not applied on local: " + ", ".join(ignored))
     out.print("Secret values (block hub-values-<cluster>-<hub>) are applied last and never shown.")
 
 

@@ -1,16 +1,29 @@
 """The `local` provider's plan: what a hub's JupyterHub config and processes look like.
 
 Pure functions only; `tasks/local_hub.py` writes the files and runs the processes.
+
+A local hub honours the parts of its values (fleet and cluster files, its use case's preset,
+its own files) that mean something for local processes: `hub.config` (traitlets config),
+`cull` (jupyterhub-idle-culler as a hub-managed service) and `singleuser.memory/cpu`
+(Spawner limits; informational only for the local process spawner, which enforces none).
+Kubernetes-only keys (storage, profile_list, scheduling, images, network policies, the Dask
+Gateway, ...) are ignored, and `hubfleet show` lists them as not applied. The chart's own
+defaults are not applied on local: e.g. culling runs only when a preset or file enables it.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hubfleet.health import HEALTH_USER
+
+if TYPE_CHECKING:
+    from hubfleet.model import Fleet, Hub
+    from hubfleet.values import Layer
 
 #: The admin user that exists only to mint the first ops token; it can never log in
 #: (local hubs use the null authenticator) and its tokens are revoked after bootstrap.
@@ -67,7 +80,107 @@ def render_config(
     return "\n".join(lines)
 
 
+#: Value paths a local hub applies; everything else is Kubernetes-only.
+HONOURED = (("hub", "config"), ("cull",), ("singleuser", "memory"), ("singleuser", "cpu"))
+#: Traitlets classes of `hub.config` that only exist on Kubernetes (ignored on local).
+KUBERNETES_ONLY_CLASSES = frozenset({"KubeSpawner"})
+#: The idle culler's service name and scopes (as helm/hub grants them).
+CULLER = "idle-culler"
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def local_layers(fleet: Fleet, cluster: str, hub: Hub) -> list[Layer]:
+    """The values layers a local hub applies: fleet and cluster files, the preset, the
+    hub's own files. Not the chart defaults nor what hubfleet sets for Kubernetes (ingress,
+    the ops Secret)."""
+    from hubfleet.presets import layer_kind
+    from hubfleet.values import hub_layers
+
+    return [
+        layer
+        for layer in hub_layers(fleet, cluster, hub)
+        if layer_kind(layer) != "chart" and not layer.source.startswith("fleet: ")
+    ]
+
+
+def local_values(fleet: Fleet, cluster: str, hub: Hub) -> dict[str, Any]:
+    """The merged values of a local hub (see `local_layers`); feed to hub_config_from_values."""
+    from hubfleet.values import merged
+
+    return merged(local_layers(fleet, cluster, hub))
+
+
+def not_applied(values: dict[str, Any]) -> list[str]:
+    """Keys set in a local hub's values that a local hub ignores (Kubernetes-only), e.g.
+    `singleuser.storage` or `hub.config.KubeSpawner.profile_list`."""
+    from hubfleet.presets import _leaves
+
+    out: set[str] = set()
+    for path in _leaves(values):
+        if any(path[: len(h)] == h for h in HONOURED):
+            if (
+                path[:2] == ("hub", "config")
+                and len(path) > 2
+                and path[2] in (KUBERNETES_ONLY_CLASSES)
+            ):
+                out.add(".".join(path[:4]))
+            continue
+        out.add(".".join(path[:2]))
+    return sorted(out)
+
+
+def _chart_cull_defaults() -> dict[str, Any]:
+    from ruamel.yaml import YAML
+
+    from hubfleet.values import CHARTS_DIR
+
+    chart = YAML(typ="safe").load((CHARTS_DIR / "hub" / "values.yaml").read_text("utf-8"))
+    return dict(chart["cull"])
+
+
 def hub_config_from_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The part of the chart values a local hub honours: `hub.config` (traitlets config)."""
+    """The traitlets config a local hub gets from its values: `hub.config` (without
+    Kubernetes-only classes), the idle culler when `cull.enabled`, and `singleuser`
+    memory/cpu as Spawner limits (LocalProcessSpawner records but does not enforce them)."""
     config = (values.get("hub") or {}).get("config") or {}
-    return {cls: dict(traits) for cls, traits in config.items() if isinstance(traits, dict)}
+    out = {
+        cls: dict(traits)
+        for cls, traits in config.items()
+        if isinstance(traits, dict) and cls not in KUBERNETES_ONLY_CLASSES
+    }
+    single = values.get("singleuser") or {}
+    limits = {
+        trait: single[section][key]
+        for trait, section, key in (
+            ("mem_limit", "memory", "limit"),
+            ("mem_guarantee", "memory", "guarantee"),
+            ("cpu_limit", "cpu", "limit"),
+            ("cpu_guarantee", "cpu", "guarantee"),
+        )
+        if key in (single.get(section) or {})
+    }
+    if limits:
+        # The hub's own hub.config Spawner settings win over the singleuser shorthand.
+        out["Spawner"] = {**limits, **out.get("Spawner", {})}
+    cull = values.get("cull") or {}
+    if cull.get("enabled"):
+        cull = {**_chart_cull_defaults(), **cull}
+        hub_cfg = out.setdefault("JupyterHub", {})
+        command = [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={int(cull['timeout'])}",
+            f"--cull-every={int(cull['every'])}",
+            f"--max-age={int(cull['maxAge'])}",
+        ] + (["--cull-users=True"] if cull.get("users") else [])
+        scopes = CULLER_SCOPES + (["admin:users"] if cull.get("users") else [])
+        hub_cfg["services"] = [
+            *hub_cfg.get("services", []),
+            {"name": CULLER, "command": command, "display": False},
+        ]
+        hub_cfg["load_roles"] = [
+            *hub_cfg.get("load_roles", []),
+            {"name": CULLER, "services": [CULLER], "scopes": scopes},
+        ]
+    return out
