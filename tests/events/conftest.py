@@ -83,8 +83,11 @@ def event_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> EventWriter:
     return write
 
 
-def register_event_deployments(pool: str = POOL) -> str:
-    """The event deployments registered exactly as `hubfleet setup` does, on `pool`."""
+def register_event_deployments(pool: str = POOL, fleet_root: Path | None = None) -> str:
+    """The event deployments registered exactly as `hubfleet setup` does, on `pool`.
+
+    Their parameter schema lists the fleet's clusters and hubs: `fleet_root` (default the
+    example fleet) is the fleet whose names runs may use."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -100,7 +103,7 @@ def register_event_deployments(pool: str = POOL) -> str:
     from hubfleet.loader import load_fleet
 
     async def register() -> None:
-        fleet = load_fleet(REPO_ROOT / "fleet")
+        fleet = load_fleet(fleet_root or REPO_ROOT / "fleet")
         report = SetupReport()
         async with get_client() as client:
             await ensure_work_pool(client, pool, HEARTBEAT_SECONDS, report)
@@ -114,6 +117,12 @@ def register_event_deployments(pool: str = POOL) -> str:
 
     asyncio.run(register())
     return pool
+
+
+@pytest.fixture(scope="session")
+def register_deployments() -> Callable[..., str]:
+    """`register_event_deployments`, for tests that register them for their own fleet."""
+    return register_event_deployments
 
 
 @pytest.fixture(scope="session")
