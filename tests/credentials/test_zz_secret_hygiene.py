@@ -18,13 +18,21 @@ from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
+#: A local hub's cookie secret lives in this file (its store, 0600, like a Kubernetes
+#: Secret): it may hold exactly the current cookie secret, and nothing else.
+COOKIE_FILE = "jupyterhub_cookie_secret"
+
+
 def files_containing(secrets: set[str], root: Path) -> list[str]:
     needles = [s.encode() for s in secrets]
     hits = []
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink():
             data = path.read_bytes()
-            hits += [f"{path}" for n in needles if n in data]
+            found = [n for n in needles if n in data]
+            if path.name == COOKIE_FILE and found == [data.strip()]:
+                continue  # the store holding the one current value
+            hits += [f"{path} (a {len(n)}-character secret)" for n in found]
     return hits
 
 
