@@ -98,12 +98,25 @@ def register(app: typer.Typer) -> None:
         dry_run: DryRunOpt = False,
         operator: OperatorOpt = None,
         fleet: FleetOpt = None,
+        export_timeout: Annotated[
+            float,
+            typer.Option(help="Seconds a Kubernetes hub's export Job may take (then: fail)."),
+        ] = 3600.0,
     ):
         """Expire an event hub that is over: export, revoke, remove. Standing hubs: refused."""
         _use_fleet(fleet)
         from flows.event_hubs import expire_event_hub
 
-        show(_run(expire_event_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator))
+        show(
+            _run(
+                expire_event_hub,
+                cluster=cluster,
+                hub=hub,
+                dry_run=dry_run,
+                operator=operator,
+                export_timeout=export_timeout,
+            )
+        )
 
     @events.command()
     def reap(dry_run: DryRunOpt = False, operator: OperatorOpt = None, fleet: FleetOpt = None):
