@@ -13,16 +13,21 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterKey,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterStartTime,
+    TaskRunFilter,
+    TaskRunFilterId,
 )
+from prefect.client.schemas.objects import FlowRun, StateType
 
 from hubfleet.audit import parse_since
 from hubfleet.loader import load_fleet
@@ -30,6 +35,9 @@ from hubfleet.paths import fleet_dir
 from hubfleet.report import RunRecord, SweepRow, as_dict, build_report, markdown
 
 SWEEP_KEYS = ["health-sweep-shallow", "health-sweep-deep"]
+#: States of a run that never started (e.g. an event's scheduled expiry, cancelled because
+#: the hub was expired by hand): not an operation, so not in the report.
+NEVER_RAN = {StateType.CANCELLED, StateType.SCHEDULED, StateType.PENDING}
 
 
 async def collect_history(start: datetime) -> tuple[list[SweepRow], list[RunRecord]]:
@@ -63,6 +71,7 @@ async def collect_history(start: datetime) -> tuple[list[SweepRow], list[RunReco
                 break
             offset += len(page)
         offset = 0
+        found: list[tuple[FlowRun, dict[str, str]]] = []
         while True:
             flow_runs = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=start)),
@@ -73,23 +82,58 @@ async def collect_history(start: datetime) -> tuple[list[SweepRow], list[RunReco
                 tags = {t.split(":", 1)[0]: t.split(":", 1)[1] for t in run.tags if ":" in t}
                 if "op" not in tags or run.start_time is None:
                     continue
-                state = run.state_type.value if run.state_type else "UNKNOWN"
-                runs.append(
-                    RunRecord(
-                        op=tags["op"],
-                        hub=tags.get("hub"),
-                        operator=tags.get("operator", "unknown"),
-                        state=state,
-                        start=run.start_time,
-                        end=run.end_time,
-                        paused=state == "PAUSED" or "approval" in run.tags,
-                        run_count=run.run_count or 1,
-                    )
-                )
+                if not run.run_count and run.state_type in NEVER_RAN:
+                    continue  # a scheduled run cancelled before it ran: no operation
+                found.append((run, tags))
             if len(flow_runs) < 200:
                 break
             offset += len(flow_runs)
+        parents = await _parent_ops(client, [run for run, _ in found])
+        for run, tags in found:
+            assert run.start_time is not None
+            state = run.state_type.value if run.state_type else "UNKNOWN"
+            runs.append(
+                RunRecord(
+                    op=tags["op"],
+                    hub=tags.get("hub"),
+                    operator=tags.get("operator", "unknown"),
+                    state=state,
+                    start=run.start_time,
+                    end=run.end_time,
+                    paused=state == "PAUSED" or "approval" in run.tags,
+                    run_count=run.run_count or 1,
+                    parent_op=parents.get(run.id),
+                )
+            )
     return sweeps, runs
+
+
+async def _parent_ops(client: PrefectClient, runs: list[FlowRun]) -> dict[UUID, str]:
+    """For each subflow run, the `op:` tag of the run that started it (a rotation's
+    per-credential runs are part of the rotation; a create's deploy is a deploy of its own).
+    Runs without an op-tagged parent are left out."""
+    by_task = {r.parent_task_run_id: r.id for r in runs if r.parent_task_run_id}
+    if not by_task:
+        return {}
+    parent_run: dict[UUID, UUID] = {}
+    ids = list(by_task)
+    for i in range(0, len(ids), 200):
+        task_runs = await client.read_task_runs(
+            task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids[i : i + 200]))
+        )
+        for task_run in task_runs:
+            if task_run.flow_run_id is not None:
+                parent_run[by_task[task_run.id]] = task_run.flow_run_id
+    wanted = list(set(parent_run.values()))
+    op_of: dict[UUID, str] = {}
+    for i in range(0, len(wanted), 200):
+        for flow_run in await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=wanted[i : i + 200]))
+        ):
+            for tag in flow_run.tags:
+                if tag.startswith("op:"):
+                    op_of[flow_run.id] = tag[3:]
+    return {child: op_of[parent] for child, parent in parent_run.items() if parent in op_of}
 
 
 def _use_cases() -> dict[str, str]:

@@ -19,6 +19,29 @@ from hubfleet.errors import HubfleetError
 FORMATS = ("md", "html", "json")
 #: Run outcomes that needed a person to look (besides approvals and manual re-runs).
 FAILED = {"FAILED", "CRASHED"}
+#: What kind of operation each `op:` tag is, for the report's summary.
+KINDS = {
+    "deploy_hub": "deploys",
+    "deploy_fleet": "deploys",
+    "customize_hub": "deploys",
+    "rotate_credentials": "rotations",
+    "create_event_hub": "event lifecycles",
+    "extend_event_hub": "event lifecycles",
+    "remind_event_organizers": "event lifecycles",
+    "expire_event_hub": "event lifecycles",
+    "reap_expired_event_hubs": "event lifecycles",
+    "sync_event_schedules": "event lifecycles",
+    "check_hub_health": "health checks",
+    "check_fleet_health": "health checks",
+    "teardown_hub": "teardowns",
+    "provision_cluster": "clusters",
+    "destroy_cluster": "clusters",
+}
+
+
+def kind_of(op: str) -> str:
+    """deploys, rotations, event lifecycles, health checks, ... or other."""
+    return KINDS.get(op, "other")
 
 
 class ReportInputError(HubfleetError):
@@ -47,6 +70,13 @@ class RunRecord:
     end: datetime | None = None
     paused: bool = False  # waited for a person (approval)
     run_count: int = 1
+    # The op of the run that started this one as a subflow, if any. A subflow with its
+    # parent's op (a rotation's per-credential runs) is part of that operation, not another.
+    parent_op: str | None = None
+
+    @property
+    def part_of_parent(self) -> bool:
+        return self.parent_op == self.op
 
 
 @dataclass
@@ -74,6 +104,8 @@ class Report:
     use_cases: dict[str, dict[str, Any]] = field(default_factory=dict)
     incidents: list[Incident] = field(default_factory=list)
     operations: dict[str, dict[str, int]] = field(default_factory=dict)
+    # deploys / rotations / event lifecycles / ...: outcome -> count
+    kinds: dict[str, dict[str, int]] = field(default_factory=dict)
     needed_human: list[dict[str, Any]] = field(default_factory=list)
     mttr_minutes: float | None = None
     availability_series: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
@@ -115,6 +147,8 @@ def build_report(
     sweeps = [s for s in sweeps if s.at >= start and (end is None or s.at <= end)]
     runs = [r for r in runs if r.start >= start and (end is None or r.start <= end)]
     stamps = [s.at for s in sweeps] + [r.start for r in runs]
+    # One operation, one count: a rotation's per-credential subflows are part of it.
+    runs = [r for r in runs if not r.part_of_parent]
     report = Report(start=start, end=end or (max(stamps) if stamps else start))
     cases = use_cases or {}
 
@@ -133,11 +167,17 @@ def build_report(
         report.mttr_minutes = round(sum(d.total_seconds() for d in closed) / len(closed) / 60, 2)
 
     ops_by_hub: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    outcomes_by_hub: dict[str, dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int))
+    )
+    kinds: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for run in runs:
         outcome = run.state.lower()
         report.operations.setdefault(run.op, defaultdict(int))[outcome] += 1
+        kinds[kind_of(run.op)][outcome] += 1
         if run.hub:
             ops_by_hub[run.hub][run.op] += 1
+            outcomes_by_hub[run.hub][run.op][outcome] += 1
         week = f"{run.start.isocalendar().year}-W{run.start.isocalendar().week:02d}"
         report.ops_per_week[week] = report.ops_per_week.get(week, 0) + 1
     report.needed_human = _needed_human(runs)
@@ -154,11 +194,15 @@ def build_report(
                 sum(i.duration.total_seconds() for i in hub_incidents if i.duration) / 60, 2
             ),
             "operations": dict(ops_by_hub.get(hub, {})),
+            "outcomes": {op: dict(v) for op, v in sorted(outcomes_by_hub.get(hub, {}).items())},
         }
         report.availability_series[hub] = [
             (day, round(b[0] / b[1], 4)) for day, b in sorted(daily[hub].items())
         ]
     by_case: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    case_ops: dict[str, dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int))
+    )
     for hub, data in report.hubs.items():
         ok, total = counts.get(hub, [0, 0])
         agg = by_case[data["use_case"]]
@@ -166,14 +210,19 @@ def build_report(
         agg[1] += total
         agg[2] += data["incidents"]
         agg[3] += 1
+        for op, outcomes in data["outcomes"].items():
+            for outcome, n in outcomes.items():
+                case_ops[data["use_case"]][op][outcome] += n
     report.use_cases = {
         case: {
             "hubs": a[3],
             "availability": round(a[0] / a[1], 4) if a[1] else None,
             "incidents": a[2],
+            "operations": {op: dict(v) for op, v in sorted(case_ops[case].items())},
         }
         for case, a in sorted(by_case.items())
     }
+    report.kinds = {k: dict(v) for k, v in sorted(kinds.items())}
     report.operations = {op: dict(v) for op, v in sorted(report.operations.items())}
     return report
 
@@ -245,6 +294,10 @@ def render(report: Report, fmt: str) -> str:
     raise ReportInputError(f"format {fmt!r}: allowed: {', '.join(FORMATS)}")
 
 
+def _outcomes(counts: dict[str, int]) -> str:
+    return ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.2f}%"
 
@@ -291,11 +344,22 @@ def markdown(report: Report) -> str:
         "",
         "## Operations and outcomes",
         "",
+        "| kind | outcomes |",
+        "|---|---|",
+        *(f"| {k} | {_outcomes(v)} |" for k, v in report.kinds.items()),
+        "",
         "| operation | outcomes |",
         "|---|---|",
+        *(f"| {op} | {_outcomes(v)} |" for op, v in report.operations.items()),
+        "",
+        "## Operations per use case",
+        "",
+        "| use case | operation | outcomes |",
+        "|---|---|---|",
         *(
-            f"| {op} | " + ", ".join(f"{s} {n}" for s, n in sorted(v.items())) + " |"
-            for op, v in report.operations.items()
+            f"| {case} | {op} | {_outcomes(v)} |"
+            for case, data in report.use_cases.items()
+            for op, v in data["operations"].items()
         ),
         "",
         "## Runs that needed a human",
