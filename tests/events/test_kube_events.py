@@ -166,7 +166,7 @@ def export_gate(kube_api) -> str:
     )
 
     def gated() -> bool:
-        pod = core.create_namespaced_pod("default", probe, dry_run="All")
+        pod: Any = core.create_namespaced_pod("default", probe, dry_run="All")
         return any(g.name == GATE for g in pod.spec.scheduling_gates or [])
 
     wait_for("the export-gate policy to take effect", gated, timeout=30)
@@ -287,7 +287,7 @@ def kube_fleet(
 
 def placeholders(kube_api) -> int | None:
     try:
-        dep = client.AppsV1Api(kube_api).read_namespaced_deployment(*PLACEHOLDERS)
+        dep: Any = client.AppsV1Api(kube_api).read_namespaced_deployment(*PLACEHOLDERS)
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -296,7 +296,7 @@ def placeholders(kube_api) -> int | None:
 
 
 def ready_placeholders(kube_api) -> int:
-    dep = client.AppsV1Api(kube_api).read_namespaced_deployment(*PLACEHOLDERS)
+    dep: Any = client.AppsV1Api(kube_api).read_namespaced_deployment(*PLACEHOLDERS)
     return int(dep.status.ready_replicas or 0)
 
 
@@ -310,7 +310,8 @@ def release(kube, hub: str) -> dict[str, Any] | None:
 
 def namespace_phase(kube_api, name: str) -> str | None:
     try:
-        return client.CoreV1Api(kube_api).read_namespace(name).status.phase
+        ns: Any = client.CoreV1Api(kube_api).read_namespace(name)
+        return str(ns.status.phase)
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -337,8 +338,10 @@ def add_home(kube_api, namespace: str, user: str) -> None:
 def export_leftovers(kube_api, namespace: str) -> list[str]:
     """Export Jobs and Secrets still in the namespace."""
     selector = f"{EXPORT_LABEL}=export"
-    jobs = client.BatchV1Api(kube_api).list_namespaced_job(namespace, label_selector=selector)
-    secrets = client.CoreV1Api(kube_api).list_namespaced_secret(namespace, label_selector=selector)
+    jobs: Any = client.BatchV1Api(kube_api).list_namespaced_job(namespace, label_selector=selector)
+    secrets: Any = client.CoreV1Api(kube_api).list_namespaced_secret(
+        namespace, label_selector=selector
+    )
     return [f"job/{j.metadata.name}" for j in jobs.items] + [
         f"secret/{s.metadata.name}" for s in secrets.items
     ]
@@ -407,7 +410,7 @@ class StandIn(threading.Thread):
         claims = {v.persistent_volume_claim.claim_name: v.name for v in spec.volumes}
         users = sorted(mounts[claims[c]].removeprefix("/homes/") for c in claims)
         secret_name = container.env_from[0].secret_ref.name
-        secret = core.read_namespaced_secret(secret_name, self.namespace)
+        secret: Any = core.read_namespaced_secret(secret_name, self.namespace)
         self.seen = {
             "job": job.metadata.name,
             "users": users,
@@ -466,7 +469,7 @@ async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
     c, e1, e2, e3 = kube_fleet.cluster, *(kube_fleet.hub(s) for s in ("ea", "eb", "ec"))
     t = now()
     ongoing = {"start": t - timedelta(minutes=30), "end": t + timedelta(hours=2)}
-    events = {
+    events: dict[str, dict[str, Any]] = {
         "ea": {**ongoing, "attendees": 3},
         "eb": {**ongoing, "attendees": 40, "prewarm": {"lead_time": "PT1H", "size": 5}},
         "ec": {
