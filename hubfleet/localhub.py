@@ -87,6 +87,19 @@ KUBERNETES_ONLY_CLASSES = frozenset({"KubeSpawner"})
 #: The idle culler's service name and scopes (as helm/hub grants them).
 CULLER = "idle-culler"
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+#: Runs jupyterhub_idle_culler, exiting when its hub goes: JupyterHub stops its managed
+#: services on a clean shutdown, but a killed hub would leave an orphan culler behind.
+CULLER_MAIN = (
+    "import os, runpy, sys, threading, time\n"
+    "hub = os.getppid()\n"
+    "def watch():\n"
+    "    while os.getppid() == hub:\n"
+    "        time.sleep(1)\n"
+    "    os._exit(0)\n"
+    "threading.Thread(target=watch, daemon=True).start()\n"
+    "sys.argv[0] = 'jupyterhub_idle_culler'\n"
+    "runpy.run_module('jupyterhub_idle_culler', run_name='__main__', alter_sys=True)\n"
+)
 
 
 def local_layers(fleet: Fleet, cluster: str, hub: Hub) -> list[Layer]:
@@ -168,8 +181,8 @@ def hub_config_from_values(values: dict[str, Any]) -> dict[str, Any]:
         hub_cfg = out.setdefault("JupyterHub", {})
         command = [
             sys.executable,
-            "-m",
-            "jupyterhub_idle_culler",
+            "-c",
+            CULLER_MAIN,
             f"--timeout={int(cull['timeout'])}",
             f"--cull-every={int(cull['every'])}",
             f"--max-age={int(cull['maxAge'])}",

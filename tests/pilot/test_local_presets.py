@@ -6,8 +6,11 @@ configurable-http-proxy, jupyterhub-idle-culler."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -32,7 +35,7 @@ def culler_processes(pid: int) -> list[list[str]]:
             cmd = proc.cmdline()
         except (psutil.ZombieProcess, psutil.NoSuchProcess):
             continue  # e.g. the health probe's stopped user server
-        if "jupyterhub_idle_culler" in cmd:
+        if any("jupyterhub_idle_culler" in part for part in cmd):
             found.append(cmd)
     return found
 
@@ -68,6 +71,7 @@ async def test_event_hub_on_local_runs_the_presets_culler(
         services = api.list_services(state.url, stored.token.get_secret_value())
         culler = services["idle-culler"]
         assert culler["command"] and "--timeout=1200" in culler["command"]
+        assert "jupyterhub_idle_culler" in " ".join(culler["command"])
         assert culler["pid"] in {p.pid for p in psutil.Process(state.hub.pid).children()}
         # singleuser memory/cpu of the preset, as (informational) Spawner limits.
         config = hack.config_file.read_text()
@@ -78,6 +82,16 @@ async def test_event_hub_on_local_runs_the_presets_culler(
         assert lab_state is not None and lab_state.hub is not None
         assert culler_processes(lab_state.hub.pid) == []
         assert "idle-culler" not in lab.config_file.read_text()
+
+        # A hub that is killed (not stopped) leaves no orphan culler behind.
+        culler_proc = psutil.Process(culler["pid"])
+        os.kill(state.hub.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and culler_proc.is_running():
+            if culler_proc.status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.2)
+        assert not culler_proc.is_running() or culler_proc.status() == psutil.STATUS_ZOMBIE
     finally:
         hack.stop()
         lab.stop()
