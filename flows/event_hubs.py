@@ -320,20 +320,25 @@ PREWARM_TOLERANCE_S = 60
 
 
 async def set_placeholders(
-    op: Operation, dry_run: bool, *, include: str | None = None, exclude: str | None = None
+    fleet: Fleet,
+    cluster: Cluster,
+    operator: str,
+    dry_run: bool,
+    *,
+    include: str | None = None,
+    exclude: str | None = None,
 ) -> str:
     """Set the cluster's user-placeholder replicas to the sum over its warm events.
 
     Changes (unless dry_run or already right): the support release, through the
     `deploy_support` flow (under the cluster lock). Returns what was (or would be) set.
     """
-    cluster = op.cluster
     present = await helm_present(cluster)
     warm = events.warm_hubs(
         cluster,
         _now(),
         present,
-        await _all_extensions(op.fleet),
+        await _all_extensions(fleet),
         include=include,
         exclude=exclude,
     )
@@ -350,7 +355,7 @@ async def set_placeholders(
     elif total == current:
         line = f"{cluster.name}'s placeholders stay at {total} ({why})"
     else:
-        await deploy_support(cluster.name, operator=op.operator, placeholders=total)
+        await deploy_support(cluster.name, operator=operator, placeholders=total)
         line = f"{cluster.name}'s placeholders {current} -> {total} ({why})"
     get_run_logger().info("pre-warm: %s", line)
     return line
@@ -426,7 +431,7 @@ async def prewarm_capacity(op: Operation, size: int, dry_run: bool) -> str:
         get_run_logger().info("pre-warm %s: %s", op.target, note)
         return note
     assert op.hub is not None
-    return await set_placeholders(op, dry_run, include=op.hub.name)
+    return await set_placeholders(op.fleet, op.cluster, op.operator, dry_run, include=op.hub.name)
 
 
 @flow(name="remind_event_organizers", flow_run_name="remind_event_organizers {cluster}/{hub}")
@@ -638,7 +643,9 @@ async def _expire_helm(
         namespace = await in_thread(kube.namespace_exists, kapi, hub)
         if release is None and not namespace:
             logger.info("%s: no release and no namespace; nothing to expire", op.target)
-            placeholders = await set_placeholders(op, dry_run, exclude=hub)
+            placeholders = await set_placeholders(
+                op.fleet, op.cluster, op.operator, dry_run, exclude=hub
+            )
             await _cleanup_schedule(cluster, hub, dry_run)
             return {
                 "hub": op.target,
@@ -661,7 +668,9 @@ async def _expire_helm(
         )
         logger.info("%s (ended %s): %s", op.target, end.isoformat(), plan)
         if dry_run:
-            placeholders = await set_placeholders(op, True, exclude=hub)
+            placeholders = await set_placeholders(
+                op.fleet, op.cluster, op.operator, True, exclude=hub
+            )
             await acreate_markdown_artifact(
                 key=f"event-expire-{cluster}-{hub}",
                 markdown=f"# Dry run: expire {op.target}\n\nWould: {plan}.\n\n"
@@ -683,7 +692,7 @@ async def _expire_helm(
             removed = await uninstall_helm_hub(helm, kapi, hub, release is not None)
         if await load_ops_token(cluster, hub) is not None:
             await HubOpsToken.adelete(HubOpsToken.block_name(cluster, hub))
-    placeholders = await set_placeholders(op, False, exclude=hub)
+    placeholders = await set_placeholders(op.fleet, op.cluster, op.operator, False, exclude=hub)
     cancelled = await _cleanup_schedule(cluster, hub, dry_run)
     verified = "object count and sizes match the Job's listing; every volume listed"
     verified = verified if exported else "-"
@@ -784,10 +793,13 @@ async def _cleanup_schedule(cluster: str, hub: str, dry_run: bool) -> list[str]:
 async def reap_expired_event_hubs(
     dry_run: bool = False, operator: str | None = None
 ) -> dict[str, Any]:
-    """Hourly: expire event hubs past end + grace that still exist; report overdue creations."""
+    """Hourly: expire event hubs past end + grace that still exist; report overdue creations;
+    keep each Kubernetes cluster's placeholders at the sum over its warm events (an event
+    that ended stops holding capacity before its expiry; a missed pre-warm is caught up)."""
     fleet, who = await _begin_fleet("reap_expired_event_hubs", operator)
     now = _now()
-    items = events.reap_plan(fleet, now, await _present(fleet), await _all_extensions(fleet))
+    present = await _present(fleet)
+    items = events.reap_plan(fleet, now, present, await _all_extensions(fleet))
     failed: list[str] = []
     outcome: dict[str, str] = {}
     for item in items:
@@ -801,7 +813,18 @@ async def reap_expired_event_hubs(
         except Exception as exc:  # one hub's failure must not stop the others
             get_run_logger().error("expiring %s failed: %s", target, exc)
             outcome[target] = f"FAILED: {exc}"
-            failed.append(target)
+            failed.append(f"expiring {target}")
+    warmed: dict[str, str] = {}
+    for cluster in fleet.clusters:
+        observed = [present.get((cluster.name, h.name)) for h in cluster.hubs]
+        if cluster.provider is Provider.local or not any(v is not None for v in observed):
+            continue  # no placeholders on local; an unreachable cluster is reported above
+        try:
+            warmed[cluster.name] = await set_placeholders(fleet, cluster, who, dry_run)
+        except Exception as exc:
+            get_run_logger().error("placeholders of %s: %s", cluster.name, exc)
+            warmed[cluster.name] = f"FAILED: {exc}"
+            failed.append(f"placeholders of {cluster.name}")
     overdue = [f"{i.cluster}/{i.hub}" for i in items if i.verdict is events.Verdict.overdue_create]
     rows = "\n".join(
         f"| {i.cluster}/{i.hub} | {i.verdict.value} | {i.reason} | "
@@ -812,13 +835,14 @@ async def reap_expired_event_hubs(
         key="event-reaper",
         markdown=f"# {'Dry run: ' if dry_run else ''}event hub reaper\n\n"
         f"| hub | verdict | why | outcome |\n|---|---|---|---|\n{rows}\n\n"
-        f"Overdue creations: {', '.join(overdue) or 'none'}\n",
+        f"Overdue creations: {', '.join(overdue) or 'none'}\n\n"
+        + "".join(f"- pre-warm {c}: {line}\n" for c, line in warmed.items()),
         description=f"reaper: {sum(1 for v in outcome.values() if v == 'expired')} expired, "
         f"{len(overdue)} overdue, {len(failed)} failed",
     )
     if failed:
-        raise HubfleetError(f"reaper: expiring {', '.join(failed)} failed; see the runs")
-    return {"outcome": outcome, "overdue": overdue, "dry_run": dry_run}
+        raise HubfleetError(f"reaper: {', '.join(failed)} failed; see the runs")
+    return {"outcome": outcome, "overdue": overdue, "placeholders": warmed, "dry_run": dry_run}
 
 
 @flow(name="sync_event_schedules", flow_run_name="sync_event_schedules")

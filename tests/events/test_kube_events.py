@@ -587,13 +587,17 @@ async def test_failed_export_leaves_the_hub_and_the_reaper_expires_it_later(
         await pc.delete_flow_run(UUID(scheduled.id))
     dry = await reap_expired_event_hubs(dry_run=True, operator="finn")
     assert dry["outcome"][f"{c}/{hub}"] == "would expire"
+    # The event is over: its placeholders would go even before the expiry (dry run: not yet).
+    assert "to 0 (now 2; no warm event)" in dry["placeholders"][c], dry["placeholders"]
     assert release(kube, hub) is not None and export_leftovers(kube_api, hub) == []
+    assert placeholders(kube_api) == 2
 
     stand_in = StandIn(kube_api, hub, s3, homes)
     stand_in.start()
     reaped = await reap_expired_event_hubs(operator="finn")
     stand_in.finish()
     assert reaped["outcome"][f"{c}/{hub}"] == "expired"
+    assert reaped["placeholders"][c] == f"{c}'s placeholders stay at 0 (no warm event)"
     assert release(kube, hub) is None and namespace_phase(kube_api, hub) is None
     assert placeholders(kube_api) == 0
     # The short copy never wrote b.txt: this one is the reaper's export.
