@@ -19,17 +19,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
-from prefect.client.orchestration import get_client
-from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.deploy_hub import Gate, deploy_hub
-from flows.operation import fleet_revision, operator_name, run_tags
+from flows.operation import begin_fleet
 from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.paths import fleet_dir
@@ -62,18 +59,6 @@ class Outcome:
             "outcome": self.outcome,
             "duration s": self.duration_s,
         }
-
-
-async def tag_run(op: str, clusters: list[str], operator: str | None, fleet: Fleet) -> str:
-    """Tag this fleet-wide run like every hubfleet run: op, operator, revision, clusters."""
-    who = operator_name(operator)
-    run_id = flow_run.get_id()
-    if run_id:
-        tags = {t for c in clusters for t in run_tags(op, c, None, who, fleet_revision(fleet.root))}
-        async with get_client() as client:
-            run = await client.read_flow_run(UUID(run_id))
-            await client.update_flow_run(UUID(run_id), tags=sorted(set(run.tags) | tags))
-    return who
 
 
 # --- observing ---------------------------------------------------------------------------
@@ -142,7 +127,7 @@ async def deploy_support(
     `placeholders` sets the user-placeholder replicas (event pre-warming); None keeps them."""
     fleet = load_fleet(fleet_dir())
     spec = fleet.cluster(cluster)
-    await tag_run("deploy_support", [cluster], operator, fleet)
+    await begin_fleet("deploy_support", operator, [cluster])
     access = await ClusterAccess.for_cluster(cluster)
     chart = CHARTS_DIR / "support"
     with (
@@ -306,7 +291,7 @@ async def run_fleet_plan(
     fleet = load_fleet(fleet_dir())
     chosen = select(fleet, selection)
     clusters = [c for c in fleet.clusters if any(name == c.name for name, _ in chosen)]
-    who = await tag_run(op_name, [c.name for c in clusters], operator, fleet)
+    _fleet, who, _revision = await begin_fleet(op_name, operator, [c.name for c in clusters])
 
     deployed: dict[tuple[str, str], str | None] = {}
     orphans: dict[str, list[str]] = {}

@@ -9,16 +9,13 @@ cluster that cannot be planned is reported and does not stop the others.
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 
-from flows.operation import fleet_revision, operator_name
-from hubfleet.loader import load_fleet
+from flows.operation import begin_fleet
 from hubfleet.model import Cluster
-from hubfleet.paths import fleet_dir
 from tasks.cluster_login import provider_credentials_env
 from tasks.terraform import PlanSummary, terraform_init, terraform_plan, workspace
 
@@ -52,19 +49,7 @@ def announce_drift(summary: PlanSummary, revision: str) -> None:
 @flow(name="detect_drift", flow_run_name="detect_drift")
 async def detect_drift(operator: str | None = None) -> list[dict[str, Any]]:
     """Report, per cluster, whether Terraform would change anything (and what)."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    from flows.operation import run_tags
-
-    fleet = load_fleet(fleet_dir())
-    who, revision = operator_name(operator), fleet_revision(fleet.root)
-    run_id = flow_run.get_id()
-    if run_id:  # a fleet-wide operation: tagged like the others, with cluster:all
-        async with get_client() as client:
-            run = await client.read_flow_run(UUID(run_id))
-            tags = set(run.tags) | set(run_tags("detect_drift", "all", None, who, revision))
-            await client.update_flow_run(UUID(run_id), tags=sorted(tags))
+    fleet, _who, revision = await begin_fleet("detect_drift", operator)
     logger = get_run_logger()
     rows: list[dict[str, Any]] = []
     for cluster in fleet.clusters:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -101,21 +102,55 @@ def run_tags(op: str, cluster: str, hub: str | None, operator: str, revision: st
     return tags
 
 
-async def begin(op: str, cluster: str, hub: str | None, operator: str | None) -> Operation:
-    """Load the fleet, resolve the target, tag the current run. Raises on a bad target."""
-    fleet = current_fleet()
-    cluster_spec = fleet.cluster(cluster)
-    hub_spec = cluster_spec.hub(hub) if hub else None
+async def _tag_current_run(operator: str | None, tags_for: Callable[[str], list[str]]) -> str:
+    """Add `tags_for(who)` to the current flow run's tags; return who started it.
+
+    A deployment run that names no operator was started by its schedule or from the UI/API
+    (see `deployment_run_operator`); anything else is the `operator` parameter or $USER.
+    """
     who = operator_name(operator)
-    revision = fleet_revision(fleet.root)
     run_id = flow_run.get_id()
     if run_id:
         async with get_client() as client:
             run = await client.read_flow_run(UUID(run_id))
             if operator is None and run.deployment_id is not None:
                 who = deployment_run_operator(run)
-            tags = sorted(set(run.tags) | set(run_tags(op, cluster, hub, who, revision)))
+            tags = sorted(set(run.tags) | set(tags_for(who)))
             await client.update_flow_run(UUID(run_id), tags=tags)
+    return who
+
+
+async def begin_fleet(
+    op: str, operator: str | None, clusters: list[str] | None = None
+) -> tuple[Fleet, str, str]:
+    """`begin` for operations on the whole fleet or several clusters: tag the current run
+    with op, operator, revision and a `cluster:` tag per cluster (none for the whole fleet).
+    Returns the fleet, who started the run, and the fleet revision."""
+    fleet = current_fleet()
+    revision = fleet_revision(fleet.root)
+
+    def tags_for(who: str) -> list[str]:
+        tags = {t for t in run_tags(op, "-", None, who, revision) if t != "cluster:-"}
+        return sorted(tags | {f"cluster:{c}" for c in clusters or ()})
+
+    who = await _tag_current_run(operator, tags_for)
+    get_run_logger().info(
+        "%s on %s by %s (fleet revision %s)",
+        op,
+        ", ".join(clusters) if clusters else "the fleet",
+        who,
+        revision,
+    )
+    return fleet, who, revision
+
+
+async def begin(op: str, cluster: str, hub: str | None, operator: str | None) -> Operation:
+    """Load the fleet, resolve the target, tag the current run. Raises on a bad target."""
+    fleet = current_fleet()
+    cluster_spec = fleet.cluster(cluster)
+    hub_spec = cluster_spec.hub(hub) if hub else None
+    revision = fleet_revision(fleet.root)
+    who = await _tag_current_run(operator, lambda who: run_tags(op, cluster, hub, who, revision))
     get_run_logger().info(
         "%s on %s by %s (fleet revision %s)",
         op,
