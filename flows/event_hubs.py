@@ -57,7 +57,7 @@ from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health
 from flows.deploy_fleet import _current_placeholders, deploy_support
 from flows.deploy_hub import deploy_hub
-from flows.operation import Operation, begin, fleet_revision, operator_name, run_tags
+from flows.operation import Operation, begin, begin_fleet
 from flows.teardown_hub import teardown_hub
 from hubfleet import events
 from hubfleet.errors import HubfleetError
@@ -70,9 +70,8 @@ from hubfleet.events import (
     ScheduledRun,
     WantedRun,
 )
-from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
-from hubfleet.paths import data_dir, fleet_dir
+from hubfleet.paths import data_dir
 from hubfleet.values import OPS_TOKEN_SECRET
 from tasks import helm as helm_tasks
 from tasks import jupyterhub_api as api
@@ -246,21 +245,6 @@ def _bullets(done: dict[str, list[str]]) -> str:
 
 
 # --- fleet-wide runs -------------------------------------------------------------------
-
-
-async def _begin_fleet(op: str, operator: str | None) -> tuple[Fleet, str]:
-    """Like `flows.operation.begin`, for operations on the whole fleet (no cluster tag)."""
-    fleet = load_fleet(fleet_dir())
-    who = operator_name(operator)
-    revision = fleet_revision(fleet.root)
-    run_id = flow_run.get_id()
-    if run_id:
-        async with get_client() as client:
-            run = await client.read_flow_run(UUID(run_id))
-            tags = {t for t in run_tags(op, "fleet", None, who, revision) if t != "cluster:fleet"}
-            await client.update_flow_run(UUID(run_id), tags=sorted(set(run.tags) | tags))
-    get_run_logger().info("%s on the fleet by %s (fleet revision %s)", op, who, revision)
-    return fleet, who
 
 
 async def helm_present(cluster: Cluster) -> dict[str, bool]:
@@ -796,7 +780,7 @@ async def reap_expired_event_hubs(
     """Hourly: expire event hubs past end + grace that still exist; report overdue creations;
     keep each Kubernetes cluster's placeholders at the sum over its warm events (an event
     that ended stops holding capacity before its expiry; a missed pre-warm is caught up)."""
-    fleet, who = await _begin_fleet("reap_expired_event_hubs", operator)
+    fleet, who, _revision = await begin_fleet("reap_expired_event_hubs", operator)
     now = _now()
     present = await _present(fleet)
     items = events.reap_plan(fleet, now, present, await _all_extensions(fleet))
@@ -851,7 +835,7 @@ async def sync_event_schedules(
 ) -> dict[str, Any]:
     """Make the scheduled runs match the fleet: new events scheduled, changed ones moved,
     removed ones cancelled."""
-    fleet, who = await _begin_fleet("sync_event_schedules", operator)
+    fleet, who, _revision = await begin_fleet("sync_event_schedules", operator)
     now = _now()
     for cluster in fleet.clusters:  # a cloud event without an export target fails here, early
         for hub in cluster.hubs:
