@@ -236,6 +236,7 @@ class KubeHubSecretRotator(Rotator):
 
     kind = CredentialKind.hub_secret
     revoke_grace_seconds = ROLLOUT_SECONDS
+    store_name = "hub's Kubernetes Secret"
 
     def __init__(self, cluster: str, hub: str, kubeconfig: SecretStr, context: str):
         super().__init__(cluster, hub)
@@ -427,6 +428,7 @@ class LocalHubSecretRotator(Rotator):
 
     kind = CredentialKind.hub_secret
     revoke_grace_seconds = 5.0
+    store_name = "hub's cookie secret file"
 
     def __init__(self, fleet: Fleet, cluster: str, hub: str):
         from tasks.local_hub import local_hub

@@ -70,6 +70,8 @@ class Rotator(ABC):
     kind: CredentialKind
     #: How long `verify_refused` waits for a revocation to be enforced (caches, replicas).
     revoke_grace_seconds: float = 20.0
+    #: Where `store` keeps the current credential, as the run's messages name it.
+    store_name: str = "block"
 
     def __init__(self, cluster: str, hub: str | None = None):
         self.cluster = cluster
@@ -186,7 +188,7 @@ async def store_credential(label: str) -> None:
     assert rotation.new is not None
     await rotation.rotator.store(rotation.new, rotation.old)
     rotation.stored = True
-    get_run_logger().info("stored %s in its block", rotation.new.ident)
+    get_run_logger().info("stored %s in its %s", rotation.new.ident, rotation.rotator.store_name)
 
 
 @store_credential.on_rollback  # type: ignore[arg-type]  # async hooks are awaited
@@ -195,7 +197,7 @@ async def _restore_old(txn: Transaction) -> None:
     if rotation.stored:
         await _undo(
             rotation,
-            f"restored {rotation.old.ident} in the block",
+            f"restored {rotation.old.ident} in the {rotation.rotator.store_name}",
             rotation.rotator.restore(rotation.old),
         )
 

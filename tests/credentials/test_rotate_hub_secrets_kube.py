@@ -273,7 +273,7 @@ async def test_failure_after_create_restores_the_old_secret_and_says_so(
         await rotate_credentials(scope=f"hub-secret:{cluster}/{hub}")
     message = str(failed.value)
     assert "injected fault" in message
-    assert f"restored {old_ident[0]} in the block" in message
+    assert f"restored {old_ident[0]} in the hub's Kubernetes Secret" in message
     assert f"checked: the old credential {old_ident[0]} works" in message
 
     # The Secret is exactly as before (no cookie secret key added, no rotated-at), and the
