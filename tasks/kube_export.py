@@ -5,10 +5,11 @@ On Kubernetes the homes are per-user PVCs in the hub's namespace (KubeSpawner's
 read them, so the copy is a Job in that namespace: it mounts every user PVC read-only at
 `/homes/<user>`, lists what it sees (`hubfleet-source.json`, rclone's `lsjson` of
 `/homes`), copies `/homes` to the bucket with rclone (symlinks skipped, never followed),
-and uploads the listing last. The flow then proves the copy with its own client
-(`tasks.export.destination`): every file of the listing is in the bucket with its size,
-and every user PVC appears in the listing. Only then is `hubfleet-export.json` written and
-the hub may be removed.
+and uploads the listing last. Any rclone error fails the pod (the Job retries it, then
+fails), so a copy that could not read a file never counts as done. The flow then proves
+the copy with its own client (`tasks.export.destination`): every file of the listing is in
+the bucket with its size, and every user PVC appears in the listing. Only then is
+`hubfleet-export.json` written and the hub may be removed.
 
 The cloud login comes from the same Prefect block as on `local` (`event.export.credentials`)
 and reaches the Job only through a Kubernetes Secret created for it (rclone's environment
@@ -39,17 +40,24 @@ EXPORT_LABEL = "hubfleet.io/component"
 EXPORT_VALUE = "export"
 #: What the Job lists before copying (rclone lsjson of /homes), uploaded after the copy.
 SOURCE_LISTING = "hubfleet-source.json"
-#: rclone speaks S3, Azure blob and GCS with one CLI and one script.
-RCLONE_IMAGE = "rclone/rclone:1.69"
+#: rclone speaks S3, Azure blob and GCS with one CLI and one script. Pinned (never a
+#: floating tag): the tests run the Job's script with rclone built at this same version
+#: (hubfleet/testenv/versions.toml; a unit test checks they agree).
+RCLONE_VERSION = "1.76.0"
+RCLONE_IMAGE = f"rclone/rclone:{RCLONE_VERSION}"
+#: Where the Job mounts the homes (`/homes/<user>`); the script reads it from $HUBFLEET_HOMES.
+HOMES_ROOT = "/homes"
 #: KubeSpawner's labels for user PVCs and user server pods.
 USER_STORAGE_SELECTOR = "component=singleuser-storage"
 USER_SERVER_SELECTOR = "component=singleuser-server"
 USERNAME_LABEL = "hub.jupyter.org/username"
 
-_SCRIPT = """set -eu
-rclone lsjson -R --skip-links /homes > /tmp/source.json
-rclone copy --skip-links /homes "$HUBFLEET_EXPORT_REMOTE"
-rclone copyto /tmp/source.json "$HUBFLEET_EXPORT_REMOTE/hubfleet-source.json"
+#: The container's script: list, copy, then upload the listing (its presence means "done").
+SCRIPT = f"""set -eu
+listing="$(mktemp)"
+rclone lsjson -R --skip-links "$HUBFLEET_HOMES" > "$listing"
+rclone copy --skip-links "$HUBFLEET_HOMES" "$HUBFLEET_EXPORT_REMOTE"
+rclone copyto "$listing" "$HUBFLEET_EXPORT_REMOTE/{SOURCE_LISTING}"
 """
 
 
@@ -143,15 +151,10 @@ def credential_env(url: str, block: Any) -> dict[str, str]:
     if scheme == "az":
         if block is None or block.connection_string is None:
             return {"RCLONE_AZUREBLOB_ENV_AUTH": "true"}
-        parts = dict(
-            p.split("=", 1)
-            for p in block.connection_string.get_secret_value().split(";")
-            if "=" in p
-        )
-        env["RCLONE_AZUREBLOB_ACCOUNT"] = parts.get("AccountName", "")
-        env["RCLONE_AZUREBLOB_KEY"] = parts.get("AccountKey", "")
-        if parts.get("BlobEndpoint"):
-            env["RCLONE_AZUREBLOB_ENDPOINT"] = parts["BlobEndpoint"]
+        # rclone takes the connection string as is, like azure-storage-blob does in
+        # `verify_bucket`: account key or SAS, BlobEndpoint (Azurite, private endpoints) or
+        # EndpointSuffix (sovereign clouds) all reach the Job unchanged.
+        env["RCLONE_AZUREBLOB_CONNECTION_STRING"] = block.connection_string.get_secret_value()
         return env
     if scheme == "gs":
         info = getattr(block, "service_account_info", None) if block else None
@@ -197,10 +200,11 @@ def job_manifest(
                         {
                             "name": "export",
                             "image": RCLONE_IMAGE,
-                            "command": ["/bin/sh", "-c", _SCRIPT],
+                            "command": ["/bin/sh", "-c", SCRIPT],
                             "env": [
                                 {"name": "HUBFLEET_EXPORT_URL", "value": url},
                                 {"name": "HUBFLEET_EXPORT_REMOTE", "value": rclone_remote(url)},
+                                {"name": "HUBFLEET_HOMES", "value": HOMES_ROOT},
                                 {"name": "HOME", "value": "/tmp"},
                             ],
                             "envFrom": [{"secretRef": {"name": secret}}],
@@ -210,7 +214,11 @@ def job_manifest(
                                 "capabilities": {"drop": ["ALL"]},
                             },
                             "volumeMounts": [
-                                {"name": v.claim, "mountPath": f"/homes/{v.user}", "readOnly": True}
+                                {
+                                    "name": v.claim,
+                                    "mountPath": f"{HOMES_ROOT}/{v.user}",
+                                    "readOnly": True,
+                                }
                                 for v in volumes
                             ],
                         }

@@ -3,7 +3,7 @@
 No container runtime runs on the CI machines and no binary may be downloaded, but the
 Go module proxy is reachable. So every Go program is compiled from its module:
 
-* helm and kwok: plain ``go install <module>/cmd/<x>@<version>`` (GOBIN = a temp dir).
+* helm, kwok and rclone: plain ``go install <module>/cmd/<x>@<version>`` (GOBIN = a temp dir).
 * kube-apiserver, kube-controller-manager, kube-scheduler: ``k8s.io/kubernetes`` has
   ``replace`` directives to its in-repo staging modules, so ``go install ...@version``
   refuses it. We write a small wrapper module that requires ``k8s.io/kubernetes vX.Y.Z``
@@ -54,6 +54,7 @@ TOOLS = (
     "etcd",
     "kwok",
     "helm",
+    "rclone",
     "terraform",
 )
 
@@ -350,6 +351,39 @@ def build_helm(version: str, progress: Progress = print) -> Path:
     return dest
 
 
+def build_rclone(version: str, progress: Progress = print) -> Path:
+    """rclone, the export Job's program (the tests run the Job's script with it)."""
+    dest = bin_dir() / f"rclone-{version}"
+    if dest.exists():
+        return dest
+    go = check_go()
+    t0 = time.monotonic()
+    progress(f"  rclone {version}: go install github.com/rclone/rclone@v{version} ...")
+    with tempfile.TemporaryDirectory(prefix="hubfleet-build-") as tmp:
+        env = _go_env() | {"GOBIN": tmp}
+        env["GOFLAGS"] = os.environ.get("GOFLAGS", "")  # -mod=mod is not allowed with pkg@version
+        _run(
+            "rclone",
+            version,
+            [
+                go,
+                "install",
+                "-p",
+                GO_BUILD_PARALLELISM,
+                "-trimpath",
+                "-ldflags",
+                f"-s -w -X github.com/rclone/rclone/fs.Version=v{version}",
+                f"github.com/rclone/rclone@v{version}",
+            ],
+            cwd=Path(tmp),
+            env=env,
+            log=cache_dir() / "logs" / f"rclone-{version}.log",
+        )
+        _install("rclone", Path(tmp) / "rclone", dest)
+    _record_build("rclone", version, time.monotonic() - t0)
+    return dest
+
+
 def kwok_stages_file(version: str) -> Path:
     """kwok's default node/pod Stage objects, extracted at build time from the same module
     version. Standalone ``kwok`` has no built-in stages (kwokctl normally writes them)."""
@@ -632,6 +666,10 @@ def ensure_tools(progress: Progress = print) -> dict[str, Path]:
         ),
         ("kwok", lambda: tools.__setitem__("kwok", build_kwok(v["kwok"]["version"], progress))),
         ("helm", lambda: tools.__setitem__("helm", build_helm(v["helm"]["version"], progress))),
+        (
+            "rclone",
+            lambda: tools.__setitem__("rclone", build_rclone(v["rclone"]["version"], progress)),
+        ),
         ("terraform", lambda: tools.__setitem__("terraform", find_or_build_terraform(v, progress))),
     ]
     for name, step in steps:

@@ -7,7 +7,7 @@ never skip, when a build or start fails: a green run means the real thing was ex
 
 Fixtures: ``testenv_tools`` (tool -> binary), ``kube`` (a running ControlPlane),
 ``kube_api`` (kubernetes.client.ApiClient as cluster admin), ``kube_namespace`` (a fresh
-namespace per test), ``helm``, ``terraform_bin``, ``moto_server``, ``azurite``.
+namespace per test), ``helm``, ``rclone``, ``terraform_bin``, ``moto_server``, ``azurite``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def testenv_tools(pytestconfig) -> dict[str, Path]:
     """Tool name -> binary: kube-apiserver, kube-controller-manager, kube-scheduler, etcd,
-    kwok, helm, terraform."""
+    kwok, helm, rclone, terraform."""
     result = pytestconfig.stash.get(_TOOLS_KEY, None)
     if result is None:
         try:
@@ -108,6 +108,13 @@ def kube_namespace(kube_api) -> Iterator[str]:
 def helm(testenv_tools) -> Path:
     """Path of the helm binary built from helm.sh/helm/v3."""
     return testenv_tools["helm"]
+
+
+@pytest.fixture(scope="session")
+def rclone(testenv_tools) -> Path:
+    """Path of the rclone binary built from github.com/rclone/rclone (the export Job's
+    program, at the version of the Job's image)."""
+    return testenv_tools["rclone"]
 
 
 @pytest.fixture(scope="session")

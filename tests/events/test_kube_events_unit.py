@@ -3,6 +3,7 @@ export target check, and the export Job's spec and environment (no secret in the
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -99,7 +100,23 @@ def test_export_job_mounts_every_home_read_only_and_holds_no_secret() -> None:
     assert container["envFrom"] == [{"secretRef": {"name": "hubfleet-export-s"}}]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["HUBFLEET_EXPORT_REMOTE"] == ":s3:b/p/k/h/S"
+    # The script reads the mount root from the env (the integration test's stand-in points
+    # it at a temp dir), and no secret is in the spec: it comes from the Secret only.
+    assert env["HUBFLEET_HOMES"] == "/homes" and "/homes" not in container["command"][-1]
+    assert not any(k.startswith("RCLONE_") for k in env)
     assert job["spec"]["activeDeadlineSeconds"] == 600 and pod["restartPolicy"] == "Never"
+
+
+def test_export_job_image_is_the_rclone_the_tests_build() -> None:
+    """A floating image tag would run an rclone the tests never ran; the pinned tag must be
+    the version hubfleet/testenv/versions.toml builds for the integration tests."""
+    from hubfleet.testenv.build import load_versions
+
+    job = job_manifest("j", "s3://b/p", [UserVolume("claim-a", "a")], "j", 600)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    version = load_versions()["rclone"]["version"]
+    assert container["image"] == f"rclone/rclone:{version}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
 
 
 def test_credential_env_from_the_blocks() -> None:
@@ -124,11 +141,11 @@ def test_credential_env_from_the_blocks() -> None:
             "BlobEndpoint=http://127.0.0.1:10000/dev;"
         )
     )
+    # The connection string reaches rclone whole (endpoint, key or SAS, endpoint suffix).
     assert credential_env("az://c/p", azure) == {
-        "RCLONE_AZUREBLOB_ACCOUNT": "dev",
-        "RCLONE_AZUREBLOB_KEY": "a2V5",
-        "RCLONE_AZUREBLOB_ENDPOINT": "http://127.0.0.1:10000/dev",
+        "RCLONE_AZUREBLOB_CONNECTION_STRING": azure.connection_string.get_secret_value()
     }
+    assert credential_env("az://c/p", None) == {"RCLONE_AZUREBLOB_ENV_AUTH": "true"}
     assert credential_env("gs://b/p", None)["RCLONE_GCS_ENV_AUTH"] == "true"
     with pytest.raises(ExportFailed, match="use s3://, az:// or gs://"):
         rclone_remote("file:///tmp/x")
