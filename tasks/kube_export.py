@@ -55,6 +55,7 @@ USERNAME_LABEL = "hub.jupyter.org/username"
 #: The container's script: list, copy, then upload the listing (its presence means "done").
 SCRIPT = f"""set -eu
 listing="$(mktemp)"
+trap 'rm -f "$listing"' EXIT
 rclone lsjson -R --skip-links "$HUBFLEET_HOMES" > "$listing"
 rclone copy --skip-links "$HUBFLEET_HOMES" "$HUBFLEET_EXPORT_REMOTE"
 rclone copyto "$listing" "$HUBFLEET_EXPORT_REMOTE/{SOURCE_LISTING}"

@@ -48,3 +48,4 @@ def test_cached_binaries_are_reused(testenv_tools):
     k = versions["kubernetes"]["version"]
     assert again["kube-apiserver"] == build.bin_dir() / f"kube-apiserver-{k}"
     assert again["helm"].name == f"helm-{versions['helm']['version']}"
+    assert again["rclone"].name == f"rclone-{versions['rclone']['version']}"
