@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 
@@ -36,6 +35,7 @@ from flows.rotate_credentials import RotationsFailed, rotate_credentials
 from hubfleet.cli_credentials import inventory_table, read_inventory
 from hubfleet.credentials import CredentialKind, Status
 from hubfleet.loader import load_fleet
+from hubfleet.testenv.volumes import create_volumes
 from tasks.hub_secrets import VERSION, KubeHubSecretRotator, version_of
 from tasks.rotation import CredentialRefused, Issued
 
@@ -45,22 +45,7 @@ pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server")]
 @pytest.fixture(scope="session")
 def hub_pvs(kube_api: client.ApiClient) -> None:
     """Volumes for the hubs' database PVCs (the test cluster has no provisioner)."""
-    core = client.CoreV1Api(kube_api)
-    for i in range(8):
-        body = client.V1PersistentVolume(
-            metadata=client.V1ObjectMeta(name=f"hubfleet-cred-pv-{i}"),
-            spec=client.V1PersistentVolumeSpec(
-                capacity={"storage": "5Gi"},
-                access_modes=["ReadWriteOnce"],
-                host_path=client.V1HostPathVolumeSource(path=f"/tmp/hubfleet-cred-pv-{i}"),
-                persistent_volume_reclaim_policy="Retain",
-            ),
-        )
-        try:
-            core.create_persistent_volume(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+    create_volumes(kube_api, "hubfleet-cred-pv", 8)
 
 
 @pytest.fixture

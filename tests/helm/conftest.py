@@ -16,6 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from blocks.cluster_access import ClusterAccess
+from hubfleet.testenv.volumes import create_volumes
 from tasks.local_hub import LocalHub
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,22 +77,7 @@ def kube_fleet(tmp_path, monkeypatch, kube, prefect_server, pvs) -> Path:
 @pytest.fixture(scope="session")
 def pvs(kube_api) -> None:
     """Volumes for hub databases: the test cluster has no provisioner, so PVCs bind these."""
-    core = client.CoreV1Api(kube_api)
-    for i in range(60):
-        body = client.V1PersistentVolume(
-            metadata=client.V1ObjectMeta(name=f"hubfleet-test-pv-{i}"),
-            spec=client.V1PersistentVolumeSpec(
-                capacity={"storage": "5Gi"},
-                access_modes=["ReadWriteOnce"],
-                host_path=client.V1HostPathVolumeSource(path=f"/tmp/hubfleet-test-pv-{i}"),
-                persistent_volume_reclaim_policy="Retain",
-            ),
-        )
-        try:
-            core.create_persistent_volume(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+    create_volumes(kube_api, "hubfleet-test-pv", 60)
 
 
 @pytest.fixture(scope="session")

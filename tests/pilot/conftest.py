@@ -39,6 +39,8 @@ def write_pilot_fleet(root: Path, provider: str, cluster: str = CLUSTER) -> Path
 
 import pytest  # noqa: E402
 
+from hubfleet.testenv.volumes import create_volumes  # noqa: E402
+
 
 @pytest.fixture
 def pilot_fleet(tmp_path: Path):
@@ -51,25 +53,7 @@ def pilot_fleet(tmp_path: Path):
 @pytest.fixture(scope="session")
 def pilot_pvs(kube_api) -> None:
     """Volumes for hub databases (the test cluster has no provisioner; PVCs bind these)."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    core = client.CoreV1Api(kube_api)
-    for i in range(8):
-        body = client.V1PersistentVolume(
-            metadata=client.V1ObjectMeta(name=f"hubfleet-pilot-pv-{i}"),
-            spec=client.V1PersistentVolumeSpec(
-                capacity={"storage": "5Gi"},
-                access_modes=["ReadWriteOnce"],
-                host_path=client.V1HostPathVolumeSource(path=f"/tmp/hubfleet-pilot-pv-{i}"),
-                persistent_volume_reclaim_policy="Delete",
-            ),
-        )
-        try:
-            core.create_persistent_volume(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+    create_volumes(kube_api, "hubfleet-pilot-pv", 8, reclaim="Delete")
 
 
 @pytest.fixture
