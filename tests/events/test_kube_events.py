@@ -19,7 +19,12 @@ Fakes, only where nothing real can run here:
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -56,7 +61,7 @@ from flows.event_hubs import (
 from hubfleet.events import NotExpirable
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
-from tasks.kube_export import EXPORT_LABEL, SOURCE_LISTING
+from tasks.kube_export import EXPORT_LABEL, HOMES_ROOT, RCLONE_VERSION, SOURCE_LISTING
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server", "event_deployments")]
 
@@ -363,19 +368,54 @@ async def runs_of(flow_name: str, hub_tag: str) -> list:
 # --- the stand-in for the export Job's container ----------------------------------------------
 
 
+@pytest.fixture(scope="session")
+def rclone_bin_dir(rclone: Path) -> Iterator[Path]:
+    """A directory holding `rclone` (the binary built at the Job image's version) that the
+    Job's user (uid 1000) can reach: the tool cache under the home directory may not be."""
+    d = Path(tempfile.mkdtemp(prefix="hubfleet-rclone-"))
+    d.chmod(0o755)
+    try:
+        os.link(rclone, d / "rclone")
+    except OSError:  # another filesystem
+        shutil.copy2(rclone, d / "rclone")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 class StandIn(threading.Thread):
-    """Plays the export Job's container (nothing runs in a kwok pod): reads the Job's spec,
-    copies the mounted users' files (`homes`, test data) and the listing to the bucket with
-    boto3, then removes the pod's scheduling gate so kwok completes it. With `short`, the
-    last file is listed but not uploaded (a copy that lost a file)."""
+    """Plays the kubelet and the export Job's container (nothing runs in a kwok pod).
+
+    For each pod of the Job (held by the test's scheduling gate) it does what the kubelet
+    would: takes the container's `command`/`args` and `env`, with `envFrom` read from the
+    Job's Secret through the Kubernetes API (env wins over envFrom, as in a pod); lays out
+    the mounted users' files (`homes`, test data: kwok volumes hold none) in a temp dir, one
+    directory per volume mount; and runs the command with the real rclone (built at the
+    image's version) first on PATH, as the pod's `runAsUser`/`runAsGroup` when the test runs
+    as root. The one substitution: the mount root. The Job's script reads it from
+    `$HUBFLEET_HOMES` (`/homes` in the spec), which the stand-in sets to the temp dir; the
+    script text is run unchanged. Exit 0: the gate is removed and kwok completes the pod, so
+    the Job succeeds. Otherwise the pod's status is set to Failed with the exit code (as the
+    kubelet reports a failed container), and the Job controller retries or fails the Job.
+
+    `unreadable`: paths (`user/file`) created with mode 000, a file the Job's user cannot
+    read. With root-run tests this needs the user switch above; otherwise the owner cannot
+    read a mode 000 file either.
+    """
 
     def __init__(
-        self, kube_api, namespace: str, s3: Any, homes: dict[str, dict[str, bytes]], short=False
+        self,
+        kube_api,
+        namespace: str,
+        homes: dict[str, dict[str, bytes]],
+        bin_dir: Path,
+        unreadable: tuple[str, ...] = (),
     ):
         super().__init__(daemon=True)
-        self.kube_api, self.namespace, self.s3 = kube_api, namespace, s3
-        self.homes, self.short = homes, short
-        self.seen: dict[str, Any] = {}
+        self.kube_api, self.namespace, self.homes = kube_api, namespace, homes
+        self.bin_dir, self.unreadable = bin_dir, unreadable
+        self.seen: dict[str, Any] = {"runs": []}
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -385,7 +425,8 @@ class StandIn(threading.Thread):
             self.error = exc
 
     def finish(self) -> dict[str, Any]:
-        self.join(60)
+        self.join(120)
+        assert not self.is_alive(), "the stand-in did not finish within 120s"
         if self.error:
             raise self.error
         return self.seen
@@ -401,56 +442,132 @@ class StandIn(threading.Thread):
             ),
             timeout=120,
         )
-        spec = job.spec.template.spec
-        container = spec.containers[0]
-        env = {e.name: e.value for e in container.env or []}
-        url = urlparse(env["HUBFLEET_EXPORT_URL"])
-        bucket, prefix = url.netloc, url.path.strip("/")
-        mounts = {m.name: m.mount_path for m in container.volume_mounts}
-        claims = {v.persistent_volume_claim.claim_name: v.name for v in spec.volumes}
-        users = sorted(mounts[claims[c]].removeprefix("/homes/") for c in claims)
+        name = job.metadata.name
+        container = job.spec.template.spec.containers[0]
         secret_name = container.env_from[0].secret_ref.name
         secret: Any = core.read_namespaced_secret(secret_name, self.namespace)
-        self.seen = {
-            "job": job.metadata.name,
-            "users": users,
-            "read_only": all(m.read_only for m in container.volume_mounts),
-            "secret_keys": sorted(secret.data or {}),
-            "secret_owner": [o.kind for o in secret.metadata.owner_references or []],
-            "image": container.image,
+        self.seen.update(
+            job=name,
+            read_only=all(m.read_only for m in container.volume_mounts),
+            secret_keys=sorted(secret.data or {}),
+            secret_owner=[o.kind for o in secret.metadata.owner_references or []],
+            image=container.image,
+        )
+        done: set[str] = set()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                current: Any = batch.read_namespaced_job_status(name, self.namespace)
+            except ApiException as exc:
+                if exc.status == 404:  # the flow deleted it: finished
+                    return
+                raise
+            if any(
+                c.type in ("Complete", "Failed") and c.status == "True"
+                for c in current.status.conditions or []
+            ):
+                return
+            pods: Any = core.list_namespaced_pod(self.namespace, label_selector=f"job-name={name}")
+            for pod in pods.items:
+                gated = [g.name for g in pod.spec.scheduling_gates or []]
+                if pod.metadata.uid in done or GATE not in gated:
+                    continue
+                done.add(pod.metadata.uid)
+                self.seen["gated"] = gated
+                self._run_pod(core, pod)
+            time.sleep(0.5)
+        raise AssertionError(f"export Job {name} did not finish within 240s")
+
+    def _env(self, core: Any, container: Any) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for source in container.env_from or []:
+            assert source.secret_ref, f"stand-in cannot play envFrom {source}"
+            sec: Any = core.read_namespaced_secret(source.secret_ref.name, self.namespace)
+            for key, value in (sec.data or {}).items():
+                env[(source.prefix or "") + key] = base64.b64decode(value).decode()
+        for var in container.env or []:
+            assert var.value_from is None, f"stand-in cannot play valueFrom {var}"
+            env[var.name] = var.value or ""
+        return env
+
+    def _run_pod(self, core: Any, pod: Any) -> None:
+        spec = pod.spec
+        (container,) = spec.containers
+        env = self._env(core, container)
+        env["PATH"] = f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin"
+        root = Path(tempfile.mkdtemp(prefix="hubfleet-homes-"))
+        try:
+            root.chmod(0o755)
+            # The one substitution: the mount root (/homes in the Job) is the temp dir.
+            assert env.get("HUBFLEET_HOMES") == HOMES_ROOT, env.get("HUBFLEET_HOMES")
+            env["HUBFLEET_HOMES"] = str(root)
+            users = []
+            for mount in container.volume_mounts:
+                assert mount.mount_path.startswith(HOMES_ROOT + "/"), mount.mount_path
+                user = mount.mount_path.removeprefix(HOMES_ROOT + "/")
+                users.append(user)
+                self._lay_out(root / user, user)
+            ctx = spec.security_context
+            as_user: dict[str, Any] = {}
+            if os.geteuid() == 0 and ctx is not None and ctx.run_as_user is not None:
+                as_user = {"user": ctx.run_as_user, "group": ctx.run_as_group}
+                if ctx.fs_group is not None:
+                    as_user["extra_groups"] = [ctx.fs_group]
+            proc = subprocess.run(
+                [*(container.command or []), *(container.args or [])],
+                env=env,
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                **as_user,
+            )
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        self.seen["users"] = sorted(users)
+        self.seen["runs"].append({"exit": proc.returncode, "output": proc.stdout + proc.stderr})
+        if proc.returncode == 0:
+            # Done copying: let the pod run (kwok completes it; the Job succeeds).
+            core.patch_namespaced_pod(
+                pod.metadata.name,
+                self.namespace,
+                [{"op": "remove", "path": "/spec/schedulingGates"}],
+            )
+            return
+        stamp = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        terminated = {
+            "exitCode": proc.returncode,
+            "reason": "Error",
+            "startedAt": stamp,
+            "finishedAt": stamp,
         }
-        listing: list[dict[str, Any]] = []
-        uploads = []
-        for user in users:
-            listing.append({"Path": user, "Name": user, "Size": -1, "IsDir": True})
-            for path, data in sorted(self.homes.get(user, {}).items()):
-                rel = f"{user}/{path}"
-                listing.append({"Path": rel, "Name": path, "Size": len(data), "IsDir": False})
-                uploads.append((rel, data))
-        if self.short:
-            uploads = uploads[:-1]
-        for rel, data in uploads:
-            self.s3.put_object(Bucket=bucket, Key=f"{prefix}/{rel}", Body=data)
-        self.s3.put_object(
-            Bucket=bucket, Key=f"{prefix}/{SOURCE_LISTING}", Body=json.dumps(listing).encode()
+        core.patch_namespaced_pod_status(
+            pod.metadata.name,
+            self.namespace,
+            {
+                "status": {
+                    "phase": "Failed",
+                    "containerStatuses": [
+                        {
+                            "name": container.name,
+                            "image": container.image,
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {"terminated": terminated},
+                        }
+                    ],
+                }
+            },
         )
-        # Done copying: let the pod run (kwok completes it; the Job succeeds).
-        pod = wait_for(
-            "the export pod",
-            lambda: next(
-                iter(
-                    core.list_namespaced_pod(
-                        self.namespace, label_selector=f"job-name={job.metadata.name}"
-                    ).items
-                ),
-                None,
-            ),
-            timeout=60,
-        )
-        self.seen["gated"] = [g.name for g in pod.spec.scheduling_gates or []]
-        core.patch_namespaced_pod(
-            pod.metadata.name, self.namespace, [{"op": "remove", "path": "/spec/schedulingGates"}]
-        )
+
+    def _lay_out(self, home: Path, user: str) -> None:
+        home.mkdir(mode=0o755)
+        for rel, data in self.homes.get(user, {}).items():
+            path = home / rel
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            path.write_bytes(data)
+            path.chmod(0o000 if f"{user}/{rel}" in self.unreadable else 0o644)
 
 
 HOMES = {
@@ -463,7 +580,7 @@ HOMES = {
 
 
 async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
-    kube_fleet: KubeFleet, kube, kube_api, bucket, export_gate, moto_server
+    kube_fleet: KubeFleet, kube, kube_api, bucket, export_gate, moto_server, rclone_bin_dir
 ) -> None:
     s3, bucket_name = bucket
     c, e1, e2, e3 = kube_fleet.cluster, *(kube_fleet.hub(s) for s in ("ea", "eb", "ec"))
@@ -519,21 +636,32 @@ async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
     assert placeholders(kube_api) == 8 and bucket_keys(s3, bucket_name) == {}
     assert export_leftovers(kube_api, e1) == []
 
-    # Expire: the Job (played by the stand-in) copies, the flow verifies, then removes.
-    stand_in = StandIn(kube_api, e1, s3, HOMES)
+    # Expire: the Job's script runs with the real rclone (the stand-in plays the kubelet),
+    # copying to moto with the block's endpoint and keys; the flow verifies, then removes.
+    stand_in = StandIn(kube_api, e1, HOMES, rclone_bin_dir)
     stand_in.start()
     expired = await expire_event_hub(c, e1, operator="erin", export_timeout=120)
     seen = stand_in.finish()
+    assert [r["exit"] for r in seen["runs"]] == [0], seen["runs"]
     assert seen["users"] == ["alice", "bob"] and seen["read_only"]
-    assert seen["gated"] == [GATE] and seen["image"].startswith("rclone/rclone:")
+    assert seen["gated"] == [GATE] and seen["image"] == f"rclone/rclone:{RCLONE_VERSION}"
     assert seen["secret_owner"] == ["Job"]
-    assert {"RCLONE_S3_ACCESS_KEY_ID", "RCLONE_S3_SECRET_ACCESS_KEY"} <= set(seen["secret_keys"])
+    assert {"RCLONE_S3_ACCESS_KEY_ID", "RCLONE_S3_SECRET_ACCESS_KEY", "RCLONE_S3_ENDPOINT"} <= set(
+        seen["secret_keys"]
+    )
     assert expired["expired"] and expired["export"]["objects"] == 3
     assert expired["export"]["bytes"] == sum(len(d) for h in HOMES.values() for d in h.values())
     prefix = urlparse(expired["export"]["url"]).path.strip("/")
     assert prefix.startswith(f"events/{c}/{e1}/")
     keys = bucket_keys(s3, bucket_name)
-    assert keys[f"{prefix}/alice/work/data.bin"] == 256
+    # Exactly the homes (rclone's copy), the Job's listing (uploaded last) and the manifest.
+    assert {k.removeprefix(f"{prefix}/"): v for k, v in keys.items()} == {
+        **{f"{u}/{f}": len(d) for u, h in HOMES.items() for f, d in h.items()},
+        SOURCE_LISTING: keys[f"{prefix}/{SOURCE_LISTING}"],
+        MANIFEST: keys[f"{prefix}/{MANIFEST}"],
+    }
+    data = s3.get_object(Bucket=bucket_name, Key=f"{prefix}/alice/work/data.bin")["Body"].read()
+    assert data == HOMES["alice"]["work/data.bin"]
     manifest = json.loads(
         s3.get_object(Bucket=bucket_name, Key=f"{prefix}/{MANIFEST}")["Body"].read()
     )
@@ -554,7 +682,7 @@ async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
 
 
 async def test_failed_export_leaves_the_hub_and_the_reaper_expires_it_later(
-    kube_fleet: KubeFleet, kube, kube_api, bucket, export_gate
+    kube_fleet: KubeFleet, kube, kube_api, bucket, export_gate, rclone_bin_dir
 ) -> None:
     s3, bucket_name = bucket
     c, hub = kube_fleet.cluster, kube_fleet.hub("ed")
@@ -566,20 +694,29 @@ async def test_failed_export_leaves_the_hub_and_the_reaper_expires_it_later(
     homes = {"carol": {"a.txt": b"a", "b.txt": b"bb"}}
     kube_fleet.write({"ed": {"start": start, "end": now() - timedelta(seconds=1), "attendees": 2}})
 
-    # The copy loses a file: verification fails; nothing is removed; the Job is cleaned up.
-    stand_in = StandIn(kube_api, hub, s3, homes, short=True)
+    # carol has a file the Job's user (jovyan, uid 1000) cannot read: rclone lists it but
+    # cannot copy it and exits non-zero, so each pod fails; after backoffLimit retries the
+    # Job fails. Nothing is removed; the Job is cleaned up; the listing was never uploaded.
+    stand_in = StandIn(kube_api, hub, homes, rclone_bin_dir, unreadable=("carol/b.txt",))
     stand_in.start()
-    with pytest.raises(ExportFailed, match=r"did not verify \(missing 1: carol/b.txt\)") as info:
-        await expire_event_hub(c, hub, operator="finn", export_timeout=120)
-    stand_in.finish()
+    with pytest.raises(ExportFailed, match=r"export Job .* failed \(BackoffLimitExceeded") as info:
+        await expire_event_hub(c, hub, operator="finn", export_timeout=150)
+    seen = stand_in.finish()
     assert "hub was not removed" in str(info.value)
+    assert len(seen["runs"]) == 3, seen["runs"]  # the first pod and backoffLimit (2) retries
+    for run in seen["runs"]:
+        assert run["exit"] != 0 and "b.txt" in run["output"], run
+        assert "permission denied" in run["output"], run
+    assert not any(
+        k.endswith(SOURCE_LISTING) or k.endswith(MANIFEST) for k in bucket_keys(s3, bucket_name)
+    )
     assert release(kube, hub) is not None and namespace_phase(kube_api, hub) == "Active"
     assert client.CoreV1Api(kube_api).read_namespaced_persistent_volume_claim("claim-carol", hub)
     assert export_leftovers(kube_api, hub) == []
     assert placeholders(kube_api) == 2
     runs = await runs_of("expire_event_hub", f"hub:{c}/{hub}")
     (failed,) = [r for r in runs if r.state.type is not StateType.SCHEDULED]
-    assert failed.state.type is StateType.FAILED and "did not verify" in failed.state.message
+    assert failed.state.type is StateType.FAILED and "BackoffLimitExceeded" in failed.state.message
 
     # Its scheduled expiry is deleted; the hourly reaper finds the hub by its Helm release.
     (scheduled,) = [r for r in await scheduled_event_runs(c, hub) if r.kind == "expire"]
@@ -592,15 +729,16 @@ async def test_failed_export_leaves_the_hub_and_the_reaper_expires_it_later(
     assert release(kube, hub) is not None and export_leftovers(kube_api, hub) == []
     assert placeholders(kube_api) == 2
 
-    stand_in = StandIn(kube_api, hub, s3, homes)
+    # carol fixed her file's permissions; the reaper's export copies everything.
+    stand_in = StandIn(kube_api, hub, homes, rclone_bin_dir)
     stand_in.start()
     reaped = await reap_expired_event_hubs(operator="finn")
-    stand_in.finish()
+    assert [r["exit"] for r in stand_in.finish()["runs"]] == [0]
     assert reaped["outcome"][f"{c}/{hub}"] == "expired"
     assert reaped["placeholders"][c] == f"{c}'s placeholders stay at 0 (no warm event)"
     assert release(kube, hub) is None and namespace_phase(kube_api, hub) is None
     assert placeholders(kube_api) == 0
-    # The short copy never wrote b.txt: this one is the reaper's export.
+    # The failed copies never wrote b.txt: this one is the reaper's export.
     assert any(k.endswith("/carol/b.txt") for k in bucket_keys(s3, bucket_name))
     again = await reap_expired_event_hubs(operator="finn")
     assert again["outcome"][f"{c}/{hub}"] == "gone"
@@ -619,3 +757,58 @@ async def test_standing_hub_on_kubernetes_is_refused_untouched(
         await create_event_hub(c, hub, operator="gus")
     assert release(kube, hub) == revision and namespace_phase(kube_api, hub) == "Active"
     assert export_leftovers(kube_api, hub) == []
+
+
+AZURE_BLOCK = "azure-kube-export"
+
+
+async def test_export_job_copies_to_azure_blob_on_azurite(
+    kube_api, kube_namespace: str, event_pvs, export_gate, azurite, rclone_bin_dir
+) -> None:
+    """The export Job's script and rclone against Azurite, logged in only through the
+    AzureBlobStorageCredentials block (its connection string names Azurite's endpoint), then
+    verified by `verify_bucket` with azure-storage-blob. Task level: the expiry flow around
+    it is the same for every destination and is run end to end on S3 above."""
+    from azure.storage.blob import BlobServiceClient
+    from prefect import flow
+    from prefect_azure import AzureBlobStorageCredentials
+
+    from tasks.kube_export import export_homes_with_job
+
+    await AzureBlobStorageCredentials(connection_string=azurite.connection_string).asave(
+        AZURE_BLOCK, overwrite=True
+    )
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = f"events-{uuid.uuid4().hex[:8]}"
+    service.create_container(container)
+    homes = {
+        "dora": {"thesis.tex": b"\\section{Results}\n" * 50, "deep/er/x.csv": b"a,b\n1,2\n"},
+        "eve": {},  # an empty home still shows in the Job's listing
+    }
+    for user in homes:
+        add_home(kube_api, kube_namespace, user)
+    url = f"az://{container}/events/k/{kube_namespace}/S"
+
+    @flow
+    async def export() -> Any:
+        return await export_homes_with_job(kube_api, kube_namespace, url, AZURE_BLOCK, "s1", 120)
+
+    stand_in = StandIn(kube_api, kube_namespace, homes, rclone_bin_dir)
+    stand_in.start()
+    result, volumes = await export()
+    seen = stand_in.finish()
+    assert [r["exit"] for r in seen["runs"]] == [0], seen["runs"]
+    assert seen["secret_keys"] == ["RCLONE_AZUREBLOB_CONNECTION_STRING"]
+    assert [v.user for v in volumes] == ["dora", "eve"]
+    expected = {f"{u}/{f}": len(d) for u, h in homes.items() for f, d in h.items()}
+    assert result.files == expected
+    prefix = f"events/k/{kube_namespace}/S/"
+    blobs = {
+        b.name.removeprefix(prefix): b.size
+        for b in service.get_container_client(container).list_blobs(name_starts_with=prefix)
+    }
+    assert {k: v for k, v in blobs.items() if k not in (SOURCE_LISTING, MANIFEST)} == expected
+    assert {SOURCE_LISTING, MANIFEST} <= set(blobs)
+    blob = service.get_blob_client(container, f"{prefix}dora/thesis.tex")
+    assert blob.download_blob().readall() == homes["dora"]["thesis.tex"]
+    assert export_leftovers(kube_api, kube_namespace) == []
