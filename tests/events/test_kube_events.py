@@ -2,19 +2,28 @@
 
 Real: the Prefect server (event deployments registered as `hubfleet setup` does), helm 3,
 the hub and support charts, kube-apiserver + controller-manager + scheduler, kwok (pods
-Running/Ready; Job pods Succeeded), moto's S3 (auth enforced) through the real boto3 client.
+Running/Ready; Job pods Succeeded), the export Job's own script run with rclone built at the
+Job image's version, writing to moto's S3 (auth enforced) and to Azurite, logged in only
+through the credentials blocks (endpoints included, via `credential_env` and the Job's
+Secret); the flow's verification reads back with the real boto3 / azure-storage-blob.
 
 Fakes, only where nothing real can run here:
 - kwok pods serve no HTTP, so the post-deploy health gate is replaced (`hub_health` returns
   healthy, marked "injected"), as in tests/helm. The expiry's health snapshot runs for real
   (and says down).
-- No container runs on kwok, so the export Job's rclone never copies anything. `StandIn`
-  plays the Job's container: it waits for the Job, reads its spec (the bucket URL, the PVCs
-  mounted at /homes/<user>), uploads those users' files and the listing to moto's S3 with
-  boto3, and only then lets the Job's pod be scheduled, so kwok completes it. The pod is held
-  back by a scheduling gate that a test-only MutatingAdmissionPolicy adds to export pods
-  (`export_gate`): without it kwok would complete the Job before anything was copied.
+- No container runs on kwok, so `StandIn` plays the kubelet for the export Job's pods: it
+  runs the container's command with the container's env and the Job's Secret, the real
+  rclone on PATH, as the pod's user, with the users' files in a temp dir instead of the
+  mounted volumes (the only substitution: `$HUBFLEET_HOMES`, see `StandIn`). Then it lets
+  the pod be scheduled (kwok completes it) or, if the script failed, marks the pod Failed.
+  The pod is held back by a scheduling gate that a test-only MutatingAdmissionPolicy adds
+  to export pods (`export_gate`): without it kwok would complete the Job before anything
+  was copied.
 - The users' files exist only in the test (kwok volumes hold no data); their PVCs are real.
+- GCS is not run here: `GcpCredentials` has no endpoint to hand rclone (the GCS fake of
+  tests/events/test_export.py is reached through STORAGE_EMULATOR_HOST, which rclone does
+  not read), and that fake serves only the two calls our Python client makes, not the
+  object/bucket reads and the token exchange rclone needs.
 """
 
 from __future__ import annotations
