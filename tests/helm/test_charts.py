@@ -60,7 +60,7 @@ def test_lint_strict_and_template_with_every_option(offline_helm: Helm, chart: s
     assert kinds == expected
 
 
-def test_dask_gateway_option_lints_and_renders(offline_helm: Helm) -> None:
+def test_dask_gateway_option_lints_and_renders(offline_helm: Helm, tmp_path: Path) -> None:
     """daskGateway (off by default) lints strictly when on and renders its own objects."""
     chart = REPO / "helm" / "hub"
     gateway = chart / "ci" / "dask-gateway.values.yaml"
@@ -77,6 +77,13 @@ def test_dask_gateway_option_lints_and_renders(offline_helm: Helm) -> None:
     assert not [d for d in plain if "dask-gateway" in d["metadata"]["name"]]
     [hub] = [d for d in plain if d["kind"] == "Deployment" and d["metadata"]["name"] == "x-hub"]
     assert "DASK_GATEWAY_API_TOKEN" not in str(hub)
+    # Enabled without an image (the stock server image cannot run clusters): a clear refusal.
+    values = tmp_path / "no-image.values.yaml"
+    values.write_text(
+        gateway.read_text().replace("registry.example.org/hubfleet-dask-gateway", '""')
+    )
+    with pytest.raises(HelmError, match="build helm/hub/images/dask-gateway/Dockerfile"):
+        offline_helm.template("x", chart, "ns", [values])
 
 
 def test_every_values_key_is_commented() -> None:

@@ -29,7 +29,7 @@ def research_hub(kube_pilot_fleet: Path, kube, kube_api, helm):
     spec = kube_pilot_fleet / "clusters" / cluster / "cluster.yaml"
     spec.write_text(spec.read_text().replace("- name: lab\n", f"- name: {name}\n"))
     (kube_pilot_fleet / "clusters" / cluster / "lab.values.yaml").write_text(
-        "daskGateway: {enabled: true}\n"
+        "daskGateway: {enabled: true, image: {name: registry.example.org/hubfleet-dask-gateway}}\n"
     )
     yield cluster, name
     h = Helm(kube.kubeconfig, "hubfleet-testenv", binary=helm)
@@ -55,9 +55,9 @@ async def test_research_hub_with_dask_gateway_installs_and_is_wired(research_hub
     gateway = apps.read_namespaced_deployment(f"{hub}-dask-gateway", hub)
     assert gateway.status.ready_replicas == 1
     container = gateway.spec.template.spec.containers[0]
-    assert container.image.startswith("ghcr.io/dask/dask-gateway-server:")
+    assert container.image == "registry.example.org/hubfleet-dask-gateway:2024.1.0"
     # The research preset sized it (its resources, and its per-cluster limits).
-    assert container.resources.limits == {"cpu": "8", "memory": "32Gi"}
+    assert container.resources.limits == {"cpu": "9", "memory": "36Gi"}
     gw_config = core.read_namespaced_config_map(f"{hub}-dask-gateway", hub).data[
         "dask_gateway_config.py"
     ]

@@ -127,7 +127,7 @@ def minimal_env(**extra: str) -> dict[str, str]:
 def rendered(helm, tmp_path: Path) -> dict[str, Any]:
     """The chart rendered with the gateway on (chart defaults otherwise): kind/name -> doc."""
     values = tmp_path / "gateway.values.yaml"
-    values.write_text("daskGateway: {enabled: true}\n")
+    values.write_text("daskGateway: {enabled: true, image: {name: hubfleet-dask-gateway}}\n")
     h = Helm(kubeconfig=None, binary=helm)
     try:
         text = h.template(RELEASE, REPO / "helm" / "hub", "ns", [values])
