@@ -11,6 +11,11 @@ import psutil
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A loaded 2-core machine (the suite beside builds and other suites) makes the SQLite test
+# server wait on its write lock: give it longer than the default 10 s before it answers 503,
+# and clients more retries of a 503 (each one backs off) before a test sees it.
+os.environ.setdefault("PREFECT_API_DATABASE_TIMEOUT", "60")
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -115,13 +115,19 @@ async def test_failed_operation_notifies_webhook_once(workers: Workers, webhook:
 async def test_killed_worker_run_crashes_then_rerun_converges(
     workers: Workers, data_dir: Any
 ) -> None:
-    hub_dir = local_hub(load_fleet(REPO / "fleet"), "local", "prod").directory
+    prod = local_hub(load_fleet(REPO / "fleet"), "local", "prod")
+    prod.stop()  # an earlier test may have left it running (or its state, stopped)
     worker = workers.start("w-doomed")
     run_id = await start_run(
         "deploy_hub/default", {"cluster": "local", "hub": "prod", "operator": "carol"}
     )
-    # Mid-run: the hub's processes are up (state.json written), the deploy not finished.
-    wait_for("the hub to start", lambda: (hub_dir / "state.json").is_file(), 180, 0.1)
+
+    # Mid-run: the hub's processes are up (its state names a live hub), the deploy not done.
+    def hub_started() -> bool:
+        state = prod.state()
+        return bool(state and state.hub and state.hub.alive())
+
+    wait_for("the hub to start", hub_started, 180, 0.1)
     workers.kill_hard(worker)
     run = await read_run(run_id)
     assert run.state.name == "Running", f"the run ended before the kill: {run.state}"
