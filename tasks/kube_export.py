@@ -319,6 +319,12 @@ def _delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
 # --- the proof -------------------------------------------------------------------------
 
 
+def check_destination(url: str, block: Any) -> None:
+    """Raise `ExportFailed` unless `url`'s bucket/container exists and `block` can list it."""
+    dest = _call(url, lambda: destination(url, block))
+    _call(url, dest.list)
+
+
 def verify_bucket(url: str, volumes: list[UserVolume], block: Any) -> ExportResult:
     """Prove the Job's copy with our own client, then write `hubfleet-export.json`.
 
@@ -384,6 +390,9 @@ async def export_homes_with_job(
     if not volumes:
         logger.info("%s: no user volumes; writing an empty manifest at %s", namespace, url)
         return await in_thread(_empty, url, block), volumes
+    # Before anything changes: the bucket must exist and our login must reach it. rclone
+    # would create a missing S3 bucket, so a typo in the URL would export somewhere new.
+    await in_thread(check_destination, url, block)
     stopped = await in_thread(stop_user_servers, api, namespace)
     if stopped:
         logger.info("%s: stopped %d user server(s) before export", namespace, len(stopped))

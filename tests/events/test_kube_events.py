@@ -821,3 +821,43 @@ async def test_export_job_copies_to_azure_blob_on_azurite(
     blob = service.get_blob_client(container, f"{prefix}dora/thesis.tex")
     assert blob.download_blob().readall() == homes["dora"]["thesis.tex"]
     assert export_leftovers(kube_api, kube_namespace) == []
+
+
+async def test_export_to_a_missing_bucket_is_refused_before_anything_changes(
+    kube_api, kube_namespace: str, event_pvs, bucket
+) -> None:
+    """rclone would create an S3 bucket that does not exist, so a typo in the export URL
+    would send users' homes somewhere new. The export checks the bucket with hubfleet's own
+    client first (moto, auth enforced): missing → refused before a user server is stopped or
+    a Job is created."""
+    from prefect import flow
+
+    from tasks.kube_export import USER_SERVER_SELECTOR, export_homes_with_job
+
+    s3, existing = bucket
+    add_home(kube_api, kube_namespace, "frank")
+    key, _, value = USER_SERVER_SELECTOR.partition("=")
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_pod(
+        kube_namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="jupyter-frank", labels={key: value}),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="nb", image="x:1")]),
+        ),
+    )
+    missing = f"{existing}-typo"
+
+    @flow
+    async def export() -> Any:
+        url = f"s3://{missing}/events/S"
+        return await export_homes_with_job(
+            kube_api, kube_namespace, url, CREDENTIALS_BLOCK, "s1", 60
+        )
+
+    refused = f"export to s3://{missing}/events/S failed: NoSuchBucket"
+    with pytest.raises(ExportFailed, match=refused):
+        await export()
+    assert missing not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    pod = core.read_namespaced_pod("jupyter-frank", kube_namespace)
+    assert pod.metadata.deletion_timestamp is None  # the user server was not stopped
+    assert export_leftovers(kube_api, kube_namespace) == []
