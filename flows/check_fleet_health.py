@@ -18,7 +18,6 @@ import json
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import httpx
 from prefect import flow, get_run_logger, task
@@ -26,11 +25,10 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.events import emit_event
-from prefect.runtime import flow_run
 
 from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health, history_row, hub_url, report_dict
-from flows.operation import Operation, fleet_revision, operator_name, run_tags
+from flows.operation import Operation, begin_fleet, current_fleet
 from hubfleet.errors import HubfleetError
 from hubfleet.health import (
     DEPTHS,
@@ -42,9 +40,7 @@ from hubfleet.health import (
     levels_for,
     next_streak,
 )
-from hubfleet.loader import load_fleet
 from hubfleet.model import Fleet
-from hubfleet.paths import fleet_dir
 from tasks import probes
 
 UNHEALTHY_EVENT = "hubfleet.hub.unhealthy"
@@ -119,31 +115,14 @@ async def check_fleet_health(
 
 
 async def begin_sweep(depth: str, selection: list[str] | None, operator: str | None) -> Operation:
-    """Load the fleet and tag the run like `begin` does, with one cluster tag per cluster.
-
-    (`flows.operation.begin` needs a single cluster; a sweep spans the fleet.)
-    """
-    fleet = load_fleet(fleet_dir())
-    targets = select_hubs(fleet, selection)
-    who = operator_name(operator)
-    revision = fleet_revision(fleet.root)
+    """Tag the run like every fleet-wide operation (a `cluster:` tag per swept cluster), plus
+    `depth:<depth>`, which the report and `hubfleet health` read."""
+    targets = select_hubs(current_fleet(), selection)
     clusters = sorted({c for c, _ in targets})
-    tags = {"op:check_fleet_health", f"depth:{depth}"}
-    for cluster in clusters:
-        tags |= set(run_tags("check_fleet_health", cluster, None, who, revision))
-    run_id = flow_run.get_id()
-    if run_id:
-        async with get_client() as client:
-            run = await client.read_flow_run(UUID(run_id))
-            await client.update_flow_run(UUID(run_id), tags=sorted(set(run.tags) | tags))
-    get_run_logger().info(
-        "check_fleet_health (%s) of %d hubs in %s by %s (fleet revision %s)",
-        depth,
-        len(targets),
-        ", ".join(clusters) or "no cluster",
-        who,
-        revision,
+    fleet, who, revision = await begin_fleet(
+        "check_fleet_health", operator, clusters, extra_tags=(f"depth:{depth}",)
     )
+    get_run_logger().info("check_fleet_health (%s) of %d hubs", depth, len(targets))
     first = fleet.cluster(clusters[0]) if clusters else fleet.clusters[0]
     return Operation("check_fleet_health", fleet, first, None, who, revision)
 

@@ -121,17 +121,20 @@ async def _tag_current_run(operator: str | None, tags_for: Callable[[str], list[
 
 
 async def begin_fleet(
-    op: str, operator: str | None, clusters: list[str] | None = None
+    op: str,
+    operator: str | None,
+    clusters: list[str] | None = None,
+    extra_tags: tuple[str, ...] = (),
 ) -> tuple[Fleet, str, str]:
     """`begin` for operations on the whole fleet or several clusters: tag the current run
-    with op, operator, revision and a `cluster:` tag per cluster (none for the whole fleet).
-    Returns the fleet, who started the run, and the fleet revision."""
+    with op, operator, revision, a `cluster:` tag per cluster (none for the whole fleet) and
+    `extra_tags`. Returns the fleet, who started the run, and the fleet revision."""
     fleet = current_fleet()
     revision = fleet_revision(fleet.root)
 
     def tags_for(who: str) -> list[str]:
         tags = {t for t in run_tags(op, "-", None, who, revision) if t != "cluster:-"}
-        return sorted(tags | {f"cluster:{c}" for c in clusters or ()})
+        return sorted(tags | {f"cluster:{c}" for c in clusters or ()} | set(extra_tags))
 
     who = await _tag_current_run(operator, tags_for)
     get_run_logger().info(
