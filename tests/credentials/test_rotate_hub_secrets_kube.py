@@ -27,7 +27,6 @@ import pytest
 import yaml
 from kubernetes import client
 from prefect.blocks.system import Secret
-from prefect.client.orchestration import get_client
 
 from blocks.cluster_access import ClusterAccess
 from flows.deploy_hub import deploy_hub
@@ -35,6 +34,7 @@ from flows.rotate_credentials import RotationsFailed, rotate_credentials
 from hubfleet.cli_credentials import inventory_table, read_inventory
 from hubfleet.credentials import CredentialKind, Status
 from hubfleet.loader import load_fleet
+from hubfleet.testenv import history
 from hubfleet.testenv.volumes import create_volumes
 from tasks.hub_secrets import VERSION, KubeHubSecretRotator, version_of
 from tasks.rotation import CredentialRefused, Issued
@@ -122,9 +122,7 @@ def running_versions(kube_api: client.ApiClient, hub: str) -> dict[str, set[str]
 
 
 async def artifact_text(key: str) -> str:
-    async with get_client() as c:
-        found = await c.read_artifacts(limit=200)
-    return "\n".join(str(a.data) for a in found if (a.key or "") == key)
+    return "\n".join(str(a.data) for a in await history.artifacts(key=key))
 
 
 async def test_inventory_weekly_run_skips_and_unreachable_cluster_is_unknown(
@@ -268,9 +266,7 @@ async def test_failure_after_create_restores_the_old_secret_and_says_so(
     old_version = old_ident[0].removeprefix("hub-secret@")
     assert running_versions(kube_api, hub) == {"hub": {old_version}, "proxy": {old_version}}
     # The run's artifact says what was rolled back.
-    async with get_client() as c:
-        found = await c.read_artifacts(limit=200)
-    [artifact] = [a for a in found if (a.key or "") == f"rotation-hub-secret-{cluster}-{hub}"]
+    [artifact] = await history.artifacts(key=f"rotation-hub-secret-{cluster}-{hub}", limit=1)
     assert "FAILED" in str(artifact.data) and f"restored {old_ident[0]}" in str(artifact.data)
 
 

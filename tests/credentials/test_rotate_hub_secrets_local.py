@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from prefect.client.orchestration import get_client
 
 from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health
 from flows.deploy_hub import deploy_hub
 from flows.rotate_credentials import rotate_credentials
 from hubfleet.credentials import BadScope
+from hubfleet.testenv import history
 from tasks import jupyterhub_api as api
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -75,9 +75,7 @@ def home(session: requests.Session, url: str) -> tuple[int, str]:
 
 
 async def plan_artifact() -> str:
-    async with get_client() as c:
-        found = await c.read_artifacts(limit=200)
-    return "\n".join(str(a.data) for a in found if (a.key or "") == "rotation-plan")
+    return "\n".join(str(a.data) for a in await history.artifacts(key="rotation-plan"))
 
 
 async def test_cookie_rotation_logs_users_out_ops_token_and_health_survive(

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import requests
-from prefect.client.orchestration import get_client
 
 from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health
 from flows.deploy_hub import deploy_hub
 from flows.rotate_credentials import RotationsFailed, rotate_credentials
 from hubfleet.credentials import BadScope
+from hubfleet.testenv import history
 from tasks import jupyterhub_api as api
 from tasks.hub_credentials import HubOpsTokenRotator
 from tasks.rotation import CredentialRefused, Issued
@@ -33,9 +33,7 @@ def status_with(url: str, token: str) -> int:
 
 
 async def artifacts_with_key_prefix(prefix: str) -> list[Any]:
-    async with get_client() as client:
-        found = await client.read_artifacts(limit=200)
-    return [a for a in found if (a.key or "").startswith(prefix)]
+    return await history.artifacts(prefix=prefix)
 
 
 async def test_rotation_new_works_old_refused_health_passes_throughout() -> None:

@@ -54,7 +54,6 @@ from prefect.client.schemas.filters import (
     FlowFilterName,
     FlowRunFilter,
     FlowRunFilterTags,
-    LogFilter,
 )
 from prefect.client.schemas.objects import StateType
 
@@ -68,6 +67,7 @@ from flows.event_hubs import (
     scheduled_event_runs,
 )
 from hubfleet.events import NotExpirable
+from hubfleet.testenv import history
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
 from tasks.kube_export import EXPORT_LABEL, HOMES_ROOT, RCLONE_VERSION, SOURCE_LISTING
@@ -683,9 +683,7 @@ async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
     assert await scheduled_event_runs(c, e1) == []
     # The cloud secret reached the Job's Secret only: no log line, no artifact.
     secret = moto_server.secret_access_key
-    async with get_client() as pc:
-        logs = await pc.read_logs(LogFilter(), limit=200)
-        artifacts = await pc.read_artifacts(limit=200)
+    logs, artifacts = await history.logs(1000), await history.artifacts(limit=500)
     assert all(secret not in log.message for log in logs)
     assert all(secret not in json.dumps(a.data) for a in artifacts)
 

@@ -23,6 +23,7 @@ from flows import deploy_hub as deploy_hub_mod
 from flows.deploy_fleet import deploy_fleet
 from flows.deploy_hub import HubDeployFailed, deploy_hub
 from hubfleet.loader import load_fleet
+from hubfleet.testenv import history
 from hubfleet.values import ValuesInvalid
 from tasks.helm import Helm
 from tasks.locks import LockTimeout, ensure_concurrency_limits, hub_lock
@@ -244,9 +245,7 @@ async def test_staging_failure_blocks_only_its_cluster(
     import base64
 
     assert base64.b64decode(data["hub.cookieSecret"]).decode() == secret
-    async with get_client() as c:
-        logs = await c.read_logs(LogFilter(), limit=200)
-        artifacts = await c.read_artifacts(limit=200)
+    logs, artifacts = await history.logs(1000), await history.artifacts(limit=500)
     assert all(secret not in m.message for m in logs)
     assert all(secret not in json.dumps(a.data) for a in artifacts)
     # No secret-values or kubeconfig temp file of this run is left behind.
