@@ -577,28 +577,16 @@ async def expire_event_hub(
     revoked = await revoke_ops_service(cluster, hub)
     removed = await teardown_hub(cluster, hub, keep_data=False, operator=op.operator)
     cancelled = await _cleanup_schedule(cluster, hub, dry_run)
-    await acreate_markdown_artifact(
-        key=f"event-expire-{cluster}-{hub}",
-        markdown=f"# Expired {op.target}\n\n| | |\n|---|---|\n"
-        f"| event end | {end.isoformat()} |\n| health before | {health['verdict']} |\n"
-        f"| exported | {exported.summary() if exported else 'nothing (data_policy: delete)'} |\n"
-        f"| verified | {'object count and sizes match' if exported else '-'} |\n"
-        f"| credentials | {revoked} |\n"
-        f"| removed | processes {removed.get('stopped') or 'none'}; {local.directory} deleted; "
-        f"ops token block deleted |\n| cancelled runs | {len(cancelled)} |\n"
-        f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
-        description=f"expired {op.target}",
-    )
-    return {
-        "hub": op.target,
-        "expired": True,
-        "started": started.isoformat(),
-        "export": {"url": exported.url, "objects": exported.objects, "bytes": exported.bytes}
-        if exported
-        else None,
-        "revoked": revoked,
-        "stopped": removed.get("stopped"),
+    rows = {
+        "verified": "object count and sizes match" if exported else "-",
+        "credentials": revoked,
+        "removed": f"processes {removed.get('stopped') or 'none'}; {local.directory} deleted; "
+        "ops token block deleted",
     }
+    return await _record_expiry(
+        op, started, end, health, exported, rows, cancelled,
+        {"revoked": revoked, "stopped": removed.get("stopped")},
+    )  # fmt: skip
 
 
 async def _expire_helm(
@@ -679,33 +667,54 @@ async def _expire_helm(
     placeholders = await set_placeholders(op.fleet, op.cluster, op.operator, False, exclude=hub)
     cancelled = await _cleanup_schedule(cluster, hub, dry_run)
     verified = "object count and sizes match the Job's listing; every volume listed"
-    verified = verified if exported else "-"
-    credentials = (
-        f"{revoked}; Secret {OPS_TOKEN_SECRET} (the ops token) and the hub database deleted "
-        "with the namespace; ops token block deleted"
-    )
+    rows = {
+        "volumes": ", ".join(f"{v.claim} -> {v.user}/" for v in volumes) or "none",
+        "verified": verified if exported else "-",
+        "credentials": f"{revoked}; Secret {OPS_TOKEN_SECRET} (the ops token) and the hub "
+        "database deleted with the namespace; ops token block deleted",
+        "removed": str(removed),
+        "placeholders": str(placeholders),
+    }
+    return await _record_expiry(
+        op, started, end, health, exported, rows, cancelled,
+        {"volumes": [v.claim for v in volumes], "revoked": revoked, "removed": removed,
+         "placeholders": placeholders},
+    )  # fmt: skip
+
+
+async def _record_expiry(
+    op: Operation,
+    started: datetime,
+    end: datetime,
+    health: dict[str, Any],
+    exported: ExportResult | None,
+    rows: dict[str, str],
+    cancelled: list[str],
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """The expiry's artifact (what was exported where, what was removed) and its result;
+    `rows` are the provider's own lines (local process or Helm release)."""
+    own = "".join(f"| {name} | {value} |\n" for name, value in rows.items())
     await acreate_markdown_artifact(
-        key=f"event-expire-{cluster}-{hub}",
+        key=f"event-expire-{op.target.replace('/', '-')}",
         markdown=f"# Expired {op.target}\n\n| | |\n|---|---|\n"
         f"| event end | {end.isoformat()} |\n| health before | {health['verdict']} |\n"
         f"| exported | {exported.summary() if exported else 'nothing (data_policy: delete)'} |\n"
-        f"| volumes | {', '.join(f'{v.claim} -> {v.user}/' for v in volumes) or 'none'} |\n"
-        f"| verified | {verified} |\n| credentials | {credentials} |\n| removed | {removed} |\n"
-        f"| placeholders | {placeholders} |\n| cancelled runs | {len(cancelled)} |\n"
+        f"{own}| cancelled runs | {len(cancelled)} |\n"
         f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
         description=f"expired {op.target}",
+    )
+    export = (
+        {"url": exported.url, "objects": exported.objects, "bytes": exported.bytes}
+        if exported
+        else None
     )
     return {
         "hub": op.target,
         "expired": True,
         "started": started.isoformat(),
-        "export": {"url": exported.url, "objects": exported.objects, "bytes": exported.bytes}
-        if exported
-        else None,
-        "volumes": [v.claim for v in volumes],
-        "revoked": revoked,
-        "removed": removed,
-        "placeholders": placeholders,
+        "export": export,
+        **result,
     }
 
 
