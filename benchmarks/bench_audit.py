@@ -78,10 +78,10 @@ def main() -> None:
     from deployments.audit_log import fetch_audit, fetch_audit_database
     from deployments.pgserver import postgres_stack
     from hubfleet.audit import build_query
-    from hubfleet.server import _any_free_port
+    from hubfleet.server import any_free_port
 
     root = Path(tempfile.mkdtemp(prefix="hubfleet-bench-audit-"))
-    pg, server = postgres_stack(root, _any_free_port())
+    pg, server = postgres_stack(root, any_free_port())
     try:
         pg.ensure()
         server.ensure()

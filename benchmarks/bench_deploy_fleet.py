@@ -139,9 +139,9 @@ def prefect_server(kind: str, tmp: Path) -> Iterator[None]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.pgserver import postgres_stack
-    from hubfleet.server import _any_free_port
+    from hubfleet.server import any_free_port
 
-    pg, server = postgres_stack(tmp / "server", _any_free_port())
+    pg, server = postgres_stack(tmp / "server", any_free_port())
     try:
         pg.ensure()
         server.ensure()

@@ -16,7 +16,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from glob import glob
@@ -28,7 +27,7 @@ import typer
 
 from hubfleet.errors import HubfleetError
 from hubfleet.paths import data_dir
-from hubfleet.server import START_TIMEOUT, PrefectServer, ServerError, _any_free_port, _port_free
+from hubfleet.server import PrefectServer
 
 #: Server settings for the audit log: flow runs are never vacuumed (they are the record);
 #: events (heartbeats, state-change events) are working data, kept 7 days.
@@ -204,61 +203,24 @@ class Postgres:
         return pid
 
 
-@dataclass
-class PostgresPrefectServer(PrefectServer):
-    """The Prefect server of `hubfleet demo`, but on PostgreSQL."""
-
-    database_url: str = ""
-
-    def ensure(self, progress: object = print) -> bool:
-        if self.pid() and self.healthy():
-            return True
-        self.stop()
-        if not _port_free(self.port):
-            self.port = _any_free_port()
-        self.home.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            **RETENTION_ENV,
-            "PREFECT_HOME": str(self.home),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
-            "PREFECT_UI_API_URL": self.api_url,
-            "PREFECT_UI_URL": self.ui_url,
-        }
-        env.pop("PREFECT_API_URL", None)
-        with open(self.home / "server.log", "ab") as log:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                 "--port", str(self.port)],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        started = psutil.Process(popen.pid).create_time()
-        self.state_file.write_text(
-            json.dumps({"pid": popen.pid, "started": started, "port": self.port})
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if popen.poll() is not None:
-                raise ServerError(f"prefect server exited; see {self.home}/server.log")
-            if self.healthy():
-                return False
-            time.sleep(0.5)
-        self.stop()
-        raise ServerError(f"prefect server not healthy after {START_TIMEOUT:g}s; see server.log")
+def postgres_server(home: Path, port: int | None, database_url: str) -> PrefectServer:
+    """The Prefect server of `hubfleet demo`, but on PostgreSQL (with event retention)."""
+    return PrefectServer(home, port=port, database_url=database_url, extra_env=dict(RETENTION_ENV))
 
 
-def postgres_stack(root: Path, port: int = 4200) -> tuple[Postgres, PostgresPrefectServer]:
+def postgres_stack(root: Path, port: int | None = None) -> tuple[Postgres, PrefectServer]:
     pg = Postgres(root / "postgres")
-    return pg, PostgresPrefectServer(root / "prefect-pg", port=port, database_url=pg.url)
+    return pg, postgres_server(root / "prefect-pg", port, pg.url)
 
 
 def server(
     postgres: Annotated[
         bool, typer.Option("--postgres", help="Store runs in PostgreSQL (scale-out).")
     ] = False,
-    port: Annotated[int, typer.Option(help="Port of the API and UI.")] = 4200,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port of the API and UI (default: the one it last ran on, else 4200)."),
+    ] = None,
     down: Annotated[bool, typer.Option("--down", help="Stop the server (and PostgreSQL).")] = False,
 ) -> None:
     """Run the Prefect server in the background: SQLite (default) or PostgreSQL.
@@ -275,6 +237,7 @@ def server(
             return
         reused = sqlite.ensure()
         out.print(f"Prefect server ({'reused' if reused else 'started'}, SQLite): {sqlite.ui_url}")
+        out.print(f"Credential (UI login and PREFECT_API_AUTH_STRING): {sqlite.auth_file}")
         return
     pg, prefect = postgres_stack(data_dir(), port)
     if down:
@@ -284,5 +247,6 @@ def server(
     reused = prefect.ensure()
     out.print(
         f"Prefect server ({'reused' if reused else 'started'}, PostgreSQL in {pg.home}): "
-        f"{prefect.ui_url}\nexport PREFECT_API_URL={prefect.api_url}"
+        f"{prefect.ui_url}\nexport PREFECT_API_URL={prefect.api_url}\n"
+        f"Credential (UI login and PREFECT_API_AUTH_STRING): {prefect.auth_file}"
     )

@@ -51,6 +51,8 @@ class OperationSpec:
     schedule: str | None = None
     schedule_parameters: dict[str, Any] = field(default_factory=dict)
     description: str | None = None
+    #: At most this many runs of the deployment at once (None: no limit).
+    concurrency_limit: int | None = None
 
     def __post_init__(self) -> None:
         if ":" not in self.entrypoint:
@@ -88,8 +90,33 @@ EVENT_OPERATIONS: tuple[OperationSpec, ...] = (
     ),
 )
 
-# Every operation of DESIGN.md. Health deployments (check_fleet_health, deep and shallow
-# schedules) are registered by deployments/health.py (`register_health`), not here.
+# The scheduled health sweeps (flows/check_fleet_health.py). Streaks are carried from one
+# sweep to the next, so never two sweeps of a depth at once. Their alert automation is
+# deployments/health.py's.
+HEALTH_OPERATIONS: tuple[OperationSpec, ...] = (
+    OperationSpec(
+        "flows.check_fleet_health:check_fleet_health",
+        name="health-deep",
+        tags=("read-only", "depth:deep"),
+        schedule="health_deep",
+        schedule_parameters={"depth": "deep", "alert_after": 1},
+        description="Deep health sweep of every hub, spawn included (alerts after 1 failed "
+        "sweep: its probes were already retried).",
+        concurrency_limit=1,
+    ),
+    OperationSpec(
+        "flows.check_fleet_health:check_fleet_health",
+        name="health-shallow",
+        tags=("read-only", "depth:shallow"),
+        schedule="health_shallow",
+        schedule_parameters={"depth": "shallow", "alert_after": 3},
+        description="Shallow health sweep of every hub: reachable, api, auth (alerts after "
+        "3 failed sweeps in a row, so one blip is not an alarm).",
+        concurrency_limit=1,
+    ),
+)
+
+# Every operation of DESIGN.md.
 OPERATIONS: tuple[OperationSpec, ...] = (
     OperationSpec("flows.deploy_hub:deploy_hub", tags=("mutating",)),
     OperationSpec("flows.check_hub_health:check_hub_health", tags=("read-only",)),
@@ -112,6 +139,7 @@ OPERATIONS: tuple[OperationSpec, ...] = (
         tags=("read-only",),
         schedule="fleet_report",
     ),
+    *HEALTH_OPERATIONS,
 )
 
 

@@ -12,8 +12,6 @@ differs, so a second run reports everything `unchanged`.
 from __future__ import annotations
 
 import copy
-import importlib
-import inspect
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -116,7 +114,7 @@ async def setup(
         await ensure_deployment(client, flow.name, payload, report)
     # After the notification blocks: the health alert automation uses them too.
     await ensure_notifications(client, fleet, report)
-    await register_health_deployments(client, fleet, pool, report)
+    await register_health_alert(client, fleet, report)
     await ensure_automation(client, zombie_automation(zombie_after), report)
     return report
 
@@ -254,6 +252,7 @@ def deployment_payload(
         "description": spec.description or flow.description or "",
         "parameter_openapi_schema": schema,
         "enforce_parameter_schema": True,
+        "concurrency_limit": spec.concurrency_limit,
         # The worker imports the installed package; the fleet is the one setup read, and
         # heartbeats feed the zombie-run automation.
         "pull_steps": [
@@ -282,6 +281,11 @@ def _stored(deployment: Any) -> dict[str, Any]:
         "description": deployment.description or "",
         "parameter_openapi_schema": deployment.parameter_openapi_schema,
         "enforce_parameter_schema": deployment.enforce_parameter_schema,
+        "concurrency_limit": (
+            deployment.global_concurrency_limit.limit
+            if deployment.global_concurrency_limit
+            else None
+        ),
         "pull_steps": deployment.pull_steps,
         "job_variables": deployment.job_variables,
         "schedules": [
@@ -324,41 +328,18 @@ async def ensure_deployment(
     report.record(what, "updated" if existing else "created")
 
 
-async def register_health_deployments(
-    client: PrefectClient, fleet: Fleet, pool: str, report: SetupReport
-) -> None:
-    """The health deployments and automation, owned by deployments/health.py (issue 5).
+async def register_health_alert(client: PrefectClient, fleet: Fleet, report: SetupReport) -> None:
+    """The `hubfleet: hub unhealthy` automation (deployments/health.py); the sweeps
+    themselves are registry entries like every other operation."""
+    from deployments.health import NotificationBlockMissing, alert_automation, notification_block_id
 
-    Called by keyword with whatever of (client, fleet, pool or work_pool, report) it
-    accepts, so its
-    signature can evolve; until the module lands, setup says so.
-    """
     try:
-        health = importlib.import_module("deployments.health")
-    except ModuleNotFoundError as exc:
-        if exc.name != "deployments.health":
-            raise
-        report.unavailable.append("deployments.health:register_health (module not found)")
-        return
-    register = getattr(health, "register_health", None)
-    if register is None:
-        report.unavailable.append("deployments.health has no register_health")
-        return
-    offered = {
-        "client": client,
-        "fleet": fleet,
-        "pool": pool,
-        "work_pool": pool,
-        "report": report,
-    }
-    params = inspect.signature(register).parameters
-    try:
-        result = register(**{k: v for k, v in offered.items() if k in params})
-        if inspect.isawaitable(result):
-            await result
-    except getattr(health, "NotificationBlockMissing", ()) as exc:
+        block_id = await notification_block_id(client, fleet)
+    except NotificationBlockMissing as exc:
         # The sweeps are registered; only their alert has nowhere to go yet.
         report.warnings.append(f"health alerts not registered: {exc}")
+        return
+    await ensure_automation(client, alert_automation(block_id), report)
 
 
 # --- automations -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import FleetInvalid, load_fleet
-from hubfleet.paths import data_dir, fleet_dir
+from hubfleet.paths import fleet_dir
 
 app = typer.Typer(
     help="Run a fleet of JupyterHubs: validate the registry, deploy, check health, "
@@ -105,7 +105,10 @@ def demo(
     down: Annotated[
         bool, typer.Option("--down", help="Stop every process the demo started.")
     ] = False,
-    port: Annotated[int, typer.Option(help="Port of the local Prefect server.")] = 4200,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port of the local Prefect server (default: its last, else 4200)."),
+    ] = None,
     fleet: FleetOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's run logs.")] = False,
 ) -> None:
@@ -125,13 +128,10 @@ def _run(flow: Any, **params: Any) -> Any:
     """Run a flow in this process against the local server (or $PREFECT_API_URL)."""
     import asyncio
 
-    from hubfleet.server import PrefectServer
+    from hubfleet.server import connect
 
     load_fleet(fleet_dir())  # fail fast, before any server starts
-    if "PREFECT_API_URL" not in os.environ:
-        server = PrefectServer(data_dir() / "prefect")
-        server.ensure()
-        os.environ["PREFECT_API_URL"] = server.api_url
+    connect()
     return asyncio.run(flow(**params))
 
 

@@ -221,12 +221,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _ensure_api() -> None:
-    import os
 
-    if "PREFECT_API_URL" not in os.environ:
-        from hubfleet.paths import data_dir
-        from hubfleet.server import PrefectServer
+    from hubfleet.server import connect
 
-        server = PrefectServer(data_dir() / "prefect")
-        server.ensure()
-        os.environ["PREFECT_API_URL"] = server.api_url
+    connect()

@@ -10,7 +10,6 @@ per check), so "since when is it broken" has an answer without any other store.
 
 import asyncio
 import json
-import os
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -98,13 +97,9 @@ def _check_target(target: str | None) -> None:
 
 
 def _ensure_api() -> None:
-    if "PREFECT_API_URL" not in os.environ:
-        from hubfleet.paths import data_dir
-        from hubfleet.server import PrefectServer
+    from hubfleet.server import connect
 
-        server = PrefectServer(data_dir() / "prefect")
-        server.ensure()
-        os.environ["PREFECT_API_URL"] = server.api_url
+    connect()
 
 
 async def read_history(target: str | None, since: datetime) -> list[dict[str, Any]]:

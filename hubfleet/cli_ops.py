@@ -16,7 +16,7 @@ import typer
 
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
-from hubfleet.paths import data_dir, fleet_dir
+from hubfleet.paths import fleet_dir
 
 PoolOpt = Annotated[str, typer.Option("--pool", help="Name of the process work pool.")]
 FleetOpt = Annotated[
@@ -28,19 +28,9 @@ FleetOpt = Annotated[
 def _api_url() -> str:
     """$PREFECT_API_URL; else `hubfleet server --postgres` if it runs here; else the local
     SQLite server `hubfleet demo` uses (started if needed)."""
-    if "PREFECT_API_URL" not in os.environ:
-        from deployments.pgserver import postgres_stack
-        from hubfleet.server import PrefectServer
+    from hubfleet.server import connect
 
-        _pg, on_postgres = postgres_stack(data_dir())
-        if on_postgres.pid() is not None:
-            os.environ["PREFECT_API_URL"] = on_postgres.api_url
-            return on_postgres.api_url
-
-        server = PrefectServer(data_dir() / "prefect")
-        server.ensure()
-        os.environ["PREFECT_API_URL"] = server.api_url
-    return os.environ["PREFECT_API_URL"]
+    return connect()
 
 
 def setup(
@@ -107,9 +97,9 @@ def worker(
     """
     if heartbeat < 30:
         raise HubfleetError(f"--heartbeat {heartbeat}: Prefect's minimum is 30 seconds")
+    _api_url()  # sets the URL and credential in os.environ, which the worker inherits
     env = {
         **os.environ,
-        "PREFECT_API_URL": _api_url(),
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }

@@ -25,7 +25,7 @@ def _local_hubs(fleet: Fleet) -> list[tuple[str, Hub]]:
     return hubs
 
 
-def up(fleet: Fleet, port: int, console: Console) -> None:
+def up(fleet: Fleet, port: int | None, console: Console) -> None:
     """Start (or reuse) the Prefect server, deploy every local hub, check them, show a table."""
     from hubfleet.cli import hub_table
 
@@ -38,12 +38,18 @@ def up(fleet: Fleet, port: int, console: Console) -> None:
         f"Prefect server {'reused' if reused else 'started'} at {server.ui_url} "
         f"(data in {server.home})"
     )
-    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ.update(server.client_env())
     rows = asyncio.run(_deploy_and_check(hubs, console))
     console.print(hub_table(rows))
     console.print(f"done in {time.monotonic() - started:.1f}s")
     console.print(f"Every run is listed in the Prefect UI: {server.ui_url}/runs")
-    console.print(f"From a shell: PREFECT_API_URL={server.api_url} prefect flow-run ls")
+    console.print(
+        f"The API requires a credential: the UI asks for it once; it is in {server.auth_file}"
+    )
+    console.print(
+        f"From a shell: PREFECT_API_URL={server.api_url} "
+        f'PREFECT_API_AUTH_STRING="$(cat {server.auth_file})" prefect flow-run ls'
+    )
     console.print("Stop everything: hubfleet demo --down")
     if any(row["verdict"] != "healthy" for row in rows):
         raise SystemExit(1)

@@ -36,3 +36,29 @@ def local_hubs_dir(cluster_data_dir: str | None) -> Path:
     if "HUBFLEET_DATA_DIR" not in os.environ and cluster_data_dir:
         return Path(cluster_data_dir).expanduser() / "hubs"
     return data_dir() / "hubs"
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only its owner can enter (0700), with every parent it creates
+    0700 too; an existing `path` is tightened (mkdir's mode never changes one)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def private_file(path: Path, text: str | None = None) -> Path:
+    """`path` readable by its owner only (0600), whatever the umask; with `text`, (re)written
+    atomically, never readable by others in between."""
+    if text is not None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return path

@@ -1,27 +1,42 @@
-"""The embedded default's Prefect server: SQLite under the data dir, on loopback.
+"""The Prefect server hubfleet starts, and the one place every client finds it.
 
-Started detached so it outlives the CLI (the UI stays browsable after `hubfleet demo`),
-reused when already running, and stopped by PID with `hubfleet demo --down`.
+The embedded default is SQLite under the data dir, on loopback; `hubfleet server
+--postgres` is the same server on PostgreSQL (deployments/pgserver.py). Either is started
+detached so it outlives the CLI (the UI stays browsable after `hubfleet demo`), reused when
+already running, restarted on the port it last had, and stopped by PID.
+
+Authentication is always on: at first start a credential (`hubfleet:<random>`) is written
+0600 to `<home>/api-auth`; the server requires it (Prefect's
+`PREFECT_SERVER_API_AUTH_STRING`, HTTP Basic) on every API route but `/api/health` and
+`/api/ready`, and `connect()` hands it to the CLI, the worker and everything they start
+(`PREFECT_API_AUTH_STRING`). The data dir, the database and the credential are private to
+the user (0700/0600), tightened when they already exist.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import requests
 
 from hubfleet.errors import HubfleetError
+from hubfleet.paths import data_dir, private_dir, private_file
 
 START_TIMEOUT = 90.0
+DEFAULT_PORT = 4200
+AUTH_USER = "hubfleet"
+#: Files of a SQLite server that hold run data and Prefect's block encryption key.
+_DB_FILES = ("prefect.db", "prefect.db-wal", "prefect.db-shm", "prefect.db-journal")
 
 
 class ServerError(HubfleetError):
@@ -30,12 +45,29 @@ class ServerError(HubfleetError):
 
 @dataclass
 class PrefectServer:
+    """A Prefect server whose state (PID, port, credential, logs) lives in `home`.
+
+    port: None means the port it last ran on (recorded in server.json), else 4200.
+    database_url: None means SQLite in `home`.
+    """
+
     home: Path
-    port: int = 4200
+    port: int | None = None
+    database_url: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.port is None:
+            recorded = self._recorded()
+            self.port = recorded[2] if recorded else DEFAULT_PORT
 
     @property
     def state_file(self) -> Path:
         return self.home / "server.json"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.home / "api-auth"
 
     @property
     def api_url(self) -> str:
@@ -44,6 +76,22 @@ class PrefectServer:
     @property
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def credential(self) -> str:
+        """The API credential (`user:password`), created 0600 at first use."""
+        if not self.auth_file.is_file():
+            private_dir(self.home)
+            private_file(self.auth_file, f"{AUTH_USER}:{secrets.token_urlsafe(32)}\n")
+        private_file(self.auth_file)
+        return self.auth_file.read_text().strip()
+
+    def rotate_credential(self) -> None:
+        """A new credential; the running server keeps the old one until it restarts."""
+        private_file(self.auth_file, f"{AUTH_USER}:{secrets.token_urlsafe(32)}\n")
+
+    def client_env(self) -> dict[str, str]:
+        """What a client process needs to talk to this server."""
+        return {"PREFECT_API_URL": self.api_url, "PREFECT_API_AUTH_STRING": self.credential()}
 
     def _recorded(self) -> tuple[int, float, int] | None:
         if not self.state_file.is_file():
@@ -72,40 +120,54 @@ class PrefectServer:
         except requests.RequestException:
             return False
 
+    def tighten(self) -> None:
+        """The data dir 0700 and every file holding a secret 0600, whatever existed."""
+        private_dir(self.home.parent)
+        private_dir(self.home)
+        for name in (*_DB_FILES, self.auth_file.name):
+            if (self.home / name).exists():
+                private_file(self.home / name)
+
     def ensure(self, progress: object = print) -> bool:
-        """Start the server unless ours is already running; returns True if reused."""
+        """Start the server unless ours is already running; returns True if reused.
+
+        A restart binds the port it had: a port left in TIME_WAIT by the dead server is
+        free; a port another program listens on is an error naming it, never a silent move.
+        """
         if self.pid() and self.healthy():
+            self.tighten()
             return True
         self.stop()
-        if not _port_free(self.port):
-            self.port = _any_free_port()
-        self.home.mkdir(parents=True, exist_ok=True)
+        assert self.port is not None
+        if not port_free(self.port):
+            raise ServerError(
+                f"port {self.port} is in use by another program ({port_owner(self.port)}), so "
+                f"the Prefect server in {self.home} cannot start there; stop that program, or "
+                "start the server on another port (hubfleet server --port N / hubfleet demo "
+                "--port N): clients follow it (they read the port from "
+                f"{self.state_file})"
+            )
+        self.tighten()
+        database = self.database_url or f"sqlite+aiosqlite:///{self.home}/prefect.db"
         env = {
             **os.environ,
+            **self.extra_env,
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home}/prefect.db",
+            "PREFECT_API_DATABASE_CONNECTION_URL": database,
+            "PREFECT_SERVER_API_AUTH_STRING": self.credential(),
+            "PREFECT_UI_API_URL": self.api_url,
+            "PREFECT_UI_URL": self.ui_url,
         }
-        env.pop("PREFECT_API_URL", None)
+        for client_only in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY"):
+            env.pop(client_only, None)
         with open(self.home / "server.log", "ab") as log:
             popen = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "prefect",
-                    "server",
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+                [sys.executable, "-m", "prefect", "server", "start",
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, umask=0o077,
+            )  # fmt: skip
         started = psutil.Process(popen.pid).create_time()
         self.state_file.write_text(
             json.dumps({"pid": popen.pid, "started": started, "port": self.port})
@@ -117,13 +179,17 @@ class PrefectServer:
                     f"prefect server exited with {popen.returncode}; see {self.home}/server.log"
                 )
             if self.healthy():
+                self.tighten()
                 return False
             time.sleep(0.5)
         self.stop()
         raise ServerError(f"prefect server not healthy after {START_TIMEOUT:g}s; see server.log")
 
     def stop(self) -> int | None:
-        """Stop our server (and its workers) by PID; returns the PID stopped."""
+        """Stop our server (and its children) by PID; returns the PID stopped.
+
+        The state file keeps the port, so the next start binds the same one.
+        """
         pid = self.pid()
         if pid is None:
             return None
@@ -138,12 +204,48 @@ class PrefectServer:
         for member in alive:
             member.kill()
         psutil.wait_procs(alive, timeout=5)
-        self.state_file.unlink(missing_ok=True)
         return pid
 
 
-def _port_free(port: int) -> bool:
+def local_server() -> PrefectServer:
+    """The embedded default: SQLite under the data dir."""
+    return PrefectServer(data_dir() / "prefect")
+
+
+def connect(start: bool = True) -> str:
+    """Point this process (and every process it starts) at the Prefect API; its URL.
+
+    The one place clients find the server: `$PREFECT_API_URL` when set (its credential from
+    `$PREFECT_API_AUTH_STRING`, or `$PREFECT_API_KEY` for Prefect Cloud, or the credential
+    file of a hubfleet server on this machine at that URL); else `hubfleet server
+    --postgres` if it runs here; else the embedded SQLite server, started if `start`.
+    """
+    from deployments.pgserver import postgres_stack
+
+    _pg, on_postgres = postgres_stack(data_dir())
+    candidates = [on_postgres, local_server()]
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        if not (os.environ.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_API_KEY")):
+            for server in candidates:
+                if server.api_url == url.rstrip("/") and server.auth_file.is_file():
+                    os.environ["PREFECT_API_AUTH_STRING"] = server.credential()
+        return url
+    if on_postgres.pid() is not None:
+        os.environ.update(on_postgres.client_env())
+        return on_postgres.api_url
+    server = candidates[1]
+    if start:
+        server.ensure()
+    os.environ.update(server.client_env())
+    return server.api_url
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on `port` now (as uvicorn does, with SO_REUSEADDR,
+    so a port whose last connections are in TIME_WAIT counts as free)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
             return True
@@ -151,7 +253,19 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def _any_free_port() -> int:
+def port_owner(port: int) -> str:
+    """Who listens on `port`, as far as this user can see."""
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            listening = conn.status == psutil.CONN_LISTEN and conn.laddr
+            if listening and conn.laddr.port == port and conn.pid:
+                return f"pid {conn.pid}, {' '.join(psutil.Process(conn.pid).cmdline())[:80]}"
+    except (psutil.Error, OSError):
+        pass
+    return "owner not visible"
+
+
+def any_free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.events.filters import EventFilter, EventNameFilter
-from prefect.exceptions import ObjectAlreadyExists
 
-from deployments.health import AUTOMATION_NAME, health_deployments, register_health
+from deployments.health import AUTOMATION_NAME
+from deployments.registry import HEALTH_OPERATIONS
+from deployments.setup import SetupReport, register_health_alert
 from flows.check_fleet_health import UnknownSelection, check_fleet_health
 from flows.deploy_hub import deploy_hub
 from hubfleet.loader import load_fleet
@@ -69,16 +69,9 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
     ).save("ops-webhook", overwrite=True)
     async with get_client() as client:
-        try:
-            await client.create_work_pool(WorkPoolCreate(name="health-test", type="process"))
-        except ObjectAlreadyExists:
-            pass
-        registered = await register_health(fleet(), work_pool="health-test")
-        crons = [
-            (await client.read_deployment(d)).schedules[0].schedule.cron
-            for d in registered["deployments"]
-        ]
-    assert crons == ["0 2 * * *", "*/15 * * * *"]
+        report = SetupReport()
+        await register_health_alert(client, fleet(), report)
+        assert report.created == [f"automation {AUTOMATION_NAME!r}"], report
 
     await deploy_hub(cluster="hc", hub="sweep")
     hub = local_hub(fleet(), "hc", "sweep")
@@ -202,10 +195,12 @@ async def test_bad_selection_is_refused_before_anything_runs() -> None:
 
 
 def test_deployments_take_their_schedules_from_the_fleet() -> None:
-    deep, shallow = health_deployments(fleet())
+    deep, shallow = HEALTH_OPERATIONS
     assert deep.name == "health-deep" and shallow.name == "health-shallow"
-    assert deep.parameters == {"depth": "deep", "alert_after": 1}
-    assert shallow.parameters["depth"] == "shallow"
-    crons = [d.schedules[0].schedule.cron for d in (deep, shallow)]
-    assert crons == ["0 2 * * *", "*/15 * * * *"]
-    assert AUTOMATION_NAME
+    # A module entrypoint: a worker in any directory imports it (a file path did not).
+    assert {d.entrypoint for d in HEALTH_OPERATIONS} == {
+        "flows.check_fleet_health:check_fleet_health"
+    }
+    assert deep.schedule_parameters == {"depth": "deep", "alert_after": 1}
+    assert shallow.schedule_parameters["depth"] == "shallow"
+    assert [d.cron(fleet()) for d in (deep, shallow)] == ["0 2 * * *", "*/15 * * * *"]

@@ -48,15 +48,38 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
         assert tier in row and kind in row and "healthy" in row, row
     assert f"http://127.0.0.1:{port}/runs" in first.stdout
 
-    # The runs are in the server's history, with their tags.
+    # The API answers only with the credential the server generated (0600 in its data dir).
     api = f"http://127.0.0.1:{port}/api"
-    runs = requests.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()
+    home = data_dir / "demo" / "prefect"
+    credential = (home / "api-auth").read_text().strip()
+    assert credential not in first.stdout + first.stderr
+    auth = tuple(credential.split(":", 1))
+    assert requests.get(f"{api}/health", timeout=10).status_code == 200
+    for path, body in [
+        ("block_documents/filter", {"include_secrets": True}),
+        ("block_documents/filter", {"include_secrets": False}),
+        ("flow_runs/filter", {"limit": 1}),
+        ("deployments/filter", {}),
+    ]:
+        anonymous = requests.post(f"{api}/{path}", json=body, timeout=10)
+        assert anonymous.status_code == 401, (path, anonymous.status_code)
+        wrong = requests.post(f"{api}/{path}", json=body, auth=("hubfleet", "guess"), timeout=10)
+        assert wrong.status_code == 401, (path, wrong.status_code)
+    assert requests.post(f"{api}/flow_runs/", json={}, timeout=10).status_code == 401
+    for private, mode in [(data_dir / "demo", 0o700), (home, 0o700), (home / "prefect.db", 0o600),
+                          (home / "api-auth", 0o600)]:  # fmt: skip
+        assert private.stat().st_mode & 0o777 == mode, (private, oct(private.stat().st_mode))
+
+    # The runs are in the server's history, with their tags.
+    runs = requests.post(
+        f"{api}/flow_runs/filter", json={"limit": 200}, auth=auth, timeout=10
+    ).json()
     deploys = {tuple(sorted(r["tags"])) for r in runs if r["name"].startswith("deploy_hub ")}
     for hub in ("staging", "prod", "workshop"):
         assert any(f"hub:local/{hub}" in tags and "op:deploy_hub" in tags for tags in deploys)
     listed = subprocess.run(
         [str(REPO / ".venv/bin/prefect"), "flow-run", "ls", "--limit", "50", "-o", "json"],
-        env={**env, "PREFECT_API_URL": api},
+        env={**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": credential},
         capture_output=True,
         text=True,
         timeout=120,
@@ -86,3 +109,40 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
     assert alive == []
     again = hubfleet("demo", "--down", env=env)
     assert "Prefect server: not running" in again.stdout
+
+
+def test_server_restarts_on_its_port_after_a_crash(data_dir: Path) -> None:
+    """Killed by PID mid-use, the server comes back on the same port (its connections in
+    TIME_WAIT do not count as busy), and clients follow its state file; a port another
+    program holds is an error naming it, not a silent move."""
+    from hubfleet.server import PrefectServer
+
+    home = data_dir / "crash" / "prefect"
+    port = free_port()
+    server = PrefectServer(home, port=port)
+    server.ensure()
+    try:
+        auth = tuple(server.credential().split(":", 1))
+        for _ in range(5):  # client connections, closed by the server when it dies
+            requests.post(f"{server.api_url}/flow_runs/filter", json={}, auth=auth, timeout=10)
+        pid = server.pid()
+        assert pid is not None
+        psutil.Process(pid).kill()
+        psutil.Process(pid).wait(timeout=30)
+
+        again = PrefectServer(home)  # no port given: the one it last ran on
+        assert again.port == port
+        assert again.ensure() is False
+        assert again.port == port and again.healthy()
+    finally:
+        PrefectServer(home).stop()
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+        env["HUBFLEET_DATA_DIR"] = str(data_dir / "crash")
+        taken = hubfleet("server", "--port", str(port), env=env)
+    assert taken.returncode == 2, taken.stdout + taken.stderr
+    assert f"port {port} is in use by another program" in taken.stderr
+    assert "Traceback" not in taken.stderr

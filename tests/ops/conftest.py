@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ops_helpers import POOL, ZOMBIE_AFTER, Webhook, Workers, run_cli
+from ops_helpers import CREDENTIALS, POOL, ZOMBIE_AFTER, Webhook, Workers, run_cli
 
-from hubfleet.server import PrefectServer, _any_free_port
+from hubfleet.server import PrefectServer, any_free_port
 from tasks.local_hub import LocalHub
 
 
@@ -29,13 +29,14 @@ def ops_server(
 ) -> Iterator[PrefectServer]:
     """A real `prefect server start` (SQLite) under the test's data dir."""
     home = no_leftover_processes / "ops-prefect"
-    server = PrefectServer(home, port=_any_free_port())
+    server = PrefectServer(home, port=any_free_port())
     saved = {k: os.environ.get(k) for k in ("PREFECT_UI_URL", "PREFECT_UI_API_URL")}
     os.environ["PREFECT_UI_URL"] = server.ui_url  # the server renders notification links
     os.environ["PREFECT_UI_API_URL"] = server.api_url  # else the UI calls port 4200
     try:
         server.ensure(progress=lambda *_: None)
         assert os.environ["PREFECT_UI_URL"] == server.ui_url, "port changed while starting"
+        CREDENTIALS[server.api_url] = server.credential()
         yield server
     finally:
         server.stop()
@@ -62,9 +63,10 @@ def _prefect_points_at_ops_server(request: pytest.FixtureRequest) -> Iterator[No
     if "ops_api" not in request.fixturenames:
         yield
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: request.getfixturevalue("ops_api")}):
+    api = request.getfixturevalue("ops_api")
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: CREDENTIALS[api]}):
         yield
 
 

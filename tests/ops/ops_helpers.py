@@ -51,8 +51,15 @@ class Webhook:
         self.httpd.server_close()
 
 
+#: API URL -> credential of the servers the tests started (each requires its own).
+CREDENTIALS: dict[str, str] = {}
+
+
 def cli_env(api_url: str, **extra: str) -> dict[str, str]:
     env = {**os.environ, "PREFECT_API_URL": api_url, "HUBFLEET_FLEET": str(REPO / "fleet")}
+    env.pop("PREFECT_API_AUTH_STRING", None)
+    if api_url in CREDENTIALS:
+        env["PREFECT_API_AUTH_STRING"] = CREDENTIALS[api_url]
     env.update(extra)
     return env
 

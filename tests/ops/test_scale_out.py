@@ -20,7 +20,7 @@ import psutil
 import pytest
 from ops_helpers import HUBFLEET, REPO, Workers, run_cli
 
-from hubfleet.server import _any_free_port
+from hubfleet.server import any_free_port
 from tasks.local_hub import LocalHub
 
 POOL = "hubfleet-scale"
@@ -39,7 +39,7 @@ def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def pg_api(no_leftover_processes: Path) -> Iterator[str]:
     """`hubfleet server --postgres` in the session's data dir; `--down` stops both by PID."""
-    port = str(_any_free_port())
+    port = str(any_free_port())
     first = server_cli("--port", port)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "started, PostgreSQL" in first.stdout, first.stdout
