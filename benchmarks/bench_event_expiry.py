@@ -65,7 +65,7 @@ async def one_round(lead: float) -> dict[str, float]:
     at = datetime.now(UTC) + timedelta(seconds=lead)
     run = await arun_deployment(
         DEPLOYMENTS["expire"],
-        parameters={"cluster": "local", "hub": "workshop", "operator": "bench"},
+        parameters={"cluster": "local", "hub": "workshop"},
         scheduled_time=at,
         timeout=0,
         as_subflow=False,

@@ -26,11 +26,6 @@ PARAMETER_DOCS: dict[str, tuple[str, str]] = {
     "cluster": ("Cluster", "The cluster: a directory of fleet/clusters (its cluster.yaml)."),
     "hub": ("Hub", "The hub's name inside the chosen cluster (see the cluster's hubs list)."),
     "dry_run": ("Dry run", "Only report what would change; change nothing."),
-    "operator": (
-        "Operator",
-        "Who is running this, for the audit log. Leave empty and the run is recorded as "
-        "'unknown(ui/api)'.",
-    ),
     "keep_data": ("Keep data", "Archive the hub's data before removing it (else delete it)."),
 }
 

@@ -213,6 +213,13 @@ def ui_parameter_schema(flow: Any, fleet: Fleet) -> dict[str, Any]:
     """
     schema = copy.deepcopy(flow.parameters.model_dump_for_openapi())
     props: dict[str, Any] = schema.get("properties", {})
+    # Who ran it is recorded from how the run was created (flows/operation.py), so the
+    # form has no operator field and the server refuses one, like any unknown parameter.
+    props.pop("operator", None)
+    schema["required"] = [r for r in schema.get("required", []) if r != "operator"]
+    if not schema["required"]:
+        del schema["required"]
+    schema["additionalProperties"] = False
     enums = {
         "cluster": sorted(c.name for c in fleet.clusters),
         "hub": sorted({h.name for c in fleet.clusters for h in c.hubs}),

@@ -29,6 +29,7 @@ from prefect.events import emit_event
 from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health, history_row, hub_url, report_dict
 from flows.operation import Operation, begin_fleet, current_fleet
+from flows.parameters import AlertAfter, Backoff, PerCluster, ProbeTimeout, Retries, Selection
 from hubfleet.errors import HubfleetError
 from hubfleet.health import (
     DEPTHS,
@@ -74,12 +75,12 @@ def select_hubs(fleet: Fleet, selection: list[str] | None) -> list[tuple[str, st
 @flow(name="check_fleet_health", flow_run_name="check_fleet_health {depth}")
 async def check_fleet_health(
     depth: str = "shallow",
-    selection: list[str] | None = None,
-    per_cluster: int | None = None,
-    alert_after: int = 3,
-    retries: int = 3,
-    backoff: float = 0.5,
-    timeout: float = 5.0,
+    selection: Selection = None,
+    per_cluster: PerCluster = None,
+    alert_after: AlertAfter = 3,
+    retries: Retries = 3,
+    backoff: Backoff = 0.5,
+    timeout: ProbeTimeout = 5.0,
     operator: str | None = None,
 ) -> dict[str, Any]:
     """Sweep the fleet's hubs up to `depth`; alert once a hub fails `alert_after` sweeps in a row.

@@ -19,6 +19,7 @@ import io
 import os
 import subprocess
 import tempfile
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,35 @@ from ruamel.yaml import YAML
 
 from flows.deploy_hub import Gate, deploy_hub
 from flows.operation import Operation, begin
+from flows.parameters import Names
 from hubfleet.errors import HubfleetError
 from hubfleet.presets import Preset, load_preset
 
 
 class CustomizationRejected(HubfleetError):
     """The request asks for something the hub's preset does not allow; nothing changed."""
+
+
+def name_problems(field: str, names: list[str] | None) -> list[str]:
+    """Why user or group names would be unsafe in a hub's config (empty: all fine).
+
+    JupyterHub puts user names in URLs (/user/<name>/) and shows them in its admin page:
+    a name must be printable, without spaces, slashes or invisible characters (control and
+    format characters such as U+202E, which reverses how the text around it is shown).
+    """
+    problems = []
+    for name in names or []:
+        shown = repr(name[:40] + ("…" if len(name) > 40 else ""))
+        bad = sorted(
+            {f"U+{ord(c):04X}" for c in name if unicodedata.category(c)[0] in "CZ" or c == "/"}
+        )
+        if not name or len(name) > 100 or bad:
+            why = f"contains {', '.join(bad[:5])}" if bad else "must be 1 to 100 characters"
+            problems.append(
+                f"{field}: {shown} {why}; use a plain name (letters, digits, . _ @ + -) "
+                "as the hub's login shows it"
+            )
+    return problems
 
 
 def check_request(
@@ -159,9 +183,9 @@ def commit_on_branch(root: Path, file: Path, content: str, branch: str, message:
 async def customize_hub(
     cluster: str,
     hub: str,
-    admins: list[str] | None = None,
-    allowed_users: list[str] | None = None,
-    allowed_groups: list[str] | None = None,
+    admins: Names = None,
+    allowed_users: Names = None,
+    allowed_groups: Names = None,
     default_image: str | None = None,
     profiles: list[str] | None = None,
     default_profile: str | None = None,
@@ -179,6 +203,8 @@ async def customize_hub(
     assert op.hub is not None
     preset = load_preset(op.hub.use_case) if op.hub.use_case else None
     problems = check_request(preset, op.target, default_image, profiles, default_profile)
+    problems += name_problems("admins", admins) + name_problems("allowed_users", allowed_users)
+    problems += name_problems("allowed_groups", allowed_groups)
     if problems:
         raise CustomizationRejected(
             f"{op.target}: request refused, nothing was changed:\n  " + "\n  ".join(problems)
@@ -212,7 +238,7 @@ async def customize_hub(
         await _record(op, "No change", "", None)
         return {"hub": op.target, "changed": False}
     if dry_run:
-        await _record(op, "Dry run: would apply", patch, None)
+        await _record(op, "Dry run: would apply", patch, None, dry_run=True)
         return {"hub": op.target, "dry_run": True, "patch": patch}
 
     file.write_text(after, encoding="utf-8")
@@ -250,10 +276,16 @@ def _values_file(op: Operation) -> Path:
     return op.fleet.cluster_dir(op.cluster.name) / op.hub.values[-1]
 
 
-async def _record(op: Operation, what: str, patch: str, branch: str | None) -> None:
+async def _record(
+    op: Operation, what: str, patch: str, branch: str | None, dry_run: bool = False
+) -> None:
     assert op.hub is not None
     where = (
-        f"Committed on branch `{branch}`: merge it to keep the change in the next fleet deploy."
+        "Nothing was written. Run without dry_run to deploy it and record it as a branch "
+        "`customize/<cluster>-<hub>-<time>` of the registry."
+        if dry_run
+        else f"Committed on branch `{branch}`: merge it to keep the change in the next fleet "
+        "deploy."
         if branch
         else "The registry is not a writable git repository: apply this patch to it."
     )

@@ -27,6 +27,7 @@ from prefect.states import Failed
 from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.deploy_hub import Gate, deploy_hub
 from flows.operation import begin_fleet
+from flows.parameters import HelmWait, Placeholders, Selection, WavePercent, WaveSize
 from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.paths import fleet_dir
@@ -120,7 +121,7 @@ async def deploy_support(
     cluster: str,
     dry_run: bool = False,
     operator: str | None = None,
-    placeholders: int | None = None,
+    placeholders: Placeholders = None,
 ) -> dict[str, Any]:
     """Install or upgrade helm/support on a cluster under the cluster lock (excludes every
     hub operation there). Creates the hub namespaces so their quota/limit defaults apply.
@@ -394,14 +395,14 @@ async def run_fleet_plan(
 
 @flow(name="deploy_fleet", flow_run_name="deploy_fleet {selection}")
 async def deploy_fleet(
-    selection: list[str] | None = None,
+    selection: Selection = None,
     dry_run: bool = False,
     operator: str | None = None,
-    wave_size: int | None = None,
-    wave_percent: float | None = None,
+    wave_size: WaveSize = None,
+    wave_percent: WavePercent = None,
     remove_orphans: bool = False,
     gate: Gate = "auto",
-    wait_timeout: str = "5m",
+    wait_timeout: HelmWait = "5m",
 ) -> dict[str, Any]:
     """Deploy the selected hubs ('*', 'cluster' or 'cluster/hub'): support first, staging,
     a health gate, then prod in waves; clusters in parallel. Orphans are reported, and

@@ -25,6 +25,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
+from flows.parameters import HelmWait, LockWait
 from hubfleet.errors import HubfleetError, ProviderNotReady
 from hubfleet.localhub import hub_config_from_values, local_values
 from hubfleet.model import Provider
@@ -154,15 +155,15 @@ async def deploy_hub(
     dry_run: bool = False,
     operator: str | None = None,
     gate: Gate = "auto",
-    wait_timeout: str = "5m",
-    lock_timeout: float | None = None,
+    wait_timeout: HelmWait = "5m",
+    lock_timeout: LockWait = None,
     fleet_slot: bool = False,
 ) -> dict[str, Any]:
     """Deploy or update one hub; with dry_run, only report what would change.
 
     gate: post-deploy health gate (`auto`, `health`, `rollout` or `none`; see health_gate).
     wait_timeout: how long helm waits for the rollout before undoing it.
-    lock_timeout: seconds to wait for another operation on this hub (None: wait).
+    lock_timeout: seconds to wait for another operation on this hub (None: tasks.locks.LOCK_WAIT).
     fleet_slot: also take one of the cluster's `parallelism` slots (set by deploy_fleet).
     """
     op = await begin("deploy_hub", cluster, hub, operator)

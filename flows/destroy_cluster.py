@@ -15,6 +15,7 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from blocks.cluster_access import ClusterAccess
 from flows.operation import Operation, begin
+from flows.parameters import ApprovalTimeout
 from flows.provision_cluster import ask_approval, require_terraform
 from hubfleet.errors import HubfleetError
 from tasks.cluster_login import provider_credentials_env
@@ -68,7 +69,7 @@ async def destroy_cluster(
     cluster: str,
     dry_run: bool = False,
     operator: str | None = None,
-    approval_timeout: int = 3600,
+    approval_timeout: ApprovalTimeout = 3600,
 ) -> dict[str, Any]:
     """Destroy a cluster with no hubs; always asks for approval; dry_run only reports."""
     op = await begin("destroy_cluster", cluster, None, operator)

@@ -29,7 +29,7 @@ namespace.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -57,7 +57,8 @@ from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health
 from flows.deploy_fleet import _current_placeholders, deploy_support
 from flows.deploy_hub import deploy_hub
-from flows.operation import Operation, begin, begin_fleet
+from flows.operation import SCHEDULE_TAG, SCHEDULED_BY, Operation, begin, begin_fleet
+from flows.parameters import ExportTimeout
 from flows.teardown_hub import teardown_hub
 from hubfleet import events
 from hubfleet.errors import HubfleetError
@@ -90,8 +91,12 @@ DEPLOYMENTS = {
     REMIND: "remind_event_organizers/default",
     EXPIRE: "expire_event_hub/default",
 }
-#: Tag on every run hubfleet schedules for an event hub; `event:<kind>` says which.
-SCHEDULE_TAG = "hubfleet:event-schedule"
+# Every run hubfleet schedules for an event hub is tagged SCHEDULE_TAG (flows/operation.py)
+# and `event:<kind>` says which.
+
+
+#: The furthest an extension may move an event's end.
+MAX_EXTENSION = timedelta(days=365)
 
 
 def _now() -> datetime:
@@ -166,8 +171,10 @@ async def schedule_run(want: WantedRun, operator: str) -> bool:
     Returns False when the key's run has already started or finished (nothing scheduled).
     """
     params: dict[str, Any] = {"cluster": want.cluster, "hub": want.hub}
-    params["operator"] = f"schedule:{operator}"
-    tags = [SCHEDULE_TAG, f"event:{want.kind}", f"hub:{want.cluster}/{want.hub}"]
+    # The run records `operator:schedule:<who scheduled it>` from these tags (a deployment
+    # run takes no operator parameter; see flows/operation.py).
+    tags = [SCHEDULE_TAG, f"{SCHEDULED_BY}{operator}", f"event:{want.kind}"]
+    tags.append(f"hub:{want.cluster}/{want.hub}")
     for attempt in range(10):
         key = want.key if attempt == 0 else f"{want.key}#{attempt}"
         try:
@@ -495,6 +502,12 @@ async def extend_event_hub(
     spec = events.event_spec(op.cluster, op.hub)
     if new_end.tzinfo is None:
         raise EventRefused(f"new_end {new_end.isoformat()} has no UTC offset; add one, e.g. +00:00")
+    if new_end > spec.end + MAX_EXTENSION:
+        raise EventRefused(
+            f"new_end {new_end.isoformat()} is more than {MAX_EXTENSION.days} days after the "
+            f"event's end ({spec.end.isoformat()}); an event hub that long should be a standing "
+            "hub (kind: standing). Nothing was changed."
+        )
     if new_end <= max(spec.start, _now()):
         raise EventRefused(
             f"new_end {new_end.isoformat()} is not in the future (after start and now); to end "
@@ -529,7 +542,7 @@ async def expire_event_hub(
     hub: str,
     dry_run: bool = False,
     operator: str | None = None,
-    export_timeout: float = 3600.0,
+    export_timeout: ExportTimeout = 3600.0,
 ) -> dict[str, Any]:
     """Expire an event hub that is over: snapshot, export, revoke, remove, record.
 

@@ -30,6 +30,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from flows.operation import begin_fleet
+from flows.parameters import Since
 from hubfleet.audit import parse_since
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
@@ -150,7 +151,7 @@ def _use_cases() -> dict[str, str]:
 
 
 @flow(name="publish_fleet_report", flow_run_name="publish_fleet_report {since}")
-async def publish_fleet_report(since: str = "30d", operator: str | None = None) -> dict[str, Any]:
+async def publish_fleet_report(since: Since = "30d", operator: str | None = None) -> dict[str, Any]:
     """Publish the fleet ops report for the last `since` (e.g. 30d) as an artifact."""
     await begin_fleet("publish_fleet_report", operator)
     start = parse_since(since)

@@ -2,16 +2,26 @@
 
 Self-hosted Prefect does not record who started a run; hubfleet does, as tags on the run
 (`operator:<who>`, `revision:<fleet commit>`) beside `op:`, `cluster:` and `hub:`.
+
+Who started a run comes from how it was created, never from what the creator says:
+- a deployment run (worker): `schedule` for a scheduled run, `automation:<name>` or the
+  Prefect Cloud actor from the run's `created_by`, else `unknown(ui/api)`. The deployments'
+  parameter schema has no `operator`, so the server refuses one at creation;
+- a run in the CLI's own process: the local user ($USER), or `--operator NAME` from that
+  same user's shell, checked: a plain name of at most 64 characters that is not one of the
+  reserved values above.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -19,6 +29,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run
 
+from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, Hub
 from hubfleet.paths import fleet_dir
@@ -38,20 +49,43 @@ class Operation:
         return f"{self.cluster.name}/{self.hub.name}" if self.hub else self.cluster.name
 
 
-def operator_name(given: str | None) -> str:
-    """Who started the run: the `operator` parameter, else $USER."""
-    return given or os.environ.get("USER") or getpass.getuser()
-
-
-#: Recorded for a deployment run started from the Prefect UI or API without an operator:
-#: self-hosted Prefect does not say who clicked, and the worker's $USER would be a lie.
+#: Recorded for a deployment run started from the Prefect UI or API: self-hosted Prefect
+#: does not say who clicked, and the worker's $USER would be a lie.
 UNKNOWN_UI_OPERATOR = "unknown(ui/api)"
+#: Tags of the event runs hubfleet schedules itself (flows/event_hubs.py): who scheduled it.
+SCHEDULE_TAG = "hubfleet:event-schedule"
+SCHEDULED_BY = "scheduled-by:"
+#: What an operator name given in-process may look like (a login or an email address).
+_OPERATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+#: Names only the run's provenance may produce.
+RESERVED_OPERATORS = ("schedule", UNKNOWN_UI_OPERATOR)
+
+
+class OperatorRefused(HubfleetError):
+    """An operator name that is not a plain name, or one only provenance may set."""
+
+
+def operator_name(given: str | None) -> str:
+    """Who started an in-process run: `given` (checked), else $USER."""
+    if given is None:
+        return os.environ.get("USER") or getpass.getuser()
+    shown = given if len(given) <= 100 else given[:100] + "…"
+    if given in RESERVED_OPERATORS or not _OPERATOR.fullmatch(given):
+        raise OperatorRefused(
+            f"operator {shown!r}: give a plain name (letters, digits, . _ @ + -, at most 64 "
+            f"characters, not {' or '.join(RESERVED_OPERATORS)}); scheduled, automated and "
+            "UI runs are recorded from how they were created. Nothing was run."
+        )
+    return given
 
 
 def deployment_run_operator(run: FlowRun) -> str:
     """Who started a deployment run that names no operator: its schedule, else unknown."""
     if run.auto_scheduled:
         return "schedule"
+    if SCHEDULE_TAG in run.tags:
+        by = [t.removeprefix(SCHEDULED_BY) for t in run.tags if t.startswith(SCHEDULED_BY)]
+        return f"schedule:{by[0] if by else 'unknown'}"
     created_by = getattr(run, "created_by", None)
     if created_by is not None and created_by.type:
         return f"{created_by.type.lower()}:{created_by.display_value or created_by.id}"
@@ -105,19 +139,44 @@ def run_tags(op: str, cluster: str, hub: str | None, operator: str, revision: st
 async def _tag_current_run(operator: str | None, tags_for: Callable[[str], list[str]]) -> str:
     """Add `tags_for(who)` to the current flow run's tags; return who started it.
 
-    A deployment run that names no operator was started by its schedule or from the UI/API
-    (see `deployment_run_operator`); anything else is the `operator` parameter or $USER.
+    A deployment run was started by its schedule, an automation or from the UI/API (see
+    `deployment_run_operator`) whatever its parameters say; an in-process run by `operator`
+    (checked) or $USER. A subflow inherits its parent's operator, passed down as `operator`.
     """
-    who = operator_name(operator)
     run_id = flow_run.get_id()
+    who = None
     if run_id:
         async with get_client() as client:
             run = await client.read_flow_run(UUID(run_id))
-            if operator is None and run.deployment_id is not None:
+            if run.parent_task_run_id is not None:
+                # A subflow: its parent passed its own operator down, or it inherits it.
+                who = operator or await _parent_operator(client, run.parent_task_run_id)
+            elif run.deployment_id is not None:
+                if operator is not None:
+                    raise OperatorRefused(
+                        "a deployment run's operator comes from how it was created (schedule, "
+                        "automation, UI/API), never from a parameter; remove 'operator'. "
+                        "Nothing was run."
+                    )
                 who = deployment_run_operator(run)
-            tags = sorted(set(run.tags) | set(tags_for(who)))
+            else:
+                who = operator_name(operator)
+            # Only this code says who: an `operator:` tag the creator attached is dropped.
+            kept = {t for t in run.tags if not t.startswith("operator:")}
+            tags = sorted(kept | set(tags_for(who)))
             await client.update_flow_run(UUID(run_id), tags=tags)
-    return who
+    return who if who is not None else operator_name(operator)
+
+
+async def _parent_operator(client: Any, parent_task_run_id: UUID) -> str:
+    """The `operator:` tag of the run a subflow was started from ($USER if it has none)."""
+    task_run = await client.read_task_run(parent_task_run_id)
+    if task_run.flow_run_id is not None:
+        parent = await client.read_flow_run(task_run.flow_run_id)
+        for tag in parent.tags:
+            if tag.startswith("operator:"):
+                return str(tag.removeprefix("operator:"))
+    return operator_name(None)
 
 
 async def begin_fleet(

@@ -17,6 +17,7 @@ from prefect.input import RunInput
 
 from blocks.cluster_access import ClusterAccess
 from flows.operation import Operation, begin
+from flows.parameters import ApprovalTimeout
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Cluster
 from tasks.cluster_login import cluster_kubeconfig, provider_credentials_env
@@ -136,7 +137,7 @@ async def provision_cluster(
     action: Literal["plan", "apply"] = "plan",
     dry_run: bool = False,
     operator: str | None = None,
-    approval_timeout: int = 3600,
+    approval_timeout: ApprovalTimeout = 3600,
 ) -> dict[str, Any]:
     """Plan, and with action=apply apply, the cluster's Terraform module.
 

@@ -13,13 +13,14 @@ secrets are rotated together, in one child run.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
-from flows.operation import Operation, begin, operator_name
+from flows.operation import Operation, begin
+from flows.parameters import MaxAge
 from hubfleet.credentials import (
     HUB_SECRET_WARNING,
     CredentialKind,
@@ -43,7 +44,7 @@ class RotationsFailed(HubfleetError):
 @flow(name="rotate_credentials", flow_run_name="rotate_credentials {scope}")
 async def rotate_credentials(
     scope: str = "all",
-    max_age: timedelta | None = None,
+    max_age: MaxAge = None,
     dry_run: bool = False,
     operator: str | None = None,
 ) -> dict[str, Any]:
@@ -53,9 +54,9 @@ async def rotate_credentials(
     fleet = load_fleet(fleet_dir())
     target = parse_scope(scope, fleet)
     clusters = [target.cluster] if target.cluster else [c.name for c in fleet.clusters]
-    who = operator_name(operator)
+    who = operator
     for cluster in clusters:  # tags the run with every cluster it may touch
-        await begin("rotate_credentials", cluster, target.hub, who)
+        who = (await begin("rotate_credentials", cluster, target.hub, operator)).operator
 
     records = await collect_inventory(fleet)
     plan = plan_rotation(records, target, datetime.now(UTC), max_age)

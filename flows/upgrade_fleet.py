@@ -12,18 +12,19 @@ from prefect import flow
 
 from flows.deploy_fleet import run_fleet_plan
 from flows.deploy_hub import Gate
+from flows.parameters import HelmWait, Selection, WavePercent, WaveSize
 
 
 @flow(name="upgrade_fleet", flow_run_name="upgrade_fleet")
 async def upgrade_fleet(
-    selection: list[str] | None = None,
+    selection: Selection = None,
     dry_run: bool = False,
     operator: str | None = None,
-    wave_size: int | None = None,
-    wave_percent: float | None = None,
+    wave_size: WaveSize = None,
+    wave_percent: WavePercent = None,
     remove_orphans: bool = False,
     gate: Gate = "auto",
-    wait_timeout: str = "5m",
+    wait_timeout: HelmWait = "5m",
 ) -> dict[str, Any]:
     """Upgrade every selected hub (default: all) whose deployed chart version differs from
     the fleet's."""

@@ -126,13 +126,12 @@ def demo(
 
 def _run(flow: Any, **params: Any) -> Any:
     """Run a flow in this process against the local server (or $PREFECT_API_URL)."""
-    import asyncio
-
+    from hubfleet.interrupt import run_flow_interruptible
     from hubfleet.server import connect
 
     load_fleet(fleet_dir())  # fail fast, before any server starts
     connect()
-    return asyncio.run(flow(**params))
+    return run_flow_interruptible(flow, **params)
 
 
 # Commands that live beside their operation's code. Each module defines
@@ -144,6 +143,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "hubfleet.cli_credentials",
     "hubfleet.cli_pilot",
     "hubfleet.cli_events",
+    "hubfleet.cli_locks",
 )
 
 
@@ -173,6 +173,14 @@ def main() -> None:
         sys.exit(2)
     except (LookupError, HubfleetError) as exc:
         err.print(f"error: {exc}", soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:
+        # A value outside an operation's bounds (flows/parameters.py), found by Prefect
+        # before the flow ran: nothing was changed. Imported only if Prefect was.
+        bad_parameters = getattr(sys.modules.get("prefect.exceptions"), "ParameterTypeError", ())
+        if not isinstance(exc, bad_parameters):
+            raise
+        err.print(f"error: {str(exc)[:500]}\nNothing was run.", soft_wrap=True)
         sys.exit(2)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from hubfleet.errors import HubfleetError
+from hubfleet.interrupt import run_interruptible
 from hubfleet.model import Fleet, Hub, Provider
 from hubfleet.paths import data_dir
 from hubfleet.server import PrefectServer
@@ -39,7 +39,7 @@ def up(fleet: Fleet, port: int | None, console: Console) -> None:
         f"(data in {server.home})"
     )
     os.environ.update(server.client_env())
-    rows = asyncio.run(_deploy_and_check(hubs, console))
+    rows = run_interruptible(lambda: _deploy_and_check(hubs, console))
     console.print(hub_table(rows))
     console.print(f"done in {time.monotonic() - started:.1f}s")
     console.print(f"Every run is listed in the Prefect UI: {server.ui_url}/runs")

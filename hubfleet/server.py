@@ -9,8 +9,9 @@ Authentication is always on: at first start a credential (`hubfleet:<random>`) i
 0600 to `<home>/api-auth`; the server requires it (Prefect's
 `PREFECT_SERVER_API_AUTH_STRING`, HTTP Basic) on every API route but `/api/health` and
 `/api/ready`, and `connect()` hands it to the CLI, the worker and everything they start
-(`PREFECT_API_AUTH_STRING`). The data dir, the database and the credential are private to
-the user (0700/0600), tightened when they already exist.
+(`PREFECT_API_AUTH_STRING`). The key that encrypts block secrets is kept out of the
+database (`block-encryption-key`, see `encryption_key`). The data dir, the database, the
+credential and the key are private to the user (0700/0600), tightened when they exist.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import requests
 from hubfleet.errors import HubfleetError
 from hubfleet.paths import data_dir, private_dir, private_file
 
-START_TIMEOUT = 90.0
+START_TIMEOUT = 120.0
 DEFAULT_PORT = 4200
 AUTH_USER = "hubfleet"
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 #: Files of a SQLite server that hold run data and Prefect's block encryption key.
 _DB_FILES = ("prefect.db", "prefect.db-wal", "prefect.db-shm", "prefect.db-journal")
 
@@ -68,6 +70,32 @@ class PrefectServer:
     @property
     def auth_file(self) -> Path:
         return self.home / "api-auth"
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "block-encryption-key"
+
+    def encryption_key(self) -> str | None:
+        """The key Prefect encrypts block secrets with, kept beside (not in) the database.
+
+        `$PREFECT_SERVER_ENCRYPTION_KEY` wins (the operator keeps it, e.g. in a secret
+        store). Else a server's first start writes one 0600 to `key_file`, so a copy of
+        the database alone does not reveal a secret. A database created before hubfleet
+        did this holds its own key (None here): Prefect keeps using it.
+        """
+        if os.environ.get("PREFECT_SERVER_ENCRYPTION_KEY"):
+            return os.environ["PREFECT_SERVER_ENCRYPTION_KEY"]
+        if self.key_file.is_file():
+            return self.key_file.read_text().strip()
+        first_start = (
+            not (self.home / "server.log").exists() and not (self.home / "prefect.db").exists()
+        )
+        if not first_start:
+            return None
+        from cryptography.fernet import Fernet
+
+        private_file(self.key_file, Fernet.generate_key().decode() + "\n")
+        return self.key_file.read_text().strip()
 
     @property
     def api_url(self) -> str:
@@ -124,7 +152,7 @@ class PrefectServer:
         """The data dir 0700 and every file holding a secret 0600, whatever existed."""
         private_dir(self.home.parent)
         private_dir(self.home)
-        for name in (*_DB_FILES, self.auth_file.name):
+        for name in (*_DB_FILES, self.auth_file.name, self.key_file.name):
             if (self.home / name).exists():
                 private_file(self.home / name)
 
@@ -148,6 +176,7 @@ class PrefectServer:
                 f"{self.state_file})"
             )
         self.tighten()
+        key = self.encryption_key()
         database = self.database_url or f"sqlite+aiosqlite:///{self.home}/prefect.db"
         env = {
             **os.environ,
@@ -156,9 +185,14 @@ class PrefectServer:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_API_DATABASE_CONNECTION_URL": database,
             "PREFECT_SERVER_API_AUTH_STRING": self.credential(),
+            # Lock leases on disk (PREFECT_HOME/concurrency_leases): a restarted server
+            # still expires the leases of runs that died with it (tasks/locks.py).
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
             "PREFECT_UI_API_URL": self.api_url,
             "PREFECT_UI_URL": self.ui_url,
         }
+        if key:
+            env["PREFECT_SERVER_ENCRYPTION_KEY"] = key
         for client_only in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY"):
             env.pop(client_only, None)
         with open(self.home / "server.log", "ab") as log:

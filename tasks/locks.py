@@ -12,17 +12,34 @@ so `a-b`/`c` and `a`/`b-c` can never collide):
 
 `strict=True` everywhere: without it Prefect silently skips a missing limit and nothing is
 locked. `ensure_concurrency_limits(fleet)` creates them (idempotent); `hubfleet setup` calls it.
+
+A lock cannot outlive its holder: every slot is a lease the holding run renews while it
+lives (LEASE_SECONDS); when the run crashes, is cancelled, or its process or machine dies,
+the server's repossessor frees the slot once the lease runs out (at most LEASE_SECONDS plus
+its 15 s loop). Leases are kept on disk by every server hubfleet starts (Prefect's
+filesystem lease storage), so a server restart does not forget them and leave the slot
+taken forever. Why leases rather than a holder-state check: they need no extra service and
+free a lock even when nothing will ever report the holder's state (a lost machine).
+
+While it holds a lock, a run carries the tag `holds:<limit>`, so a waiter can name the
+holder and `hubfleet locks` can list who holds what. Waits are bounded by default
+(LOCK_WAIT), except a fleet run's deploy slot, which is the fleet run's own queue.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import MissingContextError
+from prefect.runtime import flow_run
 
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Fleet
@@ -72,6 +89,56 @@ async def ensure_concurrency_limits(fleet: Fleet) -> list[str]:
 #: when the lease runs out. Prefect's default (300 s) kept a hub locked 5 minutes after a
 #: crash; 90 s leaves renewals ample slack on a loaded machine.
 LEASE_SECONDS = 90.0
+#: How long an operation waits for a hub or cluster lock unless told otherwise.
+LOCK_WAIT = 1800.0
+#: Tag of a run while it holds the limit named after it.
+HOLDS = "holds:"
+
+
+async def _mark_holder(names: list[str], holding: bool) -> None:
+    """Add (or remove) `holds:<limit>` tags on the current flow run, if there is one."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    held = {HOLDS + name for name in names}
+    async with get_client() as client:
+        run = await client.read_flow_run(UUID(run_id))
+        tags = set(run.tags) | held if holding else set(run.tags) - held
+        await client.update_flow_run(UUID(run_id), tags=sorted(tags))
+
+
+async def holders(limit: str, client: Any) -> list[Any]:
+    """The runs that took `limit` most recently (newest first); a final one no longer holds
+    it once its lease has run out."""
+    return list(
+        await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[HOLDS + limit])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=5,
+        )
+    )
+
+
+def describe_run(run: Any) -> str:
+    state = run.state.name if run.state else "unknown"
+    return f"run {run.name!r} ({run.id}, {state})"
+
+
+async def _busy_message(names: list[str], what: str, timeout: float) -> str:
+    async with get_client() as client:
+        found = [run for name in names[:1] for run in await holders(name, client)]
+    live = [r for r in found if r.state and not r.state.is_final()]
+    holder = (
+        f"held by {describe_run(live[0])}"
+        if live
+        else f"last taken by {describe_run(found[0])}, whose lease has not run out yet"
+        if found
+        else "held by a run hubfleet cannot name (see `hubfleet locks`)"
+    )
+    return (
+        f"{what} is busy: {holder}, for more than {timeout:g}s of waiting; retry when it "
+        "ends, or see `hubfleet locks`. Nothing was changed."
+    )
 
 
 @asynccontextmanager
@@ -88,12 +155,14 @@ async def _hold(
             lease_duration=LEASE_SECONDS,
         ):
             _log("holding lock: %s", what)
-            yield
+            await _mark_holder(names, True)
+            try:
+                yield
+            finally:
+                await _mark_holder(names, False)
     except TimeoutError:
-        raise LockTimeout(
-            f"{what} is busy: another operation held it for more than {timeout:g}s; "
-            "see the running flow runs in the Prefect UI and retry. Nothing was changed."
-        ) from None
+        assert timeout is not None
+        raise LockTimeout(await _busy_message(names, what, timeout)) from None
     _log("released lock: %s", what)
 
 
@@ -110,6 +179,8 @@ async def hub_lock(
     if fleet_slot:
         names.append(deploy_limit(cluster))
     what = f"hub {cluster}/{hub}" + (" + a deploy slot" if fleet_slot else "")
+    if timeout is None and not fleet_slot:
+        timeout = LOCK_WAIT
     async with _hold(names, 1, what, timeout):
         yield
 
@@ -117,6 +188,7 @@ async def hub_lock(
 @asynccontextmanager
 async def cluster_lock(cluster: str, timeout: float | None = None) -> AsyncIterator[None]:
     """Exclusive right to change `cluster` itself: no hub operation runs on it meanwhile."""
+    timeout = LOCK_WAIT if timeout is None else timeout
     async with _hold([cluster_limit(cluster)], CLUSTER_SLOTS, f"cluster {cluster}", timeout):
         yield
 

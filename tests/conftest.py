@@ -59,13 +59,30 @@ def no_leftover_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[str]:
-    """A real Prefect server (SQLite) for the whole session; flows run against it."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(no_leftover_processes: Path) -> Iterator[str]:
+    """A real Prefect server (SQLite) for the whole session, started as hubfleet starts
+    every server: authentication on. Flows run against it; this process and the commands
+    the tests start use its credential from the environment, as a remote worker would."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
+    from hubfleet.server import PrefectServer, any_free_port
+
+    server = PrefectServer(no_leftover_processes / "prefect", port=any_free_port())
+    server.ensure()
+    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
+    os.environ.update(server.client_env())
+    try:
+        with temporary_settings(
+            {PREFECT_API_URL: server.api_url, PREFECT_API_AUTH_STRING: server.credential()}
+        ):
+            yield server.api_url
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """deploy_hub, check_hub_health and teardown_hub on the local provider.
 
-Real components only: a real Prefect server (prefect_test_harness), real JupyterHub and
+Real components only: a real Prefect server (authentication on), real JupyterHub and
 configurable-http-proxy processes, real HTTP.
 """
 

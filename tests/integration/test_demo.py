@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -66,9 +67,15 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
         wrong = requests.post(f"{api}/{path}", json=body, auth=("hubfleet", "guess"), timeout=10)
         assert wrong.status_code == 401, (path, wrong.status_code)
     assert requests.post(f"{api}/flow_runs/", json={}, timeout=10).status_code == 401
-    for private, mode in [(data_dir / "demo", 0o700), (home, 0o700), (home / "prefect.db", 0o600),
-                          (home / "api-auth", 0o600)]:  # fmt: skip
+    private_modes = {data_dir / "demo": 0o700, home: 0o700, home / "prefect.db": 0o600}
+    private_modes |= {home / "api-auth": 0o600, home / "block-encryption-key": 0o600}
+    for private, mode in private_modes.items():
         assert private.stat().st_mode & 0o777 == mode, (private, oct(private.stat().st_mode))
+    # The key that decrypts block secrets is not in the database: a copy of it alone
+    # reveals no ops token.
+    with sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True) as db:
+        keys = db.execute("SELECT key FROM configuration WHERE key = 'ENCRYPTION_KEY'").fetchall()
+    assert keys == []
 
     # The runs are in the server's history, with their tags.
     runs = requests.post(

@@ -85,7 +85,7 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, name: str, pool: str = POOL, limit: int | None = None
+        self, name: str, pool: str = POOL, limit: int | None = None, cwd: Path = REPO
     ) -> subprocess.Popen[bytes]:
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed by OS
         extra = ["--limit", str(limit)] if limit else []
@@ -95,7 +95,7 @@ class Workers:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=REPO,
+            cwd=cwd,
         )
         self.procs.append(proc)
         return proc

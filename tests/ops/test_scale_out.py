@@ -18,7 +18,7 @@ from uuid import UUID
 
 import psutil
 import pytest
-from ops_helpers import HUBFLEET, REPO, Workers, run_cli
+from ops_helpers import CREDENTIALS, HUBFLEET, REPO, Workers, run_cli
 
 from hubfleet.server import any_free_port
 from tasks.local_hub import LocalHub
@@ -48,6 +48,9 @@ def pg_api(no_leftover_processes: Path) -> Iterator[str]:
     try:
         again = server_cli("--port", port)
         assert again.returncode == 0 and "reused, PostgreSQL" in again.stdout, again.stdout
+        credential = re.search(r"PREFECT_API_AUTH_STRING\): (\S+)", first.stdout)
+        assert credential, first.stdout
+        CREDENTIALS[api[1]] = Path(credential[1]).read_text().strip()
         yield api[1]
     finally:
         down = server_cli("--down")
@@ -76,15 +79,15 @@ def stop_local_hubs(data_dir: Path) -> Iterator[None]:
 
 async def _runs(api: str, hubs: tuple[str, ...]) -> list[UUID]:
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api}):
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: CREDENTIALS[api]}):
         async with get_client() as client:
             dep = await client.read_deployment_by_name("deploy_hub/default")
             return [
                 (
                     await client.create_flow_run_from_deployment(
-                        dep.id, parameters={"cluster": "local", "hub": h, "operator": "scale"}
+                        dep.id, parameters={"cluster": "local", "hub": h}
                     )
                 ).id
                 for h in hubs
@@ -93,10 +96,10 @@ async def _runs(api: str, hubs: tuple[str, ...]) -> list[UUID]:
 
 async def _final(api: str, ids: list[UUID], timeout: float) -> list[Any]:
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     deadline = time.monotonic() + timeout
-    with temporary_settings({PREFECT_API_URL: api}):
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: CREDENTIALS[api]}):
         async with get_client() as client:
             while True:
                 runs = [await client.read_flow_run(i) for i in ids]
@@ -147,11 +150,13 @@ def test_two_workers_serve_one_pool_on_postgres(pg_api: str, tmp_path: Path) -> 
         outputs[source] = json.loads(result.stdout)
     assert outputs["api"] == outputs["database"]
     assert {r["url"].rsplit("/", 1)[1] for r in outputs["database"]} == {str(i) for i in ids}
-    assert {(r["operator"], r["outcome"]) for r in outputs["database"]} == {("scale", "Completed")}
+    assert {(r["operator"], r["outcome"]) for r in outputs["database"]} == {
+        ("unknown(ui/api)", "Completed")
+    }
 
     table = run_cli(pg_api, "audit", "--hub", "local/prod", "--since", "1h")
     assert table.returncode == 0 and "read from the database" in table.stdout, table.stdout
-    assert "scale" in table.stdout
+    assert "unknown(ui/api)" in table.stdout
 
     elsewhere = run_cli(pg_api, "audit", "--source", "database", HUBFLEET_DATA_DIR=str(tmp_path))
     assert elsewhere.returncode == 2

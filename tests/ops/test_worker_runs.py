@@ -13,6 +13,7 @@ import requests
 from ops_helpers import REPO, ZOMBIE_AFTER, Webhook, Workers, run_cli, wait_for
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.exceptions import PrefectHTTPStatusError
 
 from flows.operation import UNKNOWN_UI_OPERATOR
 from hubfleet.loader import load_fleet
@@ -47,18 +48,31 @@ async def wait_final(run_id: UUID, timeout: float = 240) -> Any:
 async def test_ui_runs_are_audited_with_their_operator(ops_api: str, workers: Workers) -> None:
     workers.start("w-audit")
     ui_run = await start_run("deploy_hub/default", {"cluster": "local", "hub": "staging"})
-    named_run = await start_run(
-        "check_hub_health/default", {"cluster": "local", "hub": "prod", "operator": "bob"}
-    )
+    # Who ran it cannot be claimed: an operator parameter (a reserved one, or any name) is
+    # refused when the run is created, and an operator tag the creator attaches is dropped.
+    for claimed in ("schedule", "automation:nightly", "bob", "x" * 20_000):
+        with pytest.raises(PrefectHTTPStatusError) as refused:
+            await start_run(
+                "check_hub_health/default",
+                {"cluster": "local", "hub": "prod", "operator": claimed},
+            )
+        assert "'operator' was unexpected" in str(refused.value), str(refused.value)[:300]
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("check_hub_health/default")
+        named_run = (
+            await client.create_flow_run_from_deployment(
+                dep.id,
+                parameters={"cluster": "local", "hub": "prod"},
+                tags=["operator:schedule"],
+            )
+        ).id
     ui = await wait_final(ui_run)
     named = await wait_final(named_run)
     assert ui.state.name == "Completed", ui.state.message
     assert named.state.name == "Completed", named.state.message
-    assert f"operator:{UNKNOWN_UI_OPERATOR}" in ui.tags
-    assert not any(
-        t.startswith("operator:") and t != f"operator:{UNKNOWN_UI_OPERATOR}" for t in ui.tags
-    ), ui.tags
-    assert "operator:bob" in named.tags
+    for run in (ui, named):
+        operators = [t for t in run.tags if t.startswith("operator:")]
+        assert operators == [f"operator:{UNKNOWN_UI_OPERATOR}"], run.tags
 
     result = run_cli(ops_api, "audit", "--hub", "local/staging", "--format", "json")
     assert result.returncode == 0, result.stderr
@@ -80,7 +94,7 @@ async def test_ui_runs_are_audited_with_their_operator(ops_api: str, workers: Wo
 
     prod = run_cli(ops_api, "audit", "--hub", "local/prod", "--format", "csv", "--since", "1h")
     assert prod.returncode == 0, prod.stderr
-    assert "check_hub_health,local/prod,bob,Completed" in prod.stdout
+    assert f"check_hub_health,local/prod,{UNKNOWN_UI_OPERATOR},Completed" in prod.stdout
 
     table = run_cli(ops_api, "audit", "--hub", "local/staging", "--op", "deploy_hub")
     assert table.returncode == 0 and UNKNOWN_UI_OPERATOR in table.stdout, table.stdout
@@ -118,9 +132,7 @@ async def test_killed_worker_run_crashes_then_rerun_converges(
     prod = local_hub(load_fleet(REPO / "fleet"), "local", "prod")
     prod.stop()  # an earlier test may have left it running (or its state, stopped)
     worker = workers.start("w-doomed")
-    run_id = await start_run(
-        "deploy_hub/default", {"cluster": "local", "hub": "prod", "operator": "carol"}
-    )
+    run_id = await start_run("deploy_hub/default", {"cluster": "local", "hub": "prod"})
 
     # Mid-run: the hub's processes are up (its state names a live hub), the deploy not done.
     def hub_started() -> bool:
