@@ -81,7 +81,7 @@ async def serve(n: int) -> None:
                         if b["refuses"] or headers.get("authorization") != f"token {b['token']}":
                             status = 403
                         else:
-                            body = json.dumps({"name": "hubfleet-ops-sim"}).encode()
+                            body = json.dumps({"name": "hubfleet-ops"}).encode()
                     reason = {200: "OK", 403: "Forbidden", 503: "Service Unavailable"}[status]
                     writer.write(
                         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
@@ -149,7 +149,7 @@ async def store_tokens(n: int, ports: list[int], data: Path) -> dict[str, str]:
         return HubOpsToken(
             hub=f"sim/h{i:04d}",
             url=f"http://127.0.0.1:{ports[i]}",
-            service_name="hubfleet-ops-sim",
+            token_id="sim",
             token=SecretStr(behaviour(i)["token"]),
             created_at=datetime.now(UTC),
         )

@@ -9,10 +9,11 @@ from pydantic import Field, SecretStr
 
 
 class HubOpsToken(Block):
-    """The API token of a hub's `hubfleet-ops-*` service (admin scopes).
+    """An API token of the hub's `hubfleet-ops` user, whose role holds only the scopes
+    hubfleet needs (hubfleet/localhub.py OPS_SCOPES: never admin, never deleting users).
 
-    The service is API-managed, so deleting it revokes the token: that is what makes
-    rotation possible (tokens declared in jupyterhub_config are never revoked).
+    The token is issued through the REST API with an expiry, so it can be revoked by id:
+    that is what makes rotation possible (tokens declared in jupyterhub_config never are).
     """
 
     _block_type_name = "Hub Ops Token"
@@ -21,9 +22,10 @@ class HubOpsToken(Block):
 
     hub: str = Field(description="The hub, as cluster/hub.")
     url: str = Field(description="Base URL the token was verified against.")
-    service_name: str = Field(description="JupyterHub service that owns the token.")
+    token_id: str = Field(description="JupyterHub's id of the token (of user hubfleet-ops).")
     token: SecretStr = Field(description="The API token. Never logged or passed as a parameter.")
     created_at: datetime = Field(description="When the token was created (UTC).")
+    expires_at: datetime | None = Field(None, description="When JupyterHub stops accepting it.")
     last_rotated: datetime | None = Field(
         None, description="When rotate_credentials last replaced the token (UTC); None: never."
     )

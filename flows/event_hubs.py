@@ -71,6 +71,7 @@ from hubfleet.events import (
     ScheduledRun,
     WantedRun,
 )
+from hubfleet.localhub import OPS_USER
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.paths import data_dir
 from hubfleet.values import OPS_TOKEN_SECRET
@@ -757,31 +758,31 @@ async def uninstall_helm_hub(
     )
 
 
-@task(task_run_name="revoke-ops-service-{cluster}-{hub}", cache_policy=NO_CACHE)
+@task(task_run_name="revoke-ops-token-{cluster}-{hub}", cache_policy=NO_CACHE)
 async def revoke_ops_service(cluster: str, hub: str) -> str:
-    """Delete the hub's API-managed ops service, which revokes its token; verify it is refused.
+    """Revoke the hub's ops token; verify it is refused.
 
-    Changes: the hub's services (the ops service is gone). The block goes with teardown.
+    Changes: the hub's tokens (the ops token is gone). The block goes with teardown.
     """
     block = await load_ops_token(cluster, hub)
     if block is None:
         return "no ops token stored"
     token = block.token.get_secret_value()
     try:
-        await asyncio.to_thread(api.delete_service, block.url, token, block.service_name)
+        await asyncio.to_thread(api.revoke_token, block.url, token, OPS_USER, block.token_id)
     except api.TokenRefused:
-        return f"ops service {block.service_name}: token already refused"
+        return f"ops token {block.token_id}: already refused"
     except api.HubApiError as exc:
-        get_run_logger().warning("could not delete ops service: %s", exc)
-        return f"ops service {block.service_name} not deleted ({exc}); hub database removed"
+        get_run_logger().warning("could not revoke the ops token: %s", exc)
+        return f"ops token {block.token_id} not revoked ({exc}); hub database removed"
     except Exception as exc:  # hub down: its database is deleted with its state below
         get_run_logger().warning("hub unreachable for revocation: %s", type(exc).__name__)
         return "hub unreachable; its database (and the token) removed with its state"
     try:
         await asyncio.to_thread(api.whoami, block.url, token)
     except api.TokenRefused:
-        return f"ops service {block.service_name} deleted; its token is refused"
-    raise HubfleetError(f"{cluster}/{hub}: the ops token still works after deleting its service")
+        return f"ops token {block.token_id} revoked; it is refused"
+    raise HubfleetError(f"{cluster}/{hub}: the ops token still works after it was revoked")
 
 
 async def _cleanup_schedule(cluster: str, hub: str, dry_run: bool) -> list[str]:

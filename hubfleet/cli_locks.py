@@ -1,6 +1,5 @@
 """`hubfleet locks` and `hubfleet unlock`: who holds which lock, and freeing a stale one."""
 
-
 import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any

@@ -18,7 +18,7 @@ from hubfleet.model import CredentialPolicy, Fleet, Provider
 class CredentialKind(StrEnum):
     """Every kind of credential hubfleet knows about."""
 
-    hub_ops_token = "hub-ops-token"  # a hub's API-managed ops service token
+    hub_ops_token = "hub-ops-token"  # a hub's hubfleet-ops user token (issued with an expiry)
     aws_access_key = "aws-access-key"  # a cluster's deployer IAM user key
     gcp_service_account_key = "gcp-sa-key"  # a cluster's deployer service-account key
     azure_client_secret = "azure-client-secret"  # a cluster's deployer app secret

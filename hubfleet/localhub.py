@@ -28,8 +28,28 @@ if TYPE_CHECKING:
 #: The admin user that exists only to mint the first ops token; it can never log in
 #: (local hubs use the null authenticator) and its tokens are revoked after bootstrap.
 BOOTSTRAP_USER = "hubfleet-bootstrap"
-#: Prefix of the API-managed service whose token hubfleet operates the hub with.
-OPS_SERVICE_PREFIX = "hubfleet-ops"
+#: The user whose tokens hubfleet operates the hub with (blocked from login). Its role
+#: grants only what the health levels and operations need: no admin, no user deletion.
+OPS_USER = "hubfleet-ops"
+OPS_SCOPES = [
+    "list:users",  # which users exist (event expiry stops their servers)
+    "list:services",  # which services run (the idle culler)
+    "read:services",
+    "read:users",  # a user's server state (the spawn probe waits for the health server)
+    "servers",  # start and stop user servers (spawn probe, expiry, teardown)
+    f"access:servers!user={HEALTH_USER}",  # run Python in the health user's kernel
+    f"tokens!user={OPS_USER}",  # issue its successor and revoke itself (rotation)
+]
+#: Roles hubfleet adds to every hub's load_roles (creating the users at start).
+HUBFLEET_ROLES = [
+    {
+        "name": "hubfleet-ops",
+        "description": "hubfleet's operations: health checks, stopping servers, its own tokens",
+        "scopes": OPS_SCOPES,
+        "users": [OPS_USER],
+    },
+    {"name": "hubfleet-health", "scopes": ["self"], "users": [HEALTH_USER]},
+]
 
 
 @dataclass(frozen=True)
@@ -50,8 +70,10 @@ def render_config(
     # hubfleet's bootstrap admin survives whatever admin_users the values set.
     auth = config.setdefault("Authenticator", {})
     auth["admin_users"] = sorted({*auth.get("admin_users", []), BOOTSTRAP_USER})
-    # The health probe's user gets servers only through the API; it can never log in.
-    auth["blocked_users"] = sorted({*auth.get("blocked_users", []), HEALTH_USER})
+    # The health probe's and the ops user act only through the API; they can never log in.
+    auth["blocked_users"] = sorted({*auth.get("blocked_users", []), HEALTH_USER, OPS_USER})
+    jupyterhub = config.setdefault("JupyterHub", {})
+    jupyterhub["load_roles"] = [*jupyterhub.get("load_roles", []), *HUBFLEET_ROLES]
     user_config = json.dumps(config, indent=2, sort_keys=True)
     lines = [
         f"# Written by hubfleet for local hub {hub!r}. Do not edit: redeploy instead.",

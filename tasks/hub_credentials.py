@@ -1,22 +1,27 @@
-"""The hub's ops service and its token: create, verify, store in a block, revoke, rotate.
+"""The hub's ops token: issue, verify, store in a block, revoke, rotate.
 
-Bootstrap (first deploy, or a lost token): `jupyterhub token` mints a token for the
-bootstrap admin straight into the hub's database (printed to a pipe we read, never to a
-file); with it hubfleet creates an API-managed `hubfleet-ops-<time>` service with a token
-it generated, stores that token in a `HubOpsToken` block, and revokes every token of the
-bootstrap admin. Older ops services are deleted, which revokes their tokens.
+hubfleet operates a hub as its `hubfleet-ops` user, whose role (hubfleet/localhub.py
+OPS_SCOPES) holds only what the health levels and operations need: it cannot make anyone
+admin or delete users. Its tokens are issued through the REST API with an expiry
+(OPS_TOKEN_LIFETIME), so each can be revoked by id.
 
-Rotation (`HubOpsTokenRotator`, driven by tasks/rotation.py): the stored token creates a
-new ops service, the new token is stored and verified, then the old service is deleted.
+Bootstrap (first deploy, a lost or refused token, or one close to its expiry): `jupyterhub
+token` mints a token for the bootstrap admin straight into the hub's database (printed to a
+pipe we read, never to a file); with it hubfleet issues a `hubfleet-ops` token, stores it
+in a `HubOpsToken` block, revokes every other `hubfleet-ops` token, and the bootstrap admin
+revokes all of its own tokens.
+
+Rotation (`HubOpsTokenRotator`, driven by tasks/rotation.py): the stored token issues its
+successor, the new token is stored and verified, then the old one is revoked. The weekly
+rotation (policy: 30 days) renews a token long before its expiry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -24,10 +29,15 @@ from pydantic import SecretStr
 
 from blocks.hub_token import HubOpsToken
 from hubfleet.credentials import CredentialKind
-from hubfleet.localhub import BOOTSTRAP_USER, OPS_SERVICE_PREFIX
+from hubfleet.localhub import BOOTSTRAP_USER, OPS_USER
 from tasks import jupyterhub_api as api
 from tasks.local_hub import LocalHub, LocalHubError
 from tasks.rotation import CredentialRefused, Issued, Rotator
+
+#: How long an ops token is accepted. Rotation (every 30 days by policy) and every deploy
+#: (within RENEW_BEFORE of the end) replace it long before.
+OPS_TOKEN_LIFETIME = timedelta(days=90)
+RENEW_BEFORE = timedelta(days=14)
 
 
 async def load_ops_token(cluster: str, hub: str) -> HubOpsToken | None:
@@ -38,11 +48,21 @@ async def load_ops_token(cluster: str, hub: str) -> HubOpsToken | None:
         return None
 
 
-@task(task_run_name="ensure-ops-service-{cluster}-{hub}", cache_policy=NO_CACHE)
-async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) -> str:
-    """Make sure the hub has a working ops token in its block.
+def issue_ops_token(url: str, issuer: str) -> tuple[str, str, datetime]:
+    """A new `hubfleet-ops` token issued with `issuer`: (id, token, expires_at)."""
+    now = datetime.now(UTC)
+    token_id, token = api.issue_token(
+        url, issuer, OPS_USER, int(OPS_TOKEN_LIFETIME.total_seconds()),
+        f"hubfleet ops token {now:%Y-%m-%dT%H:%M:%SZ}",
+    )  # fmt: skip
+    return token_id, token, now + OPS_TOKEN_LIFETIME
 
-    Changes: possibly the hub's services and tokens, and the `HubOpsToken` block.
+
+@task(task_run_name="ensure-ops-token-{cluster}-{hub}", cache_policy=NO_CACHE)
+async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) -> str:
+    """Make sure the hub has a working, unexpired ops token in its block.
+
+    Changes: possibly the hub's tokens and the `HubOpsToken` block.
     Returns what was done: 'kept' or 'created'.
     """
     logger = get_run_logger()
@@ -50,44 +70,45 @@ async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) 
     if stored is not None:
         try:
             me = await asyncio.to_thread(api.whoami, url, stored.token.get_secret_value())
-            if me.get("name") == stored.service_name:
+            fresh = stored.expires_at is None or (
+                stored.expires_at - datetime.now(UTC) > RENEW_BEFORE
+            )
+            if me.get("name") == OPS_USER and fresh:
                 if stored.url != url:  # redeployed on other ports: the block follows the hub
                     stored.url = url
                     await stored.asave(HubOpsToken.block_name(cluster, hub), overwrite=True)
                 return "kept"
+            if not fresh:
+                logger.info("ops token of %s/%s expires soon; issuing a new one", cluster, hub)
         except api.TokenRefused:
             logger.warning("stored ops token of %s/%s is refused; issuing a new one", cluster, hub)
 
     bootstrap = await asyncio.to_thread(_mint_bootstrap_token, local)
-    admin = bootstrap  # what revokes the bootstrap tokens at the end
     try:
-        name = f"{OPS_SERVICE_PREFIX}-{datetime.now(UTC):%Y%m%d%H%M%S}"
-        token = secrets.token_hex(32)
-        await asyncio.to_thread(api.create_service, url, bootstrap, name, token)
+        token_id, token, expires = await asyncio.to_thread(issue_ops_token, url, bootstrap)
         await HubOpsToken(
             hub=f"{cluster}/{hub}",
             url=url,
-            service_name=name,
+            token_id=token_id,
             token=SecretStr(token),
             created_at=datetime.now(UTC),
+            expires_at=expires,
         ).asave(HubOpsToken.block_name(cluster, hub), overwrite=True)
         me = await asyncio.to_thread(api.whoami, url, token)
-        if me.get("name") != name:
-            raise api.HubApiError(f"new ops token answers as {me.get('name')!r}, not {name!r}")
-        admin = token
-        for old in await asyncio.to_thread(api.list_services, url, token):
-            if old.startswith(OPS_SERVICE_PREFIX) and old != name:
-                await asyncio.to_thread(api.delete_service, url, token, old)
-                logger.info("deleted old ops service %s (its token is revoked)", old)
+        if me.get("name") != OPS_USER:
+            raise api.HubApiError(f"new ops token answers as {me.get('name')!r}, not {OPS_USER!r}")
+        for old in await asyncio.to_thread(api.list_tokens, url, token, OPS_USER):
+            if old != token_id:
+                await asyncio.to_thread(api.revoke_token, url, token, OPS_USER, old)
+                logger.info("revoked old ops token %s", old)
     finally:
-        revoked = await asyncio.to_thread(api.revoke_user_tokens, url, admin, BOOTSTRAP_USER)
+        # The bootstrap admin revokes its own tokens (the calling one last): the ops user
+        # has no rights over an admin.
+        revoked = await asyncio.to_thread(api.revoke_user_tokens, url, bootstrap, BOOTSTRAP_USER)
     logger.info(
-        "created ops service %s for %s/%s; revoked %d bootstrap token(s)",
-        name,
-        cluster,
-        hub,
-        revoked,
-    )
+        "issued ops token %s for %s/%s (expires %s); revoked %d bootstrap token(s)",
+        token_id, cluster, hub, f"{expires:%Y-%m-%d}", revoked,
+    )  # fmt: skip
     return "created"
 
 
@@ -110,11 +131,11 @@ def _mint_bootstrap_token(local: LocalHub) -> str:
 
 
 class HubOpsTokenRotator(Rotator):
-    """Rotates a hub's ops service token through the JupyterHub REST API.
+    """Rotates a hub's ops token through the JupyterHub REST API.
 
-    New: an API-managed `hubfleet-ops-<time>` service with a fresh token (created with the
-    old token). Store: the `HubOpsToken` block. Revoke: delete the old service, which
-    revokes its token.
+    New: a `hubfleet-ops` token issued with the old one (JupyterHub gives it the user's
+    own scopes, never more). Store: the `HubOpsToken` block. Revoke: delete the old token
+    by id.
     """
 
     kind = CredentialKind.hub_ops_token
@@ -125,6 +146,7 @@ class HubOpsTokenRotator(Rotator):
         super().__init__(cluster, hub)
         self.url = url
         self._stored: HubOpsToken | None = None
+        self._expires: datetime | None = None
 
     async def current(self) -> Issued:
         assert self.hub is not None
@@ -135,38 +157,37 @@ class HubOpsTokenRotator(Rotator):
                 f"(hubfleet deploy {self.cluster} {self.hub})"
             )
         self._stored = block
-        return Issued(block.service_name, block.token, block.created_at)
+        return Issued(block.token_id, block.token, block.created_at)
 
     async def clean_stale(self, current: Issued) -> list[str]:
-        """Delete ops services left by an interrupted rotation (their tokens are in no block)."""
+        """Revoke ops tokens left by an interrupted rotation (they are in no block)."""
         token = current.secret.get_secret_value()
-        services = await asyncio.to_thread(api.list_services, self.url, token)
-        stale = [s for s in services if s.startswith(OPS_SERVICE_PREFIX) and s != current.ident]
-        for name in stale:
-            await asyncio.to_thread(api.delete_service, self.url, token, name)
-        return [f"deleted stale ops service {name}" for name in stale]
+        ids = await asyncio.to_thread(api.list_tokens, self.url, token, OPS_USER)
+        stale = [i for i in ids if i != current.ident]
+        for token_id in stale:
+            await asyncio.to_thread(api.revoke_token, self.url, token, OPS_USER, token_id)
+        return [f"revoked stale ops token {token_id}" for token_id in stale]
 
     async def create(self) -> Issued:
         assert self._stored is not None
-        name = f"{OPS_SERVICE_PREFIX}-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
-        token = secrets.token_hex(32)
-        admin = self._stored.token.get_secret_value()
-        await asyncio.to_thread(api.create_service, self.url, admin, name, token)
-        return Issued(name, SecretStr(token))
+        issuer = self._stored.token.get_secret_value()
+        token_id, token, self._expires = await asyncio.to_thread(issue_ops_token, self.url, issuer)
+        return Issued(token_id, SecretStr(token))
 
     async def delete(self, new: Issued) -> None:
         assert self._stored is not None
-        admin = self._stored.token.get_secret_value()
-        await asyncio.to_thread(api.delete_service, self.url, admin, new.ident)
+        issuer = self._stored.token.get_secret_value()
+        await asyncio.to_thread(api.revoke_token, self.url, issuer, OPS_USER, new.ident)
 
     async def store(self, new: Issued, previous: Issued) -> None:
         assert self._stored is not None and self.hub is not None
         await HubOpsToken(
             hub=self.owner,
             url=self.url,
-            service_name=new.ident,
+            token_id=new.ident,
             token=new.secret,
             created_at=new.created_at,
+            expires_at=self._expires,
             last_rotated=datetime.now(UTC),
         ).asave(HubOpsToken.block_name(self.cluster, self.hub), overwrite=True)
 
@@ -179,7 +200,7 @@ class HubOpsTokenRotator(Rotator):
             me = await asyncio.to_thread(api.whoami, self.url, credential.secret.get_secret_value())
         except api.TokenRefused as exc:
             raise CredentialRefused(f"ops token {credential.ident}: {exc}") from None
-        if me.get("name") != credential.ident:
+        if me.get("name") != OPS_USER:
             raise CredentialRefused(f"ops token {credential.ident} answers as {me.get('name')!r}")
         return credential.ident
 
@@ -191,9 +212,9 @@ class HubOpsTokenRotator(Rotator):
 
     async def revoke(self, old: Issued) -> None:
         new = await load_ops_token(self.cluster, self.hub or "")
-        assert new is not None and new.service_name != old.ident
+        assert new is not None and new.token_id != old.ident
         await asyncio.to_thread(
-            api.delete_service, self.url, new.token.get_secret_value(), old.ident
+            api.revoke_token, self.url, new.token.get_secret_value(), OPS_USER, old.ident
         )
 
     async def refused(self, old: Issued) -> bool:

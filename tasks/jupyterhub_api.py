@@ -79,23 +79,29 @@ def whoami(base_url: str, token: str) -> dict[str, Any]:
     return dict(call("GET", f"{base_url}/hub/api/user", token=token).json())
 
 
-def list_services(base_url: str, token: str) -> dict[str, Any]:
-    return dict(call("GET", f"{base_url}/hub/api/services", token=token).json())
-
-
-def create_service(base_url: str, token: str, name: str, service_token: str) -> None:
-    """POST /hub/api/services/<name>: an API-managed admin service (deletable, revocable)."""
-    call(
+def issue_token(
+    base_url: str, token: str, user: str, expires_in: int, note: str
+) -> tuple[str, str]:
+    """POST /hub/api/users/<user>/tokens: a new token of `user` with the user's own scopes,
+    expiring in `expires_in` seconds. Returns (token id, token)."""
+    model = call(
         "POST",
-        f"{base_url}/hub/api/services/{name}",
+        f"{base_url}/hub/api/users/{user}/tokens",
         token=token,
-        json={"admin": True, "api_token": service_token, "display": False},
-    )
+        json={"expires_in": expires_in, "note": note},
+    ).json()
+    return str(model["id"]), str(model["token"])
 
 
-def delete_service(base_url: str, token: str, name: str) -> None:
-    """DELETE /hub/api/services/<name>: removes the service and revokes its token."""
-    call("DELETE", f"{base_url}/hub/api/services/{name}", token=token)
+def list_tokens(base_url: str, token: str, user: str) -> list[str]:
+    """The ids of `user`'s API tokens."""
+    listing = call("GET", f"{base_url}/hub/api/users/{user}/tokens", token=token).json()
+    return [str(t["id"]) for t in listing.get("api_tokens", [])]
+
+
+def revoke_token(base_url: str, token: str, user: str, token_id: str) -> None:
+    """DELETE /hub/api/users/<user>/tokens/<id>: the token is refused from then on."""
+    call("DELETE", f"{base_url}/hub/api/users/{user}/tokens/{token_id}", token=token)
 
 
 def revoke_user_tokens(base_url: str, token: str, user: str) -> int:
@@ -103,10 +109,9 @@ def revoke_user_tokens(base_url: str, token: str, user: str) -> int:
 
     Oldest first, so a user revoking its own tokens loses the calling one last.
     """
-    listing = call("GET", f"{base_url}/hub/api/users/{user}/tokens", token=token).json()
-    ids = sorted((t["id"] for t in listing.get("api_tokens", [])), key=_numeric)
+    ids = sorted(list_tokens(base_url, token, user), key=_numeric)
     for token_id in ids:
-        call("DELETE", f"{base_url}/hub/api/users/{user}/tokens/{token_id}", token=token)
+        revoke_token(base_url, token, user, token_id)
     return len(ids)
 
 

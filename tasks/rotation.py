@@ -410,12 +410,14 @@ async def collect_inventory(fleet: Fleet) -> list[CredentialRecord]:
                     cluster.name,
                     hub.name,
                     CredentialKind.hub_ops_token,
-                    token.service_name if token else "-",
+                    f"hubfleet-ops token {token.token_id}" if token else "-",
                     token.created_at if token else None,
                     token.last_rotated if token else None,
                     policy_max_age(policy, CredentialKind.hub_ops_token),
                     (f"block:{HubOpsToken.block_name(cluster.name, hub.name)}",),
-                    note="" if token else "no token stored (never deployed)",
+                    note=(f"expires {token.expires_at:%Y-%m-%d}" if token.expires_at else "")
+                    if token
+                    else "no token stored (never deployed)",
                 )
             )
             records.extend(_hub_secrets(fleet, cluster.name, hub.name, policy))

@@ -120,7 +120,7 @@ async def test_cookie_rotation_logs_users_out_ops_token_and_health_survive(
     assert status == 302 and "/hub/login" in location
     # A new login works; the ops token still works; the health probe passes.
     assert home(log_in(url, "alice"), url)[0] == 200
-    assert api.whoami(url, ops.token.get_secret_value())["name"] == ops.service_name
+    assert api.whoami(url, ops.token.get_secret_value())["name"] == "hubfleet-ops"
     assert (await check_hub_health(cluster=cluster, hub=hub))["verdict"] == "healthy"
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import requests
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter
-from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -59,6 +59,27 @@ async def test_no_secret_in_runs_artifacts_parameters_or_files(
     leaks = [t[:80] for t in texts for s in secret_ledger if s in t]
     assert leaks == []
 
-    db_dir = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1]).parent
-    roots = [tmp_path_factory.getbasetemp(), data_dir, db_dir]
+    roots = [tmp_path_factory.getbasetemp(), data_dir]
     assert [hit for root in roots for hit in files_containing(secret_ledger, root)] == []
+
+
+def test_no_secret_readable_without_the_credential(
+    prefect_server: str, secret_ledger: set[str], data_dir: Path
+) -> None:
+    """The server's files are private, and its API gives nothing to a client without the
+    credential; with it, the same call does return the stored secrets (so the check can
+    fail)."""
+    home = data_dir / "prefect"  # the session server (tests/conftest.py)
+    for name, mode in [("prefect.db", 0o600), ("api-auth", 0o600), ("block-encryption-key", 0o600)]:
+        assert (home / name).stat().st_mode & 0o777 == mode, name
+    assert home.stat().st_mode & 0o777 == 0o700
+    url = f"{prefect_server}/block_documents/filter"
+    for body in ({"include_secrets": True}, {"include_secrets": False}):
+        anonymous = requests.post(url, json=body, timeout=30)
+        assert anonymous.status_code == 401 and not any(s in anonymous.text for s in secret_ledger)
+    user, password = (home / "api-auth").read_text().strip().split(":", 1)
+    authorized = requests.post(
+        url, json={"include_secrets": True, "limit": 200}, auth=(user, password), timeout=30
+    )
+    assert authorized.status_code == 200
+    assert any(s in authorized.text for s in secret_ledger)

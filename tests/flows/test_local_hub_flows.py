@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 from pathlib import Path
 from uuid import UUID
 
@@ -82,25 +83,30 @@ async def test_deploy_check_teardown_lifecycle(data_dir: Path) -> None:
     )
     assert any(t.startswith("revision:") for t in run.tags)
 
-    # The ops token is in its block, works, and belongs to an API-managed service.
+    # The ops token is in its block, works, belongs to the hubfleet-ops user and expires.
     block = await HubOpsToken.aload("local-staging")
     token = block.token.get_secret_value()
-    assert api.whoami(url, token)["name"] == block.service_name
-    assert block.service_name in api.list_services(url, token)
-    # ... and the bootstrap admin has no token left.
-    assert (
-        api.call("GET", f"{url}/hub/api/users/hubfleet-bootstrap/tokens", token=token).json()[
-            "api_tokens"
-        ]
-        == []
-    )
+    assert api.whoami(url, token)["name"] == "hubfleet-ops"
+    assert api.list_tokens(url, token, "hubfleet-ops") == [block.token_id]
+    assert block.expires_at is not None
+    # ... the ops user has no rights over the bootstrap admin, which has no token left
+    # (read from the hub's own database).
+    with pytest.raises(api.TokenRefused):
+        api.call("GET", f"{url}/hub/api/users/hubfleet-bootstrap/tokens", token=token)
+    database = local_hub(load_fleet("fleet"), "local", "staging").directory / "jupyterhub.sqlite"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        left = db.execute(
+            "SELECT COUNT(*) FROM api_tokens JOIN users ON api_tokens.user_id = users.id"
+            " WHERE users.name = 'hubfleet-bootstrap'"
+        ).fetchone()
+    assert left == (0,)
 
     # Deploying again with no change restarts nothing and keeps the token.
     pids = local_hub(load_fleet("fleet"), "local", "staging").pids()
     again = await deploy_hub(cluster="local", hub="staging")
     assert again["action"] == "unchanged"
     assert local_hub(load_fleet("fleet"), "local", "staging").pids() == pids
-    assert (await HubOpsToken.aload("local-staging")).service_name == block.service_name
+    assert (await HubOpsToken.aload("local-staging")).token_id == block.token_id
 
     report = await check_hub_health(cluster="local", hub="staging")
     assert report["verdict"] == "healthy"

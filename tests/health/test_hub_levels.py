@@ -43,7 +43,6 @@ async def test_healthy_hub_passes_every_level(data_dir: Path) -> None:
     url = deployed["url"]
     token = (await HubOpsToken.aload("hc-ok")).token.get_secret_value()
     # A leftover server of the health user, as an earlier failed probe would leave it.
-    api.call("POST", f"{url}/hub/api/users/{HEALTH_USER}", token=token)
     api.call("POST", f"{url}/hub/api/users/{HEALTH_USER}/server", token=token, timeout=30)
 
     report = await check_hub_health("hc", "ok", depth="deep")
@@ -52,7 +51,7 @@ async def test_healthy_hub_passes_every_level(data_dir: Path) -> None:
     seen = levels(report)
     assert list(seen) == ["reachable", "api", "auth", "spawn", "tls", "k8s"]
     assert [seen[lv]["status"] for lv in ("reachable", "api", "auth", "spawn")] == ["ok"] * 4
-    assert seen["auth"]["detail"].startswith("hubfleet-ops-")
+    assert seen["auth"]["detail"] == "hubfleet-ops"
     # The kernel computed a*b and the probe checked it; the leftover was stopped first.
     assert "ran code in a kernel" in seen["spawn"]["detail"]
     assert "stopped a leftover server first" in seen["spawn"]["detail"]
@@ -86,8 +85,9 @@ async def test_spawner_error_is_degraded_at_spawn() -> None:
 async def test_revoked_token_is_auth_and_stopped_hub_is_down(data_dir: Path) -> None:
     deployed = await deploy_hub(cluster="hc", hub="ok")
     block = await HubOpsToken.aload("hc-ok")
-    # Revoke the ops token the way rotation does: delete its API-managed service.
-    api.delete_service(deployed["url"], block.token.get_secret_value(), block.service_name)
+    # Revoke the ops token the way rotation does: by its id.
+    token = block.token.get_secret_value()
+    api.revoke_token(deployed["url"], token, "hubfleet-ops", block.token_id)
 
     revoked = await check_hub_health("hc", "ok")
     assert revoked["verdict"] == "degraded", revoked  # the hub is up: not "down"

@@ -24,16 +24,18 @@ import psutil
 import pytest
 import requests
 from ops_helpers import CREDENTIALS, HUBFLEET, REPO, Workers, cli_env, run_cli, wait_for
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.sorting import FlowRunSort
 
+from flows.deploy_hub import deploy_hub
 from hubfleet.loader import load_fleet
 from hubfleet.server import PrefectServer, any_free_port
 from tasks.local_hub import local_hub
-from tasks.locks import hub_limit
+from tasks.locks import LockTimeout, hub_limit, hub_lock
 
-pytestmark = pytest.mark.usefixtures("stop_hubs")
+pytestmark = pytest.mark.usefixtures("ops_setup", "stop_hubs")
 
 
 def start_cli(api: str, *args: str) -> subprocess.Popen[str]:
@@ -73,12 +75,6 @@ def test_sigint_cancels_a_deploy_and_frees_its_lock(ops_api: str) -> None:
     local_hub(load_fleet(REPO / "fleet"), "local", "prod").stop()
     cli = start_cli(ops_api, "deploy", "local", "prod")
     wait_for("the hub to start", hub_started("prod", cli), 180, 0.1)
-    locks = run_cli(ops_api, "locks")
-    assert locks.returncode == 0 and hub_limit("local", "prod") in locks.stdout, locks.stdout
-    assert "deploy_hub local/prod" in locks.stdout, locks.stdout
-    refused = run_cli(ops_api, "unlock", "local/prod")
-    assert refused.returncode == 2 and "has not ended" in refused.stderr, refused.stderr
-
     sent = time.monotonic()
     cli.send_signal(signal.SIGINT)
     _out, err = cli.communicate(timeout=30)
@@ -95,6 +91,49 @@ def test_sigint_cancels_a_deploy_and_frees_its_lock(ops_api: str) -> None:
     state = local_hub(load_fleet(REPO / "fleet"), "local", "prod").state()
     assert state is not None
     assert requests.get(f"{state.url}/hub/health", timeout=10).status_code == 200
+
+
+RELEASE = asyncio.Event()
+
+
+@flow(name="hold_hub_lock", flow_run_name="hold_hub_lock local/prod")
+async def hold_hub_lock() -> None:
+    """Holds local/prod's lock until the test says so (a long healthy operation)."""
+    async with hub_lock("local", "prod"):
+        await RELEASE.wait()
+
+
+async def test_a_held_lock_names_its_holder_and_unlock_refuses(ops_api: str) -> None:
+    RELEASE.clear()
+    holder = asyncio.create_task(hold_hub_lock())
+    try:
+
+        async def taken() -> bool:
+            return (await newest_run(ops_api, "op:none"))[1] == 1
+
+        deadline = time.monotonic() + 60
+        while not await taken():
+            assert time.monotonic() < deadline and not holder.done(), "lock never taken"
+            await asyncio.sleep(0.5)
+
+        locks = await asyncio.to_thread(run_cli, ops_api, "locks")
+        assert locks.returncode == 0, locks.stderr
+        assert hub_limit("local", "prod") in locks.stdout, locks.stdout
+        assert "hold_hub_lock local/prod" in locks.stdout and "Running" in locks.stdout
+        refused = await asyncio.to_thread(run_cli, ops_api, "unlock", "local/prod")
+        assert refused.returncode == 2 and "has not ended" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+
+        with pytest.raises(LockTimeout) as waited:
+            await deploy_hub("local", "prod", lock_timeout=2)
+        message = str(waited.value)
+        assert "held by run 'hold_hub_lock local/prod'" in message and "Running" in message
+    finally:
+        RELEASE.set()
+        await holder
+    assert (await newest_run(ops_api, "op:none"))[1] == 0
+    free = await asyncio.to_thread(run_cli, ops_api, "unlock", "local/prod")
+    assert free.returncode == 0 and "not locked" in free.stdout, free.stdout + free.stderr
 
 
 @pytest.fixture
