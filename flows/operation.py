@@ -9,14 +9,13 @@ Who started a run comes from how it was created, never from what the creator say
   parameter schema has no `operator`, so the server refuses one at creation;
 - a run in the CLI's own process: the local user ($USER), or `--operator NAME` from that
   same user's shell, checked: a plain name of at most 64 characters that is not one of the
-  reserved values above.
+  reserved values above (the CLI refuses those).
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run
 
-from hubfleet.errors import HubfleetError
+from hubfleet.audit import UNKNOWN_UI_OPERATOR, OperatorRefused, check_operator
 from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, Hub
 from hubfleet.paths import fleet_dir
@@ -49,34 +48,18 @@ class Operation:
         return f"{self.cluster.name}/{self.hub.name}" if self.hub else self.cluster.name
 
 
-#: Recorded for a deployment run started from the Prefect UI or API: self-hosted Prefect
-#: does not say who clicked, and the worker's $USER would be a lie.
-UNKNOWN_UI_OPERATOR = "unknown(ui/api)"
 #: Tags of the event runs hubfleet schedules itself (flows/event_hubs.py): who scheduled it.
 SCHEDULE_TAG = "hubfleet:event-schedule"
 SCHEDULED_BY = "scheduled-by:"
-#: What an operator name given in-process may look like (a login or an email address).
-_OPERATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
-#: Names only the run's provenance may produce.
-RESERVED_OPERATORS = ("schedule", UNKNOWN_UI_OPERATOR)
-
-
-class OperatorRefused(HubfleetError):
-    """An operator name that is not a plain name, or one only provenance may set."""
-
-
 def operator_name(given: str | None) -> str:
-    """Who started an in-process run: `given` (checked), else $USER."""
+    """Who started an in-process run: `given` (a plain name), else $USER.
+
+    The CLI refuses the reserved names (`--operator schedule`); code running in-process
+    (hubfleet's own, or a test simulating a scheduled sweep) may record them.
+    """
     if given is None:
         return os.environ.get("USER") or getpass.getuser()
-    shown = given if len(given) <= 100 else given[:100] + "…"
-    if given in RESERVED_OPERATORS or not _OPERATOR.fullmatch(given):
-        raise OperatorRefused(
-            f"operator {shown!r}: give a plain name (letters, digits, . _ @ + -, at most 64 "
-            f"characters, not {' or '.join(RESERVED_OPERATORS)}); scheduled, automated and "
-            "UI runs are recorded from how they were created. Nothing was run."
-        )
-    return given
+    return check_operator(given, allow_reserved=True)
 
 
 def deployment_run_operator(run: FlowRun) -> str:

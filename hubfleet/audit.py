@@ -19,6 +19,31 @@ from typing import Any
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Fleet
 
+#: Recorded for a deployment run started from the Prefect UI or API: self-hosted Prefect
+#: does not say who clicked, and the worker's $USER would be a lie.
+UNKNOWN_UI_OPERATOR = "unknown(ui/api)"
+#: Operator names only a run's provenance may produce (flows/operation.py).
+RESERVED_OPERATORS = ("schedule", UNKNOWN_UI_OPERATOR)
+#: What an operator name given in-process may look like (a login or an email address).
+_OPERATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+
+
+class OperatorRefused(HubfleetError):
+    """An operator name that is not a plain name, or one only provenance may set."""
+
+
+def check_operator(given: str, allow_reserved: bool = False) -> str:
+    """`given` if it is a plain name (and, unless `allow_reserved`, not a reserved one)."""
+    shown = given if len(given) <= 100 else given[:100] + "…"
+    if (given in RESERVED_OPERATORS and not allow_reserved) or not _OPERATOR.fullmatch(given):
+        raise OperatorRefused(
+            f"operator {shown!r}: give a plain name (letters, digits, . _ @ + -, at most 64 "
+            f"characters, not {' or '.join(RESERVED_OPERATORS)}); scheduled, automated and "
+            "UI runs are recorded from how they were created. Nothing was run."
+        )
+    return given
+
+
 #: Prefect state types a user may filter on (case-insensitive).
 STATES = (
     "completed",

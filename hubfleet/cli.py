@@ -35,8 +35,21 @@ FleetOpt = Annotated[
     Path | None,
     typer.Option("--fleet", help="Fleet directory (default: $HUBFLEET_FLEET or ./fleet)."),
 ]
+
+
+def _operator(value: str | None) -> str | None:
+    from hubfleet.audit import check_operator
+
+    return None if value is None else check_operator(value)
+
+
 OperatorOpt = Annotated[
-    str | None, typer.Option(help="Who is running this, for the audit log (default: $USER).")
+    str | None,
+    typer.Option(
+        help="Who is running this, for the audit log (default: $USER); a plain name, "
+        "not 'schedule' or 'unknown(ui/api)'.",
+        callback=_operator,
+    ),
 ]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Show what would change; change nothing.")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 #: The admin user that exists only to mint the first ops token; it can never log in
 #: (local hubs use the null authenticator) and its tokens are revoked after bootstrap.
 BOOTSTRAP_USER = "hubfleet-bootstrap"
-#: The user whose tokens hubfleet operates the hub with (blocked from login). Its role
+#: The user whose tokens hubfleet operates the hub with (refused at login). Its role
 #: grants only what the health levels and operations need: no admin, no user deletion.
 OPS_USER = "hubfleet-ops"
 OPS_SCOPES = [
@@ -70,8 +70,8 @@ def render_config(
     # hubfleet's bootstrap admin survives whatever admin_users the values set.
     auth = config.setdefault("Authenticator", {})
     auth["admin_users"] = sorted({*auth.get("admin_users", []), BOOTSTRAP_USER})
-    # The health probe's and the ops user act only through the API; they can never log in.
-    auth["blocked_users"] = sorted({*auth.get("blocked_users", []), HEALTH_USER, OPS_USER})
+    # The health probe's user gets servers only through the API; it can never log in.
+    auth["blocked_users"] = sorted({*auth.get("blocked_users", []), HEALTH_USER})
     jupyterhub = config.setdefault("JupyterHub", {})
     jupyterhub["load_roles"] = [*jupyterhub.get("load_roles", []), *HUBFLEET_ROLES]
     user_config = json.dumps(config, indent=2, sort_keys=True)
@@ -93,6 +93,14 @@ def render_config(
         # jupyterhub-singleuser refuses to run as root without it (spawn fails with a 500).
         f"c.Spawner.args = {['--allow-root'] if as_root else []!r}",
         "c.JupyterHub.cleanup_servers = True",
+        # hubfleet's own users act only through the API: whatever the authenticator, a
+        # login as one of them is refused (blocking the ops user would strip its role).
+        f"_HUBFLEET_USERS = {sorted({OPS_USER, HEALTH_USER, BOOTSTRAP_USER})!r}",
+        "def _refuse_hubfleet_users(authenticator, handler, authentication):",
+        "    if authentication and authentication.get('name') in _HUBFLEET_USERS:",
+        "        return None",
+        "    return authentication",
+        "c.Authenticator.post_auth_hook = _refuse_hubfleet_users",
         "# The hub's values (hub.config), applied as zero-to-jupyterhub does:",
         f"for _cls, _traits in json.loads({user_config!r}).items():",
         "    for _name, _value in _traits.items():",

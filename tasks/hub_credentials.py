@@ -29,7 +29,7 @@ from pydantic import SecretStr
 
 from blocks.hub_token import HubOpsToken
 from hubfleet.credentials import CredentialKind
-from hubfleet.localhub import BOOTSTRAP_USER, OPS_USER
+from hubfleet.localhub import BOOTSTRAP_USER, OPS_SCOPES, OPS_USER
 from tasks import jupyterhub_api as api
 from tasks.local_hub import LocalHub, LocalHubError
 from tasks.rotation import CredentialRefused, Issued, Rotator
@@ -52,7 +52,7 @@ def issue_ops_token(url: str, issuer: str) -> tuple[str, str, datetime]:
     """A new `hubfleet-ops` token issued with `issuer`: (id, token, expires_at)."""
     now = datetime.now(UTC)
     token_id, token = api.issue_token(
-        url, issuer, OPS_USER, int(OPS_TOKEN_LIFETIME.total_seconds()),
+        url, issuer, OPS_USER, OPS_SCOPES, int(OPS_TOKEN_LIFETIME.total_seconds()),
         f"hubfleet ops token {now:%Y-%m-%dT%H:%M:%SZ}",
     )  # fmt: skip
     return token_id, token, now + OPS_TOKEN_LIFETIME

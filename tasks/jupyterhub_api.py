@@ -80,15 +80,16 @@ def whoami(base_url: str, token: str) -> dict[str, Any]:
 
 
 def issue_token(
-    base_url: str, token: str, user: str, expires_in: int, note: str
+    base_url: str, token: str, user: str, scopes: list[str], expires_in: int, note: str
 ) -> tuple[str, str]:
-    """POST /hub/api/users/<user>/tokens: a new token of `user` with the user's own scopes,
-    expiring in `expires_in` seconds. Returns (token id, token)."""
+    """POST /hub/api/users/<user>/tokens: a new token of `user` with `scopes` (the hub
+    refuses any the user does not hold), expiring in `expires_in` seconds.
+    Returns (token id, token)."""
     model = call(
         "POST",
         f"{base_url}/hub/api/users/{user}/tokens",
         token=token,
-        json={"expires_in": expires_in, "note": note},
+        json={"expires_in": expires_in, "note": note, "scopes": scopes},
     ).json()
     return str(model["id"]), str(model["token"])
 

@@ -99,6 +99,13 @@ async def test_ui_runs_are_audited_with_their_operator(ops_api: str, workers: Wo
     table = run_cli(ops_api, "audit", "--hub", "local/staging", "--op", "deploy_hub")
     assert table.returncode == 0 and UNKNOWN_UI_OPERATOR in table.stdout, table.stdout
 
+    # From the CLI, the operator is the local user or a plain name, never a reserved one.
+    for claimed in ("schedule", "unknown(ui/api)", "automation:nightly", "x" * 20_000):
+        forged = run_cli(ops_api, "deploy", "local", "staging", "--operator", claimed)
+        assert forged.returncode == 2, forged.stdout + forged.stderr
+        assert "give a plain name" in forged.stderr and "Traceback" not in forged.stderr
+        assert len(forged.stderr) < 1000  # a long value is quoted cut short
+
     bad = run_cli(ops_api, "audit", "--hub", "local/staging", "--since", "5 days")
     assert bad.returncode == 2
     assert "--since '5 days': use a number and a unit" in bad.stderr
