@@ -31,6 +31,7 @@ from flows.deploy_hub import Gate, deploy_hub
 from flows.operation import Operation, begin
 from hubfleet.errors import HubfleetError
 from hubfleet.presets import Preset, load_preset
+from hubfleet.values import hub_layers
 
 
 class CustomizationRejected(HubfleetError):
@@ -184,6 +185,8 @@ async def customize_hub(
             f"{op.target}: request refused, nothing was changed:\n  " + "\n  ".join(problems)
         )
     file = _values_file(op)
+    # Broken values files are reported as `file:line` before anything is changed.
+    hub_layers(op.fleet, op.cluster.name, op.hub)
     before = file.read_text(encoding="utf-8")
     yaml = YAML()
     yaml.preserve_quotes = True
