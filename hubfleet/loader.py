@@ -168,7 +168,12 @@ def read_yaml(path: Path, empty_ok: bool = False) -> tuple[_Doc | None, list[Pro
     if data is None and empty_ok:
         data = CommentedMap()
     if not isinstance(data, CommentedMap):
-        found = "an empty file" if data is None else f"a {_type_name(data)} {_shown(data)}"
+        if data is None:
+            found = "an empty file"
+        elif isinstance(data, list):
+            found = "a list"
+        else:
+            found = f"a {_type_name(data)} {_shown(data)}"
         return None, [
             Problem(
                 path,

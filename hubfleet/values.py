@@ -276,6 +276,8 @@ def _schema_message(error: Any, shown: str) -> str:
         wanted = " or ".join(rule) if isinstance(rule, list) else rule
         kind_of = _json_type(error.instance)
         found = shown if shown in ("a list", "a mapping") else f"{kind_of} {shown}"
+        if error.instance is None:
+            found = "an empty value (null); give it a value or remove the key"
         return f"expected {wanted}, found {found}"
     if kind == "enum":
         return f"found {shown}; allowed: {', '.join(map(repr, rule))}"
