@@ -32,6 +32,7 @@ from hubfleet.values import (
     CHARTS_DIR,
     Layer,
     hub_layers,
+    secret_values_block,
     secret_values_file,
     validate_layers,
 )
@@ -64,11 +65,6 @@ def require_local(op: Operation) -> None:
             "deploys with Helm; this operation exists only for the 'local' provider in this "
             "version. Nothing was changed."
         )
-
-
-def secret_values_block(cluster: str, hub: str) -> str:
-    """Name of the optional Prefect `Secret` block with the hub's secret values (a dict)."""
-    return f"hub-values-{cluster}-{hub}"
 
 
 async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:

@@ -78,10 +78,13 @@ def _secret_values_if_reachable(fleet: Any) -> tuple[dict[tuple[str, str], Any] 
         return None, skipped + "no Prefect server configured (set PREFECT_API_URL to check them)"
     import httpx
 
+    def unreachable(exc: Exception) -> tuple[None, str]:
+        return None, skipped + f"the Prefect server at {api} did not answer ({type(exc).__name__})"
+
     try:
         httpx.get(f"{api.rstrip('/')}/health", timeout=3).raise_for_status()
     except httpx.HTTPError as exc:
-        return None, skipped + f"the Prefect server at {api} did not answer ({type(exc).__name__})"
+        return unreachable(exc)
     import asyncio
 
     from flows.deploy_hub import load_secret_values
@@ -93,7 +96,10 @@ def _secret_values_if_reachable(fleet: Any) -> tuple[dict[tuple[str, str], Any] 
                 found[(cluster.name, hub.name)] = await load_secret_values(cluster.name, hub.name)
         return found
 
-    return asyncio.run(read_all()), ""
+    try:
+        return asyncio.run(read_all()), ""
+    except (httpx.HTTPError, OSError) as exc:  # it went away while being read
+        return unreachable(exc)
 
 
 @app.command()

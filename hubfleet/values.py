@@ -130,6 +130,11 @@ CLUSTER_VALUES_FILE = "cluster.values.yaml"
 OPS_TOKEN_SECRET = "hubfleet-ops"
 
 
+def secret_values_block(cluster: str, hub: str) -> str:
+    """Name of the optional Prefect `Secret` block with the hub's secret values (a dict)."""
+    return f"hub-values-{cluster}-{hub}"
+
+
 class ValuesInvalid(HubfleetError):
     """A hub's values files are broken or their merged values break the chart's schema;
     nothing was applied. `problems` are the `file:line: key: message` lines that
@@ -210,7 +215,8 @@ def hub_layers(
         layers.append(load_preset(hub.use_case).layer())
     layers += read[len(files) :]
     if secret_values:
-        layers.append(Layer("secret values", dict(secret_values), secret=True))
+        block = secret_values_block(cluster, hub.name)
+        layers.append(Layer(f"secret values (block {block})", dict(secret_values), secret=True))
     return layers
 
 

@@ -71,7 +71,10 @@ def test_schema_error_names_file_and_key_and_hides_secrets() -> None:
         "fleet/clusters/gcp-central/college.values.yaml:5: singleuser.memmory: unknown key "
         "(did you mean 'memory'?)" in message
     )
-    assert "secret values: hub.cookieSecret: (hidden: a secret value)" in message
+    assert (
+        "secret values (block hub-values-gcp-central-college): hub.cookieSecret: "
+        "(hidden: a secret value)" in message
+    )
     assert secret not in message
 
 

@@ -396,3 +396,43 @@ def test_values_paths_exit_2_naming_the_file(
         assert code == 2, (name, args, output)
         assert "clusters/local/cluster.yaml:15: hubs[1].values[0]" in output
         assert said in output
+
+
+def test_validate_checks_secret_values_when_the_server_answers(
+    fleet: Path, capsys, monkeypatch
+) -> None:
+    """The server is a stand-in answering /health; the blocks are read by a stand-in of
+    `load_secret_values` (the real one is exercised by the deploy tests)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import flows.deploy_hub
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    secret = "not-hex-but-secret"
+
+    async def blocks(cluster: str, hub: str) -> dict[str, object]:
+        return {"hub": {"cookieSecret": secret}} if hub == "college" else {}
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(flows.deploy_hub, "load_secret_values", blocks)
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{server.server_port}/api")
+    try:
+        code, output = cli(capsys, "validate", str(fleet))
+    finally:
+        server.shutdown()
+    assert code == 2
+    assert (
+        "secret values (block hub-values-gcp-central-college): hub.cookieSecret: (hidden: a "
+        "secret value) does not match the pattern '^([0-9a-f]{64})?$'" in output
+    )
+    assert secret not in output
