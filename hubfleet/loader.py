@@ -456,19 +456,17 @@ def outside_fleet(base: Path, name: str, root: Path) -> str | None:
     """Why the values file `name` (relative to `base`) is not inside the fleet directory,
     or None if it is. A fleet change must not make the deploying machine read any file it
     can read (/etc/..., ~/.kube/config) and send it to a cluster as chart values."""
-    fix = (
-        f"copy the file into {_display(base)} (or elsewhere under the fleet directory "
-        f"{_display(root)}) and list it relative to {_display(base)}"
-    )
+    fleet = f"the fleet directory {_display(root)}/"
+    fix = f"copy the file into {_display(base)} and list its name relative to that directory"
     if Path(name).is_absolute() or name.startswith("~"):
-        return f"{name!r} is an absolute path; values files must be inside the fleet: {fix}"
+        return f"{name!r} is an absolute path; values files must be inside {fleet}: {fix}"
     path = base / name
     if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
-        return f"{name!r} leaves the fleet directory ('..'); values files must stay inside: {fix}"
+        return f"{name!r} leaves {fleet}; values files must be inside it: {fix}"
     if not path.resolve().is_relative_to(root.resolve()):
         return (
-            f"{name!r} is a symlink to {path.resolve()}, outside the fleet directory; "
-            f"replace the link with the file itself: {fix}"
+            f"{name!r} is a symlink to {path.resolve()}, outside {fleet}; replace the link "
+            "with a copy of the file"
         )
     return None
 

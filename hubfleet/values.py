@@ -289,7 +289,19 @@ def _schema_message(error: Any, shown: str) -> str:
         return f"found {shown}; allowed: {', '.join(map(repr, rule))}"
     if kind == "pattern":
         return f"{shown} does not match the pattern {rule!r}"
+    if kind in _BOUNDS:
+        return f"found {shown}; must be {_BOUNDS[kind]} {rule}"
+    if kind == "minLength":
+        return f"{shown} is too short; at least {rule} character(s)"
     return f"{shown} is invalid: {kind} {rule!r}"
+
+
+_BOUNDS = {
+    "minimum": "at least",
+    "maximum": "at most",
+    "exclusiveMinimum": "more than",
+    "exclusiveMaximum": "less than",
+}
 
 
 def _json_type(value: Any) -> str:
