@@ -18,6 +18,7 @@ from rich.table import Table
 
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import FleetInvalid, load_fleet
+from hubfleet.model import Fleet
 from hubfleet.paths import data_dir, fleet_dir
 from hubfleet.values import ValuesInvalid
 
@@ -68,7 +69,7 @@ def validate(
     out.print(f"fleet {fleet.settings.name} is valid: {fleet.summary()}")
 
 
-def _secret_values_if_reachable(fleet: Any) -> tuple[dict[tuple[str, str], Any] | None, str]:
+def _secret_values_if_reachable(fleet: Fleet) -> tuple[dict[tuple[str, str], Any] | None, str]:
     """Each hub's secret values layer (its `hub-values-<cluster>-<hub>` block), read only
     when a Prefect server is configured and answers; else None and why they were skipped.
     Prefect is imported only then, so `validate` stays fast without a server."""

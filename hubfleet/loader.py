@@ -230,10 +230,6 @@ def _mapping_at(node: Any, line: int, key: str, loc: Loc = ()) -> Loc | None:
     return None
 
 
-def _read(path: Path) -> tuple[_Doc | None, list[Problem]]:
-    return read_yaml(path)
-
-
 # --- pydantic errors, said plainly ------------------------------------------------------
 
 
@@ -352,7 +348,7 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
         )
 
     settings: FleetSettings | None = None
-    fleet_doc, found = _read(root / "fleet.yaml")
+    fleet_doc, found = read_yaml(root / "fleet.yaml")
     problems += found
     if fleet_doc:
         settings, found = _validate(fleet_doc, FleetSettings)
@@ -364,7 +360,7 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
     docs: dict[str, _Doc] = {}
     hubs: list[tuple[str, _Doc, int, Hub]] = []  # (cluster, doc, index, hub) of valid hubs
     for path in sorted((root / "clusters").glob("*/cluster.yaml")):
-        doc, found = _read(path)
+        doc, found = read_yaml(path)
         problems += found
         if not doc:
             continue

@@ -167,8 +167,7 @@ def test_bounds_and_allowed_values(fleet: Path) -> None:
         "cull:\n  timeout: 10\nproxy:\n  chp:\n    image: {pullPolicy: Sometimes}\n",
     )
     assert problems(fleet) == [
-        "<fleet>/clusters/local/staging.values.yaml:2: cull.timeout: found 10; must be at "
-        "least 60",
+        "<fleet>/clusters/local/staging.values.yaml:2: cull.timeout: found 10; must be at least 60",
         "<fleet>/clusters/local/staging.values.yaml:5: proxy.chp.image.pullPolicy: found "
         "'Sometimes'; allowed: 'Always', 'IfNotPresent', 'Never'",
     ]
