@@ -182,7 +182,7 @@ def hub_layers(
 
     Every file is read with line numbers; `ValuesInvalid` lists every broken one.
     """
-    chart = chart_dir or CHARTS_DIR / "hub"
+    chart = chart_dir or VALUES_CHART
     defaults = YAML(typ="safe").load((chart / "values.yaml").read_text(encoding="utf-8")) or {}
     layers = [
         Layer(f"chart defaults ({chart / 'values.yaml'})", defaults, origin=chart / "values.yaml")
