@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,32 @@ def read_values_file(path: Path, source: str | None = None) -> Layer:
     """One values file as a layer, with the line of every key; `ValuesInvalid` (with
     `file:line` problems) if it is missing, malformed, has a duplicate key or its top
     level is not a mapping. An empty file is an empty layer."""
+    values, lines, problems = _parsed(path, *_stamp(path))
+    if problems:
+        raise ValuesInvalid(problems)
+    # A copy: callers may change a layer's values; the parsed file is shared by every hub.
+    return Layer(source or _show(path), copy.deepcopy(values), path=path, origin=path, lines=lines)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, -1)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=1024)
+def _parsed(
+    path: Path, mtime_ns: int, size: int
+) -> tuple[dict[str, Any], Lines, tuple[Problem, ...]]:
+    """A values file parsed once per version of it (validate reads the fleet's shared
+    files for every hub; ruamel's round-trip parser is pure Python)."""
     doc, problems = read_yaml(path, empty_ok=True)
     if doc is None:
-        raise ValuesInvalid(problems)
+        return {}, {}, tuple(problems)
     lines: dict[tuple[str, ...], int] = {}
-    values = _plain(doc.data, (), lines)
-    return Layer(source or _show(path), values, path=path, origin=path, lines=lines)
+    return _plain(doc.data, (), lines), lines, ()
 
 
 def read_values_files(paths: Iterable[Path]) -> list[Layer]:
@@ -183,7 +203,7 @@ def hub_layers(
     Every file is read with line numbers; `ValuesInvalid` lists every broken one.
     """
     chart = chart_dir or VALUES_CHART
-    defaults = YAML(typ="safe").load((chart / "values.yaml").read_text(encoding="utf-8")) or {}
+    defaults = copy.deepcopy(_chart_defaults(chart / "values.yaml", *_stamp(chart / "values.yaml")))
     layers = [
         Layer(f"chart defaults ({chart / 'values.yaml'})", defaults, origin=chart / "values.yaml")
     ]
@@ -218,6 +238,12 @@ def hub_layers(
         block = secret_values_block(cluster, hub.name)
         layers.append(Layer(f"secret values (block {block})", dict(secret_values), secret=True))
     return layers
+
+
+@lru_cache(maxsize=16)
+def _chart_defaults(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
+    loaded: dict[str, Any] = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+    return loaded
 
 
 def merged(layers: Iterable[Layer]) -> dict[str, Any]:
