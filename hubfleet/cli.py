@@ -62,10 +62,10 @@ def validate(
     fleet = load_fleet(path or fleet_dir())
     secrets, note = _secret_values_if_reachable(fleet)
     problems = check_fleet_values(fleet, values_schema(), secrets)
-    if problems:
-        raise FleetInvalid(sorted(problems, key=lambda p: (str(p.file), p.line)))
     if note:
         err.print(f"note: {note}", soft_wrap=True)
+    if problems:
+        raise FleetInvalid(sorted(problems, key=lambda p: (str(p.file), p.line)))
     out.print(f"fleet {fleet.settings.name} is valid: {fleet.summary()}")
 
 
