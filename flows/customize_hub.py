@@ -33,6 +33,7 @@ from flows.operation import Operation, begin
 from flows.parameters import Names
 from hubfleet.errors import HubfleetError
 from hubfleet.presets import Preset, load_preset
+from hubfleet.values import hub_layers
 
 
 class CustomizationRejected(HubfleetError):
@@ -210,6 +211,8 @@ async def customize_hub(
             f"{op.target}: request refused, nothing was changed:\n  " + "\n  ".join(problems)
         )
     file = _values_file(op)
+    # Broken values files are reported as `file:line` before anything is changed.
+    hub_layers(op.fleet, op.cluster.name, op.hub)
     before = file.read_text(encoding="utf-8")
     yaml = YAML()
     yaml.preserve_quotes = True

@@ -28,11 +28,12 @@ from flows.operation import Operation, begin
 from flows.parameters import HelmWait, LockWait
 from hubfleet.errors import HubfleetError, ProviderNotReady
 from hubfleet.localhub import hub_config_from_values, local_values
-from hubfleet.model import Provider
+from hubfleet.model import Fleet, Hub, Provider
 from hubfleet.values import (
     CHARTS_DIR,
     Layer,
     hub_layers,
+    secret_values_block,
     secret_values_file,
     validate_layers,
 )
@@ -67,11 +68,6 @@ def require_local(op: Operation) -> None:
         )
 
 
-def secret_values_block(cluster: str, hub: str) -> str:
-    """Name of the optional Prefect `Secret` block with the hub's secret values (a dict)."""
-    return f"hub-values-{cluster}-{hub}"
-
-
 async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:
     """The hub's secret values layer (from its `Secret` block), or {} if it has none."""
     from prefect.blocks.system import Secret
@@ -87,6 +83,23 @@ async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:
             "values (e.g. {'hub': {'cookieSecret': '...'}}); nothing was applied"
         )
     return value
+
+
+def hub_schema(fleet: Fleet, hub: Hub) -> Path:
+    """The values schema of the chart `hub` deploys (a canary's may differ from helm/hub's)."""
+    chart = helm_tasks.resolve_chart("hub", hub.chart_version or fleet.settings.chart_version)
+    return (chart if chart.is_dir() else CHARTS_DIR / "hub") / "values.schema.json"
+
+
+def check_hub_values(fleet: Fleet, cluster: str, hub: str) -> None:
+    """Read and check a hub's values as its deploy will, before anything runs: every
+    values file parsed (`file:line` problems), and on Helm providers the merged values
+    against the schema of the chart the hub gets. Raises `ValuesInvalid`."""
+    spec = fleet.cluster(cluster).hub(hub)
+    if fleet.cluster(cluster).provider is Provider.local:
+        local_values(fleet, cluster, spec)  # local hubs apply the files, not the chart
+        return
+    validate_layers(hub_layers(fleet, cluster, spec), hub_schema(fleet, spec))
 
 
 def _secret_strings(values: Any) -> list[str]:
@@ -189,9 +202,7 @@ async def _deploy_helm(
     layers = hub_layers(op.fleet, cluster, op.hub, secret_values)
     version = op.hub.chart_version or op.fleet.settings.chart_version
     chart = helm_tasks.resolve_chart("hub", version)
-    # Checked against the chart in use (a canary's schema may differ from helm/hub's).
-    schema = (chart if chart.is_dir() else CHARTS_DIR / "hub") / "values.schema.json"
-    validate_layers(layers, schema)
+    validate_layers(layers, hub_schema(op.fleet, op.hub))
     secrets = [*_secret_strings(secret_values), access.kubeconfig.get_secret_value()]
 
     with ExitStack() as stack:

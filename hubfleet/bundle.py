@@ -21,7 +21,14 @@ from ruamel.yaml import YAML
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Fleet
 from hubfleet.presets import _leaves
-from hubfleet.values import CHARTS_DIR, hub_layers, merge_values, merged, validate_layers
+from hubfleet.values import (
+    CHARTS_DIR,
+    ValuesInvalid,
+    hub_layers,
+    merge_values,
+    merged,
+    validate_layers,
+)
 
 #: Chart keys that hold secrets whatever layer sets them, and how a community makes one.
 CHART_SECRETS: dict[str, str] = {
@@ -76,15 +83,22 @@ def export_hub(
     for key in secrets:
         _drop(values, key.split("."))
 
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
-    chart = _copy_chart(version, directory / "chart", charts_dir)
+    try:
+        chart = _copy_chart(version, directory / "chart", charts_dir)
+        # The hub's own files first, so a problem names the file and line to fix; then the
+        # bundle must install: check it against its own chart's schema now, not later
+        # (placeholders are checked by install.sh instead: they are not valid secrets).
+        validate_layers(layers, chart / "values.schema.json")
+        validate_layers(
+            [_layer("chart defaults", _read(chart / "values.yaml")), _layer("values.yaml", values)],
+            chart / "values.schema.json",
+        )
+    except (ValuesInvalid, ExportFailed):
+        _remove_written(directory, created)  # "nothing was written" holds
+        raise
     placeholders = _nest({key: f"{PLACEHOLDER}: {how}" for key, how in secrets.items()})
-    # The bundle must install: check it against its own chart's schema now, not later
-    # (placeholders are checked by install.sh instead: they are not valid secrets).
-    validate_layers(
-        [_layer("chart defaults", _read(chart / "values.yaml")), _layer("values.yaml", values)],
-        chart / "values.schema.json",
-    )
     _write_yaml(
         directory / "values.yaml",
         values,
@@ -104,6 +118,18 @@ def export_hub(
         _readme(fleet, cluster, hub, version, values, secrets), encoding="utf-8"
     )
     return Bundle(directory, hub, hub, version, tuple(sorted(secrets)))
+
+
+def _remove_written(directory: Path, created: bool) -> None:
+    """Undo a failed export: the directory was new or empty before it."""
+    if created:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _layer(source: str, values: dict[str, Any]) -> Any:

@@ -18,7 +18,9 @@ from rich.table import Table
 
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import FleetInvalid, load_fleet
+from hubfleet.model import Fleet
 from hubfleet.paths import fleet_dir
+from hubfleet.values import ValuesInvalid
 
 app = typer.Typer(
     help="Run a fleet of JupyterHubs: validate the registry, deploy, check health, "
@@ -66,9 +68,52 @@ def _use_fleet(path: Path | None) -> Path:
 def validate(
     path: Annotated[Path | None, typer.Argument(help="Fleet directory (default: ./fleet).")] = None,
 ) -> None:
-    """Check the fleet registry; list every problem as file:line: field: message."""
+    """Check the fleet registry and every hub's values (parsed, merged as a deploy would,
+    checked against the chart's schema); list every problem as file:line: field: message."""
+    from hubfleet.values import check_fleet_values, values_schema
+
     fleet = load_fleet(path or fleet_dir())
+    secrets, note = _secret_values_if_reachable(fleet)
+    problems = check_fleet_values(fleet, values_schema(), secrets)
+    if note:
+        err.print(f"note: {note}", soft_wrap=True)
+    if problems:
+        raise FleetInvalid(sorted(problems, key=lambda p: (str(p.file), p.line)))
     out.print(f"fleet {fleet.settings.name} is valid: {fleet.summary()}")
+
+
+def _secret_values_if_reachable(fleet: Fleet) -> tuple[dict[tuple[str, str], Any] | None, str]:
+    """Each hub's secret values layer (its `hub-values-<cluster>-<hub>` block), read only
+    when a Prefect server is configured and answers; else None and why they were skipped.
+    Prefect is imported only then, so `validate` stays fast without a server."""
+    api = os.environ.get("PREFECT_API_URL")
+    skipped = "secret values in blocks (hub-values-<cluster>-<hub>) were not checked: "
+    if not api:
+        return None, skipped + "no Prefect server configured (set PREFECT_API_URL to check them)"
+    import httpx
+
+    def unreachable(exc: Exception) -> tuple[None, str]:
+        return None, skipped + f"the Prefect server at {api} did not answer ({type(exc).__name__})"
+
+    try:
+        httpx.get(f"{api.rstrip('/')}/health", timeout=3).raise_for_status()
+    except httpx.HTTPError as exc:
+        return unreachable(exc)
+    import asyncio
+
+    from flows.deploy_hub import load_secret_values
+
+    async def read_all() -> dict[tuple[str, str], Any]:
+        found = {}
+        for cluster in fleet.clusters:
+            for hub in cluster.hubs:
+                found[(cluster.name, hub.name)] = await load_secret_values(cluster.name, hub.name)
+        return found
+
+    try:
+        return asyncio.run(read_all()), ""
+    except (httpx.HTTPError, OSError) as exc:  # it went away while being read
+        return unreachable(exc)
 
 
 @app.command()
@@ -81,8 +126,11 @@ def deploy(
 ) -> None:
     """Deploy or update one hub (a Prefect flow run, recorded in the run history)."""
     _use_fleet(fleet)
-    from flows.deploy_hub import deploy_hub
+    from flows.deploy_hub import check_hub_values, deploy_hub
 
+    # The flow checks them too; checked here first, a values error is the same file:line
+    # lines as `validate` prints, not a failed run with Prefect's traceback in the log.
+    check_hub_values(load_fleet(fleet_dir()), cluster, hub)
     result = _run(deploy_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator)
     out.print(result)
 
@@ -179,6 +227,9 @@ def main() -> None:
     """Entry point: turn the errors a user can fix into plain messages and exit code 2."""
     try:
         app()
+    except ValuesInvalid as exc:
+        err.print(str(exc), soft_wrap=True)
+        sys.exit(2)
     except FleetInvalid as exc:
         for problem in exc.problems:
             err.print(str(problem), soft_wrap=True)

@@ -62,8 +62,12 @@ def register(app: typer.Typer) -> None:
     ):
         """Deploy an event hub now, pre-warm it, schedule its reminders and expiry."""
         _use_fleet(fleet)
+        from flows.deploy_hub import check_hub_values
         from flows.event_hubs import create_event_hub
+        from hubfleet.loader import load_fleet
+        from hubfleet.paths import fleet_dir
 
+        check_hub_values(load_fleet(fleet_dir()), cluster, hub)  # as `deploy` does
         show(_run(create_event_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator))
 
     @events.command()

@@ -63,12 +63,12 @@ def show(
     cluster, hub). The merged values are checked against the chart's schema too."""
     from hubfleet.cli import out
     from hubfleet.presets import explain, load_preset
-    from hubfleet.values import CHARTS_DIR, hub_layers, validate_layers
+    from hubfleet.values import hub_layers, validate_layers, values_schema
 
     model = load_fleet(fleet or fleet_dir())
     cluster, spec = find_hub(model, hub)
     layers = hub_layers(model, cluster, spec)
-    validate_layers(layers, CHARTS_DIR / "hub" / "values.schema.json")
+    validate_layers(layers, values_schema())
     preset = load_preset(spec.use_case) if spec.use_case else None
     out.print(
         f"hub {cluster}/{spec.name}: use case "

@@ -28,8 +28,11 @@ def _local_hubs(fleet: Fleet) -> list[tuple[str, Hub]]:
 def up(fleet: Fleet, port: int | None, console: Console) -> None:
     """Start (or reuse) the Prefect server, deploy every local hub, check them, show a table."""
     from hubfleet.cli import hub_table
+    from hubfleet.localhub import local_values
 
     hubs = _local_hubs(fleet)
+    for cluster, hub in hubs:  # a broken values file: its file:line, before anything starts
+        local_values(fleet, cluster, hub)
     server = PrefectServer(data_dir() / "prefect", port)
     started = time.monotonic()
     with console.status("starting the Prefect server (SQLite)…"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import RoundTripConstructor
+from ruamel.yaml.constructor import DuplicateKeyError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
 
 from hubfleet.model import (
@@ -37,15 +38,20 @@ Loc = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with the registry, with where to fix it."""
+    """One thing wrong with the registry, with where to fix it.
 
-    file: Path
+    `file` is a path, or a description of where a value came from that is not a file the
+    user edits (a secret block); `line` is 0 when there is no line to point at.
+    """
+
+    file: Path | str
     line: int
     field: str
     message: str
 
     def __str__(self) -> str:
-        return f"{_display(self.file)}:{self.line}: {self.field}: {self.message}"
+        where = _display(self.file) + (f":{self.line}" if self.line else "")
+        return f"{where}: {self.field}: {self.message}"
 
 
 class FleetInvalid(Exception):
@@ -56,7 +62,9 @@ class FleetInvalid(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def _display(path: Path) -> str:
+def _display(path: Path | str) -> str:
+    if isinstance(path, str):
+        return path
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -120,11 +128,30 @@ def _field(loc: Loc) -> str:
     return out or "(file)"
 
 
-def _read(path: Path) -> tuple[_Doc | None, list[Problem]]:
+def read_yaml(path: Path, empty_ok: bool = False) -> tuple[_Doc | None, list[Problem]]:
+    """Parse one YAML file whose top level must be a mapping, keeping line numbers.
+
+    Every problem is a `Problem` pointing at the line to edit: a missing file, text that is
+    not UTF-8, malformed YAML, a duplicate key, a top level that is not a mapping. With
+    `empty_ok`, an empty file (or only comments) reads as an empty mapping.
+    """
     if not path.is_file():
         return None, [Problem(path, 1, "(file)", "file not found; create it or fix the path")]
     try:
-        data = _yaml().load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [
+            Problem(
+                path,
+                text_line(path.read_bytes(), exc.start),
+                "(file)",
+                f"not UTF-8 text (byte {exc.start}); save the file as UTF-8",
+            )
+        ]
+    try:
+        data = _yaml().load(text)
+    except DuplicateKeyError as exc:
+        return None, [_duplicate_key(path, text, exc)]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -138,10 +165,69 @@ def _read(path: Path) -> tuple[_Doc | None, list[Problem]]:
                 f"invalid YAML: {what}{col}; check indentation, ':' after keys and quoting",
             )
         ]
+    if data is None and empty_ok:
+        data = CommentedMap()
     if not isinstance(data, CommentedMap):
-        found = "an empty file" if data is None else f"a {_type_name(data)}"
-        return None, [Problem(path, 1, "(file)", f"expected a mapping of keys, found {found}")]
+        if data is None:
+            found = "an empty file"
+        elif isinstance(data, list):
+            found = "a list"
+        else:
+            found = f"a {_type_name(data)} {_shown(data)}"
+        return None, [
+            Problem(
+                path,
+                _first_line(data),
+                "(file)",
+                f"expected a mapping of keys (key: value lines), found {found}",
+            )
+        ]
     return _Doc(path, data), []
+
+
+def text_line(data: bytes, offset: int) -> int:
+    """1-based line of a byte offset."""
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _duplicate_key(path: Path, text: str, exc: DuplicateKeyError) -> Problem:
+    """`file:line: a.b: duplicate key ...` at the second occurrence, with where its mapping
+    starts (found again in a parse that allows duplicates, to name the full key)."""
+    found = re.search(r'found duplicate key "(.*?)" with value', exc.problem or "")
+    key = found.group(1) if found else "?"
+    line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+    start = exc.context_mark.line if exc.context_mark else -1
+    yaml = _yaml()
+    yaml.allow_duplicate_keys = True
+    prefix: Loc = ()
+    try:
+        prefix = _mapping_at(yaml.load(text), start, key) or ()
+    except MarkedYAMLError:
+        pass
+    return Problem(
+        path,
+        line,
+        _field((*prefix, key)),
+        f"duplicate key: {key!r} is already set in the mapping that starts at line "
+        f"{start + 1}; keep one of them (merge their contents)",
+    )
+
+
+def _mapping_at(node: Any, line: int, key: str, loc: Loc = ()) -> Loc | None:
+    """Where the mapping that starts on (0-based) `line` and holds `key` is, if found."""
+    if isinstance(node, CommentedMap):
+        if node.lc.line == line and key in node:
+            return loc
+        children: Iterable[tuple[str | int, Any]] = node.items()
+    elif isinstance(node, CommentedSeq):
+        children = enumerate(node)
+    else:
+        return None
+    for part, child in children:
+        found = _mapping_at(child, line, key, (*loc, part if isinstance(part, int) else str(part)))
+        if found is not None:
+            return found
+    return None
 
 
 # --- pydantic errors, said plainly ------------------------------------------------------
@@ -262,19 +348,19 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
         )
 
     settings: FleetSettings | None = None
-    fleet_doc, found = _read(root / "fleet.yaml")
+    fleet_doc, found = read_yaml(root / "fleet.yaml")
     problems += found
     if fleet_doc:
         settings, found = _validate(fleet_doc, FleetSettings)
         problems += found
         if settings:
-            problems += _check_files(fleet_doc, ("values",), settings.values, root)
+            problems += _check_files(fleet_doc, ("values",), settings.values, root, root)
 
     clusters: list[Cluster] = []
     docs: dict[str, _Doc] = {}
     hubs: list[tuple[str, _Doc, int, Hub]] = []  # (cluster, doc, index, hub) of valid hubs
     for path in sorted((root / "clusters").glob("*/cluster.yaml")):
-        doc, found = _read(path)
+        doc, found = read_yaml(path)
         problems += found
         if not doc:
             continue
@@ -287,6 +373,7 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
                 if event is not None:
                     event._from_preset = frozenset(keys)
             problems += _check_cluster(doc, cluster, path.parent)
+            problems += _check_cluster_values(path.parent, root)
             if cluster.name in docs:
                 problems.append(
                     doc.problem(
@@ -301,7 +388,7 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
         else:
             # Keep checking the hubs that are fine, so one typo does not hide other problems.
             valid = _valid_hubs(doc)
-        problems += _check_hubs(doc, valid, path.parent)
+        problems += _check_hubs(doc, valid, path.parent, root)
         name = cluster.name if cluster else path.parent.name
         hubs += [(name, doc, i, hub) for i, hub in valid]
 
@@ -342,15 +429,53 @@ def _fill_event_defaults(doc: _Doc) -> dict[int, list[str]]:
     return filled
 
 
-def _check_files(doc: _Doc, loc: Loc, files: Iterable[str], base: Path) -> list[Problem]:
-    return [
-        doc.problem(
-            (*loc, i),
-            f"file {name!r} not found in {_display(base)}; create it or fix the name",
+def _check_files(
+    doc: _Doc, loc: Loc, files: Iterable[str], base: Path, root: Path
+) -> list[Problem]:
+    """Each listed values file exists and stays inside the fleet directory `root`."""
+    problems = []
+    for i, name in enumerate(files):
+        outside = outside_fleet(base, name, root)
+        if outside:
+            problems.append(doc.problem((*loc, i), outside))
+        elif not (base / name).is_file():
+            problems.append(
+                doc.problem(
+                    (*loc, i),
+                    f"file {name!r} not found in {_display(base)}; create it or fix the name",
+                )
+            )
+    return problems
+
+
+def outside_fleet(base: Path, name: str, root: Path) -> str | None:
+    """Why the values file `name` (relative to `base`) is not inside the fleet directory,
+    or None if it is. A fleet change must not make the deploying machine read any file it
+    can read (/etc/..., ~/.kube/config) and send it to a cluster as chart values."""
+    fleet = f"the fleet directory {_display(root)}/"
+    fix = f"copy the file into {_display(base)} and list its name relative to that directory"
+    if Path(name).is_absolute() or name.startswith("~"):
+        return f"{name!r} is an absolute path; values files must be inside {fleet}: {fix}"
+    path = base / name
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        return f"{name!r} leaves {fleet}; values files must be inside it: {fix}"
+    if not path.resolve().is_relative_to(root.resolve()):
+        return (
+            f"{name!r} is a symlink to {path.resolve()}, outside {fleet}; replace the link "
+            "with a copy of the file"
         )
-        for i, name in enumerate(files)
-        if not (base / name).is_file()
-    ]
+    return None
+
+
+def _check_cluster_values(directory: Path, root: Path) -> list[Problem]:
+    """The optional per-cluster values file must not be a link out of the fleet either."""
+    from hubfleet.values import CLUSTER_VALUES_FILE
+
+    path = directory / CLUSTER_VALUES_FILE
+    if not (path.is_symlink() or path.exists()):
+        return []
+    outside = outside_fleet(directory, CLUSTER_VALUES_FILE, root)
+    return [Problem(path, 1, "(file)", outside)] if outside else []
 
 
 def _check_cluster(doc: _Doc, cluster: Cluster, directory: Path) -> list[Problem]:
@@ -381,7 +506,9 @@ def _valid_hubs(doc: _Doc) -> list[tuple[int, Hub]]:
     return valid
 
 
-def _check_hubs(doc: _Doc, hubs: list[tuple[int, Hub]], directory: Path) -> list[Problem]:
+def _check_hubs(
+    doc: _Doc, hubs: list[tuple[int, Hub]], directory: Path, root: Path
+) -> list[Problem]:
     problems: list[Problem] = []
     first_line: dict[str, int] = {}
     for i, hub in hubs:
@@ -396,7 +523,7 @@ def _check_hubs(doc: _Doc, hubs: list[tuple[int, Hub]], directory: Path) -> list
             )
         else:
             first_line[hub.name] = doc.line_of((*where, "name"))
-        problems += _check_files(doc, (*where, "values"), hub.values, directory)
+        problems += _check_files(doc, (*where, "values"), hub.values, directory, root)
         if hub.kind is HubKind.event and hub.event is None:
             problems.append(
                 doc.problem(

@@ -11,16 +11,14 @@ the images a community may choose, and the profiles it may offer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
 from hubfleet.errors import HubfleetError
 from hubfleet.model import UseCase
-from hubfleet.values import Layer
+from hubfleet.values import Layer, ValuesInvalid, read_values_file
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -62,10 +60,17 @@ class Preset:
     profiles: dict[str, Profile]
     event_defaults: dict[str, Any]
     path: Path
+    lines: Mapping[tuple[str, ...], int] = field(default_factory=dict, compare=False)
 
     def layer(self) -> Layer:
-        """The preset as a values layer (a temp file for helm: the preset file is not values)."""
-        return Layer(f"preset: {self.use_case.value} ({_show(self.path)})", self.values)
+        """The preset as a values layer (a temp file for helm: the preset file is not values);
+        a schema problem in it names the preset file and line."""
+        return Layer(
+            f"preset: {self.use_case.value} ({_show(self.path)})",
+            self.values,
+            origin=self.path,
+            lines=self.lines,
+        )
 
 
 class PresetInvalid(HubfleetError):
@@ -77,7 +82,12 @@ def load_preset(use_case: UseCase | str) -> Preset:
     """The preset of a use case, read from `hubfleet/presets/<use_case>.yaml`."""
     case = UseCase(use_case)
     path = PRESETS_DIR / f"{case.value}.yaml"
-    data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+    try:
+        layer = read_values_file(path)
+    except ValuesInvalid as exc:
+        raise PresetInvalid(f"malformed preset:\n{exc}") from None
+    data = layer.values
+    lines = {key[1:]: line for key, line in layer.lines.items() if key[:1] == ("values",)}
     try:
         service = data.get("self_service") or {}
         profiles = {
@@ -98,6 +108,7 @@ def load_preset(use_case: UseCase | str) -> Preset:
             profiles=profiles,
             event_defaults=dict(data.get("event_defaults") or {}),
             path=path,
+            lines=lines,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PresetInvalid(f"{path}: malformed preset ({exc!r})") from None

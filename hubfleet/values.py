@@ -1,22 +1,32 @@
 """Helm-style values: deep merge in layering order (later layers win), the layers of a hub,
-and a check against the chart's schema that names the file to fix."""
+and a check against the chart's schema that names the file and line to fix.
+
+Values files are read with line numbers (`hubfleet.loader.read_yaml`), so a malformed file,
+a duplicate key or a key the chart does not have is reported as `file:line: key: message`
+by `hubfleet validate`, `show`, `export-hub` and every flow alike.
+"""
 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
+import re
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft7Validator
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 
 from hubfleet.errors import HubfleetError
+from hubfleet.loader import Problem, read_yaml
 from hubfleet.model import Fleet, Hub
 
 
@@ -39,24 +49,129 @@ def _merge_into(target: dict[str, Any], layer: Mapping[str, Any]) -> None:
 
 
 def load_values_files(paths: Iterable[Path]) -> dict[str, Any]:
-    """Read values files (already checked to exist by the loader) and merge them in order."""
-    yaml = YAML(typ="safe")
-    layers = [yaml.load(path.read_text(encoding="utf-8")) or {} for path in paths]
-    return merge_values(*layers)
+    """Read values files and merge them in order; raise `ValuesInvalid` if one is broken."""
+    return merge_values(*(layer.values for layer in read_values_files(paths)))
+
+
+Lines = Mapping[tuple[str, ...], int]
+
+
+def read_values_file(path: Path, source: str | None = None) -> Layer:
+    """One values file as a layer, with the line of every key; `ValuesInvalid` (with
+    `file:line` problems) if it is missing, malformed, has a duplicate key or its top
+    level is not a mapping. An empty file is an empty layer."""
+    values, lines, problems = _parsed(path, *_stamp(path))
+    if problems:
+        raise ValuesInvalid(problems)
+    # A copy: callers may change a layer's values; the parsed file is shared by every hub.
+    return Layer(source or _show(path), copy.deepcopy(values), path=path, origin=path, lines=lines)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, -1)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=1024)
+def _parsed(
+    path: Path, mtime_ns: int, size: int
+) -> tuple[dict[str, Any], Lines, tuple[Problem, ...]]:
+    """A values file parsed once per version of it (validate reads the fleet's shared
+    files for every hub; ruamel's round-trip parser is pure Python)."""
+    doc, problems = read_yaml(path, empty_ok=True)
+    if doc is None:
+        return {}, {}, tuple(problems)
+    lines: dict[tuple[str, ...], int] = {}
+    return _plain(doc.data, (), lines), lines, ()
+
+
+def read_values_files(paths: Iterable[Path]) -> list[Layer]:
+    """Several values files; every broken one is reported, not just the first."""
+    layers, problems = [], []
+    for path in paths:
+        try:
+            layers.append(read_values_file(path))
+        except ValuesInvalid as exc:
+            problems += exc.problems
+    if problems:
+        raise ValuesInvalid(problems)
+    return layers
+
+
+def _plain(node: Any, at: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> Any:
+    """Parsed YAML as plain dicts, lists and scalars (what helm sees: keys are strings),
+    recording the 1-based line of each key and list item in `lines`."""
+    if isinstance(node, CommentedMap):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            name = _key(key)
+            try:
+                lines[(*at, name)] = node.lc.key(key)[0] + 1
+            except (KeyError, TypeError):  # a key merged in with `<<:` has no line here
+                pass
+            out[name] = _plain(value, (*at, name), lines)
+        return out
+    if isinstance(node, CommentedSeq):
+        items = []
+        for i, value in enumerate(node):
+            lines[(*at, str(i))] = node.lc.item(i)[0] + 1
+            items.append(_plain(value, (*at, str(i)), lines))
+        return items
+    if isinstance(node, TaggedScalar):
+        return str(node.value)
+    if isinstance(node, bool) or node is None:
+        return node
+    for kind in (int, float, str):  # ruamel's subclasses (ScalarFloat, ...) as plain types
+        if isinstance(node, kind):
+            return kind(node)
+    return str(node)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return "null" if key is None else str(key)
 
 
 # --- layering for a hub -----------------------------------------------------------------
 
 #: Where the charts live; `HUBFLEET_CHARTS` may hold packaged versions (`hub-0.2.0.tgz`).
 CHARTS_DIR = Path(__file__).resolve().parent.parent / "helm"
+#: The chart whose values schema `hubfleet validate`, `show` and the CLI's pre-deploy check
+#: hold every hub to. Hubs become z2jh releases by pointing this at that chart (its
+#: `values.schema.json`); the deploy flow always checks against the chart it installs.
+VALUES_CHART = CHARTS_DIR / "hub"
 #: Optional per-cluster values file, applied after the fleet's and before the hub's own.
 CLUSTER_VALUES_FILE = "cluster.values.yaml"
 #: The Secret (in the hub's namespace) holding hubfleet's ops token; hubfleet creates it.
 OPS_TOKEN_SECRET = "hubfleet-ops"
 
 
+def secret_values_block(cluster: str, hub: str) -> str:
+    """Name of the optional Prefect `Secret` block with the hub's secret values (a dict)."""
+    return f"hub-values-{cluster}-{hub}"
+
+
 class ValuesInvalid(HubfleetError):
-    """A hub's layered values break the chart's schema; nothing was applied."""
+    """A hub's values files are broken or their merged values break the chart's schema;
+    nothing was applied. `problems` are the `file:line: key: message` lines that
+    `hubfleet validate` prints (empty when helm itself refused the values)."""
+
+    def __init__(self, problems: Sequence[Problem] | str, schema: Path | None = None):
+        if isinstance(problems, str):
+            self.problems: list[Problem] = []
+            super().__init__(problems)
+            return
+        self.problems = list(problems)
+        checked = f" (checked against {_show(schema)})" if schema else ""
+        super().__init__(
+            "\n".join(str(p) for p in self.problems)
+            + f"\nvalues are invalid: {len(self.problems)} problem(s){checked}; fix the file "
+            "named on each line. Nothing was applied."
+        )
 
 
 @dataclass(frozen=True)
@@ -67,6 +182,8 @@ class Layer:
     values: dict[str, Any]
     secret: bool = False
     path: Path | None = None  # the file helm is given, for file layers
+    origin: Path | None = None  # the file a user edits to change it (errors name it)
+    lines: Lines = field(default_factory=dict, compare=False)  # key path -> line in origin
 
 
 def hub_layers(
@@ -82,14 +199,14 @@ def hub_layers(
     defaults (`fleet.yaml: values`) → the cluster's `cluster.values.yaml` → the use case's
     preset (`use_case`, hubfleet.presets) → the hub's values files → secret values (from a
     block; written to a 0600 temp file only when helm runs).
+
+    Every file is read with line numbers; `ValuesInvalid` lists every broken one.
     """
-    chart = chart_dir or CHARTS_DIR / "hub"
-    yaml = YAML(typ="safe")
-
-    def read(path: Path) -> dict[str, Any]:
-        return yaml.load(path.read_text(encoding="utf-8")) or {}
-
-    layers = [Layer(f"chart defaults ({chart / 'values.yaml'})", read(chart / "values.yaml"))]
+    chart = chart_dir or VALUES_CHART
+    defaults = copy.deepcopy(_chart_defaults(chart / "values.yaml", *_stamp(chart / "values.yaml")))
+    layers = [
+        Layer(f"chart defaults ({chart / 'values.yaml'})", defaults, origin=chart / "values.yaml")
+    ]
     layers.append(
         Layer(
             f"fleet: {cluster}/{hub.name}",
@@ -100,24 +217,33 @@ def hub_layers(
                 },
                 "hub": {"opsToken": {"existingSecret": OPS_TOKEN_SECRET}},
             },
+            origin=fleet.cluster_dir(cluster) / "cluster.yaml",
         )
     )
     files = [fleet.root / f for f in fleet.settings.values]
     cluster_file = fleet.cluster_dir(cluster) / CLUSTER_VALUES_FILE
     if cluster_file.is_file():
         files.append(cluster_file)
-    layers += [Layer(_show(p), read(p), path=p) for p in files]
+    hub_files = [fleet.cluster_dir(cluster) / f for f in hub.values]
+    read = read_values_files(files + hub_files)  # all or nothing: every broken file listed
+    layers += read[: len(files)]
     if hub.use_case is not None:
         # The use case's preset: more specific than fleet and cluster defaults, but the
         # hub's own files (what its community asked for) still win.
         from hubfleet.presets import load_preset
 
         layers.append(load_preset(hub.use_case).layer())
-    hub_files = [fleet.cluster_dir(cluster) / f for f in hub.values]
-    layers += [Layer(_show(p), read(p), path=p) for p in hub_files]
+    layers += read[len(files) :]
     if secret_values:
-        layers.append(Layer("secret values", dict(secret_values), secret=True))
+        block = secret_values_block(cluster, hub.name)
+        layers.append(Layer(f"secret values (block {block})", dict(secret_values), secret=True))
     return layers
+
+
+@lru_cache(maxsize=16)
+def _chart_defaults(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
+    loaded: dict[str, Any] = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+    return loaded
 
 
 def merged(layers: Iterable[Layer]) -> dict[str, Any]:
@@ -125,53 +251,196 @@ def merged(layers: Iterable[Layer]) -> dict[str, Any]:
     return merge_values(*(layer.values for layer in layers))
 
 
-def validate_layers(layers: list[Layer], schema_file: Path) -> None:
-    """Check the merged values against the chart's schema before anything is applied.
+def values_schema(chart: Path = VALUES_CHART) -> Path:
+    """The values schema of a chart directory."""
+    return chart / "values.schema.json"
 
-    Every problem names the key, the layer (file) that set it, and what is allowed; a
-    secret layer's values are never quoted.
-    """
-    schema = json.loads(schema_file.read_text(encoding="utf-8"))
-    values = merged(layers)
+
+def validate_layers(layers: list[Layer], schema_file: Path) -> None:
+    """Check the merged values against the chart's schema before anything is applied;
+    raise `ValuesInvalid` naming, for each problem, the file and line that set the key."""
+    problems = schema_problems(layers, schema_file)
+    if problems:
+        raise ValuesInvalid(problems, schema_file)
+
+
+def schema_problems(layers: list[Layer], schema_file: Path) -> list[Problem]:
+    """Every way the merged values break the schema, as `file:line: key: message` at the
+    last layer that set the key (a secret layer's values are never quoted). A chart
+    without a schema accepts anything, as helm does."""
+    if not schema_file.is_file():
+        return []
+    schema = _schema(schema_file)
+    validator = _validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(merged(layers)), key=lambda e: list(map(str, e.path)))
     problems = []
-    for error in sorted(
-        Draft7Validator(schema).iter_errors(values), key=lambda e: list(map(str, e.path))
-    ):
-        path = [str(p) for p in error.path]
-        if error.validator == "additionalProperties":
+    for error in errors:
+        path = list(error.path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             allowed = sorted(error.schema.get("properties", {}))
-            for key in sorted(set(error.instance) - set(allowed)):
-                where = _set_by(layers, [*path, key])
+            patterns = list(error.schema.get("patternProperties", {}))
+            for key in sorted(error.instance):
+                if key in allowed or any(re.search(p, key) for p in patterns):
+                    continue
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 problems.append(
-                    f"{where.source}: {'.'.join([*path, key])}: unknown key; "
-                    f"allowed here: {', '.join(allowed)}"
+                    _problem(
+                        layers,
+                        [*path, key],
+                        f"unknown key{hint}; allowed here: {', '.join(allowed) or 'none'}",
+                    )
                 )
             continue
-        where = _set_by(layers, path)
-        shown = "(hidden: a secret value)" if where.secret else repr(error.instance)
-        problems.append(
-            f"{where.source}: {'.'.join(path) or '(top level)'}: {shown} is invalid: "
-            f"{error.validator} {error.validator_value!r}"
-        )
-    if problems:
-        raise ValuesInvalid(
-            "values do not match the chart's schema "
-            f"({_show(schema_file)}):\n  "
-            + "\n  ".join(problems)
-            + "\nFix the file named on each line. Nothing was applied."
-        )
+        if error.validator == "required" and isinstance(error.instance, dict):
+            for key in [k for k in error.validator_value if k not in error.instance]:
+                problems.append(_problem(layers, path, f"required key {key!r} is missing; add it"))
+            continue
+        layer = _set_by(layers, path)
+        shown = "(hidden: a secret value)" if layer.secret else _shown(error.instance)
+        problems.append(_problem(layers, path, _schema_message(error, shown)))
+    return problems
 
 
-def _set_by(layers: list[Layer], path: list[str]) -> Layer:
+def _schema_message(error: Any, shown: str) -> str:
+    kind, rule = error.validator, error.validator_value
+    if kind == "type":
+        wanted = " or ".join(rule) if isinstance(rule, list) else rule
+        kind_of = _json_type(error.instance)
+        found = shown if shown in ("a list", "a mapping") else f"{kind_of} {shown}"
+        if error.instance is None:
+            found = "an empty value (null); give it a value or remove the key"
+        return f"expected {wanted}, found {found}"
+    if kind == "enum":
+        return f"found {shown}; allowed: {', '.join(map(repr, rule))}"
+    if kind == "pattern":
+        return f"{shown} does not match the pattern {rule!r}"
+    if kind in _BOUNDS:
+        return f"found {shown}; must be {_BOUNDS[kind]} {rule}"
+    if kind == "minLength":
+        return f"{shown} is too short; at least {rule} character(s)"
+    return f"{shown} is invalid: {kind} {rule!r}"
+
+
+_BOUNDS = {
+    "minimum": "at least",
+    "maximum": "at most",
+    "exclusiveMinimum": "more than",
+    "exclusiveMaximum": "less than",
+}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "list" if isinstance(value, list) else "mapping"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _problem(layers: list[Layer], path: list[Any], message: str) -> Problem:
+    layer = _set_by(layers, path)
+    keys = tuple(str(p) for p in path)
+    line = next(
+        (layer.lines[keys[:d]] for d in range(len(keys), 0, -1) if keys[:d] in layer.lines),
+        1 if layer.lines else 0,
+    )
+    return Problem(
+        layer.origin if layer.origin and not layer.secret else layer.source,
+        line,
+        _dotted(path),
+        message,
+    )
+
+
+def _dotted(path: list[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _set_by(layers: list[Layer], path: list[Any]) -> Layer:
     """The last layer that sets `path` (or its nearest parent): where a user must edit."""
-    for depth in range(len(path), -1, -1):
+    for depth in range(len(path), 0, -1):
         for layer in reversed(layers):
-            node: Any = layer.values
-            for key in path[:depth]:
-                node = node.get(key) if isinstance(node, Mapping) else None
-            if node is not None and (depth > 0 or layer is layers[0]):
+            if _sets(layer.values, path[:depth]):
                 return layer
     return layers[0]
+
+
+def _sets(values: Any, path: list[Any]) -> bool:
+    node = values
+    for part in path:
+        if isinstance(node, list):
+            return True  # lists are replaced whole: the layer that set it set every item
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+@cache
+def _schema_cached(path: str, mtime_ns: int) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    return loaded
+
+
+def _schema(path: Path) -> dict[str, Any]:
+    return _schema_cached(str(path), path.stat().st_mtime_ns)
+
+
+def _validator_for(schema: Mapping[str, Any]) -> Any:
+    """The jsonschema validator class for the schema's `$schema` (draft 7 if unset).
+
+    jsonschema is imported here, not at the top: when `rfc3987_syntax` is installed (it
+    comes with jupyter-events' `jsonschema[format-nongpl]`), importing jsonschema compiles
+    its ~40 grammars, about 2 s of every CLI command (python-jsonschema/jsonschema#1428).
+    hubfleet never checks `format`, so that optional import is skipped for jsonschema.
+    """
+    if "jsonschema" not in sys.modules and "rfc3987_syntax" not in sys.modules:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # ImportError
+        try:
+            import jsonschema  # noqa: F401
+        finally:
+            del sys.modules["rfc3987_syntax"]
+    from jsonschema import Draft7Validator
+    from jsonschema.validators import validator_for
+
+    return validator_for(schema, default=Draft7Validator)
+
+
+def check_fleet_values(
+    fleet: Fleet,
+    schema_file: Path | None = None,
+    secret_values: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+) -> list[Problem]:
+    """Every hub's values, parsed and merged as a deploy would, checked against the
+    schema of `VALUES_CHART` (or `schema_file`). A problem in a file several hubs share is
+    listed once. `secret_values`: each (cluster, hub)'s secret layer, when known."""
+    schema = schema_file or values_schema()
+    problems: list[Problem] = []
+    for cluster in fleet.clusters:
+        for hub in cluster.hubs:
+            secret = (secret_values or {}).get((cluster.name, hub.name))
+            try:
+                found = schema_problems(hub_layers(fleet, cluster.name, hub, secret), schema)
+            except ValuesInvalid as exc:
+                found = exc.problems
+            problems += [p for p in found if p not in problems]
+    return problems
 
 
 def _show(path: Path) -> str:

@@ -140,7 +140,7 @@ async def test_typo_is_refused_before_anything_is_applied(kube_fleet, kube_api) 
     with pytest.raises(ValuesInvalid) as info:
         await deploy_hub(cluster=cluster, hub=hub, gate="rollout")
     message = str(info.value)
-    assert f"{hub}.values.yaml: singleuser.memmory: unknown key" in message
+    assert f"{hub}.values.yaml:2: singleuser.memmory: unknown key" in message
     assert "Nothing was applied" in message
     names = [ns.metadata.name for ns in client.CoreV1Api(kube_api).list_namespace().items]
     assert hub not in names

@@ -66,10 +66,15 @@ def test_schema_error_names_file_and_key_and_hides_secrets() -> None:
     with pytest.raises(ValuesInvalid) as info:
         validate_layers(layers, SCHEMA)
     message = str(info.value)
-    assert "fleet/clusters/gcp-central/college.values.yaml: singleuser.memmory: unknown key" in (
-        message
+    # The key was added in memory: the line is that of its parent, `singleuser:`.
+    assert (
+        "fleet/clusters/gcp-central/college.values.yaml:5: singleuser.memmory: unknown key "
+        "(did you mean 'memory'?)" in message
     )
-    assert "secret values: hub.cookieSecret: (hidden: a secret value)" in message
+    assert (
+        "secret values (block hub-values-gcp-central-college): hub.cookieSecret: "
+        "(hidden: a secret value)" in message
+    )
     assert secret not in message
 
 

@@ -194,3 +194,15 @@ def test_cli_validate(fleet: Path) -> None:
     assert "Traceback" not in bad.stderr + bad.stdout
     assert "cluster.yaml:9: hubs[0].kind: found 'standin'; allowed: standing or event" in bad.stderr
     assert bad.stderr.strip().endswith("fleet is invalid: 1 problem(s); nothing was run")
+
+
+def test_duplicate_key_names_the_key_and_both_places(fleet: Path) -> None:
+    edit(
+        fleet / "clusters/local/cluster.yaml",
+        "    tier: staging\n",
+        "    tier: staging\n    tier: prod\n",
+    )
+    assert problems(fleet) == [
+        "<fleet>/clusters/local/cluster.yaml:9: hubs[0].tier: duplicate key: 'tier' is already "
+        "set in the mapping that starts at line 6; keep one of them (merge their contents)"
+    ]
