@@ -25,6 +25,7 @@ from prefect.client.schemas.objects import StateType
 from blocks.hub_token import HubOpsToken
 from flows.deploy_hub import deploy_hub
 from flows.event_hubs import (
+    EventRefused,
     create_event_hub,
     expire_event_hub,
     extend_event_hub,
@@ -245,6 +246,11 @@ async def test_extend_and_fleet_sync_keep_exactly_one_scheduled_expiry(
     (first,) = await scheduled_expiries()
     assert abs((first.at - (end + timedelta(hours=1))).total_seconds()) < 1
 
+    # An end past any sensible extension is refused before anything changes (it used to
+    # end in an OverflowError).
+    with pytest.raises(EventRefused, match=r"more than 365 days after the event's end"):
+        await extend_event_hub("local", "workshop", datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
+    assert [r.id for r in await scheduled_expiries()] == [first.id]
     # Dry-run extend changes nothing.
     await extend_event_hub("local", "workshop", end + minutes(60), dry_run=True)
     assert [r.id for r in await scheduled_expiries()] == [first.id]

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import uuid
 import subprocess
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
         wrong = requests.post(f"{api}/{path}", json=body, auth=("hubfleet", "guess"), timeout=10)
         assert wrong.status_code == 401, (path, wrong.status_code)
     assert requests.post(f"{api}/flow_runs/", json={}, timeout=10).status_code == 401
+    start_run = f"{api}/deployments/{uuid.uuid4()}/create_flow_run"
+    assert requests.post(start_run, json={}, timeout=10).status_code == 401
     private_modes = {data_dir / "demo": 0o700, home: 0o700, home / "prefect.db": 0o600}
     private_modes |= {home / "api-auth": 0o600, home / "block-encryption-key": 0o600}
     for private, mode in private_modes.items():

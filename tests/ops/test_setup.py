@@ -68,6 +68,11 @@ async def test_run_form_schema_has_fleet_enums_and_titles() -> None:
         ({"cluster": "atlantis", "hub": "staging"}, "cluster", "atlantis"),
         ({"cluster": "local", "hub": "no-such-hub"}, "hub", "no-such-hub"),
         ({"cluster": "local", "hub": "staging", "dry_run": "maybe"}, "dry_run", "maybe"),
+        # Bounds of flows/parameters.py, enforced by the server before a run exists.
+        ({"cluster": "local", "hub": "staging", "lock_timeout": -5}, "lock_timeout", "-5"),
+        ({"cluster": "local", "hub": "staging", "wait_timeout": "1y"}, "wait_timeout", "1y"),
+        # A parameter the operation does not have (it used to crash the run later).
+        ({"cluster": "local", "hub": "staging", "bogus": 1}, "bogus", "unexpected"),
     ],
 )
 async def test_bad_parameters_are_rejected_naming_the_field(
