@@ -8,8 +8,8 @@ import os
 import shutil
 import socket
 import sqlite3
-import uuid
 import subprocess
+import uuid
 from pathlib import Path
 
 import psutil
