@@ -324,12 +324,18 @@ async def _deploy_local(
                 ) from None
         assert running is not None  # "unchanged" means it is running
         url = running.url
-        token = await ensure_ops_service(cluster, hub, local, url)
-        health = await check_hub_health(cluster, hub, operator=op.operator)
-        if health["verdict"] == "down" and plan.action != "unchanged" and previous:
+        try:
+            token = await ensure_ops_service(cluster, hub, local, url)
+            health = await check_hub_health(cluster, hub, operator=op.operator)
+            why = None if health["verdict"] != "down" else str(health["reason"])
+        except Exception as exc:  # the new hub died between its start and the gate
+            if plan.action == "unchanged" or not previous:
+                raise
+            why = f"{type(exc).__name__}: {exc}"
+        if why is not None and plan.action != "unchanged" and previous:
             rollback_local_hub(local, previous)
             raise HubDeployFailed(
-                f"{op.target} is down after deploy ({health['reason']}); "
+                f"{op.target} is down after deploy ({why}); "
                 "rolled back automatically to the previous config"
             )
     await acreate_markdown_artifact(

@@ -51,6 +51,8 @@ class Operation:
 #: Tags of the event runs hubfleet schedules itself (flows/event_hubs.py): who scheduled it.
 SCHEDULE_TAG = "hubfleet:event-schedule"
 SCHEDULED_BY = "scheduled-by:"
+
+
 def operator_name(given: str | None) -> str:
     """Who started an in-process run: `given` (a plain name), else $USER.
 

@@ -11,6 +11,7 @@ not release frees itself when its lease runs out (tasks/locks.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -68,9 +69,31 @@ def run_interruptible(main: Callable[[], Awaitable[T]]) -> T:
         ) from None
 
 
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """A user error (HubfleetError, LookupError) is logged by Prefect's engine with its
+    traceback; on the terminal it is one plain line (the CLI prints the message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (HubfleetError, LookupError)):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    quiet = _UserErrorsWithoutTraceback()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if quiet not in handler.filters and not any(
+                isinstance(f, _UserErrorsWithoutTraceback) for f in handler.filters
+            ):
+                handler.addFilter(quiet)
+
+
 def run_flow_interruptible(flow: Any, **params: Any) -> Any:
     """Call a Prefect flow in this process; a signal cancels it and marks its run Cancelled
     (Prefect alone would record Crashed, or hang retrying a server that is gone)."""
+    _quiet_user_errors()
     marked: list[Any] = []
 
     async def mark_cancelled(_flow: Any, flow_run: Any, state: Any) -> None:

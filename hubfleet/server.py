@@ -254,6 +254,17 @@ def connect(start: bool = True) -> str:
     file of a hubfleet server on this machine at that URL); else `hubfleet server
     --postgres` if it runs here; else the embedded SQLite server, started if `start`.
     """
+    url = _find_api(start)
+    if "prefect.context" in sys.modules:
+        # Prefect read its settings from the environment when it was imported: have it
+        # read them again (else it would start a temporary server of its own).
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+    return url
+
+
+def _find_api(start: bool) -> str:
     from deployments.pgserver import postgres_stack
 
     _pg, on_postgres = postgres_stack(data_dir())

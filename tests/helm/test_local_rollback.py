@@ -3,6 +3,10 @@ that does not start is replaced by the previous one, which serves again."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +54,43 @@ async def test_failed_start_restores_previous_config(tmp_path: Path, monkeypatch
     assert state is not None
     assert requests.get(f"{state.url}/hub/health", timeout=5).status_code == 200
     assert state.url == first["url"]  # same ports: users' URL did not move
+
+
+async def test_hub_killed_during_the_health_gate_is_rolled_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new config whose hub dies right after it started (killed by PID, as a crash
+    would) fails the gate, and the previous config serves again."""
+    root = local_fleet(tmp_path / "fleet")
+    monkeypatch.setenv("HUBFLEET_FLEET", str(root))
+    first = await deploy_hub(cluster="lrb", hub="solo")
+    hub = local_hub(load_fleet(root), "lrb", "solo")
+    good_config = hub.config_file.read_text()
+    old = hub.state()
+    assert old is not None and old.hub is not None
+    (root / "clusters" / "lrb" / "solo.values.yaml").write_text(
+        "hub: {config: {JupyterHub: {concurrent_spawn_limit: 9}}}\n"
+    )
+
+    killed: list[int] = []
+
+    def kill_the_new_hub() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = hub.state()
+            if state and state.hub and state.hub.pid != old.hub.pid and state.hub.alive():
+                os.kill(state.hub.pid, signal.SIGKILL)
+                killed.append(state.hub.pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_new_hub, daemon=True)
+    killer.start()
+    with pytest.raises(HubDeployFailed, match="previous config"):
+        await deploy_hub(cluster="lrb", hub="solo")
+    killer.join(timeout=10)
+    assert killed, "the new hub was never seen running"
+    assert hub.config_file.read_text() == good_config
+    state = hub.state()
+    assert state is not None and state.url == first["url"]
+    assert requests.get(f"{state.url}/hub/health", timeout=5).status_code == 200
