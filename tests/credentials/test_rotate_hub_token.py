@@ -145,7 +145,7 @@ async def test_ops_token_cannot_make_admins_or_delete_users() -> None:
         ("POST", "users/hubfleet-bootstrap/tokens", {}),
     ]
     for method, path, body in attempts:
-        with pytest.raises(api.HubApiError, match=r"HTTP 403"):
+        with pytest.raises(api.HubApiError, match=r"HTTP 40[34]"):
             api.call(method, f"{url}/hub/api/{path}", token=token, json=body)
     user = api.call("GET", f"{url}/hub/api/users/{HEALTH_USER}", token=token).json()
     assert user["admin"] is False

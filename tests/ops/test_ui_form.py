@@ -1,17 +1,29 @@
 """The `deploy_hub` run form in a real browser: Debian's headless Chromium opens the Prefect
 UI of a real server, renders the form from the deployment's parameter schema, and we check
 the cluster and hub fields (with the fleet's choices) are there. The screenshot is kept
-under the test's tmp dir and copied to benchmarks/results/deploy_hub_form.png."""
+under the test's tmp dir and copied to benchmarks/results/deploy_hub_form.png.
+
+The server requires its credential, and the UI asks for it on a login page that a headless
+run cannot fill in. So the browser goes through `LoggedIn`, a loopback proxy that adds the
+credential to every API call, as the UI does once an operator has logged in, and tells the
+UI (its /ui-settings) to call the API through the proxy. The test checks that the real
+server does ask for the credential."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
-from ops_helpers import REPO
+import requests
+from ops_helpers import CREDENTIALS, REPO
 from prefect.client.orchestration import get_client
 
 from hubfleet.loader import load_fleet
@@ -36,6 +48,61 @@ FLAGS = [
 ]
 
 
+class LoggedIn:
+    """A loopback proxy to `server` that sends its credential, as a logged-in UI does."""
+
+    def __init__(self, server: PrefectServer):
+        upstream, auth = server.ui_url, tuple(CREDENTIALS[server.api_url].split(":", 1))
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                answer = requests.request(
+                    self.command, upstream + self.path, data=body, headers=headers,
+                    auth=auth, timeout=60, allow_redirects=False,
+                )  # fmt: skip
+                content = answer.content
+                if self.path.endswith("/ui-settings"):
+                    settings: dict[str, Any] = answer.json()
+                    settings |= {"api_url": f"{proxy_url}/api", "auth": None}
+                    content = json.dumps(settings).encode()
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in (
+                        "content-length",
+                        "content-encoding",
+                        "transfer-encoding",
+                        "connection",
+                    ):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _forward
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        proxy_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = proxy_url
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def logged_in(ops_server: PrefectServer) -> Iterator[LoggedIn]:
+    proxy = LoggedIn(ops_server)
+    yield proxy
+    proxy.close()
+
+
 def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """One headless Chromium run with a new empty profile; it exits by itself."""
     profile.mkdir()
@@ -47,11 +114,16 @@ def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_deploy_hub_form_in_chromium(ops_server: PrefectServer, tmp_path: Path) -> None:
+async def test_deploy_hub_form_in_chromium(
+    ops_server: PrefectServer, logged_in: LoggedIn, tmp_path: Path
+) -> None:
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run ./dev setup (apt-get)"
+    # The real server's UI asks for the credential; its API refuses calls without it.
+    settings = requests.get(f"{ops_server.ui_url}/ui-settings", timeout=30).json()
+    assert settings["auth"] == "BASIC"
     async with get_client() as client:
         deployment = await client.read_deployment_by_name("deploy_hub/default")
-    url = f"{ops_server.ui_url}/deployments/deployment/{deployment.id}/run"
+    url = f"{logged_in.url}/deployments/deployment/{deployment.id}/run"
 
     shot = tmp_path / "deploy_hub_form.png"
     taken = chromium(tmp_path / "profile-shot", f"--screenshot={shot}", url)
@@ -69,4 +141,5 @@ async def test_deploy_hub_form_in_chromium(ops_server: PrefectServer, tmp_path: 
     assert re.search(r"\bCluster The cluster: .*? " + re.escape(cluster_names), text), text
     hub_names = " ".join(sorted({h.name for c in fleet.clusters for h in c.hubs}))
     assert re.search(r"\bHub The hub's name .*? " + re.escape(hub_names), text), text
-    assert "Operator (Optional)" in text
+    # Who ran it is recorded from how the run was created: the form has no such field.
+    assert "Operator (Optional)" not in text
