@@ -21,13 +21,21 @@ from typing import Any
 import pytest
 from ops_helpers import CREDENTIALS, REPO, Webhook, Workers, run_cli, wait_for
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 
 from deployments.registry import OPERATIONS, resolve
 from hubfleet.server import PrefectServer, any_free_port
 from tasks.local_hub import LocalHub
 
 POOL = "hubfleet-anywhere"
+FINAL = [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
 
 #: One run of each deployment: a dry run where the operation changes things.
 RUNS: dict[str, dict[str, Any]] = {
@@ -211,15 +219,25 @@ def test_scheduled_sweep_runs_through_the_worker_and_alerts(
         with client_of(anywhere):
             async with get_client() as client:
                 dep = await client.read_deployment_by_name("check_fleet_health/health-deep")
+                # A minutely schedule has up to 100 future runs scheduled: ask for the
+                # ones that ended.
                 runs = await client.read_flow_runs(
                     deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
-                    flow_run_filter=FlowRunFilter(),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=FINAL))
+                    ),
                     limit=50,
                 )
-        done = [r for r in runs if r.auto_scheduled and r.state and r.state.is_final()]
+        done = [r for r in runs if r.auto_scheduled]
         return done[0] if done else None
 
-    run = wait_for("a scheduled deep sweep to finish", lambda: asyncio.run(scheduled_run()), 240, 3)
+    try:
+        run = wait_for(
+            "a scheduled deep sweep to finish", lambda: asyncio.run(scheduled_run()), 300, 3
+        )
+    except BaseException:
+        print(worker.log_path("anywhere").read_text(errors="replace")[-4000:])
+        raise
     assert run.state.name == "Completed", run.state
     assert "operator:schedule" in run.tags and "op:check_fleet_health" in run.tags, run.tags
 
