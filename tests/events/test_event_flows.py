@@ -37,6 +37,7 @@ from hubfleet.events import NotExpirable
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
 from tasks import jupyterhub_api as api
+from tasks.hub_credentials import _mint_bootstrap_token
 from tasks.local_hub import local_hub
 
 
@@ -81,7 +82,9 @@ async def scheduled_expiries() -> list:
 
 
 def serve_a_user(url: str, token: str, user: str = "alice") -> None:
-    """Create a user, spawn their server, write a file through it (real JupyterHub + CHP)."""
+    """Create a user, spawn their server, write a file through it (real JupyterHub + CHP).
+
+    `token` is an admin's: hubfleet's ops token may not create users or read their files."""
     api.call("POST", f"{url}/hub/api/users/{user}", token=token)
     api.call("POST", f"{url}/hub/api/users/{user}/server", token=token, timeout=60)
 
@@ -119,7 +122,9 @@ async def test_event_hub_end_to_end_with_a_real_worker(
 
     block = await HubOpsToken.aload("local-workshop")
     url, token = block.url, block.token.get_secret_value()
-    serve_a_user(url, token)
+    with pytest.raises(api.HubApiError, match=r"HTTP 40[34]"):  # least privilege
+        serve_a_user(url, token)
+    serve_a_user(url, _mint_bootstrap_token(hub()))  # the hub's own admin, as a test user
     homes = hub().directory / "homes"
     assert (homes / "alice" / "results.txt").is_file()
     pids = hub().pids()
