@@ -340,6 +340,7 @@ class RealNode:
         self._wait("node Ready", self._node_ready)
         self.timings["node_ready"] = time.monotonic() - t0
         self._start_kube_proxy(tools)
+        self._publish_apiserver()
         self._start_provisioner(tools)
         self._wait("kube-proxy synced", self._proxy_synced)
         self.timings["ready"] = time.monotonic() - t0
@@ -676,7 +677,7 @@ state = "{w}/containerd/state"
                 f"--hostname-override={self.name}",
                 f"--node-ip={self.node_ip}",
                 f"--root-dir={w / 'kubelet'}",
-                f"--node-labels={NODE_LABEL}=true,hub.jupyter.org/node-purpose=user",
+                f"--node-labels={NODE_LABEL}=true",
                 "--v=1",
             ),
         )
@@ -722,6 +723,32 @@ state = "{w}/containerd/state"
             capture_output=True,
         )
         return p.returncode == 0
+
+    def _publish_apiserver(self) -> None:
+        """Give the ``kubernetes`` Service an endpoint pods can reach: the relay on the host
+        end of the veth. The control plane runs no endpoint reconciler (its apiserver
+        advertises loopback), so without this, pods' in-cluster clients find nothing there.
+        One real node per control plane: another node's host address is not routed here."""
+        port = int(self.server.rsplit(":", 1)[1])
+        path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+        self.request("DELETE", f"{path}/kubernetes-hubfleet-node")
+        self._create(
+            path,
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "kubernetes-hubfleet-node",
+                    "labels": {
+                        "kubernetes.io/service-name": "kubernetes",
+                        "endpointslice.kubernetes.io/managed-by": "hubfleet.io/testenv",
+                    },
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [self.host_ip], "conditions": {"ready": True}}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            },
+        )
 
     # ---- local-path-provisioner
     def _start_provisioner(self, tools: NodeTools) -> None:

@@ -266,3 +266,24 @@ def test_node_networks_stay_on_this_machine(real_node, kube_api, kube_namespace)
     assert sorted(ln.split()[0] for ln in ours) == sorted(
         [f"10.213.{real_node.index}.0/30", real_node.pod_cidr]
     ), host_routes
+
+
+def test_pods_reach_the_apiserver_through_the_kubernetes_service(
+    real_node, kube_api, kube_namespace
+):
+    # What KubeSpawner in a hub pod will do: the in-cluster address, with the pod's token.
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_pod(kube_namespace, _pod("incluster", ["sleep", "3600"]))
+    _running(core, kube_namespace, "incluster")
+    script = (
+        "wget -q -T 5 -O - --no-check-certificate --header "
+        '"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)" '
+        "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version"
+    )
+    out = _wait(
+        "the apiserver through the kubernetes Service",
+        lambda: _exec(kube_api, kube_namespace, "incluster", ["sh", "-c", script]),
+        timeout=30,
+        interval=1,
+    )
+    assert json.loads(out)["gitVersion"] == "v" + build.load_versions()["kubernetes"]["version"]
