@@ -909,7 +909,9 @@ state = "{w}/containerd/state"
         comps = list(self.components.values())[::-1]
         _teardown(self._state(), comps, timeout)
         self.components.clear()
+        # Forget the index too: a second stop must not touch a newer node that reused it.
         self.workdir = None
+        self.index = None
         self._mounted_nsdir = False
         if self.state_file is not None:
             self.state_file.unlink(missing_ok=True)
