@@ -741,7 +741,7 @@ state = "{w}/containerd/state"
                     "name": "kubernetes-hubfleet-node",
                     "labels": {
                         "kubernetes.io/service-name": "kubernetes",
-                        "endpointslice.kubernetes.io/managed-by": "hubfleet.io/testenv",
+                        "endpointslice.kubernetes.io/managed-by": "hubfleet-testenv",
                     },
                 },
                 "addressType": "IPv4",
