@@ -718,11 +718,14 @@ state = "{w}/containerd/state"
         )
 
     def _proxy_synced(self) -> bool:
+        # busybox nc, not wget: Debian's static busybox wget segfaults on this machine.
         p = subprocess.run(
-            self.nsenter("busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:10256/healthz"),
+            self.nsenter("busybox", "nc", "-w", "2", "127.0.0.1", "10256"),
+            input=b"GET /healthz HTTP/1.0\r\n\r\n",
             capture_output=True,
+            timeout=10,
         )
-        return p.returncode == 0
+        return p.stdout.split(b"\r\n", 1)[0].endswith(b" 200 OK")
 
     def _publish_apiserver(self) -> None:
         """Give the ``kubernetes`` Service an endpoint pods can reach: the relay on the host
@@ -843,6 +846,9 @@ state = "{w}/containerd/state"
             if pdeath is not None:
                 pdeath()
 
+        # A minimal environment: nothing of the caller's (proxy settings, CA paths, tokens)
+        # reaches the node's daemons or, through them, its containers.
+        base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.workdir)}
         try:
             p = subprocess.Popen(
                 [str(a) for a in argv],
@@ -850,7 +856,7 @@ state = "{w}/containerd/state"
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                env=(dict(os.environ) | env) if env else None,
+                env=base | (env or {}),
                 start_new_session=True,
                 preexec_fn=preexec,
             )
