@@ -51,7 +51,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         session.config.stash[_TOOLS_KEY] = ensure_tools(progress=_progress)
     except ToolBuildError as e:
         session.config.stash[_TOOLS_KEY] = e
-    if any("real_node" in getattr(item, "fixturenames", ()) for item in session.items):
+    if any("real_node_tools" in getattr(item, "fixturenames", ()) for item in session.items):
         try:
             session.config.stash[_NODE_TOOLS_KEY] = ensure_node_tools(progress=_progress)
         except (ToolBuildError, images.ImageBuildError) as e:
@@ -88,9 +88,9 @@ def kube(testenv_tools) -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="session")
-def real_node(kube, pytestconfig) -> Iterator[RealNode]:
-    """A real node (kubelet, containerd, CNI, kube-proxy, local-path provisioner) joined to
-    ``kube``, Ready; tainted so only pods with ``node.POD_PLACEMENT`` land on it."""
+def real_node_tools(pytestconfig) -> NodeTools:
+    """kubelet, kube-proxy, containerd, local-path-provisioner and the node's images
+    (built before the first test when any test needs them)."""
     tools = pytestconfig.stash.get(_NODE_TOOLS_KEY, None)
     if tools is None:
         try:
@@ -99,8 +99,15 @@ def real_node(kube, pytestconfig) -> Iterator[RealNode]:
             tools = e
     if not isinstance(tools, NodeTools):
         pytest.fail(f"building the real node failed: {tools}", pytrace=False)
+    return tools
+
+
+@pytest.fixture(scope="session")
+def real_node(kube, real_node_tools) -> Iterator[RealNode]:
+    """A real node (kubelet, containerd, CNI, kube-proxy, local-path provisioner) joined to
+    ``kube``, Ready; tainted so only pods with ``node.POD_PLACEMENT`` land on it."""
     assert kube.workdir is not None and kube.server is not None
-    node = RealNode(kube.server, kube.workdir / "pki", tools, progress=_progress)
+    node = RealNode(kube.server, kube.workdir / "pki", real_node_tools, progress=_progress)
     try:
         node.start()
     except RealNodeError as e:
