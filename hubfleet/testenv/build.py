@@ -19,7 +19,8 @@ benchmark reads them). A failed build raises :class:`ToolBuildError` naming the 
 version, failing command and the tail of its output; nothing is skipped silently.
 
 Run ``python -m hubfleet.testenv.build`` to build everything (tools, the real node's
-kubelet, kube-proxy, containerd, local-path-provisioner and images, Azurite).
+kubelet, kube-proxy, containerd, local-path-provisioner and images, the Debian base
+image, Azurite).
 """
 
 from __future__ import annotations
@@ -795,11 +796,13 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here: node.py imports this module.
     from .images import ImageBuildError
     from .node import ensure_node_tools
+    from .rootfs import build_debian_base
 
     t0 = time.monotonic()
     try:
         tools = ensure_tools(progress)
         node = ensure_node_tools(progress)
+        debian_base = build_debian_base(progress)
         azurite = ensure_azurite(progress)
     except (ToolBuildError, ImageBuildError) as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
@@ -810,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'kube-proxy':24} {node.kube_proxy}")
     print(f"  {'containerd':24} {node.containerd_dir}")
     print(f"  {'local-path-provisioner':24} {node.local_path_provisioner}")
-    for image in node.images:
+    for image in (*node.images, debian_base):
         print(f"  {image.ref:24} {image.path}")
     print(f"  {'azurite':24} {azurite}")
     print(f"all tools ready in {time.monotonic() - t0:.1f}s")

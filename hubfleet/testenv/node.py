@@ -194,6 +194,7 @@ class RealNode:
         self.timings: dict[str, float] = {}
         self._ssl: ssl.SSLContext | None = None
         self._mounted_nsdir = False
+        self._ctr = Path("ctr")
 
     # ---- derived names
     @property
@@ -602,21 +603,26 @@ state = "{w}/containerd/state"
                 == 0
             ),
         )
+        self._ctr = ctr
         for image in tools.images:
-            _sh(
-                self.nsenter(
-                    ctr,
-                    "--address",
-                    self.containerd_socket,
-                    "-n",
-                    "k8s.io",
-                    "images",
-                    "import",
-                    image.path,
-                ),
-                f"import {image.ref}",
-                timeout=300,
-            )
+            self.import_image(image)
+
+    def import_image(self, image: images.ImageArchive, timeout: float = 300) -> None:
+        """Import an OCI archive into the node's containerd (where the kubelet finds it)."""
+        _sh(
+            self.nsenter(
+                self._ctr,
+                "--address",
+                self.containerd_socket,
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                image.path,
+            ),
+            f"import {image.ref}",
+            timeout=timeout,
+        )
 
     # ---- kubelet
     def _start_kubelet(self, tools: NodeTools) -> None:
