@@ -80,6 +80,10 @@ RUNC = Path("/usr/sbin/runc")  # Debian runc
 # kwok nodes' fake 10.244.0.0/16, so no fake pod IP collides with a real one).
 NODE_NET = "10.213.{n}.0/30"
 POD_NET = "10.245.{n}.0/24"
+# The apiserver as every node sees it: one address on the host end of every node's veth,
+# where each node's relay listens (SO_REUSEPORT: any live relay answers). One address for
+# all nodes lets the `kubernetes` Service have one endpoint that works from every node.
+RELAY_IP = "10.213.0.1"
 
 
 class RealNodeError(RuntimeError):
@@ -301,6 +305,7 @@ class RealNode:
         t0 = time.monotonic()
         w = self.workdir
         assert w is not None
+        reap_stale_nodes(self._progress)
         free = sorted(set(range(1, 250)) - _used_indexes())
         if not free:
             raise RealNodeError("no free node index (10.213.1-249.0/30 all in use)")
@@ -320,6 +325,8 @@ class RealNode:
         ):
             (w / d).mkdir(parents=True, exist_ok=True)
         self._write_state()  # early: a crashed start can still be torn down from it
+        # What reap_stale_nodes needs to tear this node down if its owner dies uncleanly.
+        self._write_marker()
         self._make_cgroups()
         self._make_namespaces()
         self._make_network()
@@ -329,7 +336,7 @@ class RealNode:
             "apiserver-relay",
             [
                 "socat",
-                f"TCP-LISTEN:{api_port},bind={self.host_ip},reuseaddr,fork",
+                f"TCP-LISTEN:{api_port},bind={RELAY_IP},reuseaddr,reuseport,fork",
                 f"TCP:127.0.0.1:{api_port}",
             ],
             in_node=False,
@@ -421,6 +428,7 @@ class RealNode:
             ["ip", "addr", "add", f"{self.host_ip}/{net.prefixlen}", "dev", self.host_if],
             "host veth address",
         )
+        _sh(["ip", "addr", "add", f"{RELAY_IP}/32", "dev", self.host_if], "relay address")
         _sh(["ip", "link", "set", self.host_if, "up"], "host veth up")
         # The host reaches pods (the apiserver may need to); nothing else is routed.
         _sh(
@@ -433,6 +441,7 @@ class RealNode:
                 "ip link set lo up",
                 f"ip addr add {self.node_ip}/{net.prefixlen} dev {self.node_if}",
                 f"ip link set {self.node_if} up",
+                f"ip route add {RELAY_IP}/32 dev {self.node_if}",
                 # Routing between the bridge and the veth, and bridged pod traffic through
                 # iptables (kube-proxy's Service rules), in this namespace only.
                 "sysctl -qw net.ipv4.ip_forward=1",
@@ -483,9 +492,7 @@ class RealNode:
             # Inside the node the apiserver is the relay on the host end of the veth; its
             # certificate names "kubernetes", not that address.
             server = (
-                self.server
-                if ident == "local-path-provisioner"
-                else f"https://{self.host_ip}:{port}"
+                self.server if ident == "local-path-provisioner" else f"https://{RELAY_IP}:{port}"
             )
             kc = {
                 "apiVersion": "v1",
@@ -540,6 +547,7 @@ class RealNode:
                         "routes": [
                             {"dst": SERVICE_CIDR},
                             {"dst": NODE_NET.format(n=self.index)},
+                            {"dst": f"{RELAY_IP}/32"},
                         ],
                     },
                 },
@@ -734,10 +742,9 @@ state = "{w}/containerd/state"
         return p.stdout.split(b"\r\n", 1)[0].endswith(b" 200 OK")
 
     def _publish_apiserver(self) -> None:
-        """Give the ``kubernetes`` Service an endpoint pods can reach: the relay on the host
-        end of the veth. The control plane runs no endpoint reconciler (its apiserver
-        advertises loopback), so without this, pods' in-cluster clients find nothing there.
-        One real node per control plane: another node's host address is not routed here."""
+        """Give the ``kubernetes`` Service an endpoint pods can reach: the relays' address.
+        The control plane runs no endpoint reconciler (its apiserver advertises loopback),
+        so without this, pods' in-cluster clients find nothing there."""
         port = int(self.server.rsplit(":", 1)[1])
         path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
         self.request("DELETE", f"{path}/kubernetes-hubfleet-node")
@@ -754,7 +761,7 @@ state = "{w}/containerd/state"
                     },
                 },
                 "addressType": "IPv4",
-                "endpoints": [{"addresses": [self.host_ip], "conditions": {"ready": True}}],
+                "endpoints": [{"addresses": [RELAY_IP], "conditions": {"ready": True}}],
                 "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
             },
         )
@@ -870,9 +877,22 @@ state = "{w}/containerd/state"
             f.close()
         c = Component(name, p.pid, proc_starttime(p.pid), str(log), p)
         self.components[name] = c
+        self._write_marker()
         if self.state_file is not None:
             self._write_state()
         return c
+
+    def _write_marker(self) -> None:
+        """``<workdir>/node.json``: what reap_stale_nodes needs to find and tear down this
+        node if its owner dies uncleanly (index, owner process, daemons)."""
+        assert self.workdir is not None
+        owner = {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())}
+        marker = {
+            "index": self.index,
+            "owner": owner,
+            "components": [c.to_json() for c in self.components.values()],
+        }
+        (self.workdir / "node.json").write_text(json.dumps(marker))
 
     def _wait(self, what: str, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -978,20 +998,50 @@ def _teardown(state: dict, comps: list[Component], timeout: float) -> None:
     if workdir:
         w = Path(workdir)
         nsdir = w / "ns"
-        for f in ("net", "mnt"):
-            subprocess.run(["umount", str(nsdir / f)], capture_output=True)
-        if state.get("mounted_nsdir") or _is_mountpoint(nsdir):
-            subprocess.run(["umount", str(nsdir)], capture_output=True)
+        # Unmounting the namespace files drops the last references: the namespaces and
+        # every mount made inside the node (overlays, tmpfs, pod volumes) go with them.
+        for target in (nsdir / "net", nsdir / "mnt", nsdir):
+            if _is_mountpoint(target):
+                subprocess.run(["umount", str(target)], capture_output=True)
         if w.name.startswith("hubfleet-node-") and w.is_dir() and not _is_mountpoint(nsdir):
             _save_logs(w)
             shutil.rmtree(w, ignore_errors=True)
 
 
+def reap_stale_nodes(progress: Callable[[str], None] = lambda m: None) -> list[str]:
+    """Tear down nodes whose owner died without stopping them (a SIGKILLed test run).
+
+    The daemons die with their owner (parent-death signal), but containers, the cgroup
+    tree, namespaces, veth and work dir stay. A node counts as stale when the process that
+    started it is gone (a detached node's starter exits on purpose) and none of its
+    recorded daemons is alive (PID and start time). Returns the work dirs removed.
+    """
+    reaped = []
+    for marker in Path(tempfile.gettempdir()).glob("hubfleet-node-*/node.json"):
+        try:
+            info = json.loads(marker.read_text())
+            index = int(info["index"])
+            procs = [Component("owner", info["owner"]["pid"], info["owner"]["starttime"], "")]
+            procs += [
+                Component(c["name"], c["pid"], c["starttime"], c["log"]) for c in info["components"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if any(p.alive() for p in procs):
+            continue
+        progress(f"removing a stale real node (index {index}, {marker.parent})")
+        _teardown({"index": index, "workdir": str(marker.parent)}, [], timeout=5)
+        reaped.append(str(marker.parent))
+    return reaped
+
+
 def _is_mountpoint(path: Path) -> bool:
+    """From mountinfo: os.path.ismount misses a directory bind-mounted onto itself."""
     try:
-        return os.path.ismount(path)
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
         return False
+    return any(line.split()[4] == str(path) for line in lines)
 
 
 def _save_logs(workdir: Path) -> None:
