@@ -259,11 +259,10 @@ def test_node_networks_stay_on_this_machine(real_node, kube_api, kube_namespace)
             assert "-o " not in rule, f"NAT rule bound to an interface: {rule}"
     assert "KUBE-POSTROUTING" in nat  # kube-proxy really runs in the node namespace
     # The host keeps its own rule set: no chain or rule of the node's leaked out.
-    host_nat = subprocess.run(
-        ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
-    ).stdout
-    for marker in ("KUBE-", "CNI-", "10.245.", "10.213."):
-        assert marker not in host_nat, f"{marker} in the host's NAT table:\n{host_nat}"
+    for save in ("iptables-save", "iptables-legacy-save"):  # both kernel back ends
+        host_rules = subprocess.run([save], capture_output=True, text=True, check=True).stdout
+        for marker in ("KUBE-", "CNI-", "10.245.", "10.213."):
+            assert marker not in host_rules, f"{marker} in the host's rules ({save}):\n{host_rules}"
     # And the host routes nothing new outward: only the veth's subnet and the pod range.
     host_routes = subprocess.run(
         ["ip", "-4", "route"], capture_output=True, text=True, check=True
