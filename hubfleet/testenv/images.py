@@ -182,6 +182,13 @@ def build_busybox_image() -> ImageArchive:
         raise ImageBuildError(
             f"busybox image: {BUSYBOX_BINARY} missing (apt-get install busybox-static)"
         )
+    # Debian's dynamic busybox also installs /bin/busybox; it cannot run in an empty image.
+    elf = subprocess.run(["readelf", "-l", str(BUSYBOX_BINARY)], capture_output=True, text=True)
+    if elf.returncode != 0 or "INTERP" in elf.stdout:
+        raise ImageBuildError(
+            f"busybox image: {BUSYBOX_BINARY} is not a static binary "
+            "(apt-get install busybox-static)"
+        )
     binary = BUSYBOX_BINARY.read_bytes()
     dest = _cached("busybox", binary)
     if dest.exists():

@@ -121,7 +121,7 @@ def ensure_node_tools(progress: Callable[[str], None] = print) -> NodeTools:
             "-",
             "check Debian packages",
             f"missing: {', '.join(missing)}",
-            hint="./dev setup installs runc containernetworking-plugins busybox-static socat "
+            hint="./dev test installs runc containernetworking-plugins busybox-static socat "
             "iptables conntrack (apt-get)",
         )
     k8s = build.build_kubernetes_node(v["kubernetes"]["version"], progress)
@@ -783,11 +783,19 @@ state = "{w}/containerd/state"
                 "metadata": {"name": "local-path-provisioner"},
             },
         )
-        config = {
-            "nodePathMap": [
-                {"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(w / "local-path")]}
-            ]
-        }
+        # One entry per real node (by node name), kept across nodes of this control plane:
+        # a volume lands in the work dir of the node its pod was scheduled to.
+        cm_path = f"/api/v1/namespaces/{ns}/configmaps"
+        status, old = self.request("GET", f"{cm_path}/local-path-config")
+        entries = []
+        if status == 200:
+            try:
+                entries = json.loads(old["data"]["config.json"])["nodePathMap"]
+            except (KeyError, TypeError, ValueError):
+                entries = []
+        entries = [e for e in entries if e.get("node") != self.name]
+        entries.append({"node": self.name, "paths": [str(w / "local-path")]})
+        config = {"nodePathMap": entries}
         helper_pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -802,8 +810,7 @@ state = "{w}/containerd/state"
                 ]
             },
         }
-        cm_path = f"/api/v1/namespaces/{ns}/configmaps"
-        self.request("DELETE", f"{cm_path}/local-path-config")  # a previous node's paths
+        self.request("DELETE", f"{cm_path}/local-path-config")
         self._create(
             cm_path,
             {
