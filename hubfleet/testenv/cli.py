@@ -9,6 +9,8 @@ down and removes the temp dirs with their keys.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from . import build, images
@@ -51,41 +53,52 @@ def up(
     """Start a control plane (and a real node) in the background; print the KUBECONFIG line."""
     state = status_from_state()
     node_state = node_status_from_state()
-    if state is not None:
-        node_ok = node_state is not None and all(c["alive"] for c in node_state["components"])
-        if all(c["alive"] for c in state["components"]) and (node_ok or not real_node):
-            typer.echo(f"already running at {state['server']}")
-            typer.echo(f"export KUBECONFIG={state['kubeconfig']}")
-            return
-        typer.echo("a previous test cluster is partly dead; stopping it first", err=True)
-    if node_state is not None:
-        stop_node_from_state()
-    if state is not None:
-        stop_from_state()
     progress = lambda m: typer.echo(m, err=True)  # noqa: E731
+    cp_ok = state is not None and all(c["alive"] for c in state["components"])
+    node_ok = node_state is not None and all(c["alive"] for c in node_state["components"])
+    if node_state is not None and not (cp_ok and node_ok):
+        typer.echo("a previous real node is partly dead; removing it first", err=True)
+        stop_node_from_state()
+    if state is not None and not cp_ok:
+        typer.echo("a previous control plane is partly dead; stopping it first", err=True)
+        stop_from_state()
+    if cp_ok and (node_ok or not real_node):
+        assert state is not None
+        typer.echo(f"already running at {state['server']}")
+        typer.echo(f"export KUBECONFIG={state['kubeconfig']}")
+        return
     try:
-        tools = build.ensure_tools(progress=progress)
+        tools = None if cp_ok else build.ensure_tools(progress=progress)
         node_tools = ensure_node_tools(progress) if real_node else None
     except (build.ToolBuildError, images.ImageBuildError) as e:
         typer.echo(f"ERROR: {e}", err=True)
         raise typer.Exit(1) from None
-    cp = ControlPlane(
-        tools,
-        state_file=default_state_file(),
-        detached=True,
-        start_timeout=timeout,
-        progress=lambda m: typer.echo(m, err=True),
-    )
-    try:
-        cp.start()
-    except ControlPlaneError as e:
-        typer.echo(f"ERROR: {e}", err=True)
-        raise typer.Exit(1) from None
-    if node_tools is not None:
+    if cp_ok:  # a control plane without a node (`up --no-real-node` earlier): add one
+        assert state is not None
+        server, pki, kubeconfig = (
+            state["server"],
+            Path(state["workdir"]) / "pki",
+            state["kubeconfig"],
+        )
+    else:
+        cp = ControlPlane(
+            tools,
+            state_file=default_state_file(),
+            detached=True,
+            start_timeout=timeout,
+            progress=progress,
+        )
+        try:
+            cp.start()
+        except ControlPlaneError as e:
+            typer.echo(f"ERROR: {e}", err=True)
+            raise typer.Exit(1) from None
         assert cp.workdir is not None and cp.server is not None
+        server, pki, kubeconfig = cp.server, cp.workdir / "pki", str(cp.kubeconfig)
+    if node_tools is not None:
         node = RealNode(
-            cp.server,
-            cp.workdir / "pki",
+            server,
+            pki,
             node_tools,
             state_file=default_node_state_file(),
             detached=True,
@@ -96,9 +109,10 @@ def up(
             node.start()
         except RealNodeError as e:
             typer.echo(f"ERROR: {e}", err=True)
-            stop_from_state()
+            if not cp_ok:
+                stop_from_state()
             raise typer.Exit(1) from None
-    typer.echo(f"export KUBECONFIG={cp.kubeconfig}")
+    typer.echo(f"export KUBECONFIG={kubeconfig}")
 
 
 @app.command()
