@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.kube, pytest.mark.node]
 
 # An address well outside this machine; only ever looked up in routing tables.
 OUTSIDE = "1.1.1.1"
+OUTSIDE6 = "2606:4700:4700::1111"
 
 
 def _wait(what: str, check, timeout: float = 90.0, interval: float = 0.2):
@@ -238,6 +239,13 @@ def test_node_networks_stay_on_this_machine(real_node, kube_api, kube_namespace)
         real_node.nsenter("ip", "route", "get", OUTSIDE), capture_output=True, text=True
     )
     assert got.returncode != 0 and "unreachable" in got.stderr.lower(), (got.stdout, got.stderr)
+    # IPv6 too: only link-local and loopback routes, nothing outside.
+    routes6 = real_node.run_in_node("ip", "-6", "route", "show", "table", "all")
+    assert "default" not in routes6, routes6
+    got6 = subprocess.run(
+        real_node.nsenter("ip", "-6", "route", "get", OUTSIDE6), capture_output=True, text=True
+    )
+    assert got6.returncode != 0 and "unreachable" in got6.stderr.lower(), got6.stderr
     local = ("10.213.", "10.245.", "10.96.", "127.", "local ", "broadcast ")
     for line in routes.splitlines():
         assert any(tok in line for tok in local), f"unexpected route in node: {line}"
