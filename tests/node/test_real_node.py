@@ -186,6 +186,19 @@ def test_pvc_is_provisioned_on_the_node_and_written(real_node, kube_api, kube_na
     path = Path(pv.spec.host_path.path)
     assert real_node.workdir is not None and path.is_relative_to(real_node.workdir)
     assert (path / "proof").read_text() == "written-by-pod\n"
+    # Reclaim policy Delete: releasing the claim removes the volume and its directory
+    # (the provisioner's teardown helper pod runs on the node).
+    core.delete_namespaced_pod("writer", ns, grace_period_seconds=0)
+    core.delete_namespaced_persistent_volume_claim("data", ns)
+
+    def volume_gone() -> bool:
+        try:
+            core.read_persistent_volume(pv.metadata.name)
+            return False
+        except client.ApiException as e:
+            return e.status == 404 and not path.exists()
+
+    _wait("the released volume and its directory to be deleted", volume_gone, timeout=90)
 
 
 def test_cluster_ip_service_answers_another_pod(real_node, kube_api, kube_namespace):
