@@ -261,7 +261,7 @@ def build_kubernetes_node(version: str, progress: Progress = print) -> dict[str,
         version,
         ("kubelet", "kube-proxy"),
         "kubernetes-node",
-        "cold: ~11 min on a busy 2-core machine",
+        "cold: ~10 min on 2 cores, less after the control plane build",
         progress,
     )
 
