@@ -18,7 +18,9 @@ reused when present. Build times go to ``build-times.json`` in the cache dir (th
 benchmark reads them). A failed build raises :class:`ToolBuildError` naming the tool,
 version, failing command and the tail of its output; nothing is skipped silently.
 
-Run ``python -m hubfleet.testenv.build`` to build everything (tools + Azurite).
+Run ``python -m hubfleet.testenv.build`` to build everything (tools, the real node's
+kubelet, kube-proxy, containerd, local-path-provisioner and images, the Debian base
+image, Azurite).
 """
 
 from __future__ import annotations
@@ -243,16 +245,41 @@ def _install(tool: str, built: Path, dest: Path) -> None:
 
 def build_kubernetes(version: str, progress: Progress = print) -> dict[str, Path]:
     """kube-apiserver, kube-controller-manager and kube-scheduler at ``version``."""
-    names = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+    return _build_kubernetes_cmds(
+        version,
+        ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+        "kubernetes",
+        "cold: ~6 min on an idle 2-core machine",
+        progress,
+    )
+
+
+def build_kubernetes_node(version: str, progress: Progress = print) -> dict[str, Path]:
+    """kubelet and kube-proxy at ``version`` (the real node; same wrapper module and module
+    cache as the control plane, so after it only the node's own packages compile)."""
+    return _build_kubernetes_cmds(
+        version,
+        ("kubelet", "kube-proxy"),
+        "kubernetes-node",
+        "cold: ~10 min on 2 cores, less after the control plane build",
+        progress,
+    )
+
+
+def _build_kubernetes_cmds(
+    version: str, names: tuple[str, ...], record: str, expect: str, progress: Progress
+) -> dict[str, Path]:
     dests = {n: bin_dir() / f"{n}-{version}" for n in names}
     if all(p.exists() for p in dests.values()):
         return dests
     go = check_go()
     t0 = time.monotonic()
-    work = cache_dir() / "build" / f"kubernetes-{version}"
-    log = cache_dir() / "logs" / f"kubernetes-{version}.log"
+    # One work dir per build: the control-plane and node builds may run at the same time
+    # (two checkouts); the go command locks the shared module and build caches itself.
+    work = cache_dir() / "build" / f"{record}-{version}"
+    log = cache_dir() / "logs" / f"{record}-{version}.log"
     work.mkdir(parents=True, exist_ok=True)
-    info = _mod_info(go, "kubernetes", version, f"k8s.io/kubernetes@v{version}", work)
+    info = _mod_info(go, record, version, f"k8s.io/kubernetes@v{version}", work)
     gomod = Path(info["GoMod"]).read_text()
     # Staging modules are required at the placeholder v0.0.0 and replaced with ./staging/...;
     # their published releases are v0.<minor>.<patch> of the same tree.
@@ -260,7 +287,7 @@ def build_kubernetes(version: str, progress: Progress = print) -> dict[str, Path
     staging = sorted(set(re.findall(r"^\s*(k8s\.io/[\w.\-/]+) v0\.0\.0\s*$", gomod, re.M)))
     if not staging:
         raise ToolBuildError(
-            "kubernetes", version, f"parse {info['GoMod']}", "no k8s.io/* v0.0.0 requirements found"
+            record, version, f"parse {info['GoMod']}", "no k8s.io/* v0.0.0 requirements found"
         )
     _write_wrapper(
         work,
@@ -285,12 +312,9 @@ def build_kubernetes(version: str, progress: Progress = print) -> dict[str, Path
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    progress(
-        f"  kubernetes {version}: go build {' '.join(names)} "
-        "(cold: ~6 min on an idle 2-core machine) ..."
-    )
+    progress(f"  {record} {version}: go build {' '.join(names)} ({expect}) ...")
     _run(
-        "kubernetes",
+        record,
         version,
         [
             go,
@@ -311,7 +335,7 @@ def build_kubernetes(version: str, progress: Progress = print) -> dict[str, Path
     for n in names:
         _install(n, out / n, dests[n])
     shutil.rmtree(out, ignore_errors=True)
-    _record_build("kubernetes", version, time.monotonic() - t0)
+    _record_build(record, version, time.monotonic() - t0)
     return dests
 
 
@@ -381,6 +405,85 @@ def build_rclone(version: str, progress: Progress = print) -> Path:
         )
         _install("rclone", Path(tmp) / "rclone", dest)
     _record_build("rclone", version, time.monotonic() - t0)
+    return dest
+
+
+def _go_install(
+    tool: str, version: str, pkgs: list[str], ldflags: str, tags: str = ""
+) -> tuple[tempfile.TemporaryDirectory, Path]:
+    """``go install pkg@version ...`` into a fresh temp GOBIN; returns (tempdir, GOBIN)."""
+    go = check_go()
+    tmp = tempfile.TemporaryDirectory(prefix="hubfleet-build-")
+    env = _go_env() | {"GOBIN": tmp.name}
+    env["GOFLAGS"] = os.environ.get("GOFLAGS", "")  # -mod=mod is not allowed with pkg@version
+    cmd = [go, "install", "-p", GO_BUILD_PARALLELISM, "-trimpath", "-ldflags", ldflags]
+    if tags:
+        cmd += ["-tags", tags]
+    try:
+        _run(
+            tool,
+            version,
+            cmd + pkgs,
+            cwd=Path(tmp.name),
+            env=env,
+            log=cache_dir() / "logs" / f"{tool}-{version}.log",
+        )
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return tmp, Path(tmp.name)
+
+
+CONTAINERD_BINARIES = ("containerd", "ctr", "containerd-shim-runc-v2")
+
+
+def containerd_dir(version: str) -> Path:
+    """containerd, ctr and containerd-shim-runc-v2 of one version live in one directory:
+    containerd finds its shim by name on PATH, so this directory goes first on PATH."""
+    return bin_dir() / f"containerd-{version}"
+
+
+def build_containerd(version: str, progress: Progress = print) -> Path:
+    """containerd 2.x (+ ctr, runc shim) from the Go module proxy; returns its directory.
+
+    Built rather than Debian's containerd 1.6: kubelet 1.37 asks the runtime for its
+    cgroup driver through the CRI ``RuntimeConfig`` call, which 1.6 lacks (the kubelet
+    falls back to its own setting, a fallback marked for removal in 1.38), and 1.6 is
+    out of upstream support. Pure Go (CGO off), without the snapshotters that need C
+    libraries or kernel features this machine lacks.
+    """
+    dest = containerd_dir(version)
+    if all((dest / n).exists() for n in CONTAINERD_BINARIES):
+        return dest
+    t0 = time.monotonic()
+    mod = "github.com/containerd/containerd/v2"
+    progress(f"  containerd {version}: go install {mod}/cmd/... (cold: ~2.5 min idle) ...")
+    tmp, gobin = _go_install(
+        "containerd",
+        version,
+        [f"{mod}/cmd/{n}@v{version}" for n in CONTAINERD_BINARIES],
+        f"-s -w -X {mod}/version.Version={version} -X {mod}/version.Revision=hubfleet",
+        tags="no_btrfs no_devmapper no_zfs no_aufs",
+    )
+    with tmp:
+        for n in CONTAINERD_BINARIES:
+            _install("containerd", gobin / n, dest / n)
+    _record_build("containerd", version, time.monotonic() - t0)
+    return dest
+
+
+def build_local_path_provisioner(version: str, progress: Progress = print) -> Path:
+    """rancher/local-path-provisioner: the real node's dynamic PVC provisioner (host path)."""
+    dest = bin_dir() / f"local-path-provisioner-{version}"
+    if dest.exists():
+        return dest
+    t0 = time.monotonic()
+    mod = "github.com/rancher/local-path-provisioner"
+    progress(f"  local-path-provisioner {version}: go install {mod}@v{version} ...")
+    tmp, gobin = _go_install("local-path-provisioner", version, [f"{mod}@v{version}"], "-s -w")
+    with tmp:
+        _install("local-path-provisioner", gobin / "local-path-provisioner", dest)
+    _record_build("local-path-provisioner", version, time.monotonic() - t0)
     return dest
 
 
@@ -690,15 +793,28 @@ def main(argv: list[str] | None = None) -> int:
     def progress(msg: str) -> None:
         print(msg, flush=True)
 
+    # Imported here: node.py imports this module.
+    from .images import ImageBuildError
+    from .node import ensure_node_tools
+    from .rootfs import build_debian_base
+
     t0 = time.monotonic()
     try:
         tools = ensure_tools(progress)
+        node = ensure_node_tools(progress)
+        debian_base = build_debian_base(progress)
         azurite = ensure_azurite(progress)
-    except ToolBuildError as e:
+    except (ToolBuildError, ImageBuildError) as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         return 1
     for name, path in sorted(tools.items()):
         print(f"  {name:24} {path}")
+    print(f"  {'kubelet':24} {node.kubelet}")
+    print(f"  {'kube-proxy':24} {node.kube_proxy}")
+    print(f"  {'containerd':24} {node.containerd_dir}")
+    print(f"  {'local-path-provisioner':24} {node.local_path_provisioner}")
+    for image in (*node.images, debian_base):
+        print(f"  {image.ref:24} {image.path}")
     print(f"  {'azurite':24} {azurite}")
     print(f"all tools ready in {time.monotonic() - t0:.1f}s")
     return 0

@@ -372,6 +372,19 @@ class ControlPlane:
             kubeconfigs[ident] = self._kubeconfig(
                 files["ca.crt"], crt, files[f"{ident}.key"], ident
             )
+        # The apiserver's identity towards kubelets (logs, exec, port-forward on a real node,
+        # see node.py); kubelets trust it through their x509 client CA (this CA).
+        kc_key = _key()
+        files["apiserver-kubelet-client.crt"] = _pem_cert(
+            _cert(
+                _name("kube-apiserver-kubelet-client", "system:masters"),
+                kc_key,
+                ca_name,
+                ca_key,
+                client=True,
+            )
+        )
+        files["apiserver-kubelet-client.key"] = _pem_key(kc_key)
         for name, content in files.items():
             p = pki / name
             p.write_bytes(content)
@@ -419,6 +432,10 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--api-audiences=https://kubernetes.default.svc.cluster.local",
                 "--authorization-mode=RBAC,Node",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                # Reach a real node's kubelet at its node IP: its name does not resolve here.
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 # The lease reconciler refuses a loopback advertise address; nothing here needs
                 # endpoints for the "kubernetes" Service (no pod really runs).

@@ -6,6 +6,7 @@ hubfleet.testenv.pytest_plugin``). Session fixtures build missing tools on first
 never skip, when a build or start fails: a green run means the real thing was exercised.
 
 Fixtures: ``testenv_tools`` (tool -> binary), ``kube`` (a running ControlPlane),
+``real_node`` (a real kubelet node joined to ``kube``),
 ``kube_api`` (kubernetes.client.ApiClient as cluster admin), ``kube_namespace`` (a fresh
 namespace per test), ``helm``, ``rclone``, ``terraform_bin``, ``moto_server``, ``azurite``.
 """
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from . import images
 from .build import ToolBuildError, ensure_tools
 from .controlplane import ControlPlane, ControlPlaneError
 from .emulators import Azurite, EmulatorError, MotoServer
+from .node import NodeTools, RealNode, RealNodeError, ensure_node_tools
 
 
 def _progress(msg: str) -> None:
@@ -31,6 +34,7 @@ def _progress(msg: str) -> None:
 
 
 _TOOLS_KEY = pytest.StashKey[object]()
+_NODE_TOOLS_KEY = pytest.StashKey[object]()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -47,6 +51,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         session.config.stash[_TOOLS_KEY] = ensure_tools(progress=_progress)
     except ToolBuildError as e:
         session.config.stash[_TOOLS_KEY] = e
+    if any("real_node_tools" in getattr(item, "fixturenames", ()) for item in session.items):
+        try:
+            session.config.stash[_NODE_TOOLS_KEY] = ensure_node_tools(progress=_progress)
+        except (ToolBuildError, images.ImageBuildError) as e:
+            session.config.stash[_NODE_TOOLS_KEY] = e
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +85,37 @@ def kube(testenv_tools) -> Iterator[ControlPlane]:
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def real_node_tools(pytestconfig) -> NodeTools:
+    """kubelet, kube-proxy, containerd, local-path-provisioner and the node's images
+    (built before the first test when any test needs them)."""
+    tools = pytestconfig.stash.get(_NODE_TOOLS_KEY, None)
+    if tools is None:
+        try:
+            tools = ensure_node_tools(progress=_progress)
+        except (ToolBuildError, images.ImageBuildError) as e:
+            tools = e
+    if not isinstance(tools, NodeTools):
+        pytest.fail(f"building the real node failed: {tools}", pytrace=False)
+    return tools
+
+
+@pytest.fixture(scope="session")
+def real_node(kube, real_node_tools) -> Iterator[RealNode]:
+    """A real node (kubelet, containerd, CNI, kube-proxy, local-path provisioner) joined to
+    ``kube``, Ready; tainted so only pods with ``node.POD_PLACEMENT`` land on it."""
+    assert kube.workdir is not None and kube.server is not None
+    node = RealNode(kube.server, kube.workdir / "pki", real_node_tools, progress=_progress)
+    try:
+        node.start()
+    except RealNodeError as e:
+        pytest.fail(f"real node failed to start: {e}", pytrace=False)
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,9 @@ def _cli(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedPro
     )
 
 
-def test_up_status_down_across_processes(testenv_tools, tmp_path):
+def test_up_status_down_across_processes(testenv_tools, real_node_tools, tmp_path):
     state_file = tmp_path / "state.json"
+    node_state_file = tmp_path / "node.json"  # beside the control plane's state
     env = dict(os.environ, HUBFLEET_TESTENV_STATE=str(state_file))
 
     assert _cli(env, "status").returncode == 1  # nothing recorded yet
@@ -58,9 +59,24 @@ def test_up_status_down_across_processes(testenv_tools, tmp_path):
         # A client in yet another process can use the kubeconfig.
         from kubernetes import client, config
 
+        # `up` also started a real node (kubelet, containerd, kube-proxy ...), Ready.
+        node_state = json.loads(node_state_file.read_text())
+        assert {c["name"] for c in node_state["components"]} == {
+            "apiserver-relay",
+            "containerd",
+            "kubelet",
+            "kube-proxy",
+            "local-path-provisioner",
+        }
+        for c in node_state["components"]:
+            assert proc_starttime(c["pid"]) == c["starttime"], c
+        assert node_state["name"] in status.stdout
+
         with config.new_client_from_config(config_file=str(kubeconfig)) as api:
-            names = {n.metadata.name for n in client.CoreV1Api(api).list_node().items}
-        assert {"kwok-core-0", "kwok-user-0"} <= names
+            nodes = {n.metadata.name: n for n in client.CoreV1Api(api).list_node().items}
+        assert {"kwok-core-0", "kwok-user-0"} <= set(nodes)
+        conditions = {c.type: c.status for c in nodes[node_state["name"]].status.conditions}
+        assert conditions["Ready"] == "True"
 
         # A second `up` does not start a second control plane.
         again = _cli(env, "up")
@@ -69,10 +85,17 @@ def test_up_status_down_across_processes(testenv_tools, tmp_path):
     finally:
         down = _cli(env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
-    for c in state["components"]:
+    for c in state["components"] + node_state["components"]:
         assert proc_starttime(c["pid"]) is None, f"{c['name']} (pid {c['pid']}) still running"
     assert not Path(state["workdir"]).exists(), "temp dir with keys left behind"
-    assert not state_file.exists()
+    assert not Path(node_state["workdir"]).exists(), "node work dir left behind"
+    # The node's cgroup tree, veth and namespaces are gone with it.
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/hubfleet-node-{node_state['index']}"))
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert f"hfh{node_state['index']}" not in links
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert node_state["workdir"] not in mounts
+    assert not state_file.exists() and not node_state_file.exists()
     assert _cli(env, "status").returncode == 1
 
 

@@ -1,0 +1,228 @@
+"""Container images built on this machine for the real test node (no registry, no pulls).
+
+* ``pause``: the pod sandbox. A few lines of C (exit on SIGINT/SIGTERM, reap children),
+  linked statically with ``gcc -static``.
+* ``busybox``: Debian's ``busybox-static`` binary with a symlink per applet, for test pods
+  and for the local-path provisioner's helper pods.
+
+Each image is written as an OCI image-layout tar (oci-layout, index.json with the
+``io.containerd.image.name`` annotation, manifest, config and one uncompressed layer),
+which ``ctr images import`` reads. Layers are built with fixed owners and timestamps, so
+the same inputs give the same digest; archives are cached under
+``<cache>/images/<name>-<input hash>.tar`` and rebuilt only when an input changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import build
+
+# Registry-less names: "hubfleet.local" is not a resolvable registry, so a pull can never
+# reach the internet; pods must use imagePullPolicy IfNotPresent or Never.
+PAUSE_IMAGE = "hubfleet.local/pause:1"
+BUSYBOX_IMAGE = "hubfleet.local/busybox:1"
+
+PAUSE_C = r"""
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void on_term(int sig) { (void)sig; _exit(0); }
+static void on_chld(int sig) {
+    (void)sig;
+    while (waitpid(-1, NULL, WNOHANG) > 0) {}
+}
+
+int main(void) {
+    struct sigaction term = {.sa_handler = on_term}, chld = {.sa_handler = on_chld};
+    sigaction(SIGINT, &term, NULL);
+    sigaction(SIGTERM, &term, NULL);
+    sigaction(SIGCHLD, &chld, NULL);
+    for (;;) pause();
+}
+"""
+
+BUSYBOX_BINARY = Path("/bin/busybox")  # Debian busybox-static (./dev installs it)
+
+
+class ImageBuildError(RuntimeError):
+    """An image could not be built (message names the image and the failing step)."""
+
+
+@dataclass(frozen=True)
+class ImageArchive:
+    """A built OCI archive: the image reference it carries and its path."""
+
+    ref: str
+    path: Path
+
+
+def images_dir() -> Path:
+    return build.cache_dir() / "images"
+
+
+def _tar_layer(files: dict[str, tuple[bytes | None, int, str | None]]) -> bytes:
+    """An uncompressed layer: path -> (content or None for a dir, mode, symlink target)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(files):
+            content, mode, link = files[path]
+            info = tarfile.TarInfo(path)
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mode = mode
+            if link is not None:
+                info.type = tarfile.SYMTYPE
+                info.linkname = link
+                tar.addfile(info)
+            elif content is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def _blob(tar: tarfile.TarFile, data: bytes) -> dict:
+    digest = hashlib.sha256(data).hexdigest()
+    info = tarfile.TarInfo(f"blobs/sha256/{digest}")
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def write_oci_archive(dest: Path, ref: str, layer: bytes, config: dict) -> None:
+    """Write an OCI image-layout tar with one layer; ``ref`` names it for ``ctr import``."""
+    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    image_config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "history": [{"created_by": "hubfleet.testenv.images"}],
+    }
+    tmp = dest.with_name(dest.name + ".tmp")
+    with tarfile.open(tmp, "w") as tar:
+        layer_desc = _blob(tar, layer) | {"mediaType": "application/vnd.oci.image.layer.v1.tar"}
+        config_desc = _blob(tar, json.dumps(image_config, sort_keys=True).encode()) | {
+            "mediaType": "application/vnd.oci.image.config.v1+json"
+        }
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config_desc,
+            "layers": [layer_desc],
+        }
+        manifest_desc = _blob(tar, json.dumps(manifest, sort_keys=True).encode()) | {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {
+                "io.containerd.image.name": ref,
+                "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[1],
+            },
+        }
+        index = {"schemaVersion": 2, "manifests": [manifest_desc]}
+        for name, data in (
+            ("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode()),
+            ("index.json", json.dumps(index, sort_keys=True).encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    tmp.replace(dest)
+
+
+def _cached(name: str, inputs: bytes) -> Path:
+    return images_dir() / f"{name}-{hashlib.sha256(inputs).hexdigest()[:16]}.tar"
+
+
+def build_pause_image() -> ImageArchive:
+    """The sandbox image: a static ``/pause`` (gcc -static)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise ImageBuildError("pause image: gcc not found (apt-get install gcc libc6-dev)")
+    gcc_version = subprocess.run([gcc, "--version"], capture_output=True, text=True).stdout
+    dest = _cached("pause", PAUSE_C.encode() + gcc_version.encode())
+    if dest.exists():
+        return ImageArchive(PAUSE_IMAGE, dest)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hubfleet-pause-") as tmp:
+        src, binary = Path(tmp) / "pause.c", Path(tmp) / "pause"
+        src.write_text(PAUSE_C)
+        proc = subprocess.run(
+            [gcc, "-static", "-Os", "-s", "-o", str(binary), str(src)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise ImageBuildError(f"pause image: gcc -static failed:\n{proc.stderr[-2000:]}")
+        layer = _tar_layer({"pause": (binary.read_bytes(), 0o755, None)})
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_oci_archive(dest, PAUSE_IMAGE, layer, {"Entrypoint": ["/pause"]})
+    build._record_build("image-pause", dest.stem, time.monotonic() - t0)
+    return ImageArchive(PAUSE_IMAGE, dest)
+
+
+def build_busybox_image() -> ImageArchive:
+    """A minimal image: busybox-static as /bin/busybox plus /bin/<applet> symlinks."""
+    if not BUSYBOX_BINARY.exists():
+        raise ImageBuildError(
+            f"busybox image: {BUSYBOX_BINARY} missing (apt-get install busybox-static)"
+        )
+    # Debian's dynamic busybox also installs /bin/busybox; it cannot run in an empty image.
+    elf = subprocess.run(["readelf", "-l", str(BUSYBOX_BINARY)], capture_output=True, text=True)
+    if elf.returncode != 0 or "INTERP" in elf.stdout:
+        raise ImageBuildError(
+            f"busybox image: {BUSYBOX_BINARY} is not a static binary "
+            "(apt-get install busybox-static)"
+        )
+    binary = BUSYBOX_BINARY.read_bytes()
+    dest = _cached("busybox", binary)
+    if dest.exists():
+        return ImageArchive(BUSYBOX_IMAGE, dest)
+    t0 = time.monotonic()
+    applets = subprocess.run(
+        [str(BUSYBOX_BINARY), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    files: dict[str, tuple[bytes | None, int, str | None]] = {
+        d: (None, 0o755, None) for d in ("bin", "etc", "tmp", "root", "proc", "sys", "dev")
+    }
+    files["tmp"] = (None, 0o1777, None)
+    files["bin/busybox"] = (binary, 0o755, None)
+    for applet in applets:
+        if applet != "busybox":
+            files[f"bin/{applet}"] = (None, 0o777, "busybox")
+    files["etc/passwd"] = (
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+        0o644,
+        None,
+    )
+    files["etc/group"] = (b"root:x:0:\nnogroup:x:65534:\n", 0o644, None)
+    layer = _tar_layer(files)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_oci_archive(
+        dest,
+        BUSYBOX_IMAGE,
+        layer,
+        {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"},
+    )
+    build._record_build("image-busybox", dest.stem, time.monotonic() - t0)
+    return ImageArchive(BUSYBOX_IMAGE, dest)
+
+
+def build_node_images() -> list[ImageArchive]:
+    """Every image the real node imports at start (pause first: pods need it)."""
+    return [build_pause_image(), build_busybox_image()]
