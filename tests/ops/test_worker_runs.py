@@ -157,8 +157,8 @@ async def test_killed_worker_run_crashes_then_rerun_converges(
 
     workers.start("w-rescue")
     # The dead run still holds the hub's lock (tasks/locks.py): Prefect frees a concurrency
-    # slot when its lease (300 s, renewed only by a live run) expires, so the re-run waits
-    # for that, by design: nobody can tell a dead holder from a slow one sooner.
+    # slot when its lease (LEASE_SECONDS, renewed only by a live run) expires, so the re-run
+    # waits for that, by design: nobody can tell a dead holder from a slow one sooner.
     again = await wait_final(
         await start_run("deploy_hub/default", {"cluster": "local", "hub": "prod"}),
         timeout=300 + 240,
