@@ -59,9 +59,13 @@ def up(fleet: Fleet, port: int | None, console: Console) -> None:
 
 
 async def _deploy_and_check(hubs: list[tuple[str, Hub]], console: Console) -> list[dict[str, Any]]:
-    from flows.check_hub_health import check_hub_health
-    from flows.deploy_hub import deploy_hub
+    from flows import check_hub_health as health_flow
+    from flows import deploy_hub as deploy_flow
+    from hubfleet.interrupt import cancellable
 
+    # Ctrl-C stops the demo within seconds; the run it interrupted is recorded Cancelled.
+    deploy_hub = cancellable(deploy_flow.deploy_hub)
+    check_hub_health = cancellable(health_flow.check_hub_health)
     failures: dict[str, str] = {}
     for cluster, hub in hubs:
         with console.status(f"deploy_hub {cluster}/{hub.name}…"):

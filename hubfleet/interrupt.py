@@ -90,21 +90,24 @@ def _quiet_user_errors() -> None:
                 handler.addFilter(quiet)
 
 
+async def _mark_cancelled(_flow: Any, flow_run: Any, state: Any) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    async with get_client() as client:
+        await client.set_flow_run_state(
+            flow_run.id, Cancelled(message="stopped by a signal to the CLI"), force=True
+        )
+
+
+def cancellable(flow: Any) -> Any:
+    """`flow`, whose run is recorded Cancelled when a signal stops it (Prefect alone would
+    record Crashed)."""
+    return flow.with_options(on_crashed=[*flow.on_crashed_hooks, _mark_cancelled])
+
+
 def run_flow_interruptible(flow: Any, **params: Any) -> Any:
     """Call a Prefect flow in this process; a signal cancels it and marks its run Cancelled
-    (Prefect alone would record Crashed, or hang retrying a server that is gone)."""
+    (rather than hang retrying a server that is gone)."""
     _quiet_user_errors()
-    marked: list[Any] = []
-
-    async def mark_cancelled(_flow: Any, flow_run: Any, state: Any) -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.states import Cancelled
-
-        marked.append(flow_run.id)
-        async with get_client() as client:
-            await client.set_flow_run_state(
-                flow_run.id, Cancelled(message="stopped by a signal to the CLI"), force=True
-            )
-
-    cancellable = flow.with_options(on_crashed=[*flow.on_crashed_hooks, mark_cancelled])
-    return run_interruptible(lambda: cancellable(**params))
+    return run_interruptible(lambda: cancellable(flow)(**params))
