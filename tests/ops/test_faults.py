@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,6 @@ import psutil
 import pytest
 import requests
 from ops_helpers import CREDENTIALS, HUBFLEET, REPO, Workers, cli_env, run_cli, wait_for
-from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.sorting import FlowRunSort
@@ -32,7 +32,7 @@ from flows.deploy_hub import deploy_hub
 from hubfleet.loader import load_fleet
 from hubfleet.server import PrefectServer, any_free_port
 from tasks.local_hub import local_hub
-from tasks.locks import LockTimeout, hub_limit, hub_lock
+from tasks.locks import LockTimeout, hub_limit
 
 pytestmark = pytest.mark.usefixtures("ops_setup", "stop_hubs")
 
@@ -92,27 +92,39 @@ def test_sigint_cancels_a_deploy_and_frees_its_lock(ops_api: str) -> None:
     assert requests.get(f"{state.url}/hub/health", timeout=10).status_code == 200
 
 
-RELEASE = asyncio.Event()
+#: A long healthy operation in another process: holds local/prod's lock until told.
+HOLDER = """
+import asyncio, sys
+from pathlib import Path
+from tasks.locks import hub_lock
 
+release = Path(sys.argv[1])
 
 @flow(name="hold_hub_lock", flow_run_name="hold_hub_lock local/prod")
 async def hold_hub_lock() -> None:
-    """Holds local/prod's lock until the test says so (a long healthy operation)."""
     async with hub_lock("local", "prod"):
-        await RELEASE.wait()
+        release.with_suffix(".held").touch()
+        while not release.exists():
+            await asyncio.sleep(0.2)
+
+asyncio.run(hold_hub_lock())
+"""
 
 
-async def test_a_held_lock_names_its_holder_and_unlock_refuses(ops_api: str) -> None:
-    RELEASE.clear()
-    holder = asyncio.create_task(hold_hub_lock())
+async def test_a_held_lock_names_its_holder_and_unlock_refuses(
+    ops_api: str, tmp_path: Path
+) -> None:
+    script, release = tmp_path / "holder.py", tmp_path / "release"
+    script.write_text(HOLDER)
+    holder = subprocess.Popen(
+        [sys.executable, str(script), str(release)], env=cli_env(ops_api), cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
     try:
-
-        async def taken() -> bool:
-            return (await newest_run(ops_api, "op:none"))[1] == 1
-
-        deadline = time.monotonic() + 60
-        while not await taken():
-            assert time.monotonic() < deadline and not holder.done(), "lock never taken"
+        deadline = time.monotonic() + 120
+        while not release.with_suffix(".held").exists():
+            assert holder.poll() is None, holder.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the holder never took the lock"
             await asyncio.sleep(0.5)
 
         locks = await asyncio.to_thread(run_cli, ops_api, "locks")
@@ -128,8 +140,13 @@ async def test_a_held_lock_names_its_holder_and_unlock_refuses(ops_api: str) -> 
         message = str(waited.value)
         assert "held by run 'hold_hub_lock local/prod'" in message and "Running" in message
     finally:
-        RELEASE.set()
-        await holder
+        release.touch()
+        try:
+            out = await asyncio.to_thread(holder.communicate, timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            out = holder.communicate()
+    assert holder.returncode == 0, out[0][-3000:]
     assert (await newest_run(ops_api, "op:none"))[1] == 0
     free = await asyncio.to_thread(run_cli, ops_api, "unlock", "local/prod")
     assert free.returncode == 0 and "not locked" in free.stdout, free.stdout + free.stderr

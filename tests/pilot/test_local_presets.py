@@ -68,7 +68,9 @@ async def test_event_hub_on_local_runs_the_presets_culler(
         } <= set(cmd)
         stored = await load_ops_token(cluster, "hack")
         assert stored is not None
-        services = api.list_services(state.url, stored.token.get_secret_value())
+        services = api.call(
+            "GET", f"{state.url}/hub/api/services", token=stored.token.get_secret_value()
+        ).json()
         culler = services["idle-culler"]
         assert culler["command"] and "--timeout=1200" in culler["command"]
         assert "jupyterhub_idle_culler" in " ".join(culler["command"])
