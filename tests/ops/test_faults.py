@@ -96,6 +96,7 @@ def test_sigint_cancels_a_deploy_and_frees_its_lock(ops_api: str) -> None:
 HOLDER = """
 import asyncio, sys
 from pathlib import Path
+from prefect import flow
 from tasks.locks import hub_lock
 
 release = Path(sys.argv[1])
