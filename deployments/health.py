@@ -56,24 +56,18 @@ def alert_automation(block_id: UUID) -> Any:
 
 async def notification_block_id(client: Any, fleet: Fleet, notify: str | None = None) -> UUID:
     """The id of the block that notifies (`notify`, default fleet.yaml's first `notify`)."""
-    from prefect.client.schemas.objects import BlockDocument
-
     name = notify or (fleet.settings.notify[0] if fleet.settings.notify else None)
     if name is None:
         raise NotificationBlockMissing(
             "fleet.yaml has no `notify:` block names; add e.g. `notify: [ops-webhook]` and "
             "create that notification block. Nothing was registered."
         )
-    response = await client._client.post(
-        "/block_documents/filter",
-        json={"block_documents": {"name": {"any_": [name]}}, "include_secrets": False},
-    )
-    response.raise_for_status()
-    for raw in response.json():
-        doc = BlockDocument.model_validate(raw)
-        capabilities = doc.block_schema.capabilities if doc.block_schema else []
-        if doc.name == name and "notify" in capabilities:
-            return UUID(str(doc.id))
+    from deployments.setup import find_block_document
+
+    doc = await find_block_document(client, name)
+    capabilities = doc.block_schema.capabilities if doc and doc.block_schema else []
+    if doc is not None and "notify" in capabilities:
+        return UUID(str(doc.id))
     raise NotificationBlockMissing(
         f"notification block {name!r} (from fleet.yaml `notify`) does not exist; "
         "create it, e.g. CustomWebhookNotificationBlock(name=..., url=...)"

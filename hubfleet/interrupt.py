@@ -84,9 +84,7 @@ def _quiet_user_errors() -> None:
     quiet = _UserErrorsWithoutTraceback()
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
-            if quiet not in handler.filters and not any(
-                isinstance(f, _UserErrorsWithoutTraceback) for f in handler.filters
-            ):
+            if not any(isinstance(f, _UserErrorsWithoutTraceback) for f in handler.filters):
                 handler.addFilter(quiet)
 
 
