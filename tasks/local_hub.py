@@ -269,7 +269,11 @@ class LocalHub:
         return Proc.of(popen.pid)
 
     def _save(self, state: HubState) -> None:
-        self.state_file.write_text(state.to_json())
+        # Atomically: a reader (a health probe, `hubfleet demo`, a test) never sees it
+        # half-written.
+        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
+        tmp.write_text(state.to_json())
+        os.replace(tmp, self.state_file)
 
     def _wait_healthy(self, state: HubState) -> None:
         deadline = time.monotonic() + START_TIMEOUT
