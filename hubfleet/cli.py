@@ -56,6 +56,16 @@ OperatorOpt = Annotated[
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
 ]
+LockWaitOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--lock-wait",
+        min=1,
+        max=86_400,
+        help="Seconds to wait while another run changes this hub (default 1800); then stop "
+        "with the name of the run holding it.",
+    ),
+]
 
 
 def _use_fleet(path: Path | None) -> Path:
@@ -121,6 +131,7 @@ def deploy(
     cluster: str,
     hub: str,
     dry_run: DryRunOpt = False,
+    lock_wait: LockWaitOpt = None,
     operator: OperatorOpt = None,
     fleet: FleetOpt = None,
 ) -> None:
@@ -131,7 +142,14 @@ def deploy(
     # The flow checks them too; checked here first, a values error is the same file:line
     # lines as `validate` prints, not a failed run with Prefect's traceback in the log.
     check_hub_values(load_fleet(fleet_dir()), cluster, hub)
-    result = _run(deploy_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator)
+    result = _run(
+        deploy_hub,
+        cluster=cluster,
+        hub=hub,
+        dry_run=dry_run,
+        lock_timeout=lock_wait,
+        operator=operator,
+    )
     out.print(result)
 
 
