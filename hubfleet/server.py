@@ -255,6 +255,10 @@ def connect(start: bool = True) -> str:
     --postgres` if it runs here; else the embedded SQLite server, started if `start`.
     """
     url = _find_api(start)
+    # While its database restarts, the server answers 500 (Prefect maps only its own
+    # errors to 503). Retried like a 503 (5 tries, about a minute of backoff), a run rides
+    # out a PostgreSQL restart instead of dying unable to record its own end.
+    os.environ.setdefault("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
     if "prefect.context" in sys.modules:
         # Prefect read its settings from the environment when it was imported: have it
         # read them again (else it would start a temporary server of its own).
