@@ -207,7 +207,7 @@ async def probe_hubs(
 
 async def load_all_ops_tokens() -> dict[str, str]:
     """Every stored ops token by hub ('cluster/hub'): one API call per page of blocks."""
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     tokens: dict[str, str] = {}
     seen: set[str] = set()
@@ -223,6 +223,12 @@ async def load_all_ops_tokens() -> dict[str, str]:
                 )
             except ObjectNotFound:  # no token was ever stored
                 return tokens
+            except PrefectHTTPStatusError as error:
+                # This call answers a plain 404 when the block type was never registered
+                # (a server where no hub has been deployed yet): no tokens either.
+                if error.response.status_code == 404:
+                    return tokens
+                raise
             # This endpoint may ignore limit/offset and answer everything at once: stop
             # as soon as a page brings nothing new, or it would loop forever.
             fresh = [doc for doc in page if str(doc.id) not in seen]

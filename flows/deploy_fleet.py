@@ -28,6 +28,7 @@ from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.deploy_hub import Gate, deploy_hub
 from flows.operation import begin_fleet
 from flows.parameters import HelmWait, Placeholders, Selection, WavePercent, WaveSize
+from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.paths import fleet_dir
@@ -128,6 +129,11 @@ async def deploy_support(
     `placeholders` sets the user-placeholder replicas (event pre-warming); None keeps them."""
     fleet = load_fleet(fleet_dir())
     spec = fleet.cluster(cluster)
+    if spec.provider is Provider.local:
+        raise HubfleetError(
+            f"cluster {cluster!r} is a local cluster (hubs as processes on this machine): it "
+            "has no support chart; deploy_support is for Kubernetes clusters. Nothing was run."
+        )
     await begin_fleet("deploy_support", operator, [cluster])
     access = await ClusterAccess.for_cluster(cluster)
     chart = CHARTS_DIR / "support"

@@ -223,6 +223,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "hubfleet.cli_pilot",
     "hubfleet.cli_events",
     "hubfleet.cli_locks",
+    "hubfleet.cli_fleet",
 )
 
 
