@@ -83,7 +83,7 @@ def _show(result: Any) -> None:
         if key == "dry_run" or value in (None, [], {}):
             continue
         if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-            out.print(_outcome_table(TITLES.get(key, key), value))
+            out.print(_outcome_table(TITLES.get(key) or str(key), value))
         elif isinstance(value, str) and "\n" in value:  # a diff, a report
             out.print(f"{key}:\n{value}")
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-import requests
 
 from hubfleet.errors import HubfleetError
 from hubfleet.paths import data_dir, private_dir, private_file
@@ -143,6 +142,8 @@ class PrefectServer:
         return pid
 
     def healthy(self) -> bool:
+        import requests  # here: the CLI's fast commands import this module
+
         try:
             return requests.get(f"{self.api_url}/health", timeout=2).status_code == 200
         except requests.RequestException:

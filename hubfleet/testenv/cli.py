@@ -13,22 +13,7 @@ from pathlib import Path
 
 import typer
 
-from . import build, images
-from .controlplane import (
-    ControlPlane,
-    ControlPlaneError,
-    default_state_file,
-    status_from_state,
-    stop_from_state,
-)
-from .node import (
-    RealNode,
-    RealNodeError,
-    default_node_state_file,
-    ensure_node_tools,
-    node_status_from_state,
-    stop_node_from_state,
-)
+# The tools are imported by each command: `hubfleet --help` and `validate` stay fast.
 
 app = typer.Typer(
     help="Local Kubernetes control plane, helm and terraform for tests "
@@ -40,6 +25,8 @@ app = typer.Typer(
 @app.command("build")
 def build_cmd() -> None:
     """Build or reuse all tools (Kubernetes, etcd, kwok, helm, terraform/OpenTofu, Azurite)."""
+    from . import build
+
     raise typer.Exit(build.main([]))
 
 
@@ -51,6 +38,23 @@ def up(
     ),
 ) -> None:
     """Start a control plane (and a real node) in the background; print the KUBECONFIG line."""
+    from . import build, images
+    from .controlplane import (
+        ControlPlane,
+        ControlPlaneError,
+        default_state_file,
+        status_from_state,
+        stop_from_state,
+    )
+    from .node import (
+        RealNode,
+        RealNodeError,
+        default_node_state_file,
+        ensure_node_tools,
+        node_status_from_state,
+        stop_node_from_state,
+    )
+
     state = status_from_state()
     node_state = node_status_from_state()
     progress = lambda m: typer.echo(m, err=True)  # noqa: E731
@@ -118,6 +122,9 @@ def up(
 @app.command()
 def down(timeout: float = typer.Option(10.0, help="Seconds between SIGTERM and SIGKILL.")) -> None:
     """Stop the real node and control plane started by `up` (by PID); delete their temp dirs."""
+    from .controlplane import status_from_state, stop_from_state
+    from .node import node_status_from_state, stop_node_from_state
+
     if node_status_from_state() is not None:
         stopped_node = stop_node_from_state(timeout=timeout)
         typer.echo(f"real node stopped: {', '.join(stopped_node) or '(nothing was running)'}")
@@ -131,6 +138,9 @@ def down(timeout: float = typer.Option(10.0, help="Seconds between SIGTERM and S
 @app.command()
 def status() -> None:
     """Show endpoint, kubeconfig and whether each recorded PID is alive (exit 1 if not all are)."""
+    from .controlplane import default_state_file, status_from_state
+    from .node import node_status_from_state
+
     state = status_from_state()
     if state is None:
         typer.echo(f"not running (no state file at {default_state_file()})")

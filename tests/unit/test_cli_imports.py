@@ -1,0 +1,37 @@
+"""The CLI's fast commands (validate, show, --help) read YAML only: they must not import
+Prefect, the Kubernetes client or a cloud SDK, which cost seconds of start-up (issue 16).
+Timings are in benchmarks/bench_cli.py; this checks the imports, which do not vary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("prefect", "kubernetes", "google.cloud", "boto3", "botocore", "azure", "requests")
+SCRIPT = """
+import sys
+from hubfleet.cli import main
+sys.argv = ["hubfleet", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r} or m.startswith({heavy!r}))
+print("HEAVY", heavy)
+"""
+
+
+@pytest.mark.parametrize(
+    "args", [["validate", "fleet"], ["show", "local/prod"], ["--help"], ["deploy", "--help"]]
+)
+def test_fast_commands_import_no_heavy_package(args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(heavy=HEAVY), *args],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    line = [x for x in result.stdout.splitlines() if x.startswith("HEAVY")]
+    assert line == ["HEAVY []"], result.stdout[-2000:] + result.stderr[-2000:]
