@@ -232,6 +232,15 @@ def ui_parameter_schema(flow: Any, fleet: Fleet) -> dict[str, Any]:
             prop["description"] = description
         if name in enums and prop.get("type") == "string":
             prop["enum"] = enums[name]
+    if props.get("cluster", {}).get("enum") and props.get("hub", {}).get("enum"):
+        # A hub of another cluster passes the flat enum: the chosen cluster narrows it.
+        schema["allOf"] = [
+            {
+                "if": {"properties": {"cluster": {"const": c.name}}, "required": ["cluster"]},
+                "then": {"properties": {"hub": {"enum": sorted(h.name for h in c.hubs)}}},
+            }
+            for c in fleet.clusters
+        ]
     return schema
 
 

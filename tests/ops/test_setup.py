@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from ops_helpers import POOL, REPO, run_cli
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import PrefectHTTPStatusError
 
 from deployments.registry import OPERATIONS, OperationSpec, resolve
@@ -69,6 +70,8 @@ async def test_run_form_schema_has_fleet_enums_and_titles() -> None:
     [
         ({"cluster": "atlantis", "hub": "staging"}, "cluster", "atlantis"),
         ({"cluster": "local", "hub": "no-such-hub"}, "hub", "no-such-hub"),
+        # A hub of another cluster: the chosen cluster's hubs are the allowed ones.
+        ({"cluster": "aws-west", "hub": "prod"}, "hub", "not one of ['research', 'staging']"),
         ({"cluster": "local", "hub": "staging", "dry_run": "maybe"}, "dry_run", "maybe"),
         # Bounds of flows/parameters.py, enforced by the server before a run exists.
         ({"cluster": "local", "hub": "staging", "lock_timeout": -5}, "lock_timeout", "-5"),
@@ -82,10 +85,12 @@ async def test_bad_parameters_are_rejected_naming_the_field(
 ) -> None:
     async with get_client() as client:
         deployment = await client.read_deployment_by_name("deploy_hub/default")
-        before = await client.read_flow_runs(limit=200)
+        # This deployment's runs only: the scheduler adds other deployments' runs meanwhile.
+        of_it = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        before = await client.read_flow_runs(deployment_filter=of_it, limit=200)
         with pytest.raises(PrefectHTTPStatusError) as caught:
             await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
-        after = await client.read_flow_runs(limit=200)
+        after = await client.read_flow_runs(deployment_filter=of_it, limit=200)
     detail = caught.value.response.text
     assert caught.value.response.status_code == 409
     assert f"'{field}'" in detail and value in detail, detail
