@@ -12,7 +12,12 @@ import pytest
 import requests
 from ops_helpers import REPO, ZOMBIE_AFTER, Webhook, Workers, run_cli, wait_for
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterTags,
+)
 from prefect.exceptions import PrefectHTTPStatusError
 
 from flows.operation import UNKNOWN_UI_OPERATOR
@@ -168,3 +173,65 @@ async def test_killed_worker_run_crashes_then_rerun_converges(
     state = local_hub(load_fleet(REPO / "fleet"), "local", "prod").state()
     assert state is not None
     assert requests.get(f"{state.url}/hub/health", timeout=10).status_code == 200
+
+
+async def test_a_run_an_automation_starts_is_tagged_with_the_automation(
+    workers: Workers,
+) -> None:
+    """An automation (a real one: event trigger, run-deployment action, the server's own
+    trigger service) starts a health check; the run records `operator:automation:<name>`
+    from the server's `created_by` (flows/operation.py)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.events import emit_event
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    workers.start("w-automation")
+    HUB_RESOURCE = "hubfleet.hub.local/prod"
+    name = "hubfleet-test: recheck on request"
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("check_hub_health/default")
+        for old in await client.read_automations_by_name(name):
+            await client.delete_automation(old.id)
+    automation = await Automation(
+        name=name,
+        trigger=EventTrigger(
+            expect={"hubfleet.test.recheck"},
+            match={"prefect.resource.id": HUB_RESOURCE},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=dep.id,
+                parameters={"cluster": "local", "hub": "prod"},
+            )
+        ],
+    ).acreate()
+    try:
+        deadline = time.monotonic() + 120
+        run = None
+        while run is None and time.monotonic() < deadline:
+            # Re-emitted until a run exists: the trigger service loads new automations
+            # within seconds, and an event before that is not matched.
+            emit_event("hubfleet.test.recheck", resource={"prefect.resource.id": HUB_RESOURCE})
+            time.sleep(3)
+            async with get_client() as client:
+                runs = await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                    limit=50,
+                )
+            run = next(
+                (r for r in runs if r.created_by and r.created_by.type == "AUTOMATION"), None
+            )
+        assert run is not None, "the automation started no run within 120 s"
+        done = await wait_final(run.id)
+    finally:
+        async with get_client() as client:
+            await client.delete_automation(automation.id)
+    operators = [t for t in done.tags if t.startswith("operator:")]
+    assert operators == [f"operator:automation:{name}"], done.tags
