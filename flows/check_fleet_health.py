@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,7 +96,7 @@ async def check_fleet_health(
     fleet, targets = op.fleet, select_hubs(op.fleet, selection)
     limit = per_cluster or (50 if set(levels) <= _SHALLOW_LEVELS else fleet.settings.parallelism)
 
-    previous = await last_sweep_rows(depth)
+    previous = await last_sweep_rows(depth, [f"{c}/{h}" for c, h in targets])
     if set(levels) <= _SHALLOW_LEVELS:
         results = await sweep_shallow(fleet, targets, levels, limit, retries, backoff, timeout)
     else:
@@ -268,22 +269,42 @@ async def sweep_deep(
 # --- streaks, alerts, records -----------------------------------------------------------
 
 
-async def last_sweep_rows(depth: str) -> dict[str, dict[str, Any]]:
-    """The previous sweep's rows of this depth, by hub (empty for the first sweep)."""
+#: How many earlier sweeps of a depth are read to find a hub's last row: a hub left out of
+#: that many selective sweeps in a row starts a new streak.
+STREAK_LOOKBACK = 20
+
+
+async def last_sweep_rows(depth: str, hubs: Collection[str]) -> dict[str, dict[str, Any]]:
+    """Each of `hubs`' newest row in the earlier sweeps of this depth (empty at first).
+
+    Not only the last sweep's: a sweep of a selection leaves the other hubs out of its
+    table, and their streaks (failures, alerted) must survive it, or an alerted hub would
+    alert again and its recovery go unannounced. Newest sweep first; usually the last one
+    has every hub and it is the only one read.
+    """
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
+    wanted = set(hubs)
+    found: dict[str, dict[str, Any]] = {}
     async with get_client() as client:
-        found = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[sweep_key(depth)])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-    if not found or not found[0].data:
-        return {}
-    data = found[0].data
-    rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data  # type: ignore[assignment]
-    return {row["hub"]: row for row in rows}
+        for offset in range(STREAK_LOOKBACK):
+            if wanted <= found.keys():
+                break
+            page = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[sweep_key(depth)])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+                offset=offset,
+            )
+            if not page:
+                break
+            data = page[0].data
+            rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data or []  # type: ignore[assignment]
+            for row in rows:
+                if row["hub"] in wanted:
+                    found.setdefault(row["hub"], row)
+    return found
 
 
 def sweep_key(depth: str) -> str:

@@ -89,9 +89,12 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server
     assert back["counts"] == {"healthy": 1} and back["recovered"] == []
     assert back["changes"] == ["hc/sweep: down → healthy"]
 
-    # Three failed sweeps in a row: one alert, on the third.
+    # Three failed sweeps in a row: one alert, on the third. A sweep of another hub in
+    # between (a selection) leaves this hub's streak as it was.
     hub.stop()
-    streak = [await sweep() for _ in range(3)]
+    streak = [await sweep()]
+    await check_fleet_health(selection=["hc/ok"], backoff=0.1, timeout=2.0)
+    streak += [await sweep() for _ in range(2)]
     assert [s["unhealthy"][0]["failures"] for s in streak] == [1, 2, 3]
     assert [s["alerted"] for s in streak] == [[], [], ["hc/sweep"]]
     assert streak[2]["unhealthy"][0]["level"] == "reachable"
@@ -99,7 +102,9 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server
     got = await wait_for("the webhook notification", _received(webhook, 1))
     assert "hc/sweep is down" in got[0]["subject"], got
     assert "reachable" in got[0]["body"] and "3 shallow sweep(s)" in got[0]["body"], got
-    # A fourth failed sweep is the same outage: no second event, no second notification.
+    # A fourth failed sweep is the same outage: no second event, no second notification,
+    # here too with another hub's sweep in between.
+    await check_fleet_health(selection=["hc/ok"], backoff=0.1, timeout=2.0)
     fourth = await sweep()
     assert fourth["alerted"] == [] and fourth["unhealthy"][0]["failures"] == 4
     await asyncio.sleep(5)
