@@ -6,8 +6,9 @@
   and for the local-path provisioner's helper pods.
 
 Each image is written as an OCI image-layout tar (oci-layout, index.json with the
-``io.containerd.image.name`` annotation, manifest, config and one uncompressed layer),
-which ``ctr images import`` reads. Layers are built with fixed owners and timestamps, so
+``io.containerd.image.name`` annotation, manifest, config and one uncompressed layer; an
+image built on another, as in hubimages.py, lists the base's layers first), which
+``ctr images import`` reads. Layers are built with fixed owners and timestamps, so
 the same inputs give the same digest; archives are cached under
 ``<cache>/images/<name>-<input hash>.tar`` and rebuilt only when an input changes.
 """
