@@ -8,7 +8,8 @@
   the stop of both. Target (issue 14): the cluster with the real node up in <= 20 s warm.
 
 Not measured yet: deploy-to-healthy of a hub on the real node (the hub, proxy and
-single-user images are not built yet; issue 14).
+single-user images are built, hubfleet/testenv/hubimages.py, and their cold builds are in
+the record above, but no hub is deployed on the node yet; issue 14).
 
 Writes ``benchmarks/results/real_node.json`` and prints the figures.
 
@@ -130,7 +131,9 @@ def main() -> int:
             "target_s": TARGET_WARM_S,
             "meets_target": median_up <= TARGET_WARM_S,
         },
-        "not_measured": "deploy-to-healthy of a hub on the real node (hub images not built yet)",
+        "not_measured": (
+            "deploy-to-healthy of a hub on the real node (images built, hub not deployed there yet)"
+        ),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

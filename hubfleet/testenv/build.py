@@ -20,7 +20,7 @@ version, failing command and the tail of its output; nothing is skipped silently
 
 Run ``python -m hubfleet.testenv.build`` to build everything (tools, the real node's
 kubelet, kube-proxy, containerd, local-path-provisioner and images, the Debian base
-image, Azurite).
+image, the hub, single-user and proxy images (hubimages.py), Azurite).
 """
 
 from __future__ import annotations
@@ -794,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     # Imported here: node.py imports this module.
+    from .hubimages import build_hub_images
     from .images import ImageBuildError
     from .node import ensure_node_tools
     from .rootfs import build_debian_base
@@ -803,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         tools = ensure_tools(progress)
         node = ensure_node_tools(progress)
         debian_base = build_debian_base(progress)
+        hub_images = build_hub_images(progress)
         azurite = ensure_azurite(progress)
     except (ToolBuildError, ImageBuildError) as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
@@ -813,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'kube-proxy':24} {node.kube_proxy}")
     print(f"  {'containerd':24} {node.containerd_dir}")
     print(f"  {'local-path-provisioner':24} {node.local_path_provisioner}")
-    for image in (*node.images, debian_base):
+    for image in (*node.images, debian_base, *hub_images):
         print(f"  {image.ref:24} {image.path}")
     print(f"  {'azurite':24} {azurite}")
     print(f"all tools ready in {time.monotonic() - t0:.1f}s")

