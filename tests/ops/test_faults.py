@@ -86,6 +86,8 @@ def test_sigint_cancels_a_deploy_and_frees_its_lock(ops_api: str) -> None:
     assert active == 0
     again = run_cli(ops_api, "deploy", "local", "prod")
     assert again.returncode == 0, again.stdout + again.stderr
+    print(f"SIGINT mid-deploy: CLI stopped in {took:.1f}s, run Cancelled, lock free; "
+          f"healthy again {time.monotonic() - sent:.0f}s after the signal")  # fmt: skip
     state = local_hub(load_fleet(REPO / "fleet"), "local", "prod").state()
     assert state is not None
     assert requests.get(f"{state.url}/hub/health", timeout=10).status_code == 200
