@@ -224,6 +224,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "hubfleet.cli_events",
     "hubfleet.cli_locks",
     "hubfleet.cli_fleet",
+    "hubfleet.cli_status",
 )
 
 

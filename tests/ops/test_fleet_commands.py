@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from ops_helpers import REPO, run_cli
+from ops_helpers import REPO, Workers, run_cli, wait_for
 from test_faults import newest_run
 
 from hubfleet.loader import load_fleet
@@ -73,3 +73,19 @@ def test_fleet_commands_refuse_bad_input_and_explain(ops_api: str, tmp_path: Pat
     assert gate.returncode == 2 and "'bogus' is not one of" in gate.stderr
     helped = run_cli(ops_api, "check-fleet-health", "--help")
     assert helped.returncode == 0 and "alert-after" in helped.stdout
+
+
+def test_status_shows_the_operating_picture(ops_api: str, ops_setup: str, workers: Workers) -> None:
+    """`hubfleet status` after `hubfleet setup` with a worker: the hubs, the next scheduled
+    sweeps, and the worker (it registers with its first heartbeat)."""
+    workers.start("w-status")
+
+    def shown() -> str | None:
+        result = run_cli(ops_api, "status")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        return result.stdout if "w-status" in result.stdout else None
+
+    out = wait_for("the worker in `hubfleet status`", shown, timeout=120, interval=3)
+    assert "hubs (last sweep verdicts)" in out and "│ local/prod" in out, out
+    assert "check_fleet_health/health-shallow" in out, out  # scheduled every 15 minutes
+    assert "next scheduled runs" in out and "workers" in out
