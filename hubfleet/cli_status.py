@@ -81,6 +81,7 @@ async def gather(hubs: list[str], limit: int = UPCOMING) -> dict[str, Any]:
             for pool in pools
         }
     return {
+        "schedules": await _schedules(deployments),
         "verdicts": {"shallow": shallow, "deep": deep},
         "running": running,
         "upcoming": upcoming,
@@ -89,12 +90,38 @@ async def gather(hubs: list[str], limit: int = UPCOMING) -> dict[str, Any]:
     }
 
 
-def _operation(run: Any, deployments: dict[Any, Any]) -> str:
-    deployment = deployments.get(run.deployment_id)
-    if deployment is None:
-        return run.name
+async def _schedules(deployments: dict[Any, Any]) -> list[tuple[str, str, datetime | None]]:
+    """(operation, schedule, next time) of every active deployment schedule, soonest first.
+
+    Computed from the schedule itself (Prefect's own date logic), so it is right at once
+    after `hubfleet setup`, before the server's scheduler has created the runs.
+    """
+    from prefect.server.schemas import schedules as server_schedules
+
+    found: list[tuple[str, str, datetime | None]] = []
+    for deployment in deployments.values():
+        for entry in deployment.schedules or []:
+            if not entry.active:
+                continue
+            kind = getattr(server_schedules, type(entry.schedule).__name__, None)
+            when = None
+            if kind is not None:
+                dates = await kind.model_validate(entry.schedule.model_dump()).get_dates(n=1)
+                when = dates[0] if dates else None
+            what = getattr(entry.schedule, "cron", None) or str(entry.schedule)
+            found.append((_deployment_name(deployment), what, when))
+    far = datetime.max.replace(tzinfo=UTC)
+    return sorted(found, key=lambda row: row[2] or far)
+
+
+def _deployment_name(deployment: Any) -> str:
     op = next((t.removeprefix("op:") for t in deployment.tags if t.startswith("op:")), "?")
     return f"{op}/{deployment.name}"
+
+
+def _operation(run: Any, deployments: dict[Any, Any]) -> str:
+    deployment = deployments.get(run.deployment_id)
+    return run.name if deployment is None else _deployment_name(deployment)
 
 
 def render(picture: dict[str, Any], hubs: list[str], now: datetime) -> list[Any]:
@@ -142,6 +169,14 @@ def render(picture: dict[str, Any], hubs: list[str], now: datetime) -> list[Any]
             else "-",
         )
 
+    schedules = Table(title="schedules (hubfleet setup, from fleet.yaml)")
+    for column in ("operation", "schedule", "next run"):
+        schedules.add_column(column)
+    for name, what, when in picture["schedules"]:
+        schedules.add_row(
+            name, what, f"{when:%Y-%m-%d %H:%M} UTC ({_ago(when, now)})" if when else "-"
+        )
+
     workers = Table(title="workers")
     for column in ("pool", "worker", "status", "last heartbeat"):
         workers.add_column(column)
@@ -157,6 +192,7 @@ def render(picture: dict[str, Any], hubs: list[str], now: datetime) -> list[Any]
                 _ago(worker.last_heartbeat_time, now),
             )
     return [
+        schedules if picture["schedules"] else "schedules: none (run `hubfleet setup`)",
         verdicts,
         running if picture["running"] else "runs in progress: none",
         upcoming if picture["upcoming"] else "next scheduled runs: none (see `hubfleet setup`)",

@@ -1,11 +1,24 @@
-"""`hubfleet demo`: the whole pipeline on this machine, and `--down` to stop it all."""
+"""`hubfleet demo`: the whole pipeline on this machine, and `--down` to stop it all.
+
+Up: the Prefect server (SQLite), every local hub deployed and checked, then the operating
+picture: `hubfleet setup` (deployments with their schedules and run forms, limits,
+automations) and a worker serving the pool in the background, so the scheduled sweeps run
+and any deployment can be started from the UI. Re-running reuses all of it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 
 from hubfleet.errors import HubfleetError
@@ -53,9 +66,106 @@ def up(fleet: Fleet, port: int | None, console: Console) -> None:
         f"From a shell: PREFECT_API_URL={server.api_url} "
         f'PREFECT_API_AUTH_STRING="$(cat {server.auth_file})" prefect flow-run ls'
     )
-    console.print("Stop everything: hubfleet demo --down")
+    _operating_picture(fleet, server, console)
+    console.print("Stop everything (hubs, worker, server): hubfleet demo --down")
     if any(row["verdict"] != "healthy" for row in rows):
         raise SystemExit(1)
+
+
+POOL = "hubfleet"
+
+
+def _operating_picture(fleet: Fleet, server: PrefectServer, console: Console) -> None:
+    """`hubfleet setup`, a background worker, and what is scheduled next."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.orchestration import get_client
+
+    from deployments.setup import setup
+    from hubfleet.cli_status import gather, render
+
+    async def register() -> Any:
+        async with get_client() as client:
+            return await setup(
+                client, fleet, pool=POOL, heartbeat_seconds=30, zombie_after=timedelta(seconds=90)
+            )
+
+    with console.status("hubfleet setup: deployments, schedules, limits, automations…"):
+        report = asyncio.run(register())
+    console.print(f"hubfleet setup: {report.summary()}")
+    for warning in report.warnings:
+        console.print(f"  note: {warning}")
+    pid, reused = ensure_worker(server)
+    console.print(
+        f"worker {'reused' if reused else 'started'} (pid {pid}) serving pool {POOL!r}; "
+        f"log: {worker_log()}"
+    )
+    hubs = [f"{c.name}/{h.name}" for c in fleet.clusters for h in c.hubs]
+    picture = asyncio.run(gather(hubs, limit=5))
+    console.print(render(picture, hubs, datetime.now(UTC))[0])  # the schedules
+    console.print(
+        f"Start a run from the UI: {server.ui_url}/deployments, open deploy_hub/default (or "
+        "any operation), Run > Custom run; the worker runs it. Later: hubfleet status"
+    )
+
+
+def worker_state() -> Path:
+    return data_dir() / "worker.json"
+
+
+def worker_log() -> Path:
+    return data_dir() / "worker.log"
+
+
+def _recorded_worker() -> psutil.Process | None:
+    try:
+        data = json.loads(worker_state().read_text())
+        proc = psutil.Process(int(data["pid"]))
+        if proc.create_time() == data["started"] and proc.status() != psutil.STATUS_ZOMBIE:
+            return proc
+    except (OSError, ValueError, KeyError, psutil.Error):
+        pass
+    return None
+
+
+def ensure_worker(server: PrefectServer) -> tuple[int, bool]:
+    """The demo's worker (`hubfleet worker`, in the background, by PID); (pid, reused)."""
+    running = _recorded_worker()
+    if running is not None:
+        return running.pid, True
+    env = {**os.environ, **server.client_env(), "HUBFLEET_DATA_DIR": str(data_dir())}
+    hubfleet = Path(sys.executable).parent / "hubfleet"
+    with open(worker_log(), "ab") as log:
+        popen = subprocess.Popen(
+            [str(hubfleet), "worker", "--pool", POOL, "--name", "demo-worker"],
+            env=env,
+            cwd=data_dir(),  # deployments name modules: any directory works
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    started = psutil.Process(popen.pid).create_time()
+    worker_state().write_text(json.dumps({"pid": popen.pid, "started": started}))
+    return popen.pid, False
+
+
+def stop_worker() -> int | None:
+    """Stop the demo's worker and the runs it started (SIGTERM, SIGKILL after 20 s)."""
+    proc = _recorded_worker()
+    worker_state().unlink(missing_ok=True)
+    if proc is None:
+        return None
+    family = [proc, *proc.children(recursive=True)]
+    for member in family:
+        try:
+            member.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(family, timeout=20)
+    for member in alive:
+        member.kill()
+    return proc.pid
 
 
 async def _deploy_and_check(hubs: list[tuple[str, Hub]], console: Console) -> list[dict[str, Any]]:
@@ -102,5 +212,7 @@ def down(fleet: Fleet, console: Console) -> None:
         console.print(
             f"{cluster}/{hub.name}: " + (f"stopped {stopped}" if stopped else "not running")
         )
+    worker = stop_worker()
+    console.print(f"worker: {'stopped ' + str(worker) if worker else 'not running'}")
     pid = PrefectServer(data_dir() / "prefect").stop()
     console.print(f"Prefect server: {'stopped ' + str(pid) if pid else 'not running'}")

@@ -49,6 +49,9 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
         row = next(line for line in first.stdout.splitlines() if f" {hub} " in line)
         assert tier in row and kind in row and "healthy" in row, row
     assert f"http://127.0.0.1:{port}/runs" in first.stdout
+    # The operating picture: deployments with their schedules, and a worker serving them.
+    assert "hubfleet setup:" in first.stdout and "worker started (pid" in first.stdout
+    assert "check_fleet_health/health-shallow │ */15 * * * *" in first.stdout, first.stdout
 
     # The API answers only with the credential the server generated (0600 in its data dir).
     api = f"http://127.0.0.1:{port}/api"
@@ -106,19 +109,21 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Prefect server reused" in second.stdout
     assert second.stdout.count(": unchanged") == 3
+    assert "worker reused (pid" in second.stdout and "0 created, 0 updated" in second.stdout
 
     states = list((data_dir / "demo" / "hubs").glob("local/*/state.json"))
     pids = [json.loads(s.read_text())[k]["pid"] for s in states for k in ("hub", "proxy")] + [
         json.loads((data_dir / "demo/prefect/server.json").read_text())["pid"]
     ]
-    assert len(pids) == 7 and all(psutil.pid_exists(p) for p in pids)
+    pids.append(json.loads((data_dir / "demo/worker.json").read_text())["pid"])
+    assert len(pids) == 8 and all(psutil.pid_exists(p) for p in pids)
 
     down = hubfleet("demo", "--down", env=env)
     assert down.returncode == 0, down.stdout + down.stderr
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
     assert alive == []
     again = hubfleet("demo", "--down", env=env)
-    assert "Prefect server: not running" in again.stdout
+    assert "Prefect server: not running" in again.stdout and "worker: not running" in again.stdout
 
 
 def test_server_restarts_on_its_port_after_a_crash(data_dir: Path) -> None:
