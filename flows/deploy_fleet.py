@@ -24,7 +24,6 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.states import Failed
 
-from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.deploy_hub import Gate, deploy_hub
 from flows.operation import begin_fleet
 from flows.parameters import HelmWait, Placeholders, Selection, WavePercent, WaveSize
@@ -36,6 +35,7 @@ from hubfleet.plan import ClusterPlan, Deployed, FleetPlan, HubChange, plan_flee
 from hubfleet.values import CHARTS_DIR, secret_values_file
 from tasks import helm as helm_tasks
 from tasks import kube
+from tasks.cluster_session import cluster_session
 from tasks.helm import in_thread
 from tasks.local_hub import local_hub
 from tasks.locks import cluster_lock, ensure_concurrency_limits_once
@@ -77,12 +77,10 @@ async def observe_cluster(fleet: Fleet, cluster: Cluster) -> tuple[Deployed, lis
             for h in cluster.hubs
         }
         return running, []
-    access = await ClusterAccess.for_cluster(cluster.name)
     known = {h.name for h in cluster.hubs}
-    with kubeconfig_file(access) as kc, helm_tasks.helm_for(kc, access.context) as helm:
-        releases = await helm_tasks.helm_releases(helm)
-        with kube.kube_client(kc, access.context) as api:
-            namespaces = await kube.hub_namespaces(api)
+    async with cluster_session(cluster.name) as session:
+        releases = await helm_tasks.helm_releases(session.helm)
+        namespaces = await kube.hub_namespaces(session.api)
     deployed: dict[tuple[str, str], str | None] = {(cluster.name, h): None for h in known}
     orphans = []
     for rel in releases:
@@ -99,19 +97,14 @@ async def observe_cluster(fleet: Fleet, cluster: Cluster) -> tuple[Deployed, lis
 
 async def remove_orphans(cluster: Cluster, orphans: list[str]) -> None:
     """Uninstall orphan releases and delete orphan hub namespaces: changes the cluster."""
-    access = await ClusterAccess.for_cluster(cluster.name)
-    with (
-        kubeconfig_file(access) as kc,
-        helm_tasks.helm_for(kc, access.context) as helm,
-        kube.kube_client(kc, access.context) as api,
-    ):
+    async with cluster_session(cluster.name) as session:
         for orphan in orphans:
             kind, _, name = orphan.partition(" ")
             if kind == "release":
                 ns, _, release = name.partition("/")
-                await helm_tasks.helm_uninstall(helm, release, ns)
+                await helm_tasks.helm_uninstall(session.helm, release, ns)
             else:
-                await kube.delete_namespace(api, name)
+                await kube.delete_namespace(session.api, name)
 
 
 # --- support chart -----------------------------------------------------------------------
@@ -135,13 +128,9 @@ async def deploy_support(
             "has no support chart; deploy_support is for Kubernetes clusters. Nothing was run."
         )
     await begin_fleet("deploy_support", operator, [cluster])
-    access = await ClusterAccess.for_cluster(cluster)
     chart = CHARTS_DIR / "support"
-    with (
-        kubeconfig_file(access) as kc,
-        helm_tasks.helm_for(kc, access.context) as helm,
-        kube.kube_client(kc, access.context) as api,
-    ):
+    async with cluster_session(cluster) as session:
+        helm, api = session.helm, session.api
         hubs = await in_thread(_support_namespaces, api, spec)
         if placeholders is None:
             placeholders = await in_thread(_current_placeholders, helm)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
-from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
 from flows.parameters import HelmWait, LockWait
@@ -39,6 +38,7 @@ from hubfleet.values import (
 )
 from tasks import helm as helm_tasks
 from tasks import kube
+from tasks.cluster_session import cluster_session
 from tasks.helm import in_thread
 from tasks.hub_credentials import ensure_ops_service
 from tasks.local_hub import (
@@ -197,18 +197,17 @@ async def _deploy_helm(
     assert op.hub is not None
     logger = get_run_logger()
     cluster, hub = op.cluster.name, op.hub.name
-    access = await ClusterAccess.for_cluster(cluster)
     secret_values = await load_secret_values(cluster, hub)
     layers = hub_layers(op.fleet, cluster, op.hub, secret_values)
     version = op.hub.chart_version or op.fleet.settings.chart_version
     chart = helm_tasks.resolve_chart("hub", version)
     validate_layers(layers, hub_schema(op.fleet, op.hub))
-    secrets = [*_secret_strings(secret_values), access.kubeconfig.get_secret_value()]
 
-    with ExitStack() as stack:
-        kubeconfig = stack.enter_context(kubeconfig_file(access))
-        helm = stack.enter_context(helm_tasks.helm_for(kubeconfig, access.context, secrets))
-        api = stack.enter_context(kube.kube_client(kubeconfig, access.context))
+    async with AsyncExitStack() as stack:
+        session = await stack.enter_async_context(
+            cluster_session(cluster, _secret_strings(secret_values))
+        )
+        helm, api = session.helm, session.api
         files = stack.enter_context(helm_values_files(layers))
 
         if dry_run:

@@ -52,7 +52,6 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from prefect.variables import Variable
 
-from blocks.cluster_access import ClusterAccess, kubeconfig_file
 from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health
 from flows.deploy_fleet import _current_placeholders, deploy_support
@@ -78,6 +77,7 @@ from hubfleet.values import OPS_TOKEN_SECRET
 from tasks import helm as helm_tasks
 from tasks import jupyterhub_api as api
 from tasks import kube
+from tasks.cluster_session import cluster_session
 from tasks.export import ExportResult, export_homes
 from tasks.helm import in_thread
 from tasks.hub_credentials import load_ops_token
@@ -258,13 +258,8 @@ def _bullets(done: dict[str, list[str]]) -> str:
 async def helm_present(cluster: Cluster) -> dict[str, bool]:
     """Which hubs of a Kubernetes cluster have their Helm release (release = namespace =
     hub name). Changes nothing."""
-    access = await ClusterAccess.for_cluster(cluster.name)
-    secrets = [access.kubeconfig.get_secret_value()]
-    with (
-        kubeconfig_file(access) as kc,
-        helm_tasks.helm_for(kc, access.context, secrets) as helm,
-    ):
-        releases = await helm_tasks.helm_releases(helm)
+    async with cluster_session(cluster.name) as session:
+        releases = await helm_tasks.helm_releases(session.helm)
     names = {(r["name"], r["namespace"]) for r in releases}
     return {h.name: (h.name, h.name) in names for h in cluster.hubs}
 
@@ -335,12 +330,8 @@ async def set_placeholders(
         exclude=exclude,
     )
     total = sum(warm.values())
-    access = await ClusterAccess.for_cluster(cluster.name)
-    with (
-        kubeconfig_file(access) as kc,
-        helm_tasks.helm_for(kc, access.context, [access.kubeconfig.get_secret_value()]) as helm,
-    ):
-        current = await in_thread(_current_placeholders, helm)
+    async with cluster_session(cluster.name) as session:
+        current = await in_thread(_current_placeholders, session.helm)
     why = ", ".join(f"{h}: {n}" for h, n in sorted(warm.items())) or "no warm event"
     if dry_run:
         line = f"would set {cluster.name}'s placeholders to {total} (now {current}; {why})"
@@ -618,13 +609,8 @@ async def _expire_helm(
     url = events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), stamp)
     spec = events.event_spec(op.cluster, op.hub)
     creds = spec.export.credentials if spec.export else None
-    access = await ClusterAccess.for_cluster(cluster)
-    secrets = [access.kubeconfig.get_secret_value()]
-    with (
-        kubeconfig_file(access) as kc,
-        helm_tasks.helm_for(kc, access.context, secrets) as helm,
-        kube.kube_client(kc, access.context) as kapi,
-    ):
+    async with cluster_session(cluster) as session:
+        helm, kapi = session.helm, session.api
         release = await in_thread(helm.status, hub, hub)
         namespace = await in_thread(kube.namespace_exists, kapi, hub)
         if release is None and not namespace:
