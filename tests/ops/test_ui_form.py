@@ -143,3 +143,32 @@ async def test_deploy_hub_form_in_chromium(
     assert re.search(r"\bHub The hub's name .*? " + re.escape(hub_names), text), text
     # Who ran it is recorded from how the run was created: the form has no such field.
     assert "Operator (Optional)" not in text
+
+
+async def test_deployments_and_their_schedules_in_chromium(
+    logged_in: LoggedIn, tmp_path: Path
+) -> None:
+    """What `hubfleet setup` (and so `hubfleet demo`) registers, as the UI shows it: every
+    operation's deployment, the health sweeps with their schedules. The screenshot is
+    copied to benchmarks/results/deployments.png."""
+    url = f"{logged_in.url}/deployments"
+    shot = tmp_path / "deployments.png"
+    taken = chromium(tmp_path / "profile-shot", f"--screenshot={shot}", url)
+    assert shot.is_file() and shot.stat().st_size > 10_000, taken.stderr[-2000:]
+    shutil.copy(shot, REPO / "benchmarks" / "results" / "deployments.png")
+
+    def page_text(path: str, profile: str) -> str:
+        dumped = chromium(tmp_path / profile, "--dump-dom", f"{logged_in.url}{path}")
+        return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dumped.stdout))
+
+    async with get_client() as client:
+        deployments = await client.read_deployments(limit=200)
+        sweeps = await client.read_flow_by_name("check_fleet_health")
+    listed = page_text("/deployments", "profile-list")
+    assert f" {len(deployments)} Deployments " in listed, listed[:3000]
+    # The first page, with the nightly upgrade's schedule (fleet.yaml: 0 3 * * *).
+    assert "deploy_hub" in listed and "At 03:00 AM every day" in listed, listed[:3000]
+    # The health sweeps, on their flow's page, with their schedules.
+    flow_page = page_text(f"/flows/flow/{sweeps.id}", "profile-flow")
+    for name in ("health-shallow", "health-deep"):
+        assert name in flow_page, f"{name} not shown: {flow_page[:3000]}"
