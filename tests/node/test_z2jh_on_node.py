@@ -5,11 +5,11 @@ requirements), the proxy image (configurable-http-proxy 5.3.0) and the single-us
 The hub and proxy pods become Ready with the chart's own security contexts (seccomp
 RuntimeDefault, all capabilities dropped, uid 1000 / 65534), ``/hub/health`` answers 200
 through the proxy (at the proxy pod's IP from the host, and at the proxy-public Service's
-ClusterIP from inside the node), and a user created through the hub's API gets a single-user
+ClusterIP from the hub pod), and a user created through the hub's API gets a single-user
 pod that becomes Ready and answers through the proxy.
 
 Only local addresses are ever contacted: pod IPs on the node's bridge (the host routes the
-pod range to the node's veth) and Service IPs inside the node's network namespace; urllib
+pod range to the node's veth) and a Service IP from a pod on the node; urllib
 is built without proxy handlers so no proxy setting of the environment applies.
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+from kubernetes.stream import stream
 
 from hubfleet.testenv import hubimages
 from hubfleet.testenv.node import POD_PLACEMENT, STORAGE_CLASS
@@ -70,12 +71,12 @@ def _values(images: dict[str, str], admin_token: str) -> dict:
             "extraConfig": {
                 # No cluster DNS runs beside the node, so the Service names the chart's
                 # config uses ("proxy-api", "hub") do not resolve in pods. The same Services
-                # are reached by the ClusterIPs the kubelet puts in every pod's environment.
+                # are reached by the ClusterIPs the kubelet puts in every pod's environment
+                # (the chart's get_name_env reads them).
                 "zz-service-ips": (
-                    "import os\n"
                     "def _svc(name):\n"
-                    "    host = os.environ[get_name_env(name, '_SERVICE_HOST')]\n"
-                    "    port = os.environ[get_name_env(name, '_SERVICE_PORT')]\n"
+                    "    host = get_name_env(name, '_SERVICE_HOST')\n"
+                    "    port = get_name_env(name, '_SERVICE_PORT')\n"
                     "    return f'http://{host}:{port}'\n"
                     "c.ConfigurableHTTPProxy.api_url = _svc('proxy-api')\n"
                     "c.JupyterHub.hub_connect_url = _svc('hub')\n"
@@ -272,17 +273,28 @@ def _check_release(core: client.CoreV1Api, ns: str, real_node, admin_token: str)
         timeout=60,
     )
     assert status == 200
-    # The same through the proxy-public Service, from inside the node (kube-proxy's rules).
+    # The same through the proxy-public Service from a pod (kube-proxy's rules; the node's
+    # own namespace has no route to the Service range, only its pods do): the hub pod's
+    # Python asks the Service's ClusterIP.
     svc = core.read_namespaced_service("proxy-public", ns)
     assert svc.spec.type == "ClusterIP"
-    out = real_node.run_in_node(
-        "python3",
-        "-c",
-        "import urllib.request as u, sys; o = u.build_opener(u.ProxyHandler({}));"
-        " print(o.open(sys.argv[1], timeout=10).status)",
-        f"http://{svc.spec.cluster_ip}:80/hub/health",
+    out = stream(
+        core.connect_get_namespaced_pod_exec,
+        hub_pod.metadata.name,
+        ns,
+        command=[
+            "python",
+            "-c",
+            "import urllib.request as u, sys; o = u.build_opener(u.ProxyHandler({}));"
+            " print(o.open(sys.argv[1], timeout=10).status)",
+            f"http://{svc.spec.cluster_ip}:80/hub/health",
+        ],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
     )
-    assert out.strip() == "200"
+    assert out.strip() == "200", out[-2000:]
 
     # Stretch: a user created through the hub's API gets a single-user pod on the node.
     api = f"{proxy}/hub/api"
