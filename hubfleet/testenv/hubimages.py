@@ -14,6 +14,9 @@
   libpq-dev) is installed as ``psycopg2-binary`` of the same version (same module, libpq
   bundled), and ``onetimepass`` (sdist only, pure Python) is built into a wheel on the host.
   No tini (upstream's entrypoint): the chart passes the whole command as args.
+  The chart's single-user pods run ``hubfleet.local/singleuser`` (JupyterHub 5.2.1): a 5.2
+  ``jupyterhub-singleuser`` works with the 5.5.0 hub (tests/node/test_z2jh_on_node.py spawns
+  one), so no 5.5.0 single-user image is built.
 
 Versions are pinned in versions.toml's ``[images]`` table. Each image is the base's layer
 plus one layer of what the recipe added (so containerd shares the base's snapshot), cached
