@@ -202,25 +202,28 @@ def test_z2jh_chart_runs_on_the_real_node(
     values.touch(mode=0o600)
     values.write_text(json.dumps(_values({n: a.ref for n, a in archives.items()}, admin_token)))
 
-    install = subprocess.run(
-        [
-            helm,
-            "install",
-            RELEASE,
-            CHART,
-            "--namespace",
-            ns,
-            "--values",
-            values,
-            "--kubeconfig",
-            kube.kubeconfig,
-            "--timeout",
-            "2m",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    try:
+        install = subprocess.run(
+            [
+                helm,
+                "install",
+                RELEASE,
+                CHART,
+                "--namespace",
+                ns,
+                "--values",
+                values,
+                "--kubeconfig",
+                kube.kubeconfig,
+                "--timeout",
+                "2m",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        values.unlink()  # the admin token stays on disk no longer than helm needs it
     assert install.returncode == 0, install.stderr[-3000:]
     try:
         _check_release(core, ns, real_node, admin_token)
