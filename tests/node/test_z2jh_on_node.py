@@ -1,0 +1,324 @@
+"""The upstream Zero to JupyterHub chart 4.4.0 (``../shared/charts/jupyterhub-4.4.0.tgz``)
+installed with helm into a namespace of the test cluster, its pods on the real node with
+images built here: the chart's hub image (k8s-hub, JupyterHub 5.5.0 from the release's frozen
+requirements), the proxy image (configurable-http-proxy 5.3.0) and the single-user image.
+The hub and proxy pods become Ready with the chart's own security contexts (seccomp
+RuntimeDefault, all capabilities dropped, uid 1000 / 65534), ``/hub/health`` answers 200
+through the proxy (at the proxy pod's IP from the host, and at the proxy-public Service's
+ClusterIP from the hub pod), and a user created through the hub's API gets a single-user
+pod that becomes Ready and answers through the proxy.
+
+Only local addresses are ever contacted: pod IPs on the node's bridge (the host routes the
+pod range to the node's veth) and a Service IP from a pod on the node; urllib
+is built without proxy handlers so no proxy setting of the environment applies.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.stream import stream
+
+from hubfleet.testenv import hubimages
+from hubfleet.testenv.node import POD_PLACEMENT, STORAGE_CLASS
+
+pytestmark = [pytest.mark.kube, pytest.mark.node]
+
+REPO = Path(__file__).resolve().parents[2]
+CHARTS = REPO.parent / "shared" / "charts"
+CHART = CHARTS / "jupyterhub-4.4.0.tgz"
+CHART_HUB_REQUIREMENTS = CHARTS / "jupyterhub-4.4.0-images" / "images" / "hub" / "requirements.txt"
+RELEASE = "z2jh"
+# No proxy handler: whatever the environment says, requests go straight to local addresses.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _wait(what: str, check, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _values(images: dict[str, str], admin_token: str) -> dict:
+    placement = {"nodeSelector": POD_PLACEMENT["nodeSelector"]}
+    tolerations = POD_PLACEMENT["tolerations"]
+    return {
+        "hub": {
+            "image": _image(images["k8s-hub"]),
+            **placement,
+            "tolerations": tolerations,
+            # The hub's SQLite database on a PVC (the chart's default db type), provisioned
+            # on the node's disk by the local-path provisioner.
+            "db": {"pvc": {"storageClassName": STORAGE_CLASS}},
+            # The bridge CNI does not enforce NetworkPolicy: objects it would ignore would
+            # only pretend to isolate pods. Off for hub, proxy and single-user pods.
+            "networkPolicy": {"enabled": False},
+            # Generated per test and written to a 0600 values file only; never printed.
+            "services": {"test-admin": {"api_token": admin_token, "admin": True}},
+            "extraConfig": {
+                # No cluster DNS runs beside the node, so the Service names the chart's
+                # config uses ("proxy-api", "hub") do not resolve in pods. The same Services
+                # are reached by the ClusterIPs the kubelet puts in every pod's environment
+                # (the chart's get_name_env reads them).
+                "zz-service-ips": (
+                    "def _svc(name):\n"
+                    "    host = get_name_env(name, '_SERVICE_HOST')\n"
+                    "    port = get_name_env(name, '_SERVICE_PORT')\n"
+                    "    return f'http://{host}:{port}'\n"
+                    "c.ConfigurableHTTPProxy.api_url = _svc('proxy-api')\n"
+                    "c.JupyterHub.hub_connect_url = _svc('hub')\n"
+                ),
+            },
+        },
+        "proxy": {
+            # No load balancer here: the public Service stays a ClusterIP.
+            "service": {"type": "ClusterIP"},
+            # https off (the chart's default, stated): no ACME server or certificates here,
+            # so neither traefik nor secret-sync runs.
+            "https": {"enabled": False},
+            "chp": {
+                "image": _image(images["proxy"]),
+                **placement,
+                "tolerations": tolerations,
+                "networkPolicy": {"enabled": False},
+                # As hub.extraConfig above: the hub by its Service's ClusterIP, which the
+                # kubelet expands from the pod's environment ($(VAR) in the command).
+                "defaultTarget": "http://$(HUB_SERVICE_HOST):$(HUB_SERVICE_PORT)",
+                "errorTarget": "http://$(HUB_SERVICE_HOST):$(HUB_SERVICE_PORT)/hub/error",
+            },
+            "traefik": {"networkPolicy": {"enabled": False}},
+        },
+        "singleuser": {
+            "image": _image(images["singleuser"]),
+            **placement,
+            "extraTolerations": tolerations,
+            "networkPolicy": {"enabled": False},
+            # blockWithIptables adds a privileged init container (the network-tools image)
+            # that blocks the cloud metadata server: there is none here, and the node's pods
+            # have no route off this machine at all.
+            "cloudMetadata": {"blockWithIptables": False},
+            # No home PVC per user: the hub's PVC above already proves the provisioner; a
+            # user volume would only slow the spawn on a shared 2-core machine.
+            "storage": {"type": "none"},
+            # The chart guarantees 1G per user; the shared test machine keeps it small.
+            "memory": {"guarantee": "64M"},
+            "startTimeout": 240,
+        },
+        "scheduling": {
+            # user-scheduler: a kube-scheduler image (registry.k8s.io) we do not build; the
+            # test cluster's own scheduler places user pods.
+            "userScheduler": {"enabled": False},
+            # user placeholders: pause pods for headroom on autoscaled clusters; there is
+            # one fixed node here.
+            "userPlaceholder": {"enabled": False},
+            "podPriority": {"enabled": False},
+        },
+        # The image pullers (the image-awaiter hook Job and the puller DaemonSets) pull from
+        # registries; here images are imported into containerd and never pulled.
+        "prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},
+        # Nothing outside a ClusterIP: no Ingress controller or Gateway here.
+        "ingress": {"enabled": False},
+    }
+
+
+def _image(ref: str) -> dict:
+    name, tag = ref.rsplit(":", 1)
+    return {"name": name, "tag": tag, "pullPolicy": "Never"}
+
+
+def _ready(pod: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def _pod_by_component(core: client.CoreV1Api, ns: str, component: str) -> client.V1Pod | None:
+    pods = core.list_namespaced_pod(ns, label_selector=f"component={component}").items
+    return pods[0] if pods else None
+
+
+def _describe(core: client.CoreV1Api, ns: str) -> str:
+    """Pods, their container states and recent events: for failure messages."""
+    lines = []
+    for pod in core.list_namespaced_pod(ns).items:
+        lines.append(f"pod {pod.metadata.name} {pod.status.phase} node={pod.spec.node_name}")
+        for cs in pod.status.container_statuses or []:
+            lines.append(f"  {cs.name}: ready={cs.ready} restarts={cs.restart_count} {cs.state}")
+        for cs in pod.status.container_statuses or []:
+            if cs.restart_count:
+                try:
+                    log = core.read_namespaced_pod_log(
+                        pod.metadata.name, ns, container=cs.name, previous=True, tail_lines=40
+                    )
+                except client.ApiException as e:
+                    log = f"(no log: {e.reason})"
+                lines.append(f"  {cs.name} previous log:\n{log}")
+    for ev in core.list_namespaced_event(ns).items[-25:]:
+        lines.append(f"event {ev.involved_object.name}: {ev.reason}: {ev.message}")
+    return "\n".join(lines)
+
+
+def _get(url: str, token: str | None = None, method: str = "GET", timeout: float = 10):
+    req = urllib.request.Request(url, method=method)
+    if token:
+        req.add_header("Authorization", f"token {token}")
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_the_hub_image_carries_the_charts_frozen_requirements():
+    """The copy the image is built from is the release's file, byte for byte."""
+    ours = hubimages.requirements_path("k8s-hub").read_bytes()
+    assert ours == CHART_HUB_REQUIREMENTS.read_bytes()
+    wheels, sdists = hubimages._z2jh_requirements()
+    assert "jupyterhub==5.5.0" in wheels and "psycopg2-binary==2.9.12" in wheels
+    assert sdists == ("onetimepass==1.0.1",)
+
+
+def test_z2jh_chart_runs_on_the_real_node(
+    real_node, kube, kube_api, kube_namespace, helm, tmp_path
+):
+    archives = {name: hubimages.build_image(name) for name in ("k8s-hub", "proxy", "singleuser")}
+    for archive in archives.values():
+        real_node.import_image(archive, timeout=600)
+    ns = kube_namespace
+    core = client.CoreV1Api(kube_api)
+    admin_token = secrets.token_hex(32)
+    values = tmp_path / "values.json"  # JSON is YAML
+    values.touch(mode=0o600)
+    values.write_text(json.dumps(_values({n: a.ref for n, a in archives.items()}, admin_token)))
+
+    try:
+        install = subprocess.run(
+            [
+                helm,
+                "install",
+                RELEASE,
+                CHART,
+                "--namespace",
+                ns,
+                "--values",
+                values,
+                "--kubeconfig",
+                kube.kubeconfig,
+                "--timeout",
+                "2m",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        values.unlink()  # the admin token stays on disk no longer than helm needs it
+    assert install.returncode == 0, install.stderr[-3000:]
+    try:
+        _check_release(core, ns, real_node, admin_token)
+    finally:
+        subprocess.run(
+            [helm, "uninstall", RELEASE, "--namespace", ns, "--kubeconfig", kube.kubeconfig],
+            capture_output=True,
+            timeout=120,
+        )
+        # The spawned user pod is KubeSpawner's, not the release's.
+        for pod in core.list_namespaced_pod(ns).items:
+            core.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=1)
+
+
+def _check_release(core: client.CoreV1Api, ns: str, real_node, admin_token: str) -> None:
+    # The chart's objects, and none of what the values turned off.
+    deployments = {
+        d.metadata.name
+        for d in client.AppsV1Api(core.api_client).list_namespaced_deployment(ns).items
+    }
+    assert deployments == {"hub", "proxy"}, deployments
+
+    def both_ready():
+        pods = {c: _pod_by_component(core, ns, c) for c in ("hub", "proxy")}
+        for pod in pods.values():
+            for cs in (pod and pod.status.container_statuses) or []:
+                if cs.restart_count >= 2:  # crashing: say why now, not after the timeout
+                    raise AssertionError(f"{cs.name} restarted {cs.restart_count} times")
+        return pods if all(p is not None and _ready(p) for p in pods.values()) else None
+
+    try:
+        pods = _wait("hub and proxy pods Ready", both_ready, timeout=420, interval=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{_describe(core, ns)}") from None
+    for pod in pods.values():
+        assert pod.spec.node_name == real_node.name
+    # The chart's security contexts are in force, not relaxed by the values.
+    hub_pod, proxy_pod = pods["hub"], pods["proxy"]
+    assert hub_pod.spec.security_context.seccomp_profile.type == "RuntimeDefault"
+    hub_sc = hub_pod.spec.containers[0].security_context
+    assert (hub_sc.run_as_user, hub_sc.capabilities.drop) == (1000, ["ALL"])
+    chp_sc = proxy_pod.spec.containers[0].security_context
+    assert (chp_sc.run_as_user, chp_sc.capabilities.drop) == (65534, ["ALL"])
+    assert chp_sc.seccomp_profile.type == "RuntimeDefault"
+
+    proxy = f"http://{proxy_pod.status.pod_ip}:8000"
+    status, body = _wait(
+        "/hub/health through the proxy",
+        lambda: (r := _get(f"{proxy}/hub/health")) and r[0] == 200 and r,
+        timeout=60,
+    )
+    assert status == 200
+    # The same through the proxy-public Service from a pod (kube-proxy's rules; the node's
+    # own namespace has no route to the Service range, only its pods do): the hub pod's
+    # Python asks the Service's ClusterIP.
+    svc = core.read_namespaced_service("proxy-public", ns)
+    assert svc.spec.type == "ClusterIP"
+    out = stream(
+        core.connect_get_namespaced_pod_exec,
+        hub_pod.metadata.name,
+        ns,
+        command=[
+            "python",
+            "-c",
+            "import urllib.request as u, sys; o = u.build_opener(u.ProxyHandler({}));"
+            " print(o.open(sys.argv[1], timeout=10).status)",
+            f"http://{svc.spec.cluster_ip}:80/hub/health",
+        ],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+    )
+    assert out.strip() == "200", out[-2000:]
+
+    # Stretch: a user created through the hub's API gets a single-user pod on the node.
+    api = f"{proxy}/hub/api"
+    status, body = _get(f"{api}/users/alice", admin_token, method="POST")
+    assert status == 201, body[-500:]
+    status, body = _get(f"{api}/users/alice/server", admin_token, method="POST", timeout=30)
+    assert status in (201, 202), body[-500:]
+
+    def spawned():
+        status, body = _get(f"{api}/users/alice", admin_token)
+        user = json.loads(body) if status == 200 else {}
+        server = user.get("servers", {}).get("", {})
+        return server if server.get("ready") else None
+
+    try:
+        _wait("alice's server ready", spawned, timeout=300, interval=3)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{_describe(core, ns)}") from None
+    user_pod = core.read_namespaced_pod("jupyter-alice", ns)
+    assert _ready(user_pod) and user_pod.spec.node_name == real_node.name
+    # The single-user server answers through the proxy (the admin service's token grants
+    # access:servers, which the server checks with the hub).
+    status, body = _get(f"{proxy}/user/alice/api/status", admin_token)
+    assert status == 200, body[-500:]
