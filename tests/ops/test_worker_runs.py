@@ -10,7 +10,7 @@ from uuid import UUID
 
 import pytest
 import requests
-from ops_helpers import REPO, ZOMBIE_AFTER, Webhook, Workers, run_cli, wait_for
+from ops_helpers import CREDENTIALS, REPO, ZOMBIE_AFTER, Webhook, Workers, run_cli, wait_for
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -179,19 +179,20 @@ async def test_killed_worker_run_crashes_then_rerun_converges(
 
 
 async def test_a_run_an_automation_starts_is_tagged_with_the_automation(
-    workers: Workers,
+    ops_api: str, workers: Workers
 ) -> None:
     """An automation (a real one: event trigger, run-deployment action, the server's own
     trigger service) starts a health check; the run records `operator:automation:<name>`
     from the server's `created_by` (flows/operation.py)."""
-    from datetime import timedelta
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
 
     from prefect.automations import Automation
-    from prefect.events import emit_event
     from prefect.events.actions import RunDeployment
     from prefect.events.schemas.automations import EventTrigger, Posture
 
     workers.start("w-automation")
+    auth = tuple(CREDENTIALS[ops_api].split(":", 1))
     HUB_RESOURCE = "hubfleet.hub.local/prod"
     name = "hubfleet-test: recheck on request"
     async with get_client() as client:
@@ -221,7 +222,16 @@ async def test_a_run_an_automation_starts_is_tagged_with_the_automation(
         while run is None and time.monotonic() < deadline:
             # Re-emitted until a run exists: the trigger service loads new automations
             # within seconds, and an event before that is not matched.
-            emit_event("hubfleet.test.recheck", resource={"prefect.resource.id": HUB_RESOURCE})
+            # Posted to the ops server's events API: this process's event client is a
+            # singleton bound to whichever server the first test that emitted used.
+            event = {
+                "id": str(uuid4()),
+                "occurred": datetime.now(UTC).isoformat(),
+                "event": "hubfleet.test.recheck",
+                "resource": {"prefect.resource.id": HUB_RESOURCE},
+            }
+            posted = requests.post(f"{ops_api}/events", json=[event], auth=auth, timeout=30)
+            assert posted.status_code == 204, posted.text
             time.sleep(3)
             async with get_client() as client:
                 runs = await client.read_flow_runs(
