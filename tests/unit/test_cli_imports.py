@@ -1,9 +1,14 @@
 """The CLI's fast commands (validate, show, --help) read YAML only: they must not import
 Prefect, the Kubernetes client or a cloud SDK, which cost seconds of start-up (issue 16).
-Timings are in benchmarks/bench_cli.py; this checks the imports, which do not vary."""
+Timings are in benchmarks/bench_cli.py; this checks the imports, which do not vary.
+
+With a Prefect server configured, `validate` also reads the hubs' secret values layers from
+their blocks, which needs Prefect: that is not the fast path, so the commands run here with
+no PREFECT_API_* in their environment (as on a laptop with no server)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +34,10 @@ print("HEAVY", heavy)
     "args", [["validate", "fleet"], ["show", "local/prod"], ["--help"], ["deploy", "--help"]]
 )
 def test_fast_commands_import_no_heavy_package(args: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT.format(heavy=HEAVY), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True, text=True, cwd=REPO, timeout=60, env=env,
     )  # fmt: skip
     line = [x for x in result.stdout.splitlines() if x.startswith("HEAVY")]
     assert line == ["HEAVY []"], result.stdout[-2000:] + result.stderr[-2000:]
