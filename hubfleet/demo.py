@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from hubfleet.errors import HubfleetError
 from hubfleet.interrupt import run_interruptible
 from hubfleet.model import Fleet, Hub, Provider
 from hubfleet.paths import data_dir
-from hubfleet.server import PrefectServer
+from hubfleet.server import PrefectServer, stop_family
 
 
 def _local_hubs(fleet: Fleet) -> list[tuple[str, Hub]]:
@@ -156,15 +155,7 @@ def stop_worker() -> int | None:
     worker_state().unlink(missing_ok=True)
     if proc is None:
         return None
-    family = [proc, *proc.children(recursive=True)]
-    for member in family:
-        try:
-            member.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _gone, alive = psutil.wait_procs(family, timeout=20)
-    for member in alive:
-        member.kill()
+    stop_family(proc, timeout=20)
     return proc.pid
 
 

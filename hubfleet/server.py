@@ -228,18 +228,22 @@ class PrefectServer:
         pid = self.pid()
         if pid is None:
             return None
-        proc = psutil.Process(pid)
-        family = [proc, *proc.children(recursive=True)]
-        for member in family:
-            try:
-                member.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _gone, alive = psutil.wait_procs(family, timeout=15)
-        for member in alive:
-            member.kill()
-        psutil.wait_procs(alive, timeout=5)
+        stop_family(psutil.Process(pid), timeout=15)
         return pid
+
+
+def stop_family(proc: psutil.Process, timeout: float) -> None:
+    """SIGTERM `proc` and every process under it; SIGKILL what is left after `timeout`."""
+    family = [proc, *proc.children(recursive=True)]
+    for member in family:
+        try:
+            member.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(family, timeout=timeout)
+    for member in alive:
+        member.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def local_server() -> PrefectServer:
