@@ -109,7 +109,8 @@ def customized_values(
 ) -> Any:
     """The hub's values file content with the community's choices applied (in place)."""
     values = current if current is not None else {}
-    config = values.setdefault("hub", {}).setdefault("config", {})
+    z2jh = values.setdefault("jupyterhub", {})  # z2jh values, as in every hub values file
+    config = z2jh.setdefault("hub", {}).setdefault("config", {})
     auth = config.setdefault("Authenticator", {})
     if admins is not None:
         auth["admin_users"] = sorted(admins)
@@ -121,7 +122,7 @@ def customized_values(
         del config["Authenticator"]
     if default_image is not None:
         name, _, tag = default_image.rpartition(":")
-        values.setdefault("singleuser", {})["image"] = {"name": name, "tag": tag}
+        z2jh.setdefault("singleuser", {})["image"] = {"name": name, "tag": tag}
     if preset is not None and (profiles is not None or default_profile is not None):
         chosen = profiles or list(preset.profiles)
         default = default_profile or chosen[0]
@@ -129,9 +130,11 @@ def customized_values(
             preset.profiles[slug].as_kubespawner(default=slug == default) for slug in chosen
         ]
     if not config:
-        del values["hub"]["config"]
-    if not values["hub"]:
-        del values["hub"]
+        del z2jh["hub"]["config"]
+    if not z2jh["hub"]:
+        del z2jh["hub"]
+    if not z2jh:
+        del values["jupyterhub"]
     return values
 
 

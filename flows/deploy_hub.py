@@ -25,13 +25,14 @@ from prefect.artifacts import acreate_markdown_artifact
 from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
 from flows.parameters import HelmWait, LockWait
+from hubfleet.charts import hub_chart
 from hubfleet.errors import HubfleetError, ProviderNotReady
 from hubfleet.localhub import hub_config_from_values, local_values
-from hubfleet.model import Fleet, Hub, Provider
+from hubfleet.model import Fleet, Provider
 from hubfleet.values import (
-    CHARTS_DIR,
     Layer,
     hub_layers,
+    hub_schema,
     secret_values_block,
     secret_values_file,
     validate_layers,
@@ -83,12 +84,6 @@ async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:
             "values (e.g. {'hub': {'cookieSecret': '...'}}); nothing was applied"
         )
     return value
-
-
-def hub_schema(fleet: Fleet, hub: Hub) -> Path:
-    """The values schema of the chart `hub` deploys (a canary's may differ from helm/hub's)."""
-    chart = helm_tasks.resolve_chart("hub", hub.chart_version or fleet.settings.chart_version)
-    return (chart if chart.is_dir() else CHARTS_DIR / "hub") / "values.schema.json"
 
 
 def check_hub_values(fleet: Fleet, cluster: str, hub: str) -> None:
@@ -200,8 +195,8 @@ async def _deploy_helm(
     secret_values = await load_secret_values(cluster, hub)
     layers = hub_layers(op.fleet, cluster, op.hub, secret_values)
     version = op.hub.chart_version or op.fleet.settings.chart_version
-    chart = helm_tasks.resolve_chart("hub", version)
     validate_layers(layers, hub_schema(op.fleet, op.hub))
+    chart = await in_thread(hub_chart, version, op.fleet.settings.chart_repository)
 
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(

@@ -73,7 +73,6 @@ from hubfleet.events import (
 from hubfleet.localhub import OPS_USER
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.paths import data_dir
-from hubfleet.values import OPS_TOKEN_SECRET
 from tasks import helm as helm_tasks
 from tasks import jupyterhub_api as api
 from tasks import kube
@@ -670,8 +669,8 @@ async def _expire_helm(
     rows = {
         "volumes": ", ".join(f"{v.claim} -> {v.user}/" for v in volumes) or "none",
         "verified": verified if exported else "-",
-        "credentials": f"{revoked}; Secret {OPS_TOKEN_SECRET} (the ops token) and the hub "
-        "database deleted with the namespace; ops token block deleted",
+        "credentials": f"{revoked}; the hub's Secrets and database deleted with the "
+        "namespace; ops token block deleted",
         "removed": str(removed),
         "placeholders": str(placeholders),
     }

@@ -1,16 +1,17 @@
 """The right to replicate: a hub as a bundle its community can run without hubfleet.
 
-`export_hub` writes a directory with the chart, the hub's fully merged values (every layer
-hubfleet applies: chart, fleet, cluster, preset, hub), the secrets it needs as placeholders
-with instructions, an install script of plain `helm` commands, and a README. No secret
-value is ever written: secret keys are listed by name only.
+`export_hub` writes a directory with the hub's fully merged values (every layer hubfleet
+applies: chart, fleet, cluster, preset, hub), a reference to the chart it runs (the
+upstream Zero to JupyterHub chart at its version, or hubfleet's wrapper of it when the
+hub has a Dask Gateway), the secrets it needs as placeholders with instructions, an
+install script of plain `helm` commands, and a README. No secret value is ever written:
+secret keys are listed by name only. z2jh generates the proxy token and cookie secret.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,23 +19,18 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from hubfleet.charts import WRAPPER, Z2JH_KEY, repository
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Fleet
 from hubfleet.presets import _leaves
 from hubfleet.values import (
-    CHARTS_DIR,
-    ValuesInvalid,
     hub_layers,
+    hub_schema,
     merge_values,
     merged,
     validate_layers,
 )
 
-#: Chart keys that hold secrets whatever layer sets them, and how a community makes one.
-CHART_SECRETS: dict[str, str] = {
-    "hub.cookieSecret": "random hex: `openssl rand -hex 32`",
-    "proxy.secretToken": "random hex: `openssl rand -hex 32`",
-}
 #: The marker install.sh refuses to install with.
 PLACEHOLDER = "REPLACE-ME"
 
@@ -52,6 +48,7 @@ class Bundle:
     namespace: str
     chart_version: str
     secret_keys: tuple[str, ...]
+    wrapper: bool  # the hub needs hubfleet's wrapper chart (its Dask Gateway)
 
 
 def export_hub(
@@ -60,7 +57,6 @@ def export_hub(
     hub: str,
     directory: Path,
     secret_keys: list[str] | None = None,
-    charts_dir: Path | None = None,
 ) -> Bundle:
     """Write the bundle of `cluster/hub` into `directory` (created; must be empty if it exists).
 
@@ -74,30 +70,28 @@ def export_hub(
         )
     version = spec.chart_version or fleet.settings.chart_version
     layers = hub_layers(fleet, cluster, spec)  # no secret layer: secrets never leave blocks
+    # The hub's own files first, so a problem names the file and line to fix.
+    validate_layers(layers, hub_schema(fleet, spec))
     values = merged(layers)
-    # hubfleet's own plumbing does not exist outside hubfleet: the ops service token Secret.
-    values.setdefault("hub", {}).setdefault("opsToken", {})["existingSecret"] = ""
-    secrets = dict(CHART_SECRETS)
-    for key in secret_keys or []:
-        secrets.setdefault(key, "the value your previous operator kept in a secret store")
+    _drop_hubfleet_plumbing(values)
+    secrets = {
+        key: "the value your previous operator kept in a secret store" for key in secret_keys or []
+    }
     for key in secrets:
         _drop(values, key.split("."))
+    wrapper = bool((values.get("daskGateway") or {}).get("enabled"))
+    if not wrapper:  # plain z2jh: its own values, at the top level
+        values = values.get(Z2JH_KEY) or {}
+        secrets = {k.removeprefix(f"{Z2JH_KEY}."): how for k, how in secrets.items()}
 
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        chart = _copy_chart(version, directory / "chart", charts_dir)
-        # The hub's own files first, so a problem names the file and line to fix; then the
-        # bundle must install: check it against its own chart's schema now, not later
-        # (placeholders are checked by install.sh instead: they are not valid secrets).
-        validate_layers(layers, chart / "values.schema.json")
-        validate_layers(
-            [_layer("chart defaults", _read(chart / "values.yaml")), _layer("values.yaml", values)],
-            chart / "values.schema.json",
-        )
-    except (ValuesInvalid, ExportFailed):
+        if wrapper:
+            _copy_wrapper(directory / "chart", version, repository(fleet.settings.chart_repository))
+    except OSError as exc:
         _remove_written(directory, created)  # "nothing was written" holds
-        raise
+        raise ExportFailed(f"could not write {directory}: {exc}. Nothing was written.") from None
     placeholders = _nest({key: f"{PLACEHOLDER}: {how}" for key, how in secrets.items()})
     _write_yaml(
         directory / "values.yaml",
@@ -112,12 +106,46 @@ def export_hub(
         "# Copy to secrets.yaml and replace every REPLACE-ME value (instructions follow it).\n"
         "# Keep secrets.yaml out of git.\n",
     )
-    (directory / "install.sh").write_text(_install_script(hub), encoding="utf-8")
+    repo = repository(fleet.settings.chart_repository)
+    (directory / "install.sh").write_text(
+        _install_script(hub, version, repo, wrapper), encoding="utf-8"
+    )
     (directory / "install.sh").chmod(0o755)
     (directory / "README.md").write_text(
-        _readme(fleet, cluster, hub, version, values, secrets), encoding="utf-8"
+        _readme(fleet, cluster, hub, version, repo, values, secrets, wrapper), encoding="utf-8"
     )
-    return Bundle(directory, hub, hub, version, tuple(sorted(secrets)))
+    return Bundle(directory, hub, hub, version, tuple(sorted(secrets)), wrapper)
+
+
+def _drop_hubfleet_plumbing(values: dict[str, Any]) -> None:
+    """hubfleet's own users and roles (fleet_values) mean nothing outside hubfleet."""
+    ours = fleet_values_keys()
+    z2jh = values.get(Z2JH_KEY) or {}
+    hub = z2jh.get("hub") or {}
+    for section in ("loadRoles", "extraConfig"):
+        for name in ours.get(section, ()):
+            (hub.get(section) or {}).pop(name, None)
+        if section in hub and not hub[section]:
+            del hub[section]
+
+
+def fleet_values_keys() -> dict[str, list[str]]:
+    from hubfleet.localhub import kube_hub_values
+
+    hub = kube_hub_values()["hub"]
+    return {section: list(hub[section]) for section in ("loadRoles", "extraConfig")}
+
+
+def _copy_wrapper(target: Path, version: str, repo: str) -> None:
+    """hubfleet's wrapper chart, depending on z2jh `version` from `repo`."""
+    shutil.copytree(WRAPPER, target, ignore=shutil.ignore_patterns("ci", "__pycache__", "charts"))
+    yaml = YAML()
+    chart = yaml.load((target / "Chart.yaml").read_text(encoding="utf-8"))
+    chart["version"] = version
+    for dep in chart["dependencies"]:
+        dep["version"], dep["repository"] = version, repo
+    with (target / "Chart.yaml").open("w", encoding="utf-8") as out:
+        yaml.dump(chart, out)
 
 
 def _remove_written(directory: Path, created: bool) -> None:
@@ -130,16 +158,6 @@ def _remove_written(directory: Path, created: bool) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
-
-
-def _layer(source: str, values: dict[str, Any]) -> Any:
-    from hubfleet.values import Layer
-
-    return Layer(source, values)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    return YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
 
 
 def _drop(values: dict[str, Any], path: list[str]) -> None:
@@ -171,32 +189,9 @@ def _write_yaml(path: Path, data: dict[str, Any], header: str) -> None:
         yaml.dump(json.loads(json.dumps(data)), out)
 
 
-def _copy_chart(version: str, target: Path, charts_dir: Path | None) -> Path:
-    """The chart at `version` as a plain directory (helm/hub, or an unpacked package)."""
-    local = CHARTS_DIR / "hub"
-    if _read(local / "Chart.yaml").get("version") == version:
-        shutil.copytree(local, target, ignore=shutil.ignore_patterns("ci", "__pycache__"))
-        return target
-    import os
-
-    packaged_dir = charts_dir or (
-        Path(os.environ["HUBFLEET_CHARTS"]) if os.environ.get("HUBFLEET_CHARTS") else None
-    )
-    packaged = packaged_dir / f"hub-{version}.tgz" if packaged_dir else None
-    if packaged is None or not packaged.is_file():
-        raise ExportFailed(
-            f"chart hub {version} not found (helm/hub is {_read(local / 'Chart.yaml')['version']}"
-            "); set HUBFLEET_CHARTS to the directory holding hub-<version>.tgz. "
-            "Nothing was written."
-        )
-    with tarfile.open(packaged) as tar:
-        tar.extractall(target.parent / ".unpack", filter="data")
-    (target.parent / ".unpack" / "hub").rename(target)
-    (target.parent / ".unpack").rmdir()
-    return target
-
-
-def _install_script(release: str) -> str:
+def _install_script(release: str, version: str, repo: str, wrapper: bool) -> str:
+    chart = "./chart" if wrapper else f"jupyterhub --repo {repo} --version {version}"
+    build = "helm dependency build ./chart\n" if wrapper else ""
     return f"""#!/bin/sh
 # Install (or upgrade) this hub on any Kubernetes cluster with plain helm 3.
 # Usage: ./install.sh [NAMESPACE]   (kubectl's current context is the target cluster)
@@ -211,7 +206,7 @@ if grep -q "{PLACEHOLDER}" secrets.yaml; then
   echo "secrets.yaml still has {PLACEHOLDER} values: replace each one (see its instructions)" >&2
   exit 2
 fi
-helm upgrade --install {release} ./chart \\
+{build}helm upgrade --install {release} {chart} \\
   --namespace "$NAMESPACE" --create-namespace \\
   -f values.yaml -f secrets.yaml \\
   --atomic --wait --timeout 10m
@@ -223,13 +218,23 @@ def _readme(
     cluster: str,
     hub: str,
     version: str,
+    repo: str,
     values: dict[str, Any],
     secrets: dict[str, str],
+    wrapper: bool,
 ) -> str:
     spec = fleet.cluster(cluster).hub(hub)
-    hosts = ", ".join((values.get("ingress") or {}).get("hosts") or []) or "(none)"
+    z2jh = values.get(Z2JH_KEY, {}) if wrapper else values
+    prefix = f"{Z2JH_KEY}." if wrapper else ""
+    hosts = ", ".join((z2jh.get("ingress") or {}).get("hosts") or []) or "(none)"
     secret_rows = "\n".join(f"| `{k}` | {how} |" for k, how in sorted(secrets.items()))
+    secret_rows = secret_rows or "| (none) | this hub keeps no secret values of its own |"
     settings = _leaves(values)
+    chart = (
+        f"`chart/`: hubfleet's wrapper (its Dask Gateway) of Zero to JupyterHub {version} from {repo}"
+        if wrapper
+        else f"the upstream Zero to JupyterHub chart `jupyterhub` {version} from {repo} (not copied)"
+    )
     return f"""# JupyterHub `{hub}`: run it yourself
 
 This directory is everything needed to run the hub `{hub}` (fleet `{fleet.settings.name}`,
@@ -238,14 +243,15 @@ Kubernetes cluster, without hubfleet. It is yours: copy it, change it, keep it i
 
 | file | what it is |
 |---|---|
-| `chart/` | the Helm chart (`hub` {version}), a JupyterHub with its proxy and idle culler |
+| chart | {chart} |
 | `values.yaml` | every setting of this hub, fully merged ({len(settings)} values) |
 | `secrets.example.yaml` | the secrets it needs, as placeholders with instructions |
 | `install.sh` | the plain `helm` command that installs or upgrades it |
 
 ## Install
 
-You need `kubectl` access to a cluster (its current context) and helm 3.
+You need `kubectl` access to a cluster (its current context), helm 3, and access to
+{repo}.
 
 1. `cp secrets.example.yaml secrets.yaml`, then replace every `{PLACEHOLDER}` value:
 
@@ -253,24 +259,19 @@ You need `kubectl` access to a cluster (its current context) and helm 3.
    |---|---|
 {_indent(secret_rows)}
 
-2. Point the hub at your own domain: in `values.yaml`, `ingress.hosts` (now {hosts}) and
-   `ingress.tls`; the TLS Secret named there must exist (e.g. from cert-manager, with
-   `ingress.annotations`), or set `ingress.enabled: false` and expose `proxy.service`.
-3. `./install.sh [NAMESPACE]` (default namespace `{hub}`), which runs:
-
-   ```
-   helm upgrade --install {hub} ./chart --namespace {hub} --create-namespace \\
-     -f values.yaml -f secrets.yaml --atomic --wait --timeout 10m
-   ```
-
-4. Check: `kubectl -n {hub} get pods` shows the hub and proxy Ready;
-   `helm -n {hub} status {hub}` prints the chart's post-install checklist.
+   The proxy token and cookie secret are generated by the chart at the first install.
+2. Point the hub at your own domain: in `values.yaml`, `{prefix}ingress.hosts` (now {hosts})
+   and `{prefix}ingress.tls`; the TLS Secret named there must exist (e.g. from cert-manager),
+   or set `{prefix}ingress.enabled: false` and expose `{prefix}proxy.service`.
+3. `./install.sh [NAMESPACE]` (default namespace `{hub}`).
+4. Check: `kubectl -n {hub} get pods` shows the hub and proxy Ready.
 
 ## What changed from the hosted hub
 
-- hubfleet's operations token (`hub.opsToken`) is switched off: nothing outside hubfleet
-  uses it.
-- Secrets were never exported; new ones are made by you (step 1). Users log in again.
+- hubfleet's own users and roles (`hubfleet-ops`, `hubfleet-health`, `hubfleet-bootstrap`)
+  are left out: nothing outside hubfleet uses them.
+- Secrets were never exported; new ones are made by you (step 1) or the chart. Users log
+  in again.
 - Home directories are not in this bundle: ask your operator for a data export.
 """
 

@@ -80,11 +80,11 @@ def validate(
 ) -> None:
     """Check the fleet registry and every hub's values (parsed, merged as a deploy would,
     checked against the chart's schema); list every problem as file:line: field: message."""
-    from hubfleet.values import check_fleet_values, values_schema
+    from hubfleet.values import check_fleet_values
 
     fleet = load_fleet(path or fleet_dir())
     secrets, note = _secret_values_if_reachable(fleet)
-    problems = check_fleet_values(fleet, values_schema(), secrets)
+    problems = check_fleet_values(fleet, secrets)
     if note:
         err.print(f"note: {note}", soft_wrap=True)
     if problems:

@@ -63,12 +63,12 @@ def show(
     cluster, hub). The merged values are checked against the chart's schema too."""
     from hubfleet.cli import out
     from hubfleet.presets import explain, load_preset
-    from hubfleet.values import hub_layers, validate_layers, values_schema
+    from hubfleet.values import hub_layers, hub_schema, validate_layers
 
     model = load_fleet(fleet or fleet_dir())
     cluster, spec = find_hub(model, hub)
     layers = hub_layers(model, cluster, spec)
-    validate_layers(layers, values_schema())
+    validate_layers(layers, hub_schema(model, spec))
     preset = load_preset(spec.use_case) if spec.use_case else None
     out.print(
         f"hub {cluster}/{spec.name}: use case "
@@ -155,7 +155,8 @@ def export_hub(
     fleet: FleetOpt = None,
 ) -> None:
     """Write a bundle that runs HUB on any Kubernetes with plain helm, without hubfleet:
-    the chart, the merged values (secrets as placeholders), install.sh and a README."""
+    a reference to the chart, the merged values (secrets as placeholders), install.sh and
+    a README."""
     from hubfleet.bundle import export_hub as write_bundle
     from hubfleet.cli import out
 
@@ -163,7 +164,9 @@ def export_hub(
     model.cluster(cluster).hub(hub)  # a clear LookupError before anything else
     bundle = write_bundle(model, cluster, hub, directory, secret_keys=_secret_keys(cluster, hub))
     out.print(
-        f"wrote {bundle.directory}: chart hub {bundle.chart_version}, values.yaml, "
+        f"wrote {bundle.directory}: "
+        + ("hubfleet wrapper chart, " if bundle.wrapper else "")
+        + f"Zero to JupyterHub {bundle.chart_version}, values.yaml, "
         f"secrets.example.yaml ({len(bundle.secret_keys)} secret(s) to fill in), install.sh, "
         "README.md"
     )

@@ -52,6 +52,42 @@ HUBFLEET_ROLES = [
 ]
 
 
+#: The bootstrap user's scopes on a Kubernetes hub (local hubs make it admin): enough to
+#: issue the first ops token with the ops role's scopes, and to revoke its own tokens.
+BOOTSTRAP_SCOPES = ["admin:users", "tokens", "servers", "access:servers", "list:services",
+                    "read:services"]  # fmt: skip
+#: Refuses a login as any of hubfleet's own users, whatever the authenticator (blocking the
+#: ops user would strip its role): they act only through the API.
+REFUSE_HUBFLEET_USERS = (
+    f"_HUBFLEET_USERS = {sorted({OPS_USER, HEALTH_USER, BOOTSTRAP_USER})!r}\n"
+    "def _refuse_hubfleet_users(authenticator, handler, authentication):\n"
+    "    if authentication and authentication.get('name') in _HUBFLEET_USERS:\n"
+    "        return None\n"
+    "    return authentication\n"
+    "c.Authenticator.post_auth_hook = _refuse_hubfleet_users\n"
+)
+
+
+def kube_hub_values() -> dict[str, Any]:
+    """hubfleet's users on a Kubernetes hub, as z2jh values: the same roles as a local
+    hub's (`hub.loadRoles`, which also creates the users), a bootstrap role, and the login
+    refusal (`hub.extraConfig`)."""
+    roles = {
+        role["name"]: {k: v for k, v in role.items() if k != "name"} for role in HUBFLEET_ROLES
+    }
+    roles["hubfleet-bootstrap"] = {
+        "description": "mints hubfleet's first ops token; its tokens are revoked after",
+        "scopes": BOOTSTRAP_SCOPES,
+        "users": [BOOTSTRAP_USER],
+    }
+    return {
+        "hub": {
+            "loadRoles": roles,
+            "extraConfig": {"hubfleet-refuse-logins": REFUSE_HUBFLEET_USERS},
+        }
+    }
+
+
 @dataclass(frozen=True)
 class Ports:
     public: int  # configurable-http-proxy: what users open
@@ -93,15 +129,9 @@ def render_config(
         # jupyterhub-singleuser refuses to run as root without it (spawn fails with a 500).
         f"c.Spawner.args = {['--allow-root'] if as_root else []!r}",
         "c.JupyterHub.cleanup_servers = True",
-        # hubfleet's own users act only through the API: whatever the authenticator, a
-        # login as one of them is refused (blocking the ops user would strip its role).
-        f"_HUBFLEET_USERS = {sorted({OPS_USER, HEALTH_USER, BOOTSTRAP_USER})!r}",
-        "def _refuse_hubfleet_users(authenticator, handler, authentication):",
-        "    if authentication and authentication.get('name') in _HUBFLEET_USERS:",
-        "        return None",
-        "    return authentication",
-        "c.Authenticator.post_auth_hook = _refuse_hubfleet_users",
-        "# The hub's values (hub.config), applied as zero-to-jupyterhub does:",
+        # hubfleet's own users act only through the API (as on Kubernetes hubs).
+        *REFUSE_HUBFLEET_USERS.splitlines(),
+        "# The hub's values (jupyterhub.hub.config), applied as zero-to-jupyterhub does:",
         f"for _cls, _traits in json.loads({user_config!r}).items():",
         "    for _name, _value in _traits.items():",
         "        setattr(getattr(c, _cls), _name, _value)",
@@ -111,10 +141,15 @@ def render_config(
 
 
 #: Value paths a local hub applies; everything else is Kubernetes-only.
-HONOURED = (("hub", "config"), ("cull",), ("singleuser", "memory"), ("singleuser", "cpu"))
+HONOURED = tuple(
+    ("jupyterhub", *path)
+    for path in (("hub", "config"), ("cull",), ("singleuser", "memory"), ("singleuser", "cpu"))
+)
 #: Traitlets classes of `hub.config` that only exist on Kubernetes (ignored on local).
 KUBERNETES_ONLY_CLASSES = frozenset({"KubeSpawner"})
-#: The idle culler's service name and scopes (as helm/hub grants them).
+#: z2jh's culler defaults (its values.yaml), which a local hub's `cull` completes.
+CULL_DEFAULTS = {"enabled": True, "users": False, "timeout": 3600, "every": 600, "maxAge": 0}
+#: The idle culler's service name and scopes (as z2jh grants them).
 CULLER = "idle-culler"
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 #: Runs jupyterhub_idle_culler, exiting when its hub goes: JupyterHub stops its managed
@@ -141,8 +176,8 @@ def local_layers(fleet: Fleet, cluster: str, hub: Hub) -> list[Layer]:
 
     return [
         layer
-        for layer in hub_layers(fleet, cluster, hub)
-        if layer_kind(layer) != "chart" and not layer.source.startswith("fleet: ")
+        for layer in hub_layers(fleet, cluster, hub, z2jh_defaults=False)
+        if layer_kind(layer) != "chart" and not layer.source.startswith(("fleet: ", "hubfleet: "))
     ]
 
 
@@ -162,29 +197,22 @@ def not_applied(values: dict[str, Any]) -> list[str]:
     for path in _leaves(values):
         if any(path[: len(h)] == h for h in HONOURED):
             if (
-                path[:2] == ("hub", "config")
-                and len(path) > 2
-                and path[2] in (KUBERNETES_ONLY_CLASSES)
+                path[:3] == ("jupyterhub", "hub", "config")
+                and len(path) > 3
+                and path[3] in (KUBERNETES_ONLY_CLASSES)
             ):
-                out.add(".".join(path[:4]))
+                out.add(".".join(path[:5]))
             continue
-        out.add(".".join(path[:2]))
+        out.add(".".join(path[: 3 if path[0] == "jupyterhub" else 2]))
     return sorted(out)
 
 
-def _chart_cull_defaults() -> dict[str, Any]:
-    from ruamel.yaml import YAML
-
-    from hubfleet.values import CHARTS_DIR
-
-    chart = YAML(typ="safe").load((CHARTS_DIR / "hub" / "values.yaml").read_text("utf-8"))
-    return dict(chart["cull"])
-
-
 def hub_config_from_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The traitlets config a local hub gets from its values: `hub.config` (without
-    Kubernetes-only classes), the idle culler when `cull.enabled`, and `singleuser`
-    memory/cpu as Spawner limits (LocalProcessSpawner records but does not enforce them)."""
+    """The traitlets config a local hub gets from its values (z2jh's, under `jupyterhub`):
+    `hub.config` (without Kubernetes-only classes), the idle culler when `cull.enabled`,
+    and `singleuser` memory/cpu as Spawner limits (LocalProcessSpawner records but does not
+    enforce them)."""
+    values = values.get("jupyterhub") or {}
     config = (values.get("hub") or {}).get("config") or {}
     out = {
         cls: dict(traits)
@@ -207,7 +235,7 @@ def hub_config_from_values(values: dict[str, Any]) -> dict[str, Any]:
         out["Spawner"] = {**limits, **out.get("Spawner", {})}
     cull = values.get("cull") or {}
     if cull.get("enabled"):
-        cull = {**_chart_cull_defaults(), **cull}
+        cull = {**CULL_DEFAULTS, **cull}
         hub_cfg = out.setdefault("JupyterHub", {})
         command = [
             sys.executable,

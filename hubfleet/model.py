@@ -137,7 +137,13 @@ class FleetSettings(Strict):
 
     name: DnsName = Field(description="Name of this fleet, shown in reports.")
     chart_version: ChartVersion = Field(
-        "0.1.0", description="Version of helm/hub deployed unless a hub overrides it."
+        "4.4.0",
+        description="Zero to JupyterHub chart version every hub runs unless it sets its own.",
+    )
+    chart_repository: Annotated[str, StringConstraints(pattern=r"^(https?|oci)://\S+$")] = Field(
+        "https://hub.jupyter.org/helm-chart/",
+        description="Where helm fetches the Zero to JupyterHub chart (a mirror for "
+        "air-gapped fleets); HUBFLEET_CHART_REPOSITORY overrides it.",
     )
     parallelism: int = Field(2, ge=1, le=50, description="Hubs changed at once per cluster.")
     values: list[str] = Field(

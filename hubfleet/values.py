@@ -138,16 +138,15 @@ def _key(key: Any) -> str:
 
 # --- layering for a hub -----------------------------------------------------------------
 
-#: Where the charts live; `HUBFLEET_CHARTS` may hold packaged versions (`hub-0.2.0.tgz`).
+#: Where the charts live (helm/hub is hubfleet's wrapper of Zero to JupyterHub, see
+#: hubfleet/charts.py; helm/support is the per-cluster support chart).
 CHARTS_DIR = Path(__file__).resolve().parent.parent / "helm"
-#: The chart whose values schema `hubfleet validate`, `show` and the CLI's pre-deploy check
-#: hold every hub to. Hubs become z2jh releases by pointing this at that chart (its
-#: `values.schema.json`); the deploy flow always checks against the chart it installs.
+#: The wrapper chart's sources: its values.yaml is the first layer of every hub.
 VALUES_CHART = CHARTS_DIR / "hub"
 #: Optional per-cluster values file, applied after the fleet's and before the hub's own.
 CLUSTER_VALUES_FILE = "cluster.values.yaml"
-#: The Secret (in the hub's namespace) holding hubfleet's ops token; hubfleet creates it.
-OPS_TOKEN_SECRET = "hubfleet-ops"
+#: z2jh's values sit under this key of a hub's values (as in 2i2c's basehub).
+Z2JH = "jupyterhub"
 
 
 def secret_values_block(cluster: str, hub: str) -> str:
@@ -192,6 +191,7 @@ def hub_layers(
     hub: Hub,
     secret_values: Mapping[str, Any] | None = None,
     chart_dir: Path | None = None,
+    z2jh_defaults: bool = True,
 ) -> list[Layer]:
     """Every values layer of a hub, in the order helm applies them (later wins):
 
@@ -200,23 +200,25 @@ def hub_layers(
     preset (`use_case`, hubfleet.presets) → the hub's values files → secret values (from a
     block; written to a 0600 temp file only when helm runs).
 
-    Every file is read with line numbers; `ValuesInvalid` lists every broken one.
+    Every file is read with line numbers; `ValuesInvalid` lists every broken one. The chart
+    defaults are z2jh's (fetched once per version, see hubfleet.charts) under the wrapper's;
+    `z2jh_defaults=False` leaves z2jh's out (local hubs, which never fetch the chart).
     """
     chart = chart_dir or VALUES_CHART
     defaults = copy.deepcopy(_chart_defaults(chart / "values.yaml", *_stamp(chart / "values.yaml")))
+    if z2jh_defaults:
+        from hubfleet.charts import z2jh_defaults as upstream
+
+        version = hub.chart_version or fleet.settings.chart_version
+        upstream_defaults = upstream(version, fleet.settings.chart_repository)
+        defaults = merge_values({Z2JH: copy.deepcopy(upstream_defaults)}, defaults)
     layers = [
         Layer(f"chart defaults ({chart / 'values.yaml'})", defaults, origin=chart / "values.yaml")
     ]
     layers.append(
         Layer(
             f"fleet: {cluster}/{hub.name}",
-            {
-                "ingress": {
-                    "hosts": [hub.domain],
-                    "tls": [{"hosts": [hub.domain], "secretName": f"{hub.name}-tls"}],
-                },
-                "hub": {"opsToken": {"existingSecret": OPS_TOKEN_SECRET}},
-            },
+            fleet_values(hub),
             origin=fleet.cluster_dir(cluster) / "cluster.yaml",
         )
     )
@@ -237,7 +239,64 @@ def hub_layers(
     if secret_values:
         block = secret_values_block(cluster, hub.name)
         layers.append(Layer(f"secret values (block {block})", dict(secret_values), secret=True))
+    gateway = merged(layers).get("daskGateway") or {}
+    if gateway.get("enabled"):
+        # z2jh has no Dask Gateway: the wrapper runs it, and these values register it with
+        # the hub. Under the hub's own files, which may still change any of it.
+        layers.insert(2, Layer("hubfleet: dask gateway wiring", dask_gateway_values()))
     return layers
+
+
+def fleet_values(hub: Hub) -> dict[str, Any]:
+    """What the fleet says about a hub in z2jh values: its domain (ingress and TLS), and
+    hubfleet's own users (hubfleet.localhub: the ops user's least-privilege role, the
+    health user, the bootstrap user that mints the first ops token), who never log in."""
+    from hubfleet.localhub import kube_hub_values
+
+    return {
+        Z2JH: merge_values(
+            {
+                "ingress": {
+                    "hosts": [hub.domain],
+                    "tls": [{"hosts": [hub.domain], "secretName": f"{hub.name}-tls"}],
+                },
+            },
+            kube_hub_values(),
+        )
+    }
+
+
+def dask_gateway_values() -> dict[str, Any]:
+    """z2jh values that register the wrapper's Dask Gateway with the hub: a service whose
+    API token z2jh generates into the `hub` Secret (the gateway reads it there), a role to
+    check users' tokens, the address user servers find it at, and their egress to it."""
+    url, prefix = "http://dask-gateway:8000", "/services/dask-gateway"
+    return {
+        Z2JH: {
+            "hub": {
+                "services": {"dask-gateway": {"url": url, "display": False}},
+                "loadRoles": {
+                    "dask-gateway": {"services": ["dask-gateway"], "scopes": ["read:users"]}
+                },
+            },
+            "singleuser": {
+                "extraEnv": {
+                    "DASK_GATEWAY__ADDRESS": url + prefix,
+                    "DASK_GATEWAY__PROXY_ADDRESS": "gateway://dask-gateway:8786",
+                    "DASK_GATEWAY__PUBLIC_ADDRESS": prefix,
+                    "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+                },
+                "networkPolicy": {
+                    "egress": [
+                        {
+                            "to": [{"podSelector": {"matchLabels": {"component": "dask-gateway"}}}],
+                            "ports": [{"port": 8000}, {"port": 8786}],
+                        }
+                    ]
+                },
+            },
+        }
+    }
 
 
 @lru_cache(maxsize=16)
@@ -251,9 +310,14 @@ def merged(layers: Iterable[Layer]) -> dict[str, Any]:
     return merge_values(*(layer.values for layer in layers))
 
 
-def values_schema(chart: Path = VALUES_CHART) -> Path:
-    """The values schema of a chart directory."""
-    return chart / "values.schema.json"
+def hub_schema(fleet: Fleet, hub: Hub) -> Path:
+    """The schema a hub's merged values are checked against: the wrapper's, with z2jh's
+    own at `jupyterhub`, for the z2jh version the hub runs (a canary's may differ)."""
+    from hubfleet.charts import hub_schema as schema_of
+
+    return schema_of(
+        hub.chart_version or fleet.settings.chart_version, fleet.settings.chart_repository
+    )
 
 
 def validate_layers(layers: list[Layer], schema_file: Path) -> None:
@@ -424,19 +488,18 @@ def _validator_for(schema: Mapping[str, Any]) -> Any:
 
 def check_fleet_values(
     fleet: Fleet,
-    schema_file: Path | None = None,
     secret_values: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> list[Problem]:
-    """Every hub's values, parsed and merged as a deploy would, checked against the
-    schema of `VALUES_CHART` (or `schema_file`). A problem in a file several hubs share is
-    listed once. `secret_values`: each (cluster, hub)'s secret layer, when known."""
-    schema = schema_file or values_schema()
+    """Every hub's values, parsed and merged as a deploy would, checked against the schema
+    of the chart it runs (`hub_schema`). A problem in a file several hubs share is listed
+    once. `secret_values`: each (cluster, hub)'s secret layer, when known."""
     problems: list[Problem] = []
     for cluster in fleet.clusters:
         for hub in cluster.hubs:
             secret = (secret_values or {}).get((cluster.name, hub.name))
             try:
-                found = schema_problems(hub_layers(fleet, cluster.name, hub, secret), schema)
+                layers = hub_layers(fleet, cluster.name, hub, secret)
+                found = schema_problems(layers, hub_schema(fleet, hub))
             except ValuesInvalid as exc:
                 found = exc.problems
             problems += [p for p in found if p not in problems]

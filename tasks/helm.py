@@ -31,9 +31,9 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from hubfleet.charts import find_helm
 from hubfleet.errors import HubfleetError
-from hubfleet.paths import cache_dir
-from hubfleet.values import CHARTS_DIR, ValuesInvalid
+from hubfleet.values import ValuesInvalid
 from tasks.retry import TransientError, transient_retries
 
 T = TypeVar("T")
@@ -69,46 +69,6 @@ class HelmError(HubfleetError):
 
 class HelmTransient(TransientError):
     """helm failed for a reason that may pass: API unreachable, a release lock, 429."""
-
-
-class HelmNotFound(HubfleetError):
-    """No helm binary; the message says where it was looked for."""
-
-
-class ChartVersionMissing(HubfleetError):
-    """A hub asks for a chart version hubfleet does not have; nothing was changed."""
-
-
-def find_helm() -> Path:
-    """helm: `HUBFLEET_HELM`, then PATH, then the one `hubfleet testenv build` makes."""
-    candidates = [os.environ.get("HUBFLEET_HELM"), shutil.which("helm")]
-    candidates += [str(p) for p in sorted((cache_dir() / "bin").glob("helm-*"), reverse=True)]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return Path(candidate)
-    raise HelmNotFound(
-        "helm not found: set HUBFLEET_HELM, put helm 3 on PATH, or run `hubfleet testenv build`"
-    )
-
-
-def resolve_chart(name: str, version: str) -> Path:
-    """The chart `name` at `version`: helm/<name> if its Chart.yaml has that version,
-    else a packaged `<name>-<version>.tgz` in `$HUBFLEET_CHARTS` (canaries, old releases)."""
-    local = CHARTS_DIR / name
-    if yaml.safe_load((local / "Chart.yaml").read_text())["version"] == version:
-        return local
-    packaged_dir = os.environ.get("HUBFLEET_CHARTS")
-    if packaged_dir:
-        packaged = Path(packaged_dir) / f"{name}-{version}.tgz"
-        if packaged.is_file():
-            return packaged
-    raise ChartVersionMissing(
-        f"chart {name} {version} not found: helm/{name} is "
-        f"{yaml.safe_load((local / 'Chart.yaml').read_text())['version']}"
-        + (f" and {packaged_dir} has no {name}-{version}.tgz" if packaged_dir else "")
-        + f"; package it (`helm package helm/{name} --version {version}` into $HUBFLEET_CHARTS) "
-        "or fix chart_version in the fleet. Nothing was changed."
-    )
 
 
 @dataclass

@@ -360,7 +360,7 @@ class KubeHubSecretRotator(Rotator):
             elif (st.updated_replicas or 0) < want or (st.ready_replicas or 0) < want:
                 problems.append(f"deployment {name}: {st.ready_replicas or 0}/{want} ready")
         pods = core.list_namespaced_pod(
-            self.namespace, label_selector=f"app.kubernetes.io/instance={self.release}"
+            self.namespace, label_selector=f"release={self.release}"
         )
         pod: Any
         for pod in pods.items:

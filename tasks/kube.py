@@ -7,7 +7,6 @@ trouble) become `TransientError`s so tasks retry them; anything else is raised a
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,6 @@ from kubernetes.client.exceptions import ApiException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hubfleet.values import OPS_TOKEN_SECRET
 from tasks.helm import in_thread
 from tasks.retry import TransientError, transient_retries
 
@@ -94,25 +92,6 @@ def _delete_namespace(api: client.ApiClient, name: str) -> None:
             raise
 
 
-def _ensure_ops_secret(api: client.ApiClient, namespace: str) -> bool:
-    """Create the Secret holding the hub's ops (bootstrap service) token if it is missing;
-    an existing one is kept (rotation replaces it). True if created. Never logs the token."""
-    core = client.CoreV1Api(api)
-    try:
-        _call(core.read_namespaced_secret, OPS_TOKEN_SECRET, namespace)
-        return False
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-    body = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=OPS_TOKEN_SECRET, labels={MANAGED_LABEL: "true"}),
-        string_data={"token": secrets.token_hex(32)},
-        type="Opaque",
-    )
-    _call(core.create_namespaced_secret, namespace, body)
-    return True
-
-
 def rollout_problems(api: client.ApiClient, namespace: str, release: str) -> list[str]:
     """Why the release's workloads are not fully rolled out and Ready ([] if they are).
 
@@ -120,7 +99,7 @@ def rollout_problems(api: client.ApiClient, namespace: str, release: str) -> lis
     ready replicas) and every pod of it (Ready condition, container restarts).
     """
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    selector = f"app.kubernetes.io/instance={release}"
+    selector = f"release={release}"  # z2jh's labels
     problems = []
     deployments = _call(apps.list_namespaced_deployment, namespace, label_selector=selector)
     if not deployments.items:
@@ -171,23 +150,9 @@ async def delete_namespace(api: client.ApiClient, name: str) -> None:
 
 @task(task_run_name="ensure-hub-namespace-{hub}", cache_policy=NO_CACHE, **transient_retries())
 async def ensure_hub_namespace(api: client.ApiClient, hub: str) -> bool:
-    """Create the hub's namespace (labelled as hubfleet's) and its ops-token Secret if they
-    are missing; True if the namespace was created. One task for both: a fleet run does
-    this for every hub, and each task run costs the orchestrator."""
-
-    def both() -> bool:
-        created = _ensure_namespace(api, hub, hub)
-        _ensure_ops_secret(api, hub)
-        return created
-
-    return await in_thread(both)
-
-
-@task(task_run_name="ensure-ops-secret-{namespace}", cache_policy=NO_CACHE, **transient_retries())
-async def ensure_ops_secret(api: client.ApiClient, namespace: str) -> bool:
-    """Create the Secret holding the hub's ops (bootstrap service) token if it is missing;
-    an existing one is kept (rotation replaces it). True if created. Never logs the token."""
-    return await in_thread(_ensure_ops_secret, api, namespace)
+    """Create the hub's namespace (labelled as hubfleet's) if it is missing; True if it was
+    created."""
+    return await in_thread(_ensure_namespace, api, hub, hub)
 
 
 @task(task_run_name="rollout-status-{release}", cache_policy=NO_CACHE, **transient_retries())

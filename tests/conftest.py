@@ -10,6 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hubfleet.testenv.chartrepo import NEXT_VERSION, ChartRepository
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A loaded 2-core machine (the suite beside builds and other suites) makes the SQLite test
 # server wait on its write lock: give it longer than the default 10 s before it answers 503,
@@ -35,6 +37,23 @@ def _ours(proc: psutil.Process, marker: str) -> bool:
         )
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+#: The upstream Zero to JupyterHub chart as released (its README says how it was made).
+SHARED_CHARTS = REPO.parent / "shared" / "charts"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def chart_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartRepository]:
+    """The z2jh chart repository hubfleet fetches from, served on loopback from
+    `../shared/charts` (this machine cannot reach hub.jupyter.org), plus a copy of 4.4.0
+    published as NEXT_VERSION for upgrades and canaries. Subprocesses inherit it."""
+    repo = ChartRepository(SHARED_CHARTS.glob("*.tgz"), tmp_path_factory.mktemp("chart-repo"))
+    repo.add_version(SHARED_CHARTS / "jupyterhub-4.4.0.tgz", NEXT_VERSION)
+    os.environ["HUBFLEET_CHART_REPOSITORY"] = repo.url
+    yield repo
+    os.environ.pop("HUBFLEET_CHART_REPOSITORY", None)
+    repo.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -59,7 +59,7 @@ async def kube_hub(
     root = tmp_path / "fleet"
     (root / "clusters" / cluster).mkdir(parents=True)
     (root / "clusters" / gone).mkdir(parents=True)
-    (root / "fleet.yaml").write_text("name: cred-fleet\nchart_version: 0.1.0\n")
+    (root / "fleet.yaml").write_text("name: cred-fleet\nchart_version: 4.4.0\n")
     for name, hub_name in ((cluster, hub), (gone, f"x{tag}")):
         (root / "clusters" / name / "cluster.yaml").write_text(
             textwrap.dedent(

@@ -31,7 +31,7 @@ def login_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str
     cluster, hub = f"lab{uuid.uuid4().hex[:5]}", "login"
     root = tmp_path / "fleet"
     (root / "clusters" / cluster).mkdir(parents=True)
-    (root / "fleet.yaml").write_text("name: cred-local\nchart_version: 0.1.0\n")
+    (root / "fleet.yaml").write_text("name: cred-local\nchart_version: 4.4.0\n")
     (root / "clusters" / cluster / "cluster.yaml").write_text(
         textwrap.dedent(
             f"""\

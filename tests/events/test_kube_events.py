@@ -219,7 +219,7 @@ class KubeFleet:
         """events: {short name: {start, end, attendees, prewarm?}}; names get the tag."""
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "fleet.yaml").write_text(
-            "name: test-fleet\nparallelism: 2\nchart_version: 0.1.0\n"
+            "name: test-fleet\nparallelism: 2\nchart_version: 4.4.0\n"
         )
         d = self.root / "clusters" / self.cluster
         d.mkdir(parents=True, exist_ok=True)

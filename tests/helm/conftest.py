@@ -35,7 +35,7 @@ def stop_local_hubs(data_dir: Path) -> Iterator[None]:
 def write_fleet(root: Path, clusters: dict[str, list[tuple[str, str]]], provider: str) -> Path:
     """A fleet of `provider` clusters: {cluster: [(hub, tier), ...]}."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "fleet.yaml").write_text("name: test-fleet\nparallelism: 2\nchart_version: 0.1.0\n")
+    (root / "fleet.yaml").write_text("name: test-fleet\nparallelism: 2\nchart_version: 4.4.0\n")
     for name, hubs in clusters.items():
         d = root / "clusters" / name
         d.mkdir(parents=True)

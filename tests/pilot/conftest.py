@@ -12,7 +12,7 @@ def write_pilot_fleet(root: Path, provider: str, cluster: str = CLUSTER) -> Path
     d = root / "clusters" / cluster
     d.mkdir(parents=True)
     (root / "fleet.yaml").write_text(
-        "name: pilot-fleet\nchart_version: 0.1.0\nvalues: [common.values.yaml]\n"
+        "name: pilot-fleet\nchart_version: 4.4.0\nvalues: [common.values.yaml]\n"
     )
     (root / "common.values.yaml").write_text("cull:\n  timeout: 3600\n")
     (d / "cluster.values.yaml").write_text(

@@ -105,10 +105,10 @@ def test_duplicate_key(fleet: Path) -> None:
 
 
 def test_duplicate_top_level_key(fleet: Path) -> None:
-    edit(fleet / "common.values.yaml", "cull:", "hub: {}\ncull:")
+    edit(fleet / "common.values.yaml", "  cull:", "  hub: {}\n  cull:")
     assert problems(fleet) == [
-        "<fleet>/common.values.yaml:6: hub: duplicate key: 'hub' is already set in the "
-        "mapping that starts at line 2; keep one of them (merge their contents)"
+        "<fleet>/common.values.yaml:8: jupyterhub.hub: duplicate key: 'hub' is already set "
+        "in the mapping that starts at line 4; keep one of them (merge their contents)"
     ]
 
 
@@ -144,11 +144,12 @@ def test_missing_values_file(fleet: Path) -> None:
 
 
 def test_unknown_chart_key_names_file_and_line(fleet: Path) -> None:
-    edit(fleet / COLLEGE, "singleuser:", "singleuserr:")
+    edit(fleet / COLLEGE, "  singleuser:", "  singleuserr:")
     assert problems(fleet) == [
-        f"<fleet>/{COLLEGE}:5: singleuserr: unknown key (did you mean 'singleuser'?); allowed "
-        "here: cull, daskGateway, fullnameOverride, global, hub, ingress, proxy, scheduling, "
-        "singleuser"
+        f"<fleet>/{COLLEGE}:6: jupyterhub.singleuserr: unknown key (did you mean "
+        "'singleuser'?); allowed here: cull, custom, debug, enabled, fullnameOverride, global, "
+        "httpRoute, hub, imagePullSecret, imagePullSecrets, ingress, nameOverride, prePuller, "
+        "proxy, rbac, scheduling, singleuser"
     ]
 
 
@@ -156,7 +157,8 @@ def test_wrong_type_in_fleet_wide_file_is_listed_once(fleet: Path) -> None:
     edit(fleet / "common.values.yaml", "timeout: 3600", "timeout: an hour")
     # Every hub uses common.values.yaml: one problem, not ten.
     assert problems(fleet) == [
-        "<fleet>/common.values.yaml:8: cull.timeout: expected integer, found string 'an hour'"
+        "<fleet>/common.values.yaml:10: jupyterhub.cull.timeout: expected integer or null, "
+        "found string 'an hour'"
     ]
 
 
@@ -164,30 +166,32 @@ def test_bounds_and_allowed_values(fleet: Path) -> None:
     write(
         fleet,
         "clusters/local/staging.values.yaml",
-        "cull:\n  timeout: 10\nproxy:\n  chp:\n    image: {pullPolicy: Sometimes}\n",
+        "jupyterhub:\n  cull:\n    timeout: 10\n  proxy:\n    chp:\n      image: {pullPolicy: Sometimes}\n",
     )
     assert problems(fleet) == [
-        "<fleet>/clusters/local/staging.values.yaml:2: cull.timeout: found 10; must be at least 60",
-        "<fleet>/clusters/local/staging.values.yaml:5: proxy.chp.image.pullPolicy: found "
-        "'Sometimes'; allowed: 'Always', 'IfNotPresent', 'Never'",
+        # z2jh's schema bounds no duration (cull.timeout: 10 passes); it does bound choices.
+        "<fleet>/clusters/local/staging.values.yaml:6: jupyterhub.proxy.chp.image.pullPolicy: "
+        "found 'Sometimes'; allowed: None, '', 'IfNotPresent', 'Always', 'Never'",
     ]
 
 
 def test_empty_value(fleet: Path) -> None:
-    write(fleet, "clusters/local/staging.values.yaml", "hub:\n  config:\ncull:\n  enabled:\n")
+    write(fleet, "clusters/local/staging.values.yaml", "jupyterhub:\n  hub:\n    config:\n  cull:\n    enabled:\n")
     assert problems(fleet) == [
-        "<fleet>/clusters/local/staging.values.yaml:4: cull.enabled: expected boolean, found "
-        "an empty value (null); give it a value or remove the key",
-        "<fleet>/clusters/local/staging.values.yaml:2: hub.config: expected object, found an "
-        "empty value (null); give it a value or remove the key",
+        "<fleet>/clusters/local/staging.values.yaml:5: jupyterhub.cull.enabled: expected "
+        "boolean, found an empty value (null); give it a value or remove the key",
+        "<fleet>/clusters/local/staging.values.yaml:3: jupyterhub.hub.config: expected object, "
+        "found an empty value (null); give it a value or remove the key",
     ]
 
 
 def test_cluster_values_file_is_checked(fleet: Path) -> None:
-    write(fleet, "clusters/local/cluster.values.yaml", "\nproxy:\n  chp: {replica: 2}\n")
+    write(fleet, "clusters/local/cluster.values.yaml", "\njupyterhub:\n  proxy:\n    chp: {replica: 2}\n")
     assert problems(fleet) == [
-        "<fleet>/clusters/local/cluster.values.yaml:3: proxy.chp.replica: unknown key (did you "
-        "mean 'replicas'?); allowed here: image, networkPolicy, pdb, replicas, resources"
+        "<fleet>/clusters/local/cluster.values.yaml:4: jupyterhub.proxy.chp.replica: unknown "
+        "key; allowed here: containerSecurityContext, defaultTarget, errorTarget, "
+        "extraCommandLineFlags, extraEnv, extraPodSpec, image, livenessProbe, networkPolicy, "
+        "nodeSelector, pdb, readinessProbe, resources, revisionHistoryLimit, tolerations"
     ]
 
 
@@ -281,8 +285,8 @@ def test_validate_notes_skipped_secret_values(fleet: Path, capsys, monkeypatch) 
 def test_show_export_and_deploy_give_the_validate_lines(
     fleet: Path, capsys, tmp_path: Path
 ) -> None:
-    edit(fleet / COLLEGE, "singleuser:", "singleuserr:")
-    expected = f"{COLLEGE}:5: singleuserr: unknown key (did you mean 'singleuser'?)"
+    edit(fleet / COLLEGE, "  singleuser:", "  singleuserr:")
+    expected = f"{COLLEGE}:6: jupyterhub.singleuserr: unknown key (did you mean 'singleuser'?)"
     before = (fleet / COLLEGE).read_text()
     code, output = cli(capsys, "validate", str(fleet))
     assert code == 2 and expected in output
@@ -428,10 +432,10 @@ def test_validate_checks_secret_values_when_the_server_answers(
         def log_message(self, *args: object) -> None:
             pass
 
-    secret = "not-hex-but-secret"
+    secret = "not-a-string-but-secret"
 
     async def blocks(cluster: str, hub: str) -> dict[str, object]:
-        return {"hub": {"cookieSecret": secret}} if hub == "college" else {}
+        return {"jupyterhub": {"hub": {"cookieSecret": [secret]}}} if hub == "college" else {}
 
     server = HTTPServer(("127.0.0.1", 0), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -443,7 +447,7 @@ def test_validate_checks_secret_values_when_the_server_answers(
         server.shutdown()
     assert code == 2
     assert (
-        "secret values (block hub-values-gcp-central-college): hub.cookieSecret: (hidden: a "
-        "secret value) does not match the pattern '^([0-9a-f]{64})?$'" in output
+        "secret values (block hub-values-gcp-central-college): jupyterhub.hub.cookieSecret: "
+        "expected string or null, found list (hidden: a secret value)" in output
     )
     assert secret not in output
