@@ -27,6 +27,7 @@ from prefect.states import Failed
 from flows.deploy_hub import Gate, deploy_hub
 from flows.operation import begin_fleet
 from flows.parameters import HelmWait, Placeholders, Selection, WavePercent, WaveSize
+from hubfleet.charts import release_version
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
@@ -88,7 +89,7 @@ async def observe_cluster(fleet: Fleet, cluster: Cluster) -> tuple[Deployed, lis
         if name == SUPPORT_RELEASE and ns == SUPPORT_NAMESPACE:
             continue
         if name in known and ns == name:
-            deployed[(cluster.name, name)] = str(rel["chart"]).rpartition("-")[2]
+            deployed[(cluster.name, name)] = release_version(str(rel["chart"]))
         else:
             orphans.append(f"release {ns}/{name}")
     orphans += [f"namespace {ns}" for ns in namespaces if ns not in known]

@@ -25,7 +25,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
 from flows.parameters import HelmWait, LockWait
-from hubfleet.charts import hub_chart
+from hubfleet.charts import hub_chart, release_version
 from hubfleet.errors import HubfleetError, ProviderNotReady
 from hubfleet.localhub import hub_config_from_values, local_values
 from hubfleet.model import Fleet, Provider
@@ -262,10 +262,8 @@ async def _deploy_helm(
 
 
 def _chart_version(revision: dict[str, Any] | None) -> str | None:
-    """'hub-0.1.0' in helm's history -> '0.1.0'."""
-    if not revision:
-        return None
-    return str(revision.get("chart", "")).rpartition("-")[2] or None
+    """The z2jh version of a revision in helm's history (see `release_version`)."""
+    return release_version(str(revision.get("chart", ""))) if revision else None
 
 
 async def _artifact(

@@ -231,9 +231,11 @@ def _readme(
     secret_rows = secret_rows or "| (none) | this hub keeps no secret values of its own |"
     settings = _leaves(values)
     chart = (
-        f"`chart/`: hubfleet's wrapper (its Dask Gateway) of Zero to JupyterHub {version} from {repo}"
+        f"`chart/`: hubfleet's wrapper (its Dask Gateway) of Zero to JupyterHub {version} "
+        f"from {repo}"
         if wrapper
-        else f"the upstream Zero to JupyterHub chart `jupyterhub` {version} from {repo} (not copied)"
+        else f"the upstream Zero to JupyterHub chart `jupyterhub` {version} from {repo} "
+        "(not copied)"
     )
     return f"""# JupyterHub `{hub}`: run it yourself
 

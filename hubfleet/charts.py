@@ -98,7 +98,8 @@ def z2jh_package(version: str, repo: str | None = None) -> Path:
             raise ChartUnavailable(
                 f"the Zero to JupyterHub chart {version} could not be fetched from {repo}: "
                 f"{(proc.stderr or proc.stdout).strip()[-400:]}\nFix chart_version (fleet.yaml "
-                "or the hub's), or chart_repository / HUBFLEET_CHART_REPOSITORY. Nothing was changed."
+                "or the hub's), or chart_repository / HUBFLEET_CHART_REPOSITORY. "
+                "Nothing was changed."
             )
         os.replace(fetched, package)
     return package
@@ -168,3 +169,9 @@ def z2jh_defaults(version: str, repo: str | None = None) -> dict[str, Any]:
     """z2jh's own `values.yaml` at `version` (for `hubfleet show --chart-defaults`)."""
     loaded = _z2jh_file(z2jh_package(version, repo), "values.yaml", YAML(typ="safe").load)
     return dict(loaded or {})
+
+
+def release_version(chart: str) -> str | None:
+    """The z2jh version of a hub release from helm's `chart` field ('hub-4.4.1-0.dev.1' ->
+    '4.4.1-0.dev.1'; a version may hold '-'), or None for another chart."""
+    return chart.removeprefix("hub-") if chart.startswith("hub-") else None

@@ -4,9 +4,10 @@ Rotating them is a redeploy, and every user logs in again (their login cookies a
 with the cookie secret). So the weekly run never rotates them (`CredentialKind.hub_secret`
 is not `scheduled`); only a scope that names them does (see `hubfleet.credentials.Scope`).
 
-Kubernetes hubs (`KubeHubSecretRotator`): the values live in the hub chart's Secret
-`<release>-hub-secret` (keys `proxy.token`, `hub.cookieSecret`; the chart's `lookup` keeps
-what is deployed on a later `helm upgrade`). create = new random values, in memory;
+Kubernetes hubs (`KubeHubSecretRotator`): the values live in Zero to JupyterHub's Secret
+`hub` (keys `hub.config.ConfigurableHTTPProxy.auth_token`, `hub.config.JupyterHub.cookie_secret`;
+z2jh generates them at install and its `lookup` keeps what is deployed on a later
+`helm upgrade`). create = new random values, in memory;
 store = write them into the Secret (annotated `hubfleet.io/rotated-at`) and roll the hub
 and proxy Deployments to them (pod-template annotation `hubfleet.io/hub-secret-version`, a
 short hash of the values, as `kubectl rollout restart` does); verify = the Secret holds the
@@ -47,10 +48,17 @@ from hubfleet.model import CredentialPolicy, Fleet
 from tasks.retry import TransientError
 from tasks.rotation import CredentialRefused, Issued, Rotator
 
-#: Secret keys hubfleet rotates (the chart's hub.config.CryptKeeper.keys is not rotated:
-#: new keys would make every stored auth state unreadable).
-PROXY_TOKEN = "proxy.token"
-COOKIE_SECRET = "hub.cookieSecret"
+#: Secret keys hubfleet rotates (z2jh's hub.config.CryptKeeper.keys is not rotated: new
+#: keys would make every stored auth state unreadable).
+PROXY_TOKEN = "hub.config.ConfigurableHTTPProxy.auth_token"
+COOKIE_SECRET = "hub.config.JupyterHub.cookie_secret"
+#: z2jh values that pin them (a rotation would be undone by the next deploy).
+PINNING_VALUES = (
+    ("hub", "cookieSecret"),
+    ("proxy", "secretToken"),
+    ("hub", "config", "JupyterHub", "cookie_secret"),
+    ("hub", "config", "ConfigurableHTTPProxy", "auth_token"),
+)
 ROTATED_AT = "hubfleet.io/rotated-at"
 VERSION = "hubfleet.io/hub-secret-version"
 #: How long the hub and proxy may take to roll to new values and be Ready.
@@ -64,14 +72,13 @@ class HubSecretPinned(HubfleetError):
 
 
 def secret_name(release: str) -> str:
-    """The chart's `hub.secretName` (fullname = release name, at most 50 characters)."""
-    return f"{release[:50].rstrip('-')}-hub-secret"
+    """z2jh's hub Secret (one hub per namespace: z2jh names its objects without a prefix)."""
+    return "hub"
 
 
 def deployments(release: str) -> list[str]:
     """The Deployments that read the Secret: the hub and the proxy."""
-    base = release[:50].rstrip("-")
-    return [f"{base}-hub", f"{base}-proxy"]
+    return ["hub", "proxy"]
 
 
 def version_of(values: dict[str, str]) -> str:
@@ -106,12 +113,14 @@ def pinned_keys(api: client.ApiClient, namespace: str, release: str) -> list[str
     raw = base64.b64decode(base64.b64decode(latest.data["release"]))
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
-    values = json.loads(raw).get("config") or {}
+    values = (json.loads(raw).get("config") or {}).get("jupyterhub") or {}
     keys = []
-    if (values.get("hub") or {}).get("cookieSecret"):
-        keys.append("hub.cookieSecret")
-    if (values.get("proxy") or {}).get("secretToken"):
-        keys.append("proxy.secretToken")
+    for path in PINNING_VALUES:
+        node: Any = values
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node:
+            keys.append("jupyterhub." + ".".join(path))
     return keys
 
 
@@ -359,12 +368,10 @@ class KubeHubSecretRotator(Rotator):
                 problems.append(f"deployment {name}: rollout not observed yet")
             elif (st.updated_replicas or 0) < want or (st.ready_replicas or 0) < want:
                 problems.append(f"deployment {name}: {st.ready_replicas or 0}/{want} ready")
-        pods = core.list_namespaced_pod(
-            self.namespace, label_selector=f"release={self.release}"
-        )
+        pods = core.list_namespaced_pod(self.namespace, label_selector=f"release={self.release}")
         pod: Any
         for pod in pods.items:
-            component = (pod.metadata.labels or {}).get("app.kubernetes.io/component")
+            component = (pod.metadata.labels or {}).get("component")
             if component not in ("hub", "proxy"):
                 continue
             runs = (pod.metadata.annotations or {}).get(VERSION)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -41,7 +41,7 @@ def write_index(directory: Path) -> Path:
 
 
 class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

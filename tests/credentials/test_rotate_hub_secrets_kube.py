@@ -36,7 +36,13 @@ from hubfleet.credentials import CredentialKind, Status
 from hubfleet.loader import load_fleet
 from hubfleet.testenv import history
 from hubfleet.testenv.volumes import create_volumes
-from tasks.hub_secrets import VERSION, KubeHubSecretRotator, version_of
+from tasks.hub_secrets import (
+    COOKIE_SECRET,
+    PROXY_TOKEN,
+    VERSION,
+    KubeHubSecretRotator,
+    version_of,
+)
 from tasks.rotation import CredentialRefused, Issued
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server")]
@@ -96,25 +102,25 @@ async def kube_hub(
 
 
 def secret_data(kube_api: client.ApiClient, hub: str) -> dict[str, str]:
-    data = client.CoreV1Api(kube_api).read_namespaced_secret(f"{hub}-hub-secret", hub).data
+    data = client.CoreV1Api(kube_api).read_namespaced_secret("hub", hub).data
     return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
 
 
 def secret_annotations(kube_api: client.ApiClient, hub: str) -> dict[str, str]:
-    secret = client.CoreV1Api(kube_api).read_namespaced_secret(f"{hub}-hub-secret", hub)
+    secret = client.CoreV1Api(kube_api).read_namespaced_secret("hub", hub)
     return dict(secret.metadata.annotations or {})
 
 
 def running_versions(kube_api: client.ApiClient, hub: str) -> dict[str, set[str]]:
     """component -> secret versions its live pods run ('none' before any rotation)."""
-    pods = client.CoreV1Api(kube_api).list_namespaced_pod(
-        hub, label_selector=f"app.kubernetes.io/instance={hub}"
-    )
+    pods = client.CoreV1Api(kube_api).list_namespaced_pod(hub, label_selector=f"release={hub}")
     found: dict[str, set[str]] = {}
     for pod in pods.items:
         if pod.metadata.deletion_timestamp:
             continue
-        component = pod.metadata.labels.get("app.kubernetes.io/component")
+        component = pod.metadata.labels.get("component")
+        if component not in ("hub", "proxy"):
+            continue
         found.setdefault(component, set()).add(
             (pod.metadata.annotations or {}).get(VERSION, "none")
         )
@@ -135,9 +141,9 @@ async def test_inventory_weekly_run_skips_and_unreachable_cluster_is_unknown(
     # The inventory lists the hub's proxy token and cookie secret by identity, with an age.
     records = await read_inventory(load_fleet(kube_hub["root"]))
     mine = [r for r in records if r.kind is CredentialKind.hub_secret and r.cluster == cluster]
-    assert [r.ident for r in mine] == [
-        f"{hub}-hub-secret:proxy.token",
-        "cookie-secret (hub volume file)",  # the chart made none: the hub keeps it on its PVC
+    assert [r.ident for r in mine] == [  # z2jh's Secret holds both, generated at install
+        "hub:hub.config.ConfigurableHTTPProxy.auth_token",
+        "hub:hub.config.JupyterHub.cookie_secret",
     ]
     now = datetime.now(UTC)
     assert all(r.created_at and (now - r.created_at).total_seconds() < 600 for r in mine)
@@ -145,7 +151,7 @@ async def test_inventory_weekly_run_skips_and_unreachable_cluster_is_unknown(
         r.status(now, load_fleet(kube_hub["root"]).settings.credentials.warn_within) is Status.ok
         for r in mine
     )
-    assert f"secret:{hub}/{hub}-hub-secret" in mine[0].consumed_by
+    assert f"secret:{hub}/hub" in mine[0].consumed_by
     # An unreachable cluster is a record with status unknown and a note, not a crash.
     [lost] = [r for r in records if r.kind is CredentialKind.hub_secret and r.cluster == gone]
     assert lost.status(now, timedelta(days=7)) is Status.unknown
@@ -192,47 +198,47 @@ async def test_rotation_rolls_hub_and_proxy_and_helm_upgrade_keeps_values(
     result = await rotate_credentials(scope=scope, operator="erin")
     [done] = result["rotated"]  # the token and the cookie secret: one rotation, one redeploy
     assert done["kind"] == "hub-secret" and done["owner"] == f"{cluster}/{hub}"
-    assert done["switched"] == [f"deployment:{hub}/{hub}-hub", f"deployment:{hub}/{hub}-proxy"]
+    assert done["switched"] == [f"deployment:{hub}/hub", f"deployment:{hub}/proxy"]
     after = secret_data(kube_api, hub)
     secret_ledger.update(after.values())
     # The Secret holds new values; the old proxy token is gone from it; the rest is kept.
-    assert after["proxy.token"] != before["proxy.token"]
-    assert len(after["hub.cookieSecret"]) == 64 and int(after["hub.cookieSecret"], 16) >= 0
+    token, cookie = PROXY_TOKEN, COOKIE_SECRET
+    assert after[token] != before[token] and after[cookie] != before[cookie]
+    assert len(after[cookie]) == 64 and int(after[cookie], 16) >= 0
     assert after["hub.config.CryptKeeper.keys"] == before["hub.config.CryptKeeper.keys"]
-    assert before["proxy.token"] not in after.values()
+    assert before[token] not in after.values()
     rotated_at = datetime.fromisoformat(secret_annotations(kube_api, hub)["hubfleet.io/rotated-at"])
     assert (datetime.now(UTC) - rotated_at).total_seconds() < 600
     # Hub and proxy were rolled: every live pod runs the new version (none the old one).
     version = done["new"].removeprefix("hub-secret@")
     assert running_versions(kube_api, hub) == {"hub": {version}, "proxy": {version}}
     apps = client.AppsV1Api(kube_api)
-    for name in (f"{hub}-hub", f"{hub}-proxy"):
+    for name in ("hub", "proxy"):
         dep = apps.read_namespaced_deployment(name, hub)
         assert dep.spec.template.metadata.annotations[VERSION] == version
         assert dep.status.ready_replicas == dep.spec.replicas
-    # The hub reads the cookie secret from the Secret (it wins over the file on its PVC).
-    hub_env = {
+    # The hub reads the cookie secret from the Secret it mounts (z2jh's get_secret_value),
+    # the proxy its token from the Secret through its environment.
+    hub_spec = apps.read_namespaced_deployment("hub", hub).spec.template.spec
+    assert "hub" in {v.secret.secret_name for v in hub_spec.volumes if v.secret}
+    proxy_env = {
         e.name: e
-        for e in apps.read_namespaced_deployment(f"{hub}-hub", hub)
-        .spec.template.spec.containers[0]
-        .env
+        for e in apps.read_namespaced_deployment("proxy", hub).spec.template.spec.containers[0].env
     }
-    assert hub_env["JPY_COOKIE_SECRET"].value_from.secret_key_ref.key == "hub.cookieSecret"
+    assert proxy_env["CONFIGPROXY_AUTH_TOKEN"].value_from.secret_key_ref.key == PROXY_TOKEN
     # The inventory now shows both in the Secret, aged from the rotation.
     records = await read_inventory(load_fleet(kube_hub["root"]))
     mine = [r for r in records if r.kind is CredentialKind.hub_secret and r.hub == hub]
-    assert [r.ident for r in mine] == [
-        f"{hub}-hub-secret:proxy.token",
-        f"{hub}-hub-secret:hub.cookieSecret",
-    ]
+    assert [r.ident for r in mine] == [f"hub:{PROXY_TOKEN}", f"hub:{COOKIE_SECRET}"]
     assert all(r.last_rotated == rotated_at for r in mine)
 
     # A later helm upgrade of the hub keeps the rotated values (the chart's lookup).
     values = kube_hub["root"] / "clusters" / cluster / f"{hub}.values.yaml"
-    values.write_text("hub:\n  extraEnv: {ROTATION_TEST: '1'}\n")
+    values.write_text("jupyterhub:\n  hub:\n    extraEnv: {ROTATION_TEST: '1'}\n")
     upgraded = await deploy_hub(cluster=cluster, hub=hub, gate="rollout")
     assert upgraded["action"] == "upgrade"
-    assert secret_data(kube_api, hub) == after
+    kept = ("hub.config.CryptKeeper.keys", PROXY_TOKEN, COOKIE_SECRET)  # values.yaml changed
+    assert {k: secret_data(kube_api, hub)[k] for k in kept} == {k: after[k] for k in kept}
 
 
 async def test_failure_after_create_restores_the_old_secret_and_says_so(
@@ -276,22 +282,22 @@ async def test_values_that_pin_a_hub_secret_refuse_rotation(
     cluster, hub = kube_hub["cluster"], kube_hub["hub"]
     pinned = uuid.uuid4().hex + uuid.uuid4().hex
     secret_ledger.add(pinned)
-    await Secret(value={"hub": {"cookieSecret": pinned}}).save(
+    await Secret(value={"jupyterhub": {"hub": {"cookieSecret": pinned}}}).save(
         f"hub-values-{cluster}-{hub}", overwrite=True
     )
     await deploy_hub(cluster=cluster, hub=hub, gate="rollout")
     before = secret_data(kube_api, hub)
-    assert before["hub.cookieSecret"] == pinned
+    assert before[COOKIE_SECRET] == pinned
     secret_ledger.update(before.values())
 
     with pytest.raises(RotationsFailed) as refused:
         await rotate_credentials(scope=f"hub-secret:{cluster}/{hub}")
     message = str(refused.value)
-    assert "its values set hub.cookieSecret explicitly" in message
+    assert "its values set jupyterhub.hub.cookieSecret explicitly" in message
     assert f"Secret block 'hub-values-{cluster}-{hub}'" in message
     assert "Nothing was changed" in message
     assert pinned not in message
     assert secret_data(kube_api, hub) == before
     records = await read_inventory(load_fleet(kube_hub["root"]))
-    [cookie] = [r for r in records if r.ident == f"{hub}-hub-secret:hub.cookieSecret"]
-    assert "pinned by values (hub.cookieSecret): rotation refused" in cookie.note
+    [cookie] = [r for r in records if r.ident == f"hub:{COOKIE_SECRET}"]
+    assert "pinned by values (jupyterhub.hub.cookieSecret): rotation refused" in cookie.note

@@ -4,7 +4,6 @@ databases, and an admission policy that stands in for a registry missing an imag
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
 import time
 import uuid
@@ -147,16 +146,3 @@ def missing_image_policy(kube_api) -> str:
             raise
         time.sleep(0.5)
     raise AssertionError("admission policy never took effect within 30s")
-
-
-@pytest.fixture(scope="session")
-def chart_packages(tmp_path_factory, helm) -> Path:
-    """helm/hub packaged as 0.2.0 (the 'next' version), for upgrades and canaries."""
-    out = tmp_path_factory.mktemp("charts")
-    subprocess.run(
-        [str(helm), "package", str(REPO / "helm" / "hub"), "--version", "0.2.0", "-d", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return out

@@ -28,7 +28,7 @@ def local_fleet(root: Path) -> Path:
         "values: [solo.values.yaml]}\n"
     )
     (root / "clusters" / "lrb" / "solo.values.yaml").write_text(
-        "hub: {config: {JupyterHub: {concurrent_spawn_limit: 7}}}\n"
+        "jupyterhub: {hub: {config: {JupyterHub: {concurrent_spawn_limit: 7}}}}\n"
     )
     return root
 
@@ -43,7 +43,7 @@ async def test_failed_start_restores_previous_config(tmp_path: Path, monkeypatch
 
     # A config JupyterHub refuses at start (an unknown database URL scheme).
     (root / "clusters" / "lrb" / "solo.values.yaml").write_text(
-        "hub: {config: {JupyterHub: {db_url: 'nonsense://nowhere'}}}\n"
+        "jupyterhub: {hub: {config: {JupyterHub: {db_url: 'nonsense://nowhere'}}}}\n"
     )
     with pytest.raises(HubDeployFailed, match="restarted with the previous config"):
         await deploy_hub(cluster="lrb", hub="solo")
@@ -69,7 +69,7 @@ async def test_hub_killed_during_the_health_gate_is_rolled_back(
     old = hub.state()
     assert old is not None and old.hub is not None
     (root / "clusters" / "lrb" / "solo.values.yaml").write_text(
-        "hub: {config: {JupyterHub: {concurrent_spawn_limit: 9}}}\n"
+        "jupyterhub: {hub: {config: {JupyterHub: {concurrent_spawn_limit: 9}}}}\n"
     )
 
     killed: list[int] = []

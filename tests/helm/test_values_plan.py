@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from hubfleet.charts import hub_schema
 from hubfleet.loader import load_fleet
 from hubfleet.plan import SelectionInvalid, plan_fleet, select
 from hubfleet.values import (
-    CHARTS_DIR,
     ValuesInvalid,
     hub_layers,
     merged,
@@ -20,13 +20,14 @@ from hubfleet.values import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = CHARTS_DIR / "hub" / "values.schema.json"
+SCHEMA = hub_schema("4.4.0")  # the wrapper's, with z2jh 4.4.0's at `jupyterhub`
 
 
 def test_layers_in_order_later_wins(tmp_path: Path) -> None:
     fleet = load_fleet(REPO / "fleet")
     hub = fleet.cluster("gcp-central").hub("college")
-    layers = hub_layers(fleet, "gcp-central", hub, {"hub": {"cookieSecret": "ab" * 32}})
+    secret = {"jupyterhub": {"hub": {"cookieSecret": "ab" * 32}}}
+    layers = hub_layers(fleet, "gcp-central", hub, secret)
     assert [layer.source.split(" ")[0] for layer in layers] == [
         "chart",
         "fleet:",
@@ -34,11 +35,12 @@ def test_layers_in_order_later_wins(tmp_path: Path) -> None:
         "fleet/clusters/gcp-central/college.values.yaml",
         "secret",
     ]
-    values = merged(layers)
+    values = merged(layers)["jupyterhub"]
     assert values["singleuser"]["memory"] == {"guarantee": "1G", "limit": "2G"}  # hub file
     assert values["cull"]["timeout"] == 3600  # fleet default over the chart's
-    assert values["cull"]["every"] == 600  # chart default kept
+    assert values["cull"]["every"] == 600  # z2jh's default kept
     assert values["ingress"]["hosts"] == ["college.hubs.example.org"]
+    assert values["ingress"]["enabled"] is True  # hubfleet's default over z2jh's
     assert values["hub"]["cookieSecret"] == "ab" * 32
     validate_layers(layers, SCHEMA)
 
@@ -49,10 +51,11 @@ def test_cluster_values_file_sits_between_fleet_and_hub(tmp_path: Path) -> None:
     root = tmp_path / "fleet"
     shutil.copytree(REPO / "fleet", root)
     (root / "clusters" / "gcp-central" / "cluster.values.yaml").write_text(
-        "cull: {timeout: 7200}\nsingleuser: {memory: {limit: 8G}}\n"
+        "jupyterhub:\n  cull: {timeout: 7200}\n  singleuser: {memory: {limit: 8G}}\n"
     )
     fleet = load_fleet(root)
     values = merged(hub_layers(fleet, "gcp-central", fleet.cluster("gcp-central").hub("college")))
+    values = values["jupyterhub"]
     assert values["cull"]["timeout"] == 7200  # cluster over fleet
     assert values["singleuser"]["memory"]["limit"] == "2G"  # hub over cluster
 
@@ -60,20 +63,22 @@ def test_cluster_values_file_sits_between_fleet_and_hub(tmp_path: Path) -> None:
 def test_schema_error_names_file_and_key_and_hides_secrets() -> None:
     fleet = load_fleet(REPO / "fleet")
     hub = fleet.cluster("gcp-central").hub("college")
-    secret = "not-hex-but-secret"
-    layers = hub_layers(fleet, "gcp-central", hub, {"hub": {"cookieSecret": secret}})
-    layers[3].values["singleuser"]["memmory"] = 1
+    secret = "not-a-string-but-secret"
+    layers = hub_layers(
+        fleet, "gcp-central", hub, {"jupyterhub": {"hub": {"cookieSecret": [secret]}}}
+    )
+    layers[3].values["jupyterhub"]["singleuser"]["memmory"] = 1
     with pytest.raises(ValuesInvalid) as info:
         validate_layers(layers, SCHEMA)
     message = str(info.value)
     # The key was added in memory: the line is that of its parent, `singleuser:`.
     assert (
-        "fleet/clusters/gcp-central/college.values.yaml:5: singleuser.memmory: unknown key "
-        "(did you mean 'memory'?)" in message
+        "fleet/clusters/gcp-central/college.values.yaml:6: jupyterhub.singleuser.memmory: "
+        "unknown key (did you mean 'memory'?)" in message
     )
     assert (
-        "secret values (block hub-values-gcp-central-college): hub.cookieSecret: "
-        "(hidden: a secret value)" in message
+        "secret values (block hub-values-gcp-central-college): jupyterhub.hub.cookieSecret: "
+        "expected string or null, found list (hidden: a secret value)" in message
     )
     assert secret not in message
 
@@ -121,7 +126,7 @@ def test_waves_by_size_percent_and_parallelism(tmp_path: Path) -> None:
 
 def test_upgrade_plans_only_version_changes(tmp_path: Path) -> None:
     fleet = load_fleet(big_fleet(tmp_path, prod=3))
-    deployed = {("c1", "s"): "0.1.0", ("c1", "p0"): "0.1.0", ("c1", "p1"): "0.0.9"}
+    deployed = {("c1", "s"): "4.4.0", ("c1", "p0"): "4.4.0", ("c1", "p1"): "4.3.0"}
     plan = plan_fleet(fleet, ["*"], deployed, only_version_changes=True).clusters[0]
     assert plan.staging == []
     assert [(c.hub, c.action) for w in plan.waves for c in w] == [

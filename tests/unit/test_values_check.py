@@ -166,7 +166,8 @@ def test_bounds_and_allowed_values(fleet: Path) -> None:
     write(
         fleet,
         "clusters/local/staging.values.yaml",
-        "jupyterhub:\n  cull:\n    timeout: 10\n  proxy:\n    chp:\n      image: {pullPolicy: Sometimes}\n",
+        "jupyterhub:\n  cull:\n    timeout: 10\n"
+        "  proxy:\n    chp:\n      image: {pullPolicy: Sometimes}\n",
     )
     assert problems(fleet) == [
         # z2jh's schema bounds no duration (cull.timeout: 10 passes); it does bound choices.
@@ -176,7 +177,11 @@ def test_bounds_and_allowed_values(fleet: Path) -> None:
 
 
 def test_empty_value(fleet: Path) -> None:
-    write(fleet, "clusters/local/staging.values.yaml", "jupyterhub:\n  hub:\n    config:\n  cull:\n    enabled:\n")
+    write(
+        fleet,
+        "clusters/local/staging.values.yaml",
+        "jupyterhub:\n  hub:\n    config:\n  cull:\n    enabled:\n",
+    )
     assert problems(fleet) == [
         "<fleet>/clusters/local/staging.values.yaml:5: jupyterhub.cull.enabled: expected "
         "boolean, found an empty value (null); give it a value or remove the key",
@@ -186,7 +191,11 @@ def test_empty_value(fleet: Path) -> None:
 
 
 def test_cluster_values_file_is_checked(fleet: Path) -> None:
-    write(fleet, "clusters/local/cluster.values.yaml", "\njupyterhub:\n  proxy:\n    chp: {replica: 2}\n")
+    write(
+        fleet,
+        "clusters/local/cluster.values.yaml",
+        "\njupyterhub:\n  proxy:\n    chp: {replica: 2}\n",
+    )
     assert problems(fleet) == [
         "<fleet>/clusters/local/cluster.values.yaml:4: jupyterhub.proxy.chp.replica: unknown "
         "key; allowed here: containerSecurityContext, defaultTarget, errorTarget, "
