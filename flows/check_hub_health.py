@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from blocks.hub_token import HubOpsToken
 from flows.operation import Operation, begin
+from hubfleet.errors import HubfleetError
 from hubfleet.health import (
     ALL_PASSED,
     HealthReport,
@@ -34,8 +35,8 @@ from hubfleet.health import (
 )
 from hubfleet.model import Provider
 from tasks import probes
+from tasks.hub_access import canonical_url, hub_endpoint
 from tasks.hub_credentials import load_ops_token
-from tasks.local_hub import local_hub
 from tasks.retry import transient_retries
 
 
@@ -125,11 +126,8 @@ async def probe_k8s(cluster: str, namespace: str) -> ProbeResult:
 
 
 def hub_url(op: Any) -> str | None:
-    """Where the hub answers: the local process's port, or https://<domain>."""
-    if op.cluster.provider is Provider.local:
-        state = local_hub(op.fleet, op.cluster.name, op.hub.name).state()
-        return state.url if state else None
-    return f"https://{op.hub.domain}"
+    """Where users reach the hub: the local process's port, or https://<domain>."""
+    return canonical_url(op.fleet, op.cluster.name, op.hub.name)
 
 
 @flow(name="check_hub_health", flow_run_name="check_hub_health {cluster}/{hub}")
@@ -140,7 +138,11 @@ async def check_hub_health(
     levels = levels_for(depth)  # a bad depth fails before anything is probed
     op = await begin("check_hub_health", cluster, hub, operator)
     url = hub_url(op)
-    results = await run_probes(op, url, levels)
+    try:
+        async with hub_endpoint(op.fleet, cluster, hub) as endpoint:
+            results = await run_probes(op, endpoint, levels)
+    except HubfleetError as exc:  # e.g. no Ready proxy pod to forward to
+        results = [ProbeResult(Level.reachable, False, None, str(exc))]
     report = judge(op.target, results)
     await record_check(report, url, depth)
     return report_dict(report, url, depth)
@@ -177,6 +179,8 @@ async def run_probes(
         elif level is Level.tls:
             if local:
                 result = _skip(level, "plain-http local hub: no certificate to check")
+            elif op.cluster.hub_access == "port-forward":
+                result = _skip(level, "reached through the Kubernetes API: no certificate")
             else:
                 start = time.perf_counter()
                 try:

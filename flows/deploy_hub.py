@@ -41,7 +41,8 @@ from tasks import helm as helm_tasks
 from tasks import kube
 from tasks.cluster_session import cluster_session
 from tasks.helm import in_thread
-from tasks.hub_credentials import ensure_ops_service
+from tasks.hub_access import canonical_url, hub_endpoint
+from tasks.hub_credentials import ensure_ops_service, kube_minter, local_minter
 from tasks.local_hub import (
     LocalHubError,
     keep_previous_config,
@@ -120,9 +121,24 @@ def helm_values_files(layers: list[Layer]) -> Iterator[list[Path]]:
 
 
 async def hub_health(op: Operation) -> dict[str, Any]:
-    """The hub-level verdict: the `check_hub_health` flow (a subflow run in the history)."""
+    """The hub-level verdict of a freshly deployed Kubernetes hub: its ops token made sure
+    of first (minted in the hub pod on a first deploy, or when the stored one is refused or
+    near its expiry), then the `check_hub_health` flow (a subflow run in the history)."""
     assert op.hub is not None
-    return await check_hub_health(op.cluster.name, op.hub.name, operator=op.operator)
+    cluster, hub = op.cluster.name, op.hub.name
+    try:
+        async with (
+            cluster_session(cluster) as session,
+            hub_endpoint(op.fleet, cluster, hub) as url,
+        ):
+            assert url is not None
+            minter = kube_minter(session.api, hub)
+            await ensure_ops_service(
+                cluster, hub, minter, url, canonical_url(op.fleet, cluster, hub)
+            )
+    except Exception as exc:  # a hub that cannot issue its ops token is not healthy
+        return {"verdict": "down", "reason": f"ops token: {type(exc).__name__}: {exc}"}
+    return await check_hub_health(cluster, hub, operator=op.operator)
 
 
 async def health_gate(op: Operation, gate: Gate, api: Any, namespace: str) -> str | None:
@@ -317,7 +333,7 @@ async def _deploy_local(
         assert running is not None  # "unchanged" means it is running
         url = running.url
         try:
-            token = await ensure_ops_service(cluster, hub, local, url)
+            token = await ensure_ops_service(cluster, hub, local_minter(local), url)
             health = await check_hub_health(cluster, hub, operator=op.operator)
             why = None if health["verdict"] != "down" else str(health["reason"])
         except Exception as exc:  # the new hub died between its start and the gate

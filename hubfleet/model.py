@@ -305,6 +305,13 @@ class Cluster(Strict):
     terraform: TerraformSettings | None = Field(
         None, description="How Terraform builds the cluster (hubfleet.terraform_inputs)."
     )
+    hub_access: Literal["domain", "port-forward"] = Field(
+        "domain",
+        description="How operations reach a hub over HTTP: `domain` (https://<domain>, "
+        "through the cluster's ingress, as users do) or `port-forward` (its proxy through the "
+        "Kubernetes API with the cluster's credentials, as kubectl port-forward: for hubs "
+        "with no public DNS yet, private clusters, CI).",
+    )
     hubs: list[Hub] = Field(default_factory=list)
 
     def hub(self, name: str) -> Hub:

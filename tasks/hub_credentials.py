@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -29,6 +31,7 @@ from pydantic import SecretStr
 
 from blocks.hub_token import HubOpsToken
 from hubfleet.credentials import CredentialKind
+from hubfleet.errors import HubfleetError
 from hubfleet.localhub import BOOTSTRAP_USER, OPS_SCOPES, OPS_USER
 from tasks import jupyterhub_api as api
 from tasks.local_hub import LocalHub, LocalHubError
@@ -59,12 +62,22 @@ def issue_ops_token(url: str, issuer: str) -> tuple[str, str, datetime]:
 
 
 @task(task_run_name="ensure-ops-token-{cluster}-{hub}", cache_policy=NO_CACHE)
-async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) -> str:
+async def ensure_ops_service(
+    cluster: str,
+    hub: str,
+    mint: Callable[[], str],
+    url: str,
+    store_url: str | None = None,
+) -> str:
     """Make sure the hub has a working, unexpired ops token in its block.
 
+    mint: mints a bootstrap token in the hub's database (`local_minter`, `kube_minter`).
+    url: where the hub answers now; store_url: where the block says it lives (default url;
+    a Kubernetes hub reached by port-forward is stored at its domain).
     Changes: possibly the hub's tokens and the `HubOpsToken` block.
     Returns what was done: 'kept' or 'created'.
     """
+    store_url = store_url or url
     logger = get_run_logger()
     stored = await load_ops_token(cluster, hub)
     if stored is not None:
@@ -74,8 +87,8 @@ async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) 
                 stored.expires_at - datetime.now(UTC) > RENEW_BEFORE
             )
             if me.get("name") == OPS_USER and fresh:
-                if stored.url != url:  # redeployed on other ports: the block follows the hub
-                    stored.url = url
+                if stored.url != store_url:  # redeployed on other ports: the block follows
+                    stored.url = store_url
                     await stored.asave(HubOpsToken.block_name(cluster, hub), overwrite=True)
                 return "kept"
             if not fresh:
@@ -83,12 +96,12 @@ async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) 
         except api.TokenRefused:
             logger.warning("stored ops token of %s/%s is refused; issuing a new one", cluster, hub)
 
-    bootstrap = await asyncio.to_thread(_mint_bootstrap_token, local)
+    bootstrap = await asyncio.to_thread(mint)
     try:
         token_id, token, expires = await asyncio.to_thread(issue_ops_token, url, bootstrap)
         await HubOpsToken(
             hub=f"{cluster}/{hub}",
-            url=url,
+            url=store_url,
             token_id=token_id,
             token=SecretStr(token),
             created_at=datetime.now(UTC),
@@ -112,6 +125,11 @@ async def ensure_ops_service(cluster: str, hub: str, local: LocalHub, url: str) 
     return "created"
 
 
+def local_minter(local: LocalHub) -> Callable[[], str]:
+    """Mints the bootstrap token with `jupyterhub token` beside the local hub."""
+    return lambda: _mint_bootstrap_token(local)
+
+
 def _mint_bootstrap_token(local: LocalHub) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "jupyterhub", "token", BOOTSTRAP_USER, "-f", str(local.config_file)],
@@ -126,6 +144,54 @@ def _mint_bootstrap_token(local: LocalHub) -> str:
         raise LocalHubError(
             f"could not mint a bootstrap token for {local.name!r} "
             f"(exit {result.returncode}): {result.stderr.strip()[-500:]}"
+        )
+    return token
+
+
+#: z2jh's hub container: its config file (the working directory holds the database).
+Z2JH_CONFIG = "/usr/local/etc/jupyterhub/jupyterhub_config.py"
+
+
+def kube_minter(api: Any, namespace: str) -> Callable[[], str]:
+    """Mints the bootstrap token with `jupyterhub token` inside the running hub pod (z2jh's
+    `component=hub`), through the Kubernetes API's exec: the token travels on that stream
+    only, never into a file, a log or a command line."""
+    return lambda: _mint_in_pod(api, namespace)
+
+
+def _mint_in_pod(api: Any, namespace: str) -> str:
+    from kubernetes import client
+    from kubernetes.stream import stream
+
+    core = client.CoreV1Api(api)
+    pods = [
+        p
+        for p in core.list_namespaced_pod(namespace, label_selector="component=hub").items
+        if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+    ]
+    if not pods:
+        raise HubfleetError(f"no running hub pod in namespace {namespace!r} to mint a token in")
+    resp = stream(
+        core.connect_get_namespaced_pod_exec,
+        pods[0].metadata.name,
+        namespace,
+        container="hub",
+        command=["jupyterhub", "token", "-f", Z2JH_CONFIG, BOOTSTRAP_USER],
+        stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False,
+    )  # fmt: skip
+    out, err = [], []
+    while resp.is_open():
+        resp.update(timeout=5)
+        out.append(resp.read_stdout())
+        err.append(resp.read_stderr())
+    resp.close()
+    code = resp.returncode
+    stdout, stderr = "".join(out).strip(), "".join(err).strip()
+    token = stdout.splitlines()[-1] if stdout else ""
+    if code != 0 or len(token) < 16:
+        raise HubfleetError(
+            f"could not mint a bootstrap token in {namespace}/{pods[0].metadata.name} "
+            f"(exit {code}): {stderr[-500:]}"
         )
     return token
 

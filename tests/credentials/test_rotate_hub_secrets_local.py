@@ -48,7 +48,7 @@ def login_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str
         )
     )
     (root / "clusters" / cluster / f"{hub}.values.yaml").write_text(
-        "hub:\n  config:\n    JupyterHub: {authenticator_class: dummy}\n"
+        "jupyterhub:\n  hub:\n    config:\n      JupyterHub: {authenticator_class: dummy}\n"
     )
     monkeypatch.setenv("HUBFLEET_FLEET", str(root))
     return cluster, hub

@@ -20,9 +20,9 @@ async def test_deploy_run_fails_with_the_file_and_line(
 ) -> None:
     root = tmp_path / "fleet"
     shutil.copytree(REPO / "fleet", root)
-    (root / "clusters/local/prod.values.yaml").write_text("hub: {}\nhub: {}\n")
+    (root / "clusters/local/prod.values.yaml").write_text("jupyterhub:\n  hub: {}\n  hub: {}\n")
     monkeypatch.setenv("HUBFLEET_FLEET", str(root))
-    line = "clusters/local/prod.values.yaml:2: hub: duplicate key: 'hub' is already set"
+    line = "clusters/local/prod.values.yaml:3: jupyterhub.hub: duplicate key: 'hub' is already set"
 
     with pytest.raises(ValuesInvalid) as info:
         await deploy_hub(cluster="local", hub="prod")

@@ -28,7 +28,7 @@ from kubernetes import client
 from kubernetes.stream import stream
 
 from hubfleet.testenv import hubimages
-from hubfleet.testenv.node import POD_PLACEMENT, STORAGE_CLASS
+from hubfleet.testenv.nodevalues import node_values
 
 pytestmark = [pytest.mark.kube, pytest.mark.node]
 
@@ -53,90 +53,13 @@ def _wait(what: str, check, timeout: float, interval: float = 1.0):
 
 
 def _values(images: dict[str, str], admin_token: str) -> dict:
-    placement = {"nodeSelector": POD_PLACEMENT["nodeSelector"]}
-    tolerations = POD_PLACEMENT["tolerations"]
-    return {
-        "hub": {
-            "image": _image(images["k8s-hub"]),
-            **placement,
-            "tolerations": tolerations,
-            # The hub's SQLite database on a PVC (the chart's default db type), provisioned
-            # on the node's disk by the local-path provisioner.
-            "db": {"pvc": {"storageClassName": STORAGE_CLASS}},
-            # The bridge CNI does not enforce NetworkPolicy: objects it would ignore would
-            # only pretend to isolate pods. Off for hub, proxy and single-user pods.
-            "networkPolicy": {"enabled": False},
-            # Generated per test and written to a 0600 values file only; never printed.
-            "services": {"test-admin": {"api_token": admin_token, "admin": True}},
-            "extraConfig": {
-                # No cluster DNS runs beside the node, so the Service names the chart's
-                # config uses ("proxy-api", "hub") do not resolve in pods. The same Services
-                # are reached by the ClusterIPs the kubelet puts in every pod's environment
-                # (the chart's get_name_env reads them).
-                "zz-service-ips": (
-                    "def _svc(name):\n"
-                    "    host = get_name_env(name, '_SERVICE_HOST')\n"
-                    "    port = get_name_env(name, '_SERVICE_PORT')\n"
-                    "    return f'http://{host}:{port}'\n"
-                    "c.ConfigurableHTTPProxy.api_url = _svc('proxy-api')\n"
-                    "c.JupyterHub.hub_connect_url = _svc('hub')\n"
-                ),
-            },
-        },
-        "proxy": {
-            # No load balancer here: the public Service stays a ClusterIP.
-            "service": {"type": "ClusterIP"},
-            # https off (the chart's default, stated): no ACME server or certificates here,
-            # so neither traefik nor secret-sync runs.
-            "https": {"enabled": False},
-            "chp": {
-                "image": _image(images["proxy"]),
-                **placement,
-                "tolerations": tolerations,
-                "networkPolicy": {"enabled": False},
-                # As hub.extraConfig above: the hub by its Service's ClusterIP, which the
-                # kubelet expands from the pod's environment ($(VAR) in the command).
-                "defaultTarget": "http://$(HUB_SERVICE_HOST):$(HUB_SERVICE_PORT)",
-                "errorTarget": "http://$(HUB_SERVICE_HOST):$(HUB_SERVICE_PORT)/hub/error",
-            },
-            "traefik": {"networkPolicy": {"enabled": False}},
-        },
-        "singleuser": {
-            "image": _image(images["singleuser"]),
-            **placement,
-            "extraTolerations": tolerations,
-            "networkPolicy": {"enabled": False},
-            # blockWithIptables adds a privileged init container (the network-tools image)
-            # that blocks the cloud metadata server: there is none here, and the node's pods
-            # have no route off this machine at all.
-            "cloudMetadata": {"blockWithIptables": False},
-            # No home PVC per user: the hub's PVC above already proves the provisioner; a
-            # user volume would only slow the spawn on a shared 2-core machine.
-            "storage": {"type": "none"},
-            # The chart guarantees 1G per user; the shared test machine keeps it small.
-            "memory": {"guarantee": "64M"},
-            "startTimeout": 240,
-        },
-        "scheduling": {
-            # user-scheduler: a kube-scheduler image (registry.k8s.io) we do not build; the
-            # test cluster's own scheduler places user pods.
-            "userScheduler": {"enabled": False},
-            # user placeholders: pause pods for headroom on autoscaled clusters; there is
-            # one fixed node here.
-            "userPlaceholder": {"enabled": False},
-            "podPriority": {"enabled": False},
-        },
-        # The image pullers (the image-awaiter hook Job and the puller DaemonSets) pull from
-        # registries; here images are imported into containerd and never pulled.
-        "prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},
-        # Nothing outside a ClusterIP: no Ingress controller or Gateway here.
-        "ingress": {"enabled": False},
-    }
-
-
-def _image(ref: str) -> dict:
-    name, tag = ref.rsplit(":", 1)
-    return {"name": name, "tag": tag, "pullPolicy": "Never"}
+    values = node_values(images)
+    # Generated per test and written to a 0600 values file only; never printed.
+    values["hub"]["services"] = {"test-admin": {"api_token": admin_token, "admin": True}}
+    # No cluster DNS and no ingress controller here: the public Service stays a ClusterIP.
+    values["proxy"]["service"] = {"type": "ClusterIP"}
+    values["ingress"] = {"enabled": False}
+    return values
 
 
 def _ready(pod: client.V1Pod) -> bool:

@@ -14,9 +14,9 @@ def write_pilot_fleet(root: Path, provider: str, cluster: str = CLUSTER) -> Path
     (root / "fleet.yaml").write_text(
         "name: pilot-fleet\nchart_version: 4.4.0\nvalues: [common.values.yaml]\n"
     )
-    (root / "common.values.yaml").write_text("cull:\n  timeout: 3600\n")
+    (root / "common.values.yaml").write_text("jupyterhub:\n  cull:\n    timeout: 3600\n")
     (d / "cluster.values.yaml").write_text(
-        "hub:\n  config:\n    JupyterHub:\n      concurrent_spawn_limit: 20\n"
+        "jupyterhub:\n  hub:\n    config:\n      JupyterHub:\n        concurrent_spawn_limit: 20\n"
     )
     section = "kubeconfig: {context: hubfleet-testenv}" if provider == "kubeconfig" else "local: {}"
     hubs = "".join(
@@ -31,7 +31,7 @@ def write_pilot_fleet(root: Path, provider: str, cluster: str = CLUSTER) -> Path
     (d / "cluster.yaml").write_text(
         f"name: {cluster}\nprovider: {provider}\n{section}\nhubs:\n{hubs}"
     )
-    (d / "course.values.yaml").write_text("singleuser:\n  memory: {limit: 2G}\n")
+    (d / "course.values.yaml").write_text("jupyterhub:\n  singleuser:\n    memory: {limit: 2G}\n")
     (d / "lab.values.yaml").write_text("{}\n")
     (d / "hack.values.yaml").write_text("{}\n")
     return root

@@ -1,5 +1,7 @@
 """`hubfleet export-hub`: the bundle installs with plain helm (its own install.sh) into the
-real test control plane (kwok makes pods Ready) and holds no secret value."""
+real test control plane (kwok makes pods Ready) and holds no secret value. A hub without a
+Dask Gateway is plain Zero to JupyterHub: the bundle names the upstream chart and version
+(here the tests' local chart repository) and holds z2jh's own values."""
 
 from __future__ import annotations
 
@@ -25,9 +27,8 @@ def test_bundle_installs_with_plain_helm_and_has_no_secret(
 ) -> None:
     cluster = next((kube_pilot_fleet / "clusters").iterdir()).name
     cookie, token = secrets.token_hex(32), secrets.token_hex(32)
-    Secret(value={"hub": {"cookieSecret": cookie}, "proxy": {"secretToken": token}}).save(
-        f"hub-values-{cluster}-lab", overwrite=True
-    )
+    z2jh = {"hub": {"cookieSecret": cookie}, "proxy": {"secretToken": token}}
+    Secret(value={"jupyterhub": z2jh}).save(f"hub-values-{cluster}-lab", overwrite=True)
     bundle = tmp_path / "bundle"
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
     result = subprocess.run(
@@ -49,8 +50,7 @@ def test_bundle_installs_with_plain_helm_and_has_no_secret(
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in bundle.iterdir()} >= {
-        "chart",
+    assert {p.name for p in bundle.iterdir()} == {
         "values.yaml",
         "secrets.example.yaml",
         "install.sh",
@@ -65,7 +65,13 @@ def test_bundle_installs_with_plain_helm_and_has_no_secret(
     values = YAML(typ="safe").load((bundle / "values.yaml").read_text())
     assert values["singleuser"]["storage"]["capacity"] == "50Gi"  # the research preset
     assert values["hub"]["config"]["JupyterHub"]["concurrent_spawn_limit"] == 20  # cluster
-    assert values["hub"]["opsToken"]["existingSecret"] == ""
+    # hubfleet's own users and roles stay behind; the rest of hub.loadRoles is kept.
+    assert not [r for r in values["hub"].get("loadRoles", {}) if r.startswith("hubfleet")]
+    assert "hubfleet-refuse-logins" not in values["hub"].get("extraConfig", {})
+    install = (bundle / "install.sh").read_text()
+    assert f"jupyterhub --repo {os.environ['HUBFLEET_CHART_REPOSITORY']} --version 4.4.0" in (
+        install
+    )
     example = YAML(typ="safe").load((bundle / "secrets.example.yaml").read_text())
     assert example["hub"]["cookieSecret"].startswith(PLACEHOLDER)
     assert example["proxy"]["secretToken"].startswith(PLACEHOLDER)
@@ -99,8 +105,8 @@ def test_bundle_installs_with_plain_helm_and_has_no_secret(
         )
         assert done.returncode == 0, done.stderr
         apps = client.AppsV1Api(kube_api)
-        assert apps.read_namespaced_deployment("lab-hub", ns).status.ready_replicas == 1
-        assert apps.read_namespaced_deployment("lab-proxy", ns).status.ready_replicas == 1
+        assert apps.read_namespaced_deployment("hub", ns).status.ready_replicas == 1
+        assert apps.read_namespaced_deployment("proxy", ns).status.ready_replicas == 1
         pods = client.CoreV1Api(kube_api).list_namespaced_pod(ns).items
         assert pods and all(
             any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])

@@ -6,7 +6,7 @@ so the HTTP probes of `check_hub_health` cannot pass here; that is the only part
 
 from __future__ import annotations
 
-import json
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +19,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from flows.customize_hub import CustomizationRejected, customize_hub
 from hubfleet.loader import load_fleet
-from hubfleet.values import CHARTS_DIR, hub_layers, validate_layers
+from hubfleet.values import hub_layers, hub_schema, validate_layers
 
 pytestmark = [pytest.mark.kube]
 REPO = Path(__file__).resolve().parents[2]
@@ -69,9 +69,10 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
     try:
         assert result["changed"] and result["deploy"]["action"] == "install"
         apps = client.AppsV1Api(kube_api)
-        assert apps.read_namespaced_deployment("course-hub", "course").status.ready_replicas == 1
-        cm = client.CoreV1Api(kube_api).list_namespaced_config_map("course").items
-        rendered = json.dumps([c.data for c in cm])
+        assert apps.read_namespaced_deployment("hub", "course").status.ready_replicas == 1
+        # z2jh hands the hub its values through the `hub` Secret (values.yaml).
+        secret = client.CoreV1Api(kube_api).read_namespaced_secret("hub", "course")
+        rendered = base64.b64decode(secret.data["values.yaml"]).decode()
         assert "scipy-notebook" in rendered and "prof@college.example.edu" in rendered
         # The working tree is as it was; the change is a commit on a branch.
         assert values_file.read_text() == original
@@ -94,8 +95,10 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
         fleet = load_fleet(copy)
         hub = fleet.cluster(cluster).hub("course")
         layers = hub_layers(fleet, cluster, hub)
-        validate_layers(layers, CHARTS_DIR / "hub" / "values.schema.json")
-        profile_list = layers[-1].values["hub"]["config"]["KubeSpawner"]["profile_list"]
+        validate_layers(layers, hub_schema(fleet, hub))
+        profile_list = layers[-1].values["jupyterhub"]["hub"]["config"]["KubeSpawner"][
+            "profile_list"
+        ]
         assert [p["slug"] for p in profile_list] == ["standard", "large"]
         assert [p.get("default", False) for p in profile_list] == [False, True]
         # The run is in the history with who asked for it.

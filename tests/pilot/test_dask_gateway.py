@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
 from flows.deploy_hub import deploy_hub
@@ -52,81 +53,61 @@ async def test_research_hub_with_dask_gateway_installs_and_is_wired(research_hub
     assert result["action"] == "install", result
 
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
-    gateway = apps.read_namespaced_deployment(f"{hub}-dask-gateway", hub)
+    gateway = apps.read_namespaced_deployment("dask-gateway", hub)
     assert gateway.status.ready_replicas == 1
     container = gateway.spec.template.spec.containers[0]
     assert container.image == "registry.example.org/hubfleet-dask-gateway:2024.1.0"
     # The research preset sized it (its resources, and its per-cluster limits).
     assert container.resources.limits == {"cpu": "9", "memory": "36Gi"}
-    gw_config = core.read_namespaced_config_map(f"{hub}-dask-gateway", hub).data[
-        "dask_gateway_config.py"
-    ]
+    gw_config = core.read_namespaced_config_map("dask-gateway", hub).data["dask_gateway_config.py"]
     assert 'c.ClusterConfig.worker_memory = "8G"' in gw_config
     assert "c.ClusterConfig.cluster_max_workers = 4" in gw_config
-    assert "JupyterHubAuthenticator" in gw_config and f"{hub}-hub:8081/hub/api" in gw_config
-    svc = core.read_namespaced_service(f"{hub}-dask-gateway", hub)
+    assert "JupyterHubAuthenticator" in gw_config and "http://hub:8081/hub/api" in gw_config
+    svc = core.read_namespaced_service("dask-gateway", hub)
     assert {p.port for p in svc.spec.ports} == {8000, 8786}
 
-    # The hub registers it as a service and tells user servers where it is.
-    hub_config = core.read_namespaced_config_map(f"{hub}-hub", hub).data
-    values = json.loads(hub_config["values.json"])
-    assert values["daskGateway"] == {
-        "enabled": True,
-        "url": f"http://{hub}-dask-gateway:8000",
-        "prefix": "/services/dask-gateway",
-        "proxyAddress": f"gateway://{hub}-dask-gateway:8786",
-    }
-    for needle in (
-        '"name": "dask-gateway"',
-        "DASK_GATEWAY__ADDRESS",
-        "DASK_GATEWAY__PROXY_ADDRESS",
-        '"DASK_GATEWAY__AUTH__TYPE": "jupyterhub"',
-    ):
-        assert needle in hub_config["jupyterhub_config.py"], needle
-    # Hub and gateway share one generated token, from the hub Secret (never a value in git).
-    ref = {"name": f"{hub}-hub-secret", "key": "daskGateway.apiToken"}
-    hub_env = {
-        e.name: e
-        for e in apps.read_namespaced_deployment(f"{hub}-hub", hub)
-        .spec.template.spec.containers[0]
-        .env
-    }
-    for env in (
-        hub_env["DASK_GATEWAY_API_TOKEN"],
-        {e.name: e for e in container.env}["JUPYTERHUB_API_TOKEN"],
-    ):
-        key_ref = env.value_from.secret_key_ref
-        assert {"name": key_ref.name, "key": key_ref.key} == ref
-    secret = core.read_namespaced_secret(f"{hub}-hub-secret", hub)
-    token = base64.b64decode(secret.data["daskGateway.apiToken"])
-    assert len(token) == 64
+    # z2jh registers it as a hub service with a role, and tells user servers where it is
+    # (hubfleet.values.dask_gateway_values, in the values z2jh hands the hub).
+    secret = core.read_namespaced_secret("hub", hub)
+    values = yaml.safe_load(base64.b64decode(secret.data["values.yaml"]))
+    assert values["hub"]["services"]["dask-gateway"]["url"] == "http://dask-gateway:8000"
+    assert values["hub"]["loadRoles"]["dask-gateway"]["scopes"] == ["read:users"]
+    env = values["singleuser"]["extraEnv"]
+    assert env["DASK_GATEWAY__ADDRESS"] == "http://dask-gateway:8000/services/dask-gateway"
+    assert env["DASK_GATEWAY__PROXY_ADDRESS"] == "gateway://dask-gateway:8786"
+    assert env["DASK_GATEWAY__AUTH__TYPE"] == "jupyterhub"
+    # Hub and gateway share one token z2jh generated into its Secret (never a value in git).
+    key_ref = {e.name: e for e in container.env}["JUPYTERHUB_API_TOKEN"].value_from.secret_key_ref
+    assert (key_ref.name, key_ref.key) == ("hub", "hub.services.dask-gateway.apiToken")
+    token = base64.b64decode(secret.data["hub.services.dask-gateway.apiToken"])
+    assert len(token) >= 32
     # User servers may reach it; the gateway lets in only user servers, the proxy and hub.
     netpols = {
         p.metadata.name: p
         for p in client.NetworkingV1Api(kube_api).list_namespaced_network_policy(hub).items
     }
-    assert f"{hub}-dask-gateway" in netpols
-    egress = netpols[f"{hub}-singleuser"].spec.egress
+    assert "dask-gateway" in netpols
+    egress = netpols["singleuser"].spec.egress
     assert any(
         (r.to or [None])[0] is not None
         and r.to[0].pod_selector is not None
-        and (r.to[0].pod_selector.match_labels or {}).get("app.kubernetes.io/component")
-        == "dask-gateway"
+        and (r.to[0].pod_selector.match_labels or {}).get("component") == "dask-gateway"
         for r in egress
     )
 
-    # A redeploy keeps the token (users' running clusters keep working).
+    # A redeploy keeps the token (users' running clusters keep working): z2jh's lookup.
     await deploy_hub(cluster, hub, operator="test", gate="rollout")
-    again = core.read_namespaced_secret(f"{hub}-hub-secret", hub)
-    assert base64.b64decode(again.data["daskGateway.apiToken"]) == token
+    again = core.read_namespaced_secret("hub", hub)
+    assert base64.b64decode(again.data["hub.services.dask-gateway.apiToken"]) == token
 
 
 def test_research_preset_sizes_the_gateway_but_leaves_it_off(pilot_fleet, helm) -> None:
     """Without the hub's `enabled: true` the preset only sizes it; nothing is rendered."""
     import yaml
 
+    from hubfleet.charts import hub_chart
     from hubfleet.loader import load_fleet
-    from hubfleet.values import CHARTS_DIR, hub_layers, merged
+    from hubfleet.values import hub_layers, merged
 
     fleet = load_fleet(pilot_fleet("kubeconfig"))
     cluster = fleet.clusters[0]
@@ -137,8 +118,8 @@ def test_research_preset_sizes_the_gateway_but_leaves_it_off(pilot_fleet, helm) 
     try:
         values_file = Path(fleet.root) / "lab.merged.yaml"
         values_file.write_text(json.dumps(values))
-        docs = yaml.safe_load_all(h.template("lab", CHARTS_DIR / "hub", "lab", [values_file]))
+        docs = yaml.safe_load_all(h.template("lab", hub_chart("4.4.0"), "lab", [values_file]))
         names = {d["metadata"]["name"] for d in docs if d}
     finally:
         h.close()
-    assert "lab-hub" in names and not any("dask-gateway" in n for n in names)
+    assert "hub" in names and not any("dask-gateway" in n for n in names)

@@ -1,27 +1,28 @@
-"""helm/hub's Dask Gateway configuration, run for real: the chart is rendered with the real
-helm (`daskGateway.enabled=true`, chart defaults otherwise), its `dask_gateway_config.py`
-runs in a real `dask-gateway-server` (the chart's UnsafeLocalBackend: real dask schedulers
-and workers as processes), and users authenticate against a real JupyterHub with the
-`dask-gateway` service registered by the chart's own hub config code.
+"""helm/hub's Dask Gateway, run for real: the wrapper chart (with z2jh 4.4.0) is rendered
+with the real helm, the gateway on and the wiring values hubfleet layers in for it; its
+`dask_gateway_config.py` runs in a real `dask-gateway-server` (UnsafeLocalBackend: real
+dask schedulers and workers as processes), and users authenticate against a real
+JupyterHub with the `dask-gateway` service and role as z2jh builds them from those values.
 
 What differs from Kubernetes, and nothing else:
 - the hub: hubfleet's local hub config (`render_config`: null authenticator, sqlite, the
-  hub starts configurable-http-proxy itself), plus the chart's `dask-gateway` service and
-  role taken from executing the rendered `jupyterhub_config.py` against the rendered
-  `values.json`; plus a test-only admin service whose token creates the user and its token.
-- values.json's `daskGateway.url` -> the local gateway (`http://127.0.0.1:<port>`), and
-  the user servers' DASK_GATEWAY__PROXY_ADDRESS -> `gateway://127.0.0.1:<port>`
-  (the chart derives both from the Service name, which does not resolve here).
+  hub starts configurable-http-proxy itself), plus the `dask-gateway` service and role
+  read from the rendered values z2jh hands the hub (its `hub` Secret's values.yaml); plus
+  a test-only admin service whose token creates the user and its token.
+- the service's URL and the user servers' DASK_GATEWAY__ADDRESS / __PROXY_ADDRESS ->
+  the local gateway on 127.0.0.1 (the chart's name the gateway's Service, which does not
+  resolve here).
 - overrides appended to the rendered `dask_gateway_config.py` (its text is not edited):
   `c.JupyterHubAuthenticator.jupyterhub_api_url` -> the local hub's own API
   (`http://127.0.0.1:<hub port>/hub/api`, as the chart uses the hub Service's port 8081),
   `c.Proxy.address` / `c.Proxy.tcp_address` -> free ports on 127.0.0.1.
-- the token the hub Secret holds (`daskGateway.apiToken`) is a random one made here, given
-  to both processes through their environment, as the Deployments do.
+- the token z2jh's Secret holds (`hub.services.dask-gateway.apiToken`) is a random one made
+  here, given to both processes through their environment, as the pods get it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -39,9 +40,10 @@ import psutil
 import pytest
 import requests
 import yaml
-from traitlets.config import Config
 
+from hubfleet.charts import hub_chart
 from hubfleet.localhub import Ports, render_config
+from hubfleet.values import dask_gateway_values, merge_values
 from tasks.helm import Helm
 from tasks.local_hub import find_chp
 
@@ -125,12 +127,14 @@ def minimal_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def rendered(helm, tmp_path: Path) -> dict[str, Any]:
-    """The chart rendered with the gateway on (chart defaults otherwise): kind/name -> doc."""
-    values = tmp_path / "gateway.values.yaml"
-    values.write_text("daskGateway: {enabled: true, image: {name: hubfleet-dask-gateway}}\n")
+    """The hub chart rendered with the gateway on, plus the wiring values hubfleet layers in
+    when it is (`dask_gateway_values`), chart defaults otherwise: kind/name -> doc."""
+    values = tmp_path / "gateway.values.json"  # JSON is YAML
+    gateway = {"daskGateway": {"enabled": True, "image": {"name": "hubfleet-dask-gateway"}}}
+    values.write_text(json.dumps(merge_values(dask_gateway_values(), gateway)))
     h = Helm(kubeconfig=None, binary=helm)
     try:
-        text = h.template(RELEASE, REPO / "helm" / "hub", "ns", [values])
+        text = h.template(RELEASE, hub_chart("4.4.0"), "ns", [values])
     finally:
         h.close()
     docs = [d for d in yaml.safe_load_all(text) if d]
@@ -141,35 +145,15 @@ def chart_values() -> dict[str, Any]:
     return dict(yaml.safe_load((REPO / "helm" / "hub" / "values.yaml").read_text())["daskGateway"])
 
 
-def hub_wiring(hub_cm: dict[str, str], gateway_url: str, token: str) -> Config:
-    """Execute the rendered jupyterhub_config.py (the chart's own code) with its rendered
-    values.json, the gateway URL pointed here and the Secret's token in the environment;
-    returns the traitlets config it builds."""
-    values = json.loads(hub_cm["values.json"])
-    values["daskGateway"]["url"] = gateway_url
-    cfg = Config()
-    real_open = open
-
-    def chart_open(path: str, *args: Any, **kwargs: Any) -> Any:
-        if path == "/usr/local/etc/jupyterhub/values.json":
-            import io
-
-            return io.StringIO(json.dumps(values))
-        return real_open(path, *args, **kwargs)
-
-    saved = os.environ.get("DASK_GATEWAY_API_TOKEN")
-    os.environ["DASK_GATEWAY_API_TOKEN"] = token
-    try:
-        exec(  # the chart's code, as the hub pod runs it
-            compile(hub_cm["jupyterhub_config.py"], "rendered jupyterhub_config.py", "exec"),
-            {"get_config": lambda: cfg, "open": chart_open},
-        )
-    finally:
-        if saved is None:
-            del os.environ["DASK_GATEWAY_API_TOKEN"]
-        else:
-            os.environ["DASK_GATEWAY_API_TOKEN"] = saved
-    return cfg
+def hub_wiring(hub_secret: dict[str, Any], gateway_url: str) -> tuple[dict, dict, dict]:
+    """What z2jh makes of the rendered values it hands the hub (its `hub` Secret's
+    values.yaml): the `dask-gateway` service (its URL pointed here), its role, and the
+    environment of user servers."""
+    values = yaml.safe_load(base64.b64decode(hub_secret["data"]["values.yaml"]))
+    service = {"name": "dask-gateway", **values["hub"]["services"]["dask-gateway"]}
+    service["url"] = gateway_url
+    role = {"name": "dask-gateway", **values["hub"]["loadRoles"]["dask-gateway"]}
+    return service, role, dict(values["singleuser"]["extraEnv"])
 
 
 # --- the test ----------------------------------------------------------------------------
@@ -177,21 +161,21 @@ def hub_wiring(hub_cm: dict[str, str], gateway_url: str, token: str) -> Config:
 
 def test_chart_gateway_config_runs_dask_clusters_for_hub_users(rendered, tmp_path: Path) -> None:
     gw_values = chart_values()["cluster"]
-    gw_deploy = rendered[f"Deployment/{RELEASE}-dask-gateway"]
-    hub_deploy = rendered[f"Deployment/{RELEASE}-hub"]
+    gw_deploy = rendered["Deployment/dask-gateway"]
     gw_container = gw_deploy["spec"]["template"]["spec"]["containers"][0]
-    hub_container = hub_deploy["spec"]["template"]["spec"]["containers"][0]
-    gw_config_text = rendered[f"ConfigMap/{RELEASE}-dask-gateway"]["data"]["dask_gateway_config.py"]
-    # Both Deployments read the same Secret key: the gateway as JUPYTERHUB_API_TOKEN (what
-    # JupyterHubAuthenticator reads), the hub as DASK_GATEWAY_API_TOKEN (the service's).
+    gw_config_text = rendered["ConfigMap/dask-gateway"]["data"]["dask_gateway_config.py"]
+    # The gateway reads, as JUPYTERHUB_API_TOKEN (what JupyterHubAuthenticator reads), the
+    # token z2jh generates for the `dask-gateway` service into its `hub` Secret.
     env_refs = {
         e["name"]: e["valueFrom"]["secretKeyRef"]
-        for c in (gw_container, hub_container)
-        for e in c.get("env", [])
+        for e in gw_container.get("env", [])
         if "valueFrom" in e
     }
-    assert env_refs["JUPYTERHUB_API_TOKEN"] == env_refs["DASK_GATEWAY_API_TOKEN"]
-    assert env_refs["JUPYTERHUB_API_TOKEN"]["key"] == "daskGateway.apiToken"
+    assert env_refs["JUPYTERHUB_API_TOKEN"] == {
+        "name": "hub",
+        "key": "hub.services.dask-gateway.apiToken",
+    }
+    assert "hub.services.dask-gateway.apiToken" in rendered["Secret/hub"]["data"]
     assert gw_container["args"][:2] == ["dask-gateway-server", "--config"]
     health_path = gw_container["readinessProbe"]["httpGet"]["path"]
 
@@ -199,22 +183,19 @@ def test_chart_gateway_config_runs_dask_clusters_for_hub_users(rendered, tmp_pat
     ports = Ports(public=public, proxy_api=proxy_api, hub=hub_port)
     service_token, admin_token = secrets.token_hex(32), secrets.token_hex(32)
 
-    # The chart's service registration and role, and what user servers are told.
-    wiring = hub_wiring(
-        rendered[f"ConfigMap/{RELEASE}-hub"]["data"], f"http://127.0.0.1:{gw_http}", service_token
-    )
-    [service] = [s for s in wiring.JupyterHub.services if s["name"] == "dask-gateway"]
-    [role] = [r for r in wiring.JupyterHub.load_roles if r["name"] == "dask-gateway"]
-    assert service["api_token"] == service_token
-    user_env = dict(wiring.KubeSpawner.environment)
+    # The service registration and role z2jh builds, and what user servers are told.
+    service, role, user_env = hub_wiring(rendered["Secret/hub"], f"http://127.0.0.1:{gw_http}")
     assert user_env["DASK_GATEWAY__AUTH__TYPE"] == "jupyterhub"
-    address = user_env["DASK_GATEWAY__ADDRESS"]
-    proxy_address = f"gateway://127.0.0.1:{gw_sched}"  # override: the chart's names a Service
-    assert user_env["DASK_GATEWAY__PROXY_ADDRESS"] == f"gateway://{RELEASE}-dask-gateway:8786"
+    # override: the chart's address names the gateway's Service, which does not resolve here
+    address = user_env["DASK_GATEWAY__ADDRESS"].replace(
+        "http://dask-gateway:8000", f"http://127.0.0.1:{gw_http}"
+    )
+    proxy_address = f"gateway://127.0.0.1:{gw_sched}"
+    assert user_env["DASK_GATEWAY__PROXY_ADDRESS"] == "gateway://dask-gateway:8786"
 
-    # The hub: hubfleet's local hub config + the chart's service (its token by environment,
-    # as in the chart) + a test-only admin service.
-    public_service = {k: v for k, v in service.items() if k != "api_token"}
+    # The hub: hubfleet's local hub config + z2jh's service (its token by environment, as
+    # z2jh passes it from its Secret) + a test-only admin service.
+    public_service = dict(service)
     hub_dir = tmp_path / "hub"
     hub_dir.mkdir()
     (hub_dir / "homes").mkdir()

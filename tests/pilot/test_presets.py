@@ -9,7 +9,8 @@ from pathlib import Path
 
 from hubfleet.loader import load_fleet
 from hubfleet.presets import all_presets, explain
-from hubfleet.values import CHARTS_DIR, hub_layers, merged, validate_layers
+from hubfleet.charts import hub_schema, z2jh_defaults
+from hubfleet.values import Layer, hub_layers, merged, validate_layers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,31 +29,31 @@ def test_every_preset_is_valid_chart_values() -> None:
     for preset in all_presets():
         assert preset.images and preset.profiles, preset.use_case
         validate_layers(
-            [hub_layers.__globals__["Layer"]("chart", {}), preset.layer()],
-            CHARTS_DIR / "hub" / "values.schema.json",
+            [Layer("chart", {"jupyterhub": z2jh_defaults("4.4.0")}), preset.layer()],
+            hub_schema("4.4.0"),
         )
 
 
 def test_three_presets_layered_under_the_hubs_own_values(pilot_fleet) -> None:
     fleet = load_fleet(pilot_fleet("kubeconfig"))
     cluster = fleet.clusters[0]
-    values = {h.name: merged(hub_layers(fleet, cluster.name, h)) for h in cluster.hubs}
+    values = {
+        h.name: merged(hub_layers(fleet, cluster.name, h))["jupyterhub"] for h in cluster.hubs
+    }
     # Preset beats the fleet-wide common file (cull.timeout 3600 there) ...
     assert values["hack"]["cull"]["timeout"] == 1200 and values["hack"]["cull"]["users"] is True
     assert values["lab"]["singleuser"]["storage"]["capacity"] == "50Gi"
     # ... and the hub's own file beats the preset.
     assert values["course"]["singleuser"]["memory"] == {"guarantee": "512M", "limit": "2G"}
     for hub in cluster.hubs:
-        validate_layers(
-            hub_layers(fleet, cluster.name, hub), CHARTS_DIR / "hub" / "values.schema.json"
-        )
+        validate_layers(hub_layers(fleet, cluster.name, hub), hub_schema("4.4.0"))
     origins = {o.key: o for o in explain(hub_layers(fleet, cluster.name, cluster.hub("course")))}
-    assert origins["singleuser.memory.limit"].kind == "hub"
-    assert origins["singleuser.memory.limit"].overrode == ("chart", "preset")
-    assert origins["singleuser.memory.guarantee"].kind == "preset"
-    assert origins["ingress.hosts"].kind == "fleet"
-    assert origins["hub.config.JupyterHub.concurrent_spawn_limit"].kind == "cluster"
-    assert origins["hub.image.tag"].kind == "chart"
+    assert origins["jupyterhub.singleuser.memory.limit"].kind == "hub"
+    assert origins["jupyterhub.singleuser.memory.limit"].overrode == ("chart", "preset")
+    assert origins["jupyterhub.singleuser.memory.guarantee"].kind == "preset"
+    assert origins["jupyterhub.ingress.hosts"].kind == "fleet"
+    assert origins["jupyterhub.hub.config.JupyterHub.concurrent_spawn_limit"].kind == "cluster"
+    assert origins["jupyterhub.hub.image.tag"].kind == "chart"
 
 
 def test_show_explains_origins_and_validate_accepts(pilot_fleet) -> None:
@@ -66,12 +67,16 @@ def test_show_explains_origins_and_validate_accepts(pilot_fleet) -> None:
         if cells[1].strip()
     }
     # key -> value, from (the kind of layer), source (which file), overridden layers
-    assert rows["singleuser.storage.capacity"][:3] == ["5Gi", "preset", "preset: learning"]
-    assert rows["singleuser.memory.limit"][:2] == ["2G", "hub"]
-    assert rows["singleuser.memory.limit"][3] == "chart, preset"
-    assert rows["hub.config.JupyterHub.concurrent_spawn_limit"][:2] == ["20", "cluster"]
-    assert rows["ingress.hosts"][1] == "fleet"
-    assert "hub.image.tag" not in rows  # chart defaults only with --chart-defaults
+    assert rows["jupyterhub.singleuser.storage.capacity"][:3] == [
+        "5Gi",
+        "preset",
+        "preset: learning",
+    ]
+    assert rows["jupyterhub.singleuser.memory.limit"][:2] == ["2G", "hub"]
+    assert rows["jupyterhub.singleuser.memory.limit"][3] == "chart, preset"
+    assert rows["jupyterhub.hub.config.JupyterHub.concurrent_spawn_limit"][:2] == ["20", "cluster"]
+    assert rows["jupyterhub.ingress.hosts"][1] == "fleet"
+    assert "jupyterhub.hub.image.tag" not in rows  # chart defaults only with --chart-defaults
     assert "preset: learning" in result.stdout and "course.values.yaml" in result.stdout
     # A bad hub name is a plain error, not a traceback.
     bad = hubfleet("show", "nope", "--fleet", str(root))
