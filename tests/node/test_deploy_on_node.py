@@ -134,9 +134,11 @@ async def test_deploy_gate_user_break_rollback_on_the_real_node(node_hub, kube_a
     assert block is not None and block.url == f"https://{hub}.{cluster}.hubfleet.test"
     # Every level, spawn included: KubeSpawner started a pod on the node, ran Python in it.
     deep = await check_hub_health(cluster, hub, depth="deep")
-    levels = {r["level"]: r for r in deep["levels"]}
+    levels = {p["level"]: p for p in deep["probes"]}
     assert deep["verdict"] == "healthy", deep
-    assert levels["spawn"]["ok"] and "ran code in a kernel" in levels["spawn"]["reason"]
+    spawn = levels["spawn"]
+    assert spawn["ok"] and "ran code in a kernel" in str(spawn["detail"] or spawn["reason"]), spawn
+    print("spawn probe:", spawn["detail"] or spawn["reason"], spawn["latency_ms"], "ms")
 
     with PortForward(kube_api, hub, "component=proxy", 8000).start() as forward:
         api = f"{forward.url}/hub/api"
