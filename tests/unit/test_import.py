@@ -150,7 +150,8 @@ def test_tiers_follow_the_stated_rule_and_are_listed_for_review() -> None:
     assert len(tiers) == 7
     assert tiers[("pilot", "staging")].tier is Tier.staging
     assert tiers[("pilot", "research")].tier is Tier.prod
-    assert tiers[("openlab", "prod")].by_rule and "cluster.yaml:22" in tiers[("openlab", "prod")].where
+    prod = tiers[("openlab", "prod")]
+    assert prod.by_rule and "cluster.yaml:22" in prod.where
     given = tiers[("onprem", "course")]
     assert (given.tier, given.by_rule) == (Tier.staging, False)
     assert "as given by --tier" in str(given)
@@ -216,7 +217,8 @@ def test_malformed_source_names_file_and_line_writes_nothing(tmp_path: Path, cas
     d = src / "config" / "clusters" / "pilot"
     cluster = d / "cluster.yaml"
     if case == "bad-yaml-cluster":
-        cluster.write_text(cluster.read_text().replace("  zone: us-central1-b", "  zone: us-central1-b: b"))
+        text = cluster.read_text().replace("  zone: us-central1-b", "  zone: us-central1-b: b")
+        cluster.write_text(text)
         where = "pilot/cluster.yaml:10: (yaml): invalid YAML"
     elif case == "bad-yaml-values":
         (d / "staging.values.yaml").write_text("jupyterhub:\n  hub:\n  hub: {}\n")
