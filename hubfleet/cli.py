@@ -225,6 +225,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "hubfleet.cli_locks",
     "hubfleet.cli_fleet",
     "hubfleet.cli_status",
+    "hubfleet.cli_import",
 )
 
 
