@@ -1,10 +1,6 @@
 """The import round trip: `hubfleet import` a 2i2c-style repository, `hubfleet validate`
 it, `hubfleet show` a hub, dry-run deploy it to a Kubernetes cluster (the testenv control
-plane, as the other Helm tests), and load a secret layer with `hubfleet secret-values load`.
-
-The validate/show/deploy steps hold imported values (z2jh values under `jupyterhub:`) to
-the hub chart's schema: they need the hub chart to be the thin wrapper around z2jh's
-`jupyterhub` chart (issue 15, item 1) and are skipped until helm/hub is that chart."""
+plane, as the other Helm tests), and load a secret layer with `hubfleet secret-values load`."""
 
 from __future__ import annotations
 
@@ -14,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
 
 from hubfleet.importer import import_config, write_fleet
 
@@ -25,17 +20,6 @@ SETS = {
     ("utoronto", "azure", "subscription_id"): "0b1c2d3e-0000-4000-8000-000000000001",
     ("utoronto", "azure", "location"): "canadacentral",
 }
-
-
-def _hub_chart_is_z2jh_wrapper() -> bool:
-    chart = YAML(typ="safe").load((REPO / "helm" / "hub" / "Chart.yaml").read_text())
-    return any(d.get("name") == "jupyterhub" for d in chart.get("dependencies") or [])
-
-
-needs_z2jh_chart = pytest.mark.skipif(
-    not _hub_chart_is_z2jh_wrapper(),
-    reason="needs helm/hub to be the wrapper around z2jh's jupyterhub chart (issue 15 item 1)",
-)
 
 
 def hubfleet(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -53,7 +37,6 @@ def imported(tmp_path: Path) -> Path:
     return out
 
 
-@needs_z2jh_chart
 def test_import_validate_show_dry_run_deploy(imported: Path, kube, prefect_server) -> None:
     from blocks.cluster_access import ClusterAccess
 

@@ -121,9 +121,10 @@ async def test_deploy_gate_user_break_rollback_on_the_real_node(node_hub, kube_a
     # A test admin, as a secret values layer (hubfleet's real path for secrets): z2jh
     # registers it as a service with this token; it is never in a file of the fleet.
     admin = secrets.token_hex(32)
-    await Secret(
-        value={"jupyterhub": {"hub": {"services": {"test-admin": {"apiToken": admin, "admin": True}}}}}
-    ).save(f"hub-values-{cluster}-{hub}", overwrite=True)
+    service = {"test-admin": {"apiToken": admin, "admin": True}}
+    await Secret(value={"jupyterhub": {"hub": {"services": service}}}).save(
+        f"hub-values-{cluster}-{hub}", overwrite=True
+    )
 
     started = time.monotonic()
     first = await deploy_hub(cluster=cluster, hub=hub, gate="auto", wait_timeout="5m")

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hubfleet.charts import hub_schema, z2jh_defaults
 from hubfleet.loader import load_fleet
 from hubfleet.presets import all_presets, explain
-from hubfleet.charts import hub_schema, z2jh_defaults
 from hubfleet.values import Layer, hub_layers, merged, validate_layers
 
 REPO = Path(__file__).resolve().parents[2]

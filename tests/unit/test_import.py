@@ -4,7 +4,6 @@ values, tiers, secret layers, what is not carried over, and refusals that write 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from ruamel.yaml import YAML
 from hubfleet.importer import ImportFailed, import_config, write_fleet
 from hubfleet.loader import load_fleet
 from hubfleet.model import Provider, Tier
-from hubfleet.values import hub_layers, schema_problems
+from hubfleet.values import hub_layers, hub_schema, schema_problems
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "tests" / "fixtures" / "z2jh-config"
@@ -190,21 +189,14 @@ def test_enc_file_without_sops_metadata_is_flagged(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").rglob("enc-*"))
 
 
-def test_wrapper_schema_accepts_imported_values(imported: Path, tmp_path: Path) -> None:
-    """Stand-in for the chart switch: a schema whose top level is only jupyterhub and
-    daskGateway (as the wrapper chart's is) accepts every imported hub's values."""
-    schema = tmp_path / "values.schema.json"
-    schema.write_text(json.dumps({
-        "type": "object", "additionalProperties": False,
-        "properties": {"jupyterhub": {"type": "object"}, "daskGateway": {"type": "object"},
-                       "ingress": {}, "hub": {}},  # what hub_layers adds for the fleet today
-    }))  # fmt: skip
+def test_imported_values_pass_the_hub_charts_schema(imported: Path) -> None:
+    """Every imported hub's values, layered as a deploy would, pass the schema of the
+    chart it runs: hubfleet's wrapper, with z2jh's own schema at `jupyterhub`."""
     fleet = load_fleet(imported)
     for cluster in fleet.clusters:
         for hub in cluster.hubs:
-            # Without today's chart defaults (helm/hub/values.yaml: the old top level).
-            layers = hub_layers(fleet, cluster.name, hub)[1:]
-            assert schema_problems(layers, schema) == [], (cluster.name, hub.name)
+            layers = hub_layers(fleet, cluster.name, hub)
+            assert schema_problems(layers, hub_schema(fleet, hub)) == [], (cluster.name, hub.name)
 
 
 @pytest.mark.parametrize(
