@@ -561,7 +561,7 @@ async def expire_event_hub(
         await _cleanup_schedule(cluster, hub, dry_run)
         return {"hub": op.target, "expired": False, "reason": "already removed"}
     plan = (
-        f"health snapshot; export {local.directory / 'homes'} to {url}; "
+        f"health snapshot; export {local.homes} to {url}; "
         if url
         else "health snapshot; delete homes (data_policy: delete); "
     ) + "revoke the ops service; stop the hub and delete its state"
@@ -578,7 +578,7 @@ async def expire_event_hub(
     exported: ExportResult | None = None
     if url:
         # A failed or unverified export raises here: the hub is left as it is.
-        exported = await export_homes(local.directory / "homes", url, creds)
+        exported = await export_homes(local.homes, url, creds)
     revoked = await revoke_ops_service(cluster, hub)
     removed = await teardown_hub(cluster, hub, keep_data=False, operator=op.operator)
     cancelled = await _cleanup_schedule(cluster, hub, dry_run)

@@ -125,7 +125,7 @@ async def test_event_hub_end_to_end_with_a_real_worker(
     with pytest.raises(api.HubApiError, match=r"HTTP 40[34]"):  # least privilege
         serve_a_user(url, token)
     serve_a_user(url, _mint_bootstrap_token(hub()))  # the hub's own admin, as a test user
-    homes = hub().directory / "homes"
+    homes = hub().homes
     assert (homes / "alice" / "results.txt").is_file()
     pids = hub().pids()
     assert pids
