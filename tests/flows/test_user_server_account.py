@@ -86,6 +86,12 @@ async def test_user_server_and_kernel_run_as_the_unprivileged_account(data_dir: 
         "Groups": [account.pw_gid],
     }
 
+    # It gets no secret of the hub's (the proxy's token), and none on its command line.
+    environ = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
+    assert not any(var.startswith(b"CONFIGPROXY_AUTH_TOKEN=") for var in environ)
+    assert b"HOME=" + str(local.homes / HEALTH_USER).encode() in environ
+    assert token not in " ".join(psutil.Process(server).cmdline())
+
     # A kernel the server starts (where user code runs) is the account's too.
     base = f"{url}/user/{HEALTH_USER}"
     kernel = api.call("POST", f"{base}/api/kernels", token=token, json={}).json()
