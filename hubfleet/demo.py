@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 from rich.console import Console
 
+from hubfleet import demo_event
 from hubfleet.errors import HubfleetError
 from hubfleet.interrupt import run_interruptible
 from hubfleet.model import Fleet, Hub, Provider
@@ -37,13 +38,23 @@ def _local_hubs(fleet: Fleet) -> list[tuple[str, Hub]]:
     return hubs
 
 
-def up(fleet: Fleet, port: int | None, console: Console) -> None:
-    """Start (or reuse) the Prefect server, deploy every local hub, check them, show a table."""
+def up(
+    fleet: Fleet,
+    port: int | None,
+    console: Console,
+    *,
+    pace: float = demo_event.DEFAULT_PACE,
+    wait: bool = True,
+) -> None:
+    """Start (or reuse) the Prefect server, deploy every local hub, check them, show a table,
+    then the operating picture and the demo event (waiting for the worker unless `wait` is
+    False)."""
     from hubfleet.cli import hub_table
+    from hubfleet.loader import load_fleet
     from hubfleet.localhub import local_values
 
-    hubs = _local_hubs(fleet)
-    for cluster, hub in hubs:  # a broken values file: its file:line, before anything starts
+    source = fleet
+    for cluster, hub in _local_hubs(fleet):  # a broken values file: its file:line, first
         local_values(fleet, cluster, hub)
     server = PrefectServer(data_dir() / "prefect", port)
     started = time.monotonic()
@@ -54,6 +65,12 @@ def up(fleet: Fleet, port: int | None, console: Console) -> None:
         f"(data in {server.home})"
     )
     os.environ.update(server.client_env())
+    # Everything from here runs on the demo fleet (this fleet + the demo event hub, which
+    # the worker creates at its time: not deployed here).
+    root, event = demo_event.prepare(source)
+    os.environ["HUBFLEET_FLEET"] = str(root)
+    fleet = load_fleet(root)
+    hubs = [(c, h) for c, h in _local_hubs(fleet) if h.name != demo_event.DEMO_HUB]
     rows = run_interruptible(lambda: _deploy_and_check(hubs, console))
     console.print(hub_table(rows))
     console.print(f"done in {time.monotonic() - started:.1f}s")
@@ -65,10 +82,35 @@ def up(fleet: Fleet, port: int | None, console: Console) -> None:
         f"From a shell: PREFECT_API_URL={server.api_url} "
         f'PREFECT_API_AUTH_STRING="$(cat {server.auth_file})" prefect flow-run ls'
     )
+    if event is None:  # the first demo on this data dir: the event starts from now
+        root, event = demo_event.prepare(source, pace, remind=_can_remind(source))
+        fleet = load_fleet(root)
+    assert event is not None
     _operating_picture(fleet, server, console)
+    runs = demo_event.schedule(event, console)
+    demo_event.show_schedule(event, runs, server.ui_url, console)
     console.print("Stop everything (hubs, worker, server): hubfleet demo --down")
-    if any(row["verdict"] != "healthy" for row in rows):
+    healthy = all(row["verdict"] == "healthy" for row in rows)
+    if wait and not demo_event.wait(event, console):
         raise SystemExit(1)
+    if not healthy:
+        raise SystemExit(1)
+
+
+def _can_remind(fleet: Fleet) -> bool:
+    """Whether a reminder can be sent: a `notify` block exists (or setup creates it)."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.setup import find_block_document, notification_env_var
+
+    async def exists(name: str) -> bool:
+        async with get_client() as client:
+            return await find_block_document(client, name) is not None
+
+    return any(
+        os.environ.get(notification_env_var(name)) or asyncio.run(exists(name))
+        for name in fleet.settings.notify
+    )
 
 
 POOL = "hubfleet"
@@ -195,9 +237,14 @@ async def _deploy_and_check(hubs: list[tuple[str, Hub]], console: Console) -> li
 
 
 def down(fleet: Fleet, console: Console) -> None:
-    """Stop every hub process and the Prefect server the demo started (by PID)."""
+    """Stop every hub process and the Prefect server the demo started (by PID); forget the
+    demo event (the next demo schedules a new one)."""
+    from hubfleet.loader import load_fleet
     from tasks.local_hub import local_hub
 
+    copy = demo_event.demo_fleet_dir()
+    if (copy / "fleet.yaml").is_file():
+        fleet = load_fleet(copy)  # with the demo event hub, if it was added
     for cluster, hub in _local_hubs(fleet):
         stopped = local_hub(fleet, cluster, hub.name).stop()
         console.print(
@@ -207,3 +254,4 @@ def down(fleet: Fleet, console: Console) -> None:
     console.print(f"worker: {'stopped ' + str(worker) if worker else 'not running'}")
     pid = PrefectServer(data_dir() / "prefect").stop()
     console.print(f"Prefect server: {'stopped ' + str(pid) if pid else 'not running'}")
+    demo_event.forget()

@@ -37,7 +37,8 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
     env["HUBFLEET_FLEET"] = str(REPO / "fleet")  # the example fleet, whatever a test set
     port = str(free_port())
 
-    first = hubfleet("demo", "--port", port, env=env)
+    # The demo event's steps 30 s apart (default 60 s): created after 30 s, expired after 90 s.
+    first = hubfleet("demo", "--port", port, "--event-pace", "30", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Traceback" not in first.stdout + first.stderr
     assert "Prefect server started" in first.stdout
@@ -52,6 +53,13 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
     # The operating picture: deployments with their schedules, and a worker serving them.
     assert "hubfleet setup:" in first.stdout and "worker started (pid" in first.stdout
     assert "check_fleet_health/health-shallow │ */15 * * * *" in first.stdout, first.stdout
+
+    # The demo event: scheduled, then created and expired by the worker while the demo
+    # waited, each run printed as it completed.
+    assert "demo event local/demo" in first.stdout
+    for operation in ("create_event_hub/default", "expire_event_hub/default"):
+        done = [line for line in first.stdout.splitlines() if operation in line]
+        assert any("local/demo  Completed  operator:schedule:" in line for line in done), done
 
     # The API answers only with the credential the server generated (0600 in its data dir).
     api = f"http://127.0.0.1:{port}/api"
@@ -90,6 +98,26 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
     deploys = {tuple(sorted(r["tags"])) for r in runs if r["name"].startswith("deploy_hub ")}
     for hub in ("staging", "prod", "workshop"):
         assert any(f"hub:local/{hub}" in tags and "op:deploy_hub" in tags for tags in deploys)
+    # The worker ran the demo event's scheduled runs: Completed, with their provenance.
+    demo_runs = {
+        r["name"]: r
+        for r in requests.post(
+            f"{api}/flow_runs/filter",
+            json={"flow_runs": {"tags": {"all_": ["hub:local/demo", "hubfleet:event-schedule"]}}},
+            auth=auth,
+            timeout=10,
+        ).json()
+    }
+    assert sorted(demo_runs) == ["create_event_hub local/demo", "expire_event_hub local/demo"]
+    for name, run in demo_runs.items():
+        op = name.split()[0]
+        assert run["state_type"] == "COMPLETED", (name, run["state_type"])
+        assert run["deployment_id"] and run["work_pool_name"] == "hubfleet", run
+        for tag in (f"op:{op}", "cluster:local", "event:" + op.split("_")[0]):
+            assert tag in run["tags"], (tag, run["tags"])
+        assert any(t.startswith("operator:schedule:") for t in run["tags"]), run["tags"]
+        assert any(t.startswith("revision:") and t != "revision:uncommitted" for t in run["tags"])
+    assert not (data_dir / "demo" / "hubs" / "local" / "demo").exists()  # expired: removed
     listed = subprocess.run(
         [str(REPO / ".venv/bin/prefect"), "flow-run", "ls", "--limit", "50", "-o", "json"],
         env={**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": credential},
@@ -105,15 +133,28 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
     )
 
     # A second demo while the first is running reuses it.
-    second = hubfleet("demo", "--port", port, env=env)
+    # A second demo while the first is running reuses it and changes nothing: the demo
+    # event is not scheduled again (it already ran), whatever pace is asked.
+    second = hubfleet("demo", "--port", port, "--event-pace", "5", "--no-wait", env=env)
     try:
         assert second.returncode == 0, second.stdout + second.stderr
         assert "Prefect server reused" in second.stdout
         assert second.stdout.count(": unchanged") == 3
-        # Setup again (idempotent) and the worker, reused or restarted; alive below either
-        # way. (One clean-clone run printed neither "reused" nor "0 created, 0 updated"
-        # here: not yet understood, so this checks only that both ran.)
-        assert "hubfleet setup:" in second.stdout and "worker " in second.stdout, second.stdout
+        assert "hubfleet setup: 0 created, 0 updated" in second.stdout, second.stdout
+        assert "worker reused (pid" in second.stdout, second.stdout
+        assert "sync_event_schedules" not in second.stdout
+        rows = [line for line in second.stdout.splitlines() if "│ local/demo" in line]
+        assert len(rows) == 2 and all("COMPLETED" in row for row in rows), rows
+        again_runs = requests.post(
+            f"{api}/flow_runs/filter",
+            json={"flow_runs": {"tags": {"all_": ["hub:local/demo"]}}},
+            auth=auth,
+            timeout=10,
+        ).json()
+        assert sorted(r["name"] for r in again_runs if "event:create" in r["tags"]) == [
+            "create_event_hub local/demo"
+        ]
+        assert not (data_dir / "demo" / "hubs" / "local" / "demo").exists()
     except AssertionError:
         hubfleet("demo", "--down", env=env)  # leave nothing running, whatever failed
         raise
