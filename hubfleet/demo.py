@@ -175,6 +175,9 @@ def ensure_worker(server: PrefectServer) -> tuple[int, bool]:
     if running is not None:
         return running.pid, True
     env = {**os.environ, **server.client_env(), "HUBFLEET_DATA_DIR": str(data_dir())}
+    # The demo quiets its own console (PREFECT_LOGGING_LEVEL=WARNING); the worker's runs
+    # keep their INFO logs, which the UI shows on each run's page.
+    env["PREFECT_LOGGING_LEVEL"] = "INFO"
     hubfleet = Path(sys.executable).parent / "hubfleet"
     with open(worker_log(), "ab") as log:
         popen = subprocess.Popen(

@@ -307,7 +307,7 @@ def show_schedule(event: DemoEvent, runs: dict[str, Any], ui_url: str, console: 
         table.add_row(
             OPERATIONS[kind],
             event.target,
-            f"{_at(when)} ({'in ' + str(delta) + 's' if delta > 0 else 'due'})",
+            f"{_at(when)} ({'in ' + str(delta) + 's' if delta > 0 else 'past'})",
             _state(run),
         )
     console.print(table)
