@@ -1,13 +1,18 @@
-"""The demo's short event hub: created, (reminded) and expired by the worker within minutes.
+"""The demo's short event hub: created, reminded and expired by the worker within minutes.
 
 The demo runs on its own copy of the fleet, `<data dir>/demo-fleet`: the fleet the user
 gave, plus one event hub `demo` on the first `provider: local` cluster, whose times are
-fixed when the copy is first written (create at +1 pace, end at +2 paces, expiry at
-+3 paces; a pace is 60 s unless `hubfleet demo --event-pace` says otherwise). The copy is a
-git repository of its own, committed whenever it changes, so every run still records the
-fleet revision it ran (`revision:` is the copy's commit). Re-running the demo keeps the
-event's times (nothing is rescheduled or duplicated); `hubfleet demo --down` removes the
-copy, so the next demo schedules a fresh event.
+fixed when the copy is first written (create at +1 pace, end and reminder at +2 paces,
+expiry at +3 paces; a pace is 60 s unless `hubfleet demo --event-pace` says otherwise).
+The copy is a git repository of its own, written and committed before the demo runs
+anything, so every run of the demo records one fleet revision (`revision:` is the copy's
+commit). Re-running the demo keeps the event's times (nothing is rescheduled or
+duplicated); `hubfleet demo --down` removes the copy, so the next demo schedules a fresh
+event.
+
+The reminder goes through the fleet's `notify` blocks. When they do not exist on the demo's
+server (a fresh demo: nothing to send to offline), the copy says `notify: []`, and the
+reminder run records its message (log and artifact) and sends it nowhere; the demo says so.
 
 The runs are scheduled the way every event hub's are: `sync_event_schedules` (in this
 process) makes the scheduled deployment runs `create_event_hub`, `remind_event_organizers`
@@ -84,13 +89,15 @@ def _load_times() -> dict[str, Any] | None:
 
 
 def prepare(
-    source: Fleet, pace: float | None = None, remind: bool = False
-) -> tuple[Path, DemoEvent | None]:
-    """Write (or refresh) the demo fleet: the source fleet plus the demo event hub.
+    source: Fleet, pace: float | None = None, notify_blocks: bool = True
+) -> tuple[Path, DemoEvent]:
+    """Write (or refresh) the demo fleet: the source fleet plus the demo event hub, committed.
 
-    The event's times are chosen once (`<data dir>/demo-event.json`), when `pace` is given
-    and none are saved, and kept by every later demo, so a re-run changes nothing. Without
-    saved times and `pace`, the copy has no demo hub yet (None).
+    The event's times are chosen once (`<data dir>/demo-event.json`), from now and `pace`
+    (DEFAULT_PACE if None), and kept by every later demo, so a re-run changes nothing.
+    `notify_blocks`: whether the fleet's notification blocks exist, also decided once; if
+    not, the copy says `notify: []`, so the reminder is recorded in its run and sent nowhere
+    (with the blocks missing, a reminder fails: it is never silently dropped).
     """
     from ruamel.yaml import YAML
 
@@ -102,20 +109,15 @@ def prepare(
     cluster = _demo_cluster(source)
     saved = _load_times()
     target = demo_fleet_dir()
-    if saved is None and pace is None:
-        _mirror(source.root, target)
-        _commit(target, source.root)
-        return target, None
     if saved is None:
-        assert pace is not None
-        step = timedelta(seconds=max(5.0, pace))
+        step = timedelta(seconds=max(5.0, DEFAULT_PACE if pace is None else pace))
         now = datetime.now(UTC).replace(microsecond=0)
         saved = {
             "cluster": cluster,
             "create_at": (now + step).isoformat(),
             "end": (now + 2 * step).isoformat(),
             "grace_s": int(step.total_seconds()),
-            "remind": remind,
+            "notify_blocks": notify_blocks,
         }
         _times_file().write_text(json.dumps(saved, indent=1) + "\n")
     create_at = datetime.fromisoformat(saved["create_at"])
@@ -141,8 +143,8 @@ def prepare(
                 "data_policy": "export",
                 "grace": f"PT{saved['grace_s']}S",
                 "prewarm": {"lead_time": "PT0S"},  # created at start (a no-op on local)
-                # At the end: between creation and expiry, so the worker runs it too.
-                "reminders": [f"PT{saved['grace_s']}S"] if saved["remind"] else [],
+                # One grace before expiry, i.e. at the end: between creation and expiry.
+                "reminders": [f"PT{saved['grace_s']}S"],
             },
             "use_case": "event",
         }
@@ -150,6 +152,13 @@ def prepare(
     out = StringIO()
     yaml.dump(doc, out)
     _write_if_changed(cluster_file, out.getvalue())
+    if not saved.get("notify_blocks", True) and source.settings.notify:
+        fleet_file = target / "fleet.yaml"
+        settings = yaml.load(fleet_file.read_text())
+        settings["notify"] = []
+        out = StringIO()
+        yaml.dump(settings, out)
+        _write_if_changed(fleet_file, out.getvalue())
     _commit(target, source.root)
     return target, _event(target, cluster)
 
@@ -311,12 +320,6 @@ def show_schedule(event: DemoEvent, runs: dict[str, Any], ui_url: str, console: 
             _state(run),
         )
     console.print(table)
-    if event.remind_at is None:
-        console.print(
-            "  no reminder: it would go through fleet.yaml's `notify` block, which does not "
-            "exist (set HUBFLEET_NOTIFY_URL_<BLOCK>=<webhook url>, then `hubfleet demo --down` "
-            "and `hubfleet demo`)"
-        )
     console.print(
         f"To start one from the UI: {ui_url}/deployments, open create_event_hub/default "
         f"(or expire_event_hub/default), Run > Custom run, cluster={event.cluster}, "
