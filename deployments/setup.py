@@ -481,9 +481,15 @@ async def ensure_notifications(client: PrefectClient, fleet: Fleet, report: Setu
 
 def _comparable(automation: Any) -> dict[str, Any]:
     """An automation as data, without what the server or pydantic assign: ids (a trigger gets
-    a fresh random id each time it is built) and timestamps."""
+    a fresh random id each time it is built) and timestamps.
+
+    Python mode, not JSON: a trigger's `expect`/`after` are sets, which JSON mode dumps as
+    lists in iteration order, and two equal sets built in different insertion orders (ours
+    from the source, the stored one from the server's list) can iterate differently under
+    some hash seeds: a re-run then reported the automation "updated" now and then.
+    """
     dumped = AutomationCore.model_validate(automation, from_attributes=True).model_dump(
-        mode="json", exclude={"id", "created", "updated"}
+        exclude={"id", "created", "updated"}
     )
     return dict(_without_ids(dumped))
 

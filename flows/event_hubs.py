@@ -455,10 +455,17 @@ async def remind_event_organizers(
 async def notify(fleet: Fleet, subject: str, body: str) -> list[str]:
     """Send through every notification block named in `fleet.yaml` (`notify:`).
 
-    Changes: nothing in hubfleet; the blocks deliver a message. Fails if none exists, so a
-    reminder is never silently dropped.
+    Changes: nothing in hubfleet; the blocks deliver a message. Fails if the blocks named
+    do not exist, so a reminder is never silently dropped; with `notify: []` (the fleet
+    names none, e.g. the demo's fleet offline) it is sent nowhere and says so in the log.
     """
     names = set(fleet.settings.notify)
+    if not names:
+        get_run_logger().warning(
+            "no notification target: fleet.yaml has `notify: []`; the message is recorded "
+            "in this run (its artifact), not sent"
+        )
+        return []
     async with get_client() as client:
         docs = await client.read_block_documents(include_secrets=True, limit=200)
     blocks = [
@@ -560,7 +567,7 @@ async def expire_event_hub(
         await _cleanup_schedule(cluster, hub, dry_run)
         return {"hub": op.target, "expired": False, "reason": "already removed"}
     plan = (
-        f"health snapshot; export {local.directory / 'homes'} to {url}; "
+        f"health snapshot; export {local.homes} to {url}; "
         if url
         else "health snapshot; delete homes (data_policy: delete); "
     ) + "revoke the ops service; stop the hub and delete its state"
@@ -577,7 +584,7 @@ async def expire_event_hub(
     exported: ExportResult | None = None
     if url:
         # A failed or unverified export raises here: the hub is left as it is.
-        exported = await export_homes(local.directory / "homes", url, creds)
+        exported = await export_homes(local.homes, url, creds)
     revoked = await revoke_ops_service(cluster, hub)
     removed = await teardown_hub(cluster, hub, keep_data=False, operator=op.operator)
     cancelled = await _cleanup_schedule(cluster, hub, dry_run)

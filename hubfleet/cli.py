@@ -190,8 +190,25 @@ def demo(
     ] = None,
     fleet: FleetOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's run logs.")] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="Print when the worker runs the demo event, and return without watching.",
+        ),
+    ] = False,
+    event_pace: Annotated[
+        float,
+        typer.Option(
+            min=5,
+            help="Seconds between the demo event's steps: created after one, reminded and "
+            "ended after two, expired after three. Used when a demo event is first "
+            "scheduled; a re-run keeps its times (`--down` forgets them).",
+        ),
+    ] = 60.0,
 ) -> None:
-    """Run the whole pipeline locally: a Prefect server on SQLite and real JupyterHubs."""
+    """Run the whole pipeline locally: a Prefect server on SQLite, real JupyterHubs, a
+    worker, and a short demo event hub that the worker creates and expires."""
     from hubfleet import demo as demo_mod
 
     root = _use_fleet(fleet)
@@ -200,7 +217,7 @@ def demo(
         return
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    demo_mod.up(load_fleet(root), port, out)
+    demo_mod.up(load_fleet(root), port, out, pace=event_pace, wait=not no_wait)
 
 
 def _run(flow: Any, **params: Any) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 from rich.console import Console
 
+from hubfleet import demo_event
 from hubfleet.errors import HubfleetError
 from hubfleet.interrupt import run_interruptible
 from hubfleet.model import Fleet, Hub, Provider
@@ -37,13 +38,24 @@ def _local_hubs(fleet: Fleet) -> list[tuple[str, Hub]]:
     return hubs
 
 
-def up(fleet: Fleet, port: int | None, console: Console) -> None:
-    """Start (or reuse) the Prefect server, deploy every local hub, check them, show a table."""
+def up(
+    fleet: Fleet,
+    port: int | None,
+    console: Console,
+    *,
+    pace: float = demo_event.DEFAULT_PACE,
+    wait: bool = True,
+) -> None:
+    """Start (or reuse) the Prefect server; write the demo fleet (with the demo event hub);
+    `hubfleet setup`, a worker, and the demo event's runs scheduled; deploy and check every
+    local hub; show the hubs, the schedules and the demo event's runs, then wait for the
+    worker to run them (unless `wait` is False)."""
     from hubfleet.cli import hub_table
+    from hubfleet.loader import load_fleet
     from hubfleet.localhub import local_values
 
-    hubs = _local_hubs(fleet)
-    for cluster, hub in hubs:  # a broken values file: its file:line, before anything starts
+    source = fleet
+    for cluster, hub in _local_hubs(fleet):  # a broken values file: its file:line, first
         local_values(fleet, cluster, hub)
     server = PrefectServer(data_dir() / "prefect", port)
     started = time.monotonic()
@@ -53,7 +65,27 @@ def up(fleet: Fleet, port: int | None, console: Console) -> None:
         f"Prefect server {'reused' if reused else 'started'} at {server.ui_url} "
         f"(data in {server.home})"
     )
-    os.environ.update(server.client_env())
+    os.environ.update(server.client_env())  # before Prefect is imported: it reads them once
+    from deployments.setup import notification_env_var
+
+    # Everything from here runs on the demo fleet: this fleet + the demo event hub (which the
+    # worker creates at its time), written and committed once, before anything runs, so
+    # every run of the demo records one fleet revision. A re-run keeps the event's times.
+    root, event = demo_event.prepare(source, pace, notify_blocks=_notify_blocks_exist(source))
+    os.environ["HUBFLEET_FLEET"] = str(root)
+    fleet = load_fleet(root)
+    if source.settings.notify and not fleet.settings.notify:
+        console.print(
+            f"  note: the demo fleet ({root}) has `notify: []`: the fleet's notification "
+            f"block(s) {', '.join(source.settings.notify)} do not exist on this server, so "
+            "the demo event's reminder is recorded in its run (log and artifact) and sent "
+            "nowhere. To send it: create the block(s) (or set "
+            f"{notification_env_var(source.settings.notify[0])}=<webhook url>), then "
+            "`hubfleet demo --down` and `hubfleet demo`."
+        )
+    _register(fleet, server, console)
+    runs = demo_event.schedule(event, console)
+    hubs = [(c, h) for c, h in _local_hubs(fleet) if h.name != demo_event.DEMO_HUB]
     rows = run_interruptible(lambda: _deploy_and_check(hubs, console))
     console.print(hub_table(rows))
     console.print(f"done in {time.monotonic() - started:.1f}s")
@@ -65,23 +97,44 @@ def up(fleet: Fleet, port: int | None, console: Console) -> None:
         f"From a shell: PREFECT_API_URL={server.api_url} "
         f'PREFECT_API_AUTH_STRING="$(cat {server.auth_file})" prefect flow-run ls'
     )
-    _operating_picture(fleet, server, console)
+    _show_schedules(fleet, server, console)
+    runs = asyncio.run(demo_event.demo_runs(event)) or runs
+    demo_event.show_schedule(event, runs, server.ui_url, console)
     console.print("Stop everything (hubs, worker, server): hubfleet demo --down")
-    if any(row["verdict"] != "healthy" for row in rows):
+    healthy = all(row["verdict"] == "healthy" for row in rows)
+    if wait and not demo_event.wait(event, console):
         raise SystemExit(1)
+    if not healthy:
+        raise SystemExit(1)
+
+
+def _notify_blocks_exist(fleet: Fleet) -> bool:
+    """Whether the fleet's `notify` blocks exist (or setup creates one from its env var)."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.setup import find_block_document, notification_env_var
+
+    async def exists(name: str) -> bool:
+        async with get_client() as client:
+            return await find_block_document(client, name) is not None
+
+    return bool(fleet.settings.notify) and any(
+        os.environ.get(notification_env_var(name)) or asyncio.run(exists(name))
+        for name in fleet.settings.notify
+    )
 
 
 POOL = "hubfleet"
 
 
-def _operating_picture(fleet: Fleet, server: PrefectServer, console: Console) -> None:
-    """`hubfleet setup`, a background worker, and what is scheduled next."""
-    from datetime import UTC, datetime, timedelta
+def _register(fleet: Fleet, server: PrefectServer, console: Console) -> None:
+    """`hubfleet setup` and a background worker serving the pool."""
+    from datetime import timedelta
 
     from prefect.client.orchestration import get_client
+    from rich.markup import escape
 
     from deployments.setup import setup
-    from hubfleet.cli_status import gather, render
 
     async def register() -> Any:
         async with get_client() as client:
@@ -92,20 +145,35 @@ def _operating_picture(fleet: Fleet, server: PrefectServer, console: Console) ->
     with console.status("hubfleet setup: deployments, schedules, limits, automations…"):
         report = asyncio.run(register())
     console.print(f"hubfleet setup: {report.summary()}")
+    for what in report.updated:  # a re-run updates nothing: if it did, say what
+        console.print(f"  updated: {escape(what)}")
     for warning in report.warnings:
-        console.print(f"  note: {warning}")
+        console.print(f"  note: {escape(warning)}")  # `notify: [x]` is no markup
     pid, reused = ensure_worker(server)
     console.print(
         f"worker {'reused' if reused else 'started'} (pid {pid}) serving pool {POOL!r}; "
         f"log: {worker_log()}"
     )
+
+
+def _show_schedules(fleet: Fleet, server: PrefectServer, console: Console) -> None:
+    """What is scheduled next, and how to start a run from the UI."""
+    from datetime import UTC, datetime
+
+    from hubfleet.cli_status import gather, render
+
     hubs = [f"{c.name}/{h.name}" for c in fleet.clusters for h in c.hubs]
     picture = asyncio.run(gather(hubs, limit=5))
     console.print(render(picture, hubs, datetime.now(UTC))[0])  # the schedules
     console.print(
         f"Start a run from the UI: {server.ui_url}/deployments, open deploy_hub/default (or "
-        "any operation), Run > Custom run; the worker runs it. Later: hubfleet status"
+        f"any operation), Run > Custom run; the worker runs it. Later: {status_command()}"
     )
+
+
+def status_command() -> str:
+    """The command that shows the demo's picture again (the demo fleet has the demo hub)."""
+    return f"hubfleet status --fleet {demo_event.demo_fleet_dir()}"
 
 
 def worker_state() -> Path:
@@ -133,6 +201,9 @@ def ensure_worker(server: PrefectServer) -> tuple[int, bool]:
     if running is not None:
         return running.pid, True
     env = {**os.environ, **server.client_env(), "HUBFLEET_DATA_DIR": str(data_dir())}
+    # The demo quiets its own console (PREFECT_LOGGING_LEVEL=WARNING); the worker's runs
+    # keep their INFO logs, which the UI shows on each run's page.
+    env["PREFECT_LOGGING_LEVEL"] = "INFO"
     hubfleet = Path(sys.executable).parent / "hubfleet"
     with open(worker_log(), "ab") as log:
         popen = subprocess.Popen(
@@ -195,9 +266,14 @@ async def _deploy_and_check(hubs: list[tuple[str, Hub]], console: Console) -> li
 
 
 def down(fleet: Fleet, console: Console) -> None:
-    """Stop every hub process and the Prefect server the demo started (by PID)."""
+    """Stop every hub process and the Prefect server the demo started (by PID); forget the
+    demo event (the next demo schedules a new one)."""
+    from hubfleet.loader import load_fleet
     from tasks.local_hub import local_hub
 
+    copy = demo_event.demo_fleet_dir()
+    if (copy / "fleet.yaml").is_file():
+        fleet = load_fleet(copy)  # with the demo event hub, if it was added
     for cluster, hub in _local_hubs(fleet):
         stopped = local_hub(fleet, cluster, hub.name).stop()
         console.print(
@@ -207,3 +283,4 @@ def down(fleet: Fleet, console: Console) -> None:
     console.print(f"worker: {'stopped ' + str(worker) if worker else 'not running'}")
     pid = PrefectServer(data_dir() / "prefect").stop()
     console.print(f"Prefect server: {'stopped ' + str(pid) if pid else 'not running'}")
+    demo_event.forget()

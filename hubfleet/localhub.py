@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hubfleet.health import HEALTH_USER
 
 if TYPE_CHECKING:
+    from hubfleet.localusers import UserAccount
     from hubfleet.model import Fleet, Hub
     from hubfleet.values import Layer
 
@@ -99,9 +100,17 @@ class Ports:
 
 
 def render_config(
-    *, hub: str, directory: Path, ports: Ports, hub_config: dict[str, Any], as_root: bool
+    *,
+    hub: str,
+    directory: Path,
+    ports: Ports,
+    hub_config: dict[str, Any],
+    account: UserAccount | None,
 ) -> str:
-    """jupyterhub_config.py for one local hub. It holds no secrets: those come by env."""
+    """jupyterhub_config.py for one local hub. It holds no secrets: those come by env.
+
+    With `account` (hubfleet runs as root) user servers run as that unprivileged account
+    (hubfleet/localspawner.py); without, as the invoking user with homes in `directory`."""
     config = {cls: dict(traits) for cls, traits in hub_config.items()}
     # hubfleet's bootstrap admin survives whatever admin_users the values set.
     auth = config.setdefault("Authenticator", {})
@@ -124,10 +133,7 @@ def render_config(
         f"c.JupyterHub.db_url = 'sqlite:///{directory / 'jupyterhub.sqlite'}'",
         f"c.JupyterHub.cookie_secret_file = '{directory / 'jupyterhub_cookie_secret'}'",
         "c.JupyterHub.authenticator_class = 'null'",
-        "c.JupyterHub.spawner_class = 'simple'",
-        f"c.SimpleLocalProcessSpawner.home_dir_template = '{directory / 'homes'}/{{username}}'",
-        # jupyterhub-singleuser refuses to run as root without it (spawn fails with a 500).
-        f"c.Spawner.args = {['--allow-root'] if as_root else []!r}",
+        *_spawner_lines(directory, account),
         "c.JupyterHub.cleanup_servers = True",
         # hubfleet's own users act only through the API (as on Kubernetes hubs).
         *REFUSE_HUBFLEET_USERS.splitlines(),
@@ -135,9 +141,34 @@ def render_config(
         f"for _cls, _traits in json.loads({user_config!r}).items():",
         "    for _name, _value in _traits.items():",
         "        setattr(getattr(c, _cls), _name, _value)",
+        *(
+            # No values file turns user code back into root's: the spawner stays ours.
+            ["c.JupyterHub.spawner_class = _AccountSpawner"] if account else []
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+def _spawner_lines(directory: Path, account: UserAccount | None) -> list[str]:
+    if account is None:
+        return [
+            "c.JupyterHub.spawner_class = 'simple'",
+            f"c.SimpleLocalProcessSpawner.home_dir_template = '{directory / 'homes'}/{{username}}'",
+        ]
+    code = str(account.code)
+    return [
+        # The hub imports the spawner from the hubfleet that started it.
+        "import sys",
+        f"if {code!r} not in sys.path:",
+        f"    sys.path.insert(0, {code!r})",
+        "from hubfleet.localspawner import AccountSpawner as _AccountSpawner",
+        "c.JupyterHub.spawner_class = _AccountSpawner",
+        f"c.AccountSpawner.account = {account.name!r}",
+        f"c.AccountSpawner.homes = {str(account.homes)!r}",
+        f"c.AccountSpawner.env_dir = {str(account.env)!r}",
+        f"c.Spawner.cmd = {[str(account.env / 'bin' / 'jupyterhub-singleuser')]!r}",
+    ]
 
 
 #: Value paths a local hub applies; everything else is Kubernetes-only.

@@ -4,6 +4,9 @@ Each hub lives in one directory (config, sqlite db, cookie secret, homes, logs, 
 `state.json` with PIDs and ports). Processes are started in their own session so they
 outlive the CLI that started them, and are stopped by PID, never by name.
 Secrets reach the processes only through their environment.
+
+Run as root, a hub's user servers run as an unprivileged account with their homes outside
+the data dir (hubfleet/localusers.py); the hub and proxy stay root's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import requests
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from hubfleet import localusers
 from hubfleet.errors import HubfleetError
 from hubfleet.localhub import Ports, render_config
 from hubfleet.model import Fleet
@@ -133,6 +137,13 @@ class LocalHub:
         self.state_file = directory / "state.json"
         self.config_file = directory / "jupyterhub_config.py"
 
+    @property
+    def homes(self) -> Path:
+        """The users' homes: in the hub's directory, or (as root) outside the data dir."""
+        if localusers.running_as_root():
+            return localusers.hub_homes(self.directory)
+        return self.directory / "homes"
+
     # --- reading ------------------------------------------------------------------------
 
     def state(self) -> HubState | None:
@@ -173,7 +184,9 @@ class LocalHub:
             directory=self.directory,
             ports=ports,
             hub_config=hub_config,
-            as_root=os.geteuid() == 0,
+            account=(
+                localusers.account_for(self.directory) if localusers.running_as_root() else None
+            ),
         )
 
     def plan(self, config_text: str) -> str:
@@ -189,7 +202,10 @@ class LocalHub:
         """(Re)start proxy and hub with `config_text`; waits until /hub/health answers."""
         self.stop()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.directory / "homes").mkdir(exist_ok=True)
+        if localusers.running_as_root():
+            localusers.ensure(self.directory)  # the account, its venv, this hub's homes
+        else:
+            self.homes.mkdir(exist_ok=True)
         self.config_file.write_text(config_text)
         env = _process_env(proxy_token=secrets.token_hex(32))
 
@@ -240,16 +256,30 @@ class LocalHub:
         return pids
 
     def remove(self, archive_to: Path | None) -> Path | None:
-        """Stop, then delete the hub's directory, or move it under `archive_to`."""
+        """Stop, then delete the hub's directory (and its homes, when they live outside
+        it), or move it under `archive_to` (the homes into its `homes`)."""
         self.stop()
+        homes = self.homes
+        outside = homes != self.directory / "homes" and homes.is_dir()
         if not self.directory.exists():
             return None
         if archive_to is None:
             shutil.rmtree(self.directory)
+            if outside:
+                shutil.rmtree(homes)
             return None
         archive_to.mkdir(parents=True, exist_ok=True)
         target = archive_to / f"{self.name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
         shutil.move(str(self.directory), target)
+        if outside:
+            dest = target / "homes"
+            try:
+                dest.rmdir()  # an empty one left by a run as another user
+            except FileNotFoundError:
+                pass
+            except OSError:  # not empty: keep both
+                dest = target / "account-homes"
+            shutil.move(str(homes), dest)
         return target
 
     # --- helpers ------------------------------------------------------------------------

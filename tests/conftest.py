@@ -4,6 +4,8 @@ final check that no test left a process running."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,15 +27,16 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["hubfleet.testenv.pytest_plugin"]
 
 
-def _ours(proc: psutil.Process, marker: str) -> bool:
+def _ours(proc: psutil.Process, *markers: str) -> bool:
     try:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         env = proc.environ() if proc.uids().real == os.getuid() else {}
-        return (
+        return any(
             marker in proc.cwd()
             or any(marker in arg for arg in proc.cmdline())
             or marker in env.get("PREFECT_HOME", "")
+            for marker in markers
         )
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
@@ -61,19 +64,27 @@ def no_leftover_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Every test's hub state lives under one data dir; at the end nothing of ours runs.
 
     Set up first, so torn down last: after the Prefect server and the control plane stop.
+    Run as root, local hubs keep their users' homes outside the data dir (the account that
+    runs user servers must reach them): this session's go to a temp dir of its own (0711,
+    as hubfleet/localusers.py lays out the homes), removed at the end; a user server
+    found working there is ours too.
     """
     data = tmp_path_factory.mktemp("hubfleet-data")
     os.environ["HUBFLEET_DATA_DIR"] = str(data)
+    homes = tempfile.mkdtemp(prefix="hubfleet-homes-")
+    os.chmod(homes, 0o711)
+    os.environ["HUBFLEET_HOMES_DIR"] = homes
     yield data
     me = psutil.Process()
     left = [p for p in me.children(recursive=True) if p.is_running() and p.status() != "zombie"]
-    left += [p for p in psutil.process_iter() if p.pid != me.pid and _ours(p, str(data))]
+    left += [p for p in psutil.process_iter() if p.pid != me.pid and _ours(p, str(data), homes)]
     described = sorted({f"{p.pid}: {' '.join(p.cmdline())[:120]}" for p in left if p.is_running()})
     for proc in left:  # clean up anyway, by PID, so one failure does not poison the machine
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
+    shutil.rmtree(homes, ignore_errors=True)
     assert not described, "tests left processes running:\n" + "\n".join(described)
 
 

@@ -4,6 +4,7 @@ real JupyterHub processes and real HTTP. Nothing is mocked."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from flows.event_hubs import (
     expire_event_hub,
     extend_event_hub,
     reap_expired_event_hubs,
+    remind_event_organizers,
     scheduled_event_runs,
     sync_event_schedules,
 )
@@ -125,7 +127,7 @@ async def test_event_hub_end_to_end_with_a_real_worker(
     with pytest.raises(api.HubApiError, match=r"HTTP 40[34]"):  # least privilege
         serve_a_user(url, token)
     serve_a_user(url, _mint_bootstrap_token(hub()))  # the hub's own admin, as a test user
-    homes = hub().directory / "homes"
+    homes = hub().homes
     assert (homes / "alice" / "results.txt").is_file()
     pids = hub().pids()
     assert pids
@@ -220,6 +222,23 @@ async def test_reaper_expires_a_hub_whose_scheduled_expiry_was_deleted(
     assert exports_now() == exports_before
     again = await reap_expired_event_hubs(operator="bob")
     assert again["outcome"]["local/workshop"] == "gone"
+
+
+async def test_reminder_with_notify_none_is_recorded_not_sent(
+    event_fleet: EventWriter,
+) -> None:
+    """`notify: []` (the demo's fleet offline): the reminder completes, sent nowhere, and its
+    run says so; a fleet naming a block that does not exist still fails (never dropped)."""
+    root = event_fleet(start=now() + minutes(60), end=now() + minutes(120), reminders="[PT1H]")
+    settings = root / "fleet.yaml"
+    named = settings.read_text()
+    assert re.search(r"(?m)^notify:", named)
+    settings.write_text(re.sub(r"(?m)^notify:.*$", "notify: []", named))
+    done = await remind_event_organizers("local", "workshop", operator="dave")
+    assert done["sent"] == [] and "organizer" not in done["subject"], done
+    settings.write_text(re.sub(r"(?m)^notify:.*$", "notify: [no-such-block]", named))
+    with pytest.raises(EventRefused, match="no notification block named no-such-block"):
+        await remind_event_organizers("local", "workshop", operator="dave")
 
 
 async def test_standing_hub_is_refused_and_left_running(event_fleet: EventWriter) -> None:

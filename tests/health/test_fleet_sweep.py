@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,7 +119,7 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server
 
     # The history command shows the outage: since when, and that it ended.
     history = subprocess.run(
-        [str(REPO / ".venv/bin/hubfleet"), "health", "hc/sweep", "--since", "1h"],
+        [str(Path(sys.executable).parent / "hubfleet"), "health", "hc/sweep", "--since", "1h"],
         env={**os.environ, "PREFECT_API_URL": prefect_server},
         capture_output=True,
         text=True,

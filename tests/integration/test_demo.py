@@ -9,6 +9,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,12 @@ import psutil
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+OPERATIONS = (
+    "create_event_hub/default",
+    "remind_event_organizers/default",
+    "expire_event_hub/default",
+)
 
 
 def free_port() -> int:
@@ -25,7 +32,8 @@ def free_port() -> int:
 
 
 def hubfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("hubfleet") or str(REPO / ".venv/bin/hubfleet")
+    # The command installed next to this interpreter (a worktree may share another's venv).
+    exe = shutil.which("hubfleet", path=str(BIN)) or shutil.which("hubfleet") or "hubfleet"
     return subprocess.run(
         [exe, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=400
     )
@@ -37,84 +45,147 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
     env["HUBFLEET_FLEET"] = str(REPO / "fleet")  # the example fleet, whatever a test set
     port = str(free_port())
 
-    first = hubfleet("demo", "--port", port, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "Traceback" not in first.stdout + first.stderr
-    assert "Prefect server started" in first.stdout
-    for hub, tier, kind in [
-        ("local/staging", "staging", "standing"),
-        ("local/prod", "prod", "standing"),
-        ("local/workshop", "prod", "event"),
-    ]:
-        row = next(line for line in first.stdout.splitlines() if f" {hub} " in line)
-        assert tier in row and kind in row and "healthy" in row, row
-    assert f"http://127.0.0.1:{port}/runs" in first.stdout
-    # The operating picture: deployments with their schedules, and a worker serving them.
-    assert "hubfleet setup:" in first.stdout and "worker started (pid" in first.stdout
-    assert "check_fleet_health/health-shallow │ */15 * * * *" in first.stdout, first.stdout
-
-    # The API answers only with the credential the server generated (0600 in its data dir).
-    api = f"http://127.0.0.1:{port}/api"
-    home = data_dir / "demo" / "prefect"
-    credential = (home / "api-auth").read_text().strip()
-    assert credential not in first.stdout + first.stderr
-    auth = tuple(credential.split(":", 1))
-    assert requests.get(f"{api}/health", timeout=10).status_code == 200
-    for path, body in [
-        ("block_documents/filter", {"include_secrets": True}),
-        ("block_documents/filter", {"include_secrets": False}),
-        ("flow_runs/filter", {"limit": 1}),
-        ("deployments/filter", {}),
-    ]:
-        anonymous = requests.post(f"{api}/{path}", json=body, timeout=10)
-        assert anonymous.status_code == 401, (path, anonymous.status_code)
-        wrong = requests.post(f"{api}/{path}", json=body, auth=("hubfleet", "guess"), timeout=10)
-        assert wrong.status_code == 401, (path, wrong.status_code)
-    assert requests.post(f"{api}/flow_runs/", json={}, timeout=10).status_code == 401
-    start_run = f"{api}/deployments/{uuid.uuid4()}/create_flow_run"
-    assert requests.post(start_run, json={}, timeout=10).status_code == 401
-    private_modes = {data_dir / "demo": 0o700, home: 0o700, home / "prefect.db": 0o600}
-    private_modes |= {home / "api-auth": 0o600, home / "block-encryption-key": 0o600}
-    for private, mode in private_modes.items():
-        assert private.stat().st_mode & 0o777 == mode, (private, oct(private.stat().st_mode))
-    # The key that decrypts block secrets is not in the database: a copy of it alone
-    # reveals no ops token.
-    with sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True) as db:
-        keys = db.execute("SELECT key FROM configuration WHERE key = 'ENCRYPTION_KEY'").fetchall()
-    assert keys == []
-
-    # The runs are in the server's history, with their tags.
-    runs = requests.post(
-        f"{api}/flow_runs/filter", json={"limit": 200}, auth=auth, timeout=10
-    ).json()
-    deploys = {tuple(sorted(r["tags"])) for r in runs if r["name"].startswith("deploy_hub ")}
-    for hub in ("staging", "prod", "workshop"):
-        assert any(f"hub:local/{hub}" in tags and "op:deploy_hub" in tags for tags in deploys)
-    listed = subprocess.run(
-        [str(REPO / ".venv/bin/prefect"), "flow-run", "ls", "--limit", "50", "-o", "json"],
-        env={**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": credential},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert listed.returncode == 0, listed.stderr
-    listed_runs = json.loads(listed.stdout)
-    assert any(
-        "hub:local/workshop" in r["tags"] and r["name"] == "check_hub_health local/workshop"
-        for r in listed_runs
-    )
-
-    # A second demo while the first is running reuses it.
-    second = hubfleet("demo", "--port", port, env=env)
+    # The demo event's steps 30 s apart (default 60 s): created after 30 s, reminded after
+    # 60 s, expired after 90 s.
+    first = hubfleet("demo", "--port", port, "--event-pace", "30", env=env)
     try:
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "Traceback" not in first.stdout + first.stderr
+        assert "Prefect server started" in first.stdout
+        for hub, tier, kind in [
+            ("local/staging", "staging", "standing"),
+            ("local/prod", "prod", "standing"),
+            ("local/workshop", "prod", "event"),
+        ]:
+            row = next(line for line in first.stdout.splitlines() if f" {hub} " in line)
+            assert tier in row and kind in row and "healthy" in row, row
+        assert f"http://127.0.0.1:{port}/runs" in first.stdout
+        # The operating picture: deployments with their schedules, and a worker serving them.
+        assert "hubfleet setup:" in first.stdout and "worker started (pid" in first.stdout
+        assert "check_fleet_health/health-shallow │ */15 * * * *" in first.stdout, first.stdout
+
+        # The demo event: scheduled, then created, reminded and expired by the worker while the
+        # demo waited, each run printed as it completed. No notification block exists on a fresh
+        # server: the demo fleet says `notify: []` and the demo says so.
+        assert "demo event local/demo" in first.stdout
+        assert "has `notify: []`" in first.stdout, first.stdout
+        assert f"hubfleet status --fleet {data_dir / 'demo' / 'demo-fleet'}" in first.stdout
+        for operation in OPERATIONS:
+            done = [line for line in first.stdout.splitlines() if operation in line]
+            assert any("local/demo  Completed  operator:schedule:" in line for line in done), done
+
+        # The API answers only with the credential the server generated (0600 in its data dir).
+        api = f"http://127.0.0.1:{port}/api"
+        home = data_dir / "demo" / "prefect"
+        credential = (home / "api-auth").read_text().strip()
+        assert credential not in first.stdout + first.stderr
+        auth = tuple(credential.split(":", 1))
+        assert requests.get(f"{api}/health", timeout=10).status_code == 200
+        for path, body in [
+            ("block_documents/filter", {"include_secrets": True}),
+            ("block_documents/filter", {"include_secrets": False}),
+            ("flow_runs/filter", {"limit": 1}),
+            ("deployments/filter", {}),
+        ]:
+            anonymous = requests.post(f"{api}/{path}", json=body, timeout=10)
+            assert anonymous.status_code == 401, (path, anonymous.status_code)
+            wrong = requests.post(
+                f"{api}/{path}", json=body, auth=("hubfleet", "guess"), timeout=10
+            )
+            assert wrong.status_code == 401, (path, wrong.status_code)
+        assert requests.post(f"{api}/flow_runs/", json={}, timeout=10).status_code == 401
+        start_run = f"{api}/deployments/{uuid.uuid4()}/create_flow_run"
+        assert requests.post(start_run, json={}, timeout=10).status_code == 401
+        private_modes = {data_dir / "demo": 0o700, home: 0o700, home / "prefect.db": 0o600}
+        private_modes |= {home / "api-auth": 0o600, home / "block-encryption-key": 0o600}
+        for private, mode in private_modes.items():
+            assert private.stat().st_mode & 0o777 == mode, (private, oct(private.stat().st_mode))
+        # The key that decrypts block secrets is not in the database: a copy of it alone
+        # reveals no ops token.
+        with sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True) as db:
+            keys = db.execute(
+                "SELECT key FROM configuration WHERE key = 'ENCRYPTION_KEY'"
+            ).fetchall()
+        assert keys == []
+
+        # The runs are in the server's history, with their tags.
+        runs = requests.post(
+            f"{api}/flow_runs/filter", json={"limit": 200}, auth=auth, timeout=10
+        ).json()
+        deploys = {tuple(sorted(r["tags"])) for r in runs if r["name"].startswith("deploy_hub ")}
+        for hub in ("staging", "prod", "workshop"):
+            assert any(f"hub:local/{hub}" in tags and "op:deploy_hub" in tags for tags in deploys)
+        # The worker ran the demo event's scheduled runs: Completed, with their provenance.
+        demo_runs = {
+            r["name"]: r
+            for r in requests.post(
+                f"{api}/flow_runs/filter",
+                json={
+                    "flow_runs": {"tags": {"all_": ["hub:local/demo", "hubfleet:event-schedule"]}}
+                },
+                auth=auth,
+                timeout=10,
+            ).json()
+        }
+        assert sorted(demo_runs) == sorted(f"{op.split('/')[0]} local/demo" for op in OPERATIONS)
+        for name, run in demo_runs.items():
+            op = name.split()[0]
+            assert run["state_type"] == "COMPLETED", (name, run["state_type"])
+            assert run["deployment_id"] and run["work_pool_name"] == "hubfleet", run
+            for tag in (f"op:{op}", "cluster:local", "event:" + op.split("_")[0]):
+                assert tag in run["tags"], (tag, run["tags"])
+            assert any(t.startswith("operator:schedule:") for t in run["tags"]), run["tags"]
+        # One fleet revision for the whole demo: the demo fleet is written and committed, demo
+        # event hub included, before anything runs.
+        every = runs + list(demo_runs.values())
+        revisions = {t for r in every for t in r["tags"] if t.startswith("revision:")}
+        assert len(revisions) == 1 and "revision:uncommitted" not in revisions, revisions
+        # The reminder ran and said where its message went: nowhere (no block on this server).
+        remind = demo_runs["remind_event_organizers local/demo"]
+        logs = requests.post(
+            f"{api}/logs/filter",
+            json={"logs": {"flow_run_id": {"any_": [remind["id"]]}}, "limit": 200},
+            auth=auth,
+            timeout=10,
+        ).json()
+        assert any("no notification target" in log["message"] for log in logs), logs
+        assert not (data_dir / "demo" / "hubs" / "local" / "demo").exists()  # expired: removed
+        listed = subprocess.run(
+            [str(BIN / "prefect"), "flow-run", "ls", "--limit", "50", "-o", "json"],
+            env={**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": credential},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert listed.returncode == 0, listed.stderr
+        listed_runs = json.loads(listed.stdout)
+        assert any(
+            "hub:local/workshop" in r["tags"] and r["name"] == "check_hub_health local/workshop"
+            for r in listed_runs
+        )
+
+        # A second demo while the first is running reuses it and changes nothing: the demo
+        # event is not scheduled again (it already ran), whatever pace is asked.
+        second = hubfleet("demo", "--port", port, "--event-pace", "5", "--no-wait", env=env)
         assert second.returncode == 0, second.stdout + second.stderr
         assert "Prefect server reused" in second.stdout
         assert second.stdout.count(": unchanged") == 3
-        # Setup again (idempotent) and the worker, reused or restarted; alive below either
-        # way. (One clean-clone run printed neither "reused" nor "0 created, 0 updated"
-        # here: not yet understood, so this checks only that both ran.)
-        assert "hubfleet setup:" in second.stdout and "worker " in second.stdout, second.stdout
-    except AssertionError:
+        assert "hubfleet setup: 0 created, 0 updated," in second.stdout, second.stdout
+        assert "worker reused (pid" in second.stdout, second.stdout
+        assert "sync_event_schedules" not in second.stdout
+        rows = [line for line in second.stdout.splitlines() if "│ local/demo" in line]
+        assert len(rows) == 3 and all("COMPLETED" in row for row in rows), rows
+        again_runs = requests.post(
+            f"{api}/flow_runs/filter",
+            json={"flow_runs": {"tags": {"all_": ["hub:local/demo"]}}},
+            auth=auth,
+            timeout=10,
+        ).json()
+        assert sorted(r["name"] for r in again_runs if "event:create" in r["tags"]) == [
+            "create_event_hub local/demo"
+        ]
+        assert not (data_dir / "demo" / "hubs" / "local" / "demo").exists()
+    except BaseException:
         hubfleet("demo", "--down", env=env)  # leave nothing running, whatever failed
         raise
 

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-HUBFLEET = str(REPO / ".venv" / "bin" / "hubfleet")
+# The command installed next to this interpreter (`.venv/bin`, or a shared venv).
+HUBFLEET = str(Path(sys.executable).parent / "hubfleet")
 POOL = "hubfleet-test"
 #: Short, so the zombie test waits under a minute after the kill (heartbeats are every 30 s).
 ZOMBIE_AFTER = timedelta(seconds=45)
