@@ -164,16 +164,18 @@ def _mint_in_pod(api: Any, namespace: str) -> str:
     from kubernetes.stream import stream
 
     core = client.CoreV1Api(api)
-    pods = [
-        p
-        for p in core.list_namespaced_pod(namespace, label_selector="component=hub").items
+    # The client's models type every field Optional; the API always sets these.
+    pods: list[Any] = core.list_namespaced_pod(namespace, label_selector="component=hub").items
+    names = [
+        str(p.metadata.name)
+        for p in pods
         if p.status.phase == "Running" and not p.metadata.deletion_timestamp
     ]
-    if not pods:
+    if not names:
         raise HubfleetError(f"no running hub pod in namespace {namespace!r} to mint a token in")
     resp = stream(
         core.connect_get_namespaced_pod_exec,
-        pods[0].metadata.name,
+        names[0],
         namespace,
         container="hub",
         command=["jupyterhub", "token", "-f", Z2JH_CONFIG, BOOTSTRAP_USER],
@@ -190,7 +192,7 @@ def _mint_in_pod(api: Any, namespace: str) -> str:
     token = stdout.splitlines()[-1] if stdout else ""
     if code != 0 or len(token) < 16:
         raise HubfleetError(
-            f"could not mint a bootstrap token in {namespace}/{pods[0].metadata.name} "
+            f"could not mint a bootstrap token in {namespace}/{names[0]} "
             f"(exit {code}): {stderr[-500:]}"
         )
     return token
