@@ -213,10 +213,14 @@ def local_layers(fleet: Fleet, cluster: str, hub: Hub) -> list[Layer]:
 
 
 def local_values(fleet: Fleet, cluster: str, hub: Hub) -> dict[str, Any]:
-    """The merged values of a local hub (see `local_layers`); feed to hub_config_from_values."""
-    from hubfleet.values import merged
+    """The merged values of a local hub (see `local_layers`); feed to hub_config_from_values.
+    Their top level is checked against the wrapper chart's schema (z2jh values under
+    `jupyterhub:`), so a file in another layout is an error naming it, not ignored."""
+    from hubfleet.values import VALUES_CHART, merged, validate_layers
 
-    return merged(local_layers(fleet, cluster, hub))
+    layers = local_layers(fleet, cluster, hub)
+    validate_layers(layers, VALUES_CHART / "values.schema.json")
+    return merged(layers)
 
 
 def not_applied(values: dict[str, Any]) -> list[str]:

@@ -33,10 +33,11 @@ hubs:
 """
 # A spawner that cannot start a server: its command does not exist.
 NOSPAWN_VALUES = """\
-hub:
-  config:
-    Spawner:
-      cmd: [/nonexistent/jupyterhub-singleuser]
+jupyterhub:
+  hub:
+    config:
+      Spawner:
+        cmd: [/nonexistent/jupyterhub-singleuser]
 """
 KC_CLUSTER = """\
 name: kc

@@ -323,6 +323,18 @@ def test_local_hub_deploy_dry_run_reports_a_broken_file(fleet: Path, capsys) -> 
     )
 
 
+def test_local_hub_refuses_values_outside_jupyterhub(fleet: Path, capsys) -> None:
+    """A values file in another layout (z2jh keys at the top, as before hubs became z2jh
+    releases) is an error on a local hub too, not silently ignored."""
+    write(fleet, "clusters/local/prod.values.yaml", "hub:\n  config: {JupyterHub: {}}\n")
+    code, output = cli(capsys, "deploy", "local", "prod", "--dry-run", "--fleet", str(fleet))
+    assert code == 2
+    assert (
+        "<fleet>/clusters/local/prod.values.yaml:1: hub: unknown key; allowed here: "
+        "daskGateway, global, jupyterhub" in _masked(output, fleet)
+    )
+
+
 def test_console_output_has_no_traceback(fleet: Path) -> None:
     write(fleet, COLLEGE, "singleuser: {}\nsingleuser: {}\n")
     for args in (["validate", str(fleet)], ["show", "gcp-central/college"]):
