@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import requests
+from browser import Browser, LoggedIn
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -39,7 +43,86 @@ def hubfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-def test_demo_up_reuse_and_down(data_dir: Path) -> None:
+def the_demo_in_the_ui(port: str, credential: str, profile: Path) -> None:
+    """What the user sees when opening the demo's Prefect UI, in headless Chromium through
+    tests/browser.py: every deployment, the next scheduled run of each that has one, the
+    demo event's three runs Completed. Screenshots: benchmarks/results/demo-*.png."""
+    api, auth = f"http://127.0.0.1:{port}/api", tuple(credential.split(":", 1))
+
+    def post(path: str, body: dict[str, object]) -> list[dict[str, object]]:
+        answer = requests.post(f"{api}/{path}", json=body, auth=auth, timeout=30)
+        answer.raise_for_status()
+        return list(answer.json())
+
+    deployments = post("deployments/filter", {})
+    flows = {f["id"]: str(f["name"]) for f in post("flows/filter", {})}
+    shots = profile.parent
+    with LoggedIn(f"http://127.0.0.1:{port}", credential) as proxy, Browser(profile) as page:
+        # The deployments, all on one page: the list's page size is a UI setting, kept in
+        # the browser's local storage.
+        page.open(f"{proxy.url}/deployments")
+        page.wait_for(f" {len(deployments)} Deployments ")
+        page.call("Runtime.evaluate", expression="localStorage['deployment-list-limit'] = 100")
+        page.open(f"{proxy.url}/deployments")
+        rows = [f"{d['name']} {flows[str(d['flow_id'])]}" for d in deployments]
+        page.wait_for(f" {len(deployments)} Deployments ", "Page 1 of 1", *rows)
+        page.screenshot(shots / "demo-deployments.png")
+
+        # Each deployment's next scheduled run (one that will not start while we look) is
+        # in its Upcoming runs, at the time the API has (the page shows UTC).
+        soon = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
+        scheduled = 0
+        for deployment in deployments:
+            upcoming = post(
+                "flow_runs/filter",
+                {
+                    "deployments": {"id": {"any_": [deployment["id"]]}},
+                    "flow_runs": {
+                        "state": {"type": {"any_": ["SCHEDULED"]}},
+                        "expected_start_time": {"after_": soon},
+                    },
+                    "sort": "EXPECTED_START_TIME_ASC",
+                    "limit": 1,
+                },
+            )
+            if not upcoming:
+                continue
+            when = datetime.fromisoformat(str(upcoming[0]["expected_start_time"]))
+            page.open(f"{proxy.url}/deployments/deployment/{deployment['id']}?tab=Upcoming")
+            page.wait_for(
+                f"Deployments {deployment['name']} Flow {flows[str(deployment['flow_id'])]}",
+                f" {upcoming[0]['name']} ",
+                f"Scheduled for {when.astimezone(UTC):%Y/%m/%d %I:%M:%S %p}",
+            )
+            scheduled += 1
+        with_schedules = [d for d in deployments if d["schedules"]]
+        assert scheduled >= len(with_schedules) == 7, (scheduled, len(with_schedules))
+
+        # The demo event's runs, found by name as a user searches the Runs page.
+        page.open(f"{proxy.url}/runs?flow-run-search=local%2Fdemo&hide-subflows=true")
+        page.wait_for(
+            " 3 runs ",
+            *(
+                re.compile(rf"\b{op.split('/')[0]} local/demo (?:(?!local/demo).)*?Completed")
+                for op in OPERATIONS
+            ),
+        )
+        page.screenshot(shots / "demo-runs.png", height=1150)
+
+        # The expiry's own page (the README's screenshot): done, by the worker, with tags.
+        (expire,) = post(
+            "flow_runs/filter", {"flow_runs": {"name": {"any_": ["expire_event_hub local/demo"]}}}
+        )
+        page.open(f"{proxy.url}/runs/flow-run/{expire['id']}")
+        page.wait_for(
+            "Runs expire_event_hub local/demo", "Completed", "hub:local/demo",
+            "Work Pool hubfleet",
+        )  # fmt: skip
+        time.sleep(2)  # the run graph (a canvas, no text to wait for) draws its nodes
+        page.screenshot(shots / "demo-expire-run.png")
+
+
+def test_demo_up_reuse_and_down(data_dir: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["HUBFLEET_DATA_DIR"] = str(data_dir / "demo")
     env["HUBFLEET_FLEET"] = str(REPO / "fleet")  # the example fleet, whatever a test set
@@ -163,6 +246,9 @@ def test_demo_up_reuse_and_down(data_dir: Path) -> None:
             "hub:local/workshop" in r["tags"] and r["name"] == "check_hub_health local/workshop"
             for r in listed_runs
         )
+
+        # The same picture in the Prefect UI, in a real browser.
+        the_demo_in_the_ui(port, credential, tmp_path / "chromium")
 
         # A second demo while the first is running reuses it and changes nothing: the demo
         # event is not scheduled again (it already ran), whatever pace is asked.

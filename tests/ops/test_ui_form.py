@@ -3,26 +3,20 @@ UI of a real server, renders the form from the deployment's parameter schema, an
 the cluster and hub fields (with the fleet's choices) are there. The screenshot is kept
 under the test's tmp dir and copied to benchmarks/results/deploy_hub_form.png.
 
-The server requires its credential, and the UI asks for it on a login page that a headless
-run cannot fill in. So the browser goes through `LoggedIn`, a loopback proxy that adds the
-credential to every API call, as the UI does once an operator has logged in, and tells the
-UI (its /ui-settings) to call the API through the proxy. The test checks that the real
-server does ask for the credential."""
+The server requires its credential: the browser goes through `LoggedIn` (tests/browser.py),
+a loopback proxy that adds it to every API call, as a logged-in UI does. The test checks
+that the real server does ask for the credential."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
+from browser import CHROMIUM, RESULTS, LoggedIn, chromium
 from ops_helpers import CREDENTIALS, REPO
 from prefect.client.orchestration import get_client
 
@@ -31,87 +25,12 @@ from hubfleet.server import PrefectServer
 
 pytestmark = pytest.mark.usefixtures("ops_setup")
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,1600",
-    "--force-prefers-reduced-motion",  # no fade-in: the screenshot shows the settled form
-    # The UI is a single-page app: wait (in virtual time) for its API calls to render.
-    "--virtual-time-budget=20000",
-]
-
-
-class LoggedIn:
-    """A loopback proxy to `server` that sends its credential, as a logged-in UI does."""
-
-    def __init__(self, server: PrefectServer):
-        upstream, auth = server.ui_url, tuple(CREDENTIALS[server.api_url].split(":", 1))
-
-        class Handler(BaseHTTPRequestHandler):
-            def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                answer = requests.request(
-                    self.command, upstream + self.path, data=body, headers=headers,
-                    auth=auth, timeout=60, allow_redirects=False,
-                )  # fmt: skip
-                content = answer.content
-                if self.path.endswith("/ui-settings"):
-                    settings: dict[str, Any] = answer.json()
-                    settings |= {"api_url": f"{proxy_url}/api", "auth": None}
-                    content = json.dumps(settings).encode()
-                self.send_response(answer.status_code)
-                for key, value in answer.headers.items():
-                    if key.lower() not in (
-                        "content-length",
-                        "content-encoding",
-                        "transfer-encoding",
-                        "connection",
-                    ):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _forward
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        proxy_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.url = proxy_url
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture
 def logged_in(ops_server: PrefectServer) -> Iterator[LoggedIn]:
-    proxy = LoggedIn(ops_server)
+    proxy = LoggedIn(ops_server.ui_url, CREDENTIALS[ops_server.api_url])
     yield proxy
     proxy.close()
-
-
-def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """One headless Chromium run with a new empty profile; it exits by itself."""
-    profile.mkdir()
-    return subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_deploy_hub_form_in_chromium(
@@ -128,9 +47,8 @@ async def test_deploy_hub_form_in_chromium(
     shot = tmp_path / "deploy_hub_form.png"
     taken = chromium(tmp_path / "profile-shot", f"--screenshot={shot}", url)
     assert shot.is_file() and shot.stat().st_size > 10_000, taken.stderr[-2000:]
-    results = REPO / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, results / "deploy_hub_form.png")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, RESULTS / "deploy_hub_form.png")
 
     dumped = chromium(tmp_path / "profile-dom", "--dump-dom", url)
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dumped.stdout))
@@ -155,7 +73,7 @@ async def test_deployments_and_their_schedules_in_chromium(
     shot = tmp_path / "deployments.png"
     taken = chromium(tmp_path / "profile-shot", f"--screenshot={shot}", url)
     assert shot.is_file() and shot.stat().st_size > 10_000, taken.stderr[-2000:]
-    shutil.copy(shot, REPO / "benchmarks" / "results" / "deployments.png")
+    shutil.copy(shot, RESULTS / "deployments.png")
 
     def page_text(path: str, profile: str) -> str:
         dumped = chromium(tmp_path / profile, "--dump-dom", f"{logged_in.url}{path}")
