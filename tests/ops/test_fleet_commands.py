@@ -53,7 +53,7 @@ def test_fleet_operations_from_the_cli(ops_api: str) -> None:
     values = REPO / "fleet" / "clusters" / "local" / "prod.values.yaml"
     before = values.read_text()
     patch = _ok(run_cli(ops_api, "customize-hub", "local", "prod", "--admin", "alice", "--dry-run"))
-    assert "+      - alice" in patch and "dry run: nothing was changed" in patch, patch
+    assert "+        - alice" in patch and "dry run: nothing was changed" in patch, patch
     assert values.read_text() == before
 
     support = run_cli(ops_api, "deploy-support", "local")
