@@ -200,7 +200,11 @@ def test_chart_gateway_config_runs_dask_clusters_for_hub_users(rendered, tmp_pat
     hub_dir.mkdir()
     (hub_dir / "homes").mkdir()
     hub_config = render_config(
-        hub="dask", directory=hub_dir, ports=ports, hub_config={}, as_root=os.geteuid() == 0
+        hub="dask",
+        directory=hub_dir,
+        ports=ports,
+        hub_config={},
+        account=None,  # no servers
     )
     hub_config += "\n".join(
         [
