@@ -19,7 +19,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from hubfleet.charts import WRAPPER, Z2JH_KEY, repository
+from hubfleet.charts import Z2JH_KEY, copy_wrapper, repository
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Fleet
 from hubfleet.presets import _leaves
@@ -88,7 +88,7 @@ def export_hub(
     directory.mkdir(parents=True, exist_ok=True)
     try:
         if wrapper:
-            _copy_wrapper(directory / "chart", version, repository(fleet.settings.chart_repository))
+            copy_wrapper(directory / "chart", version, repository(fleet.settings.chart_repository))
     except OSError as exc:
         _remove_written(directory, created)  # "nothing was written" holds
         raise ExportFailed(f"could not write {directory}: {exc}. Nothing was written.") from None
@@ -134,18 +134,6 @@ def fleet_values_keys() -> dict[str, list[str]]:
 
     hub = kube_hub_values()["hub"]
     return {section: list(hub[section]) for section in ("loadRoles", "extraConfig")}
-
-
-def _copy_wrapper(target: Path, version: str, repo: str) -> None:
-    """hubfleet's wrapper chart, depending on z2jh `version` from `repo`."""
-    shutil.copytree(WRAPPER, target, ignore=shutil.ignore_patterns("ci", "__pycache__", "charts"))
-    yaml = YAML()
-    chart = yaml.load((target / "Chart.yaml").read_text(encoding="utf-8"))
-    chart["version"] = version
-    for dep in chart["dependencies"]:
-        dep["version"], dep["repository"] = version, repo
-    with (target / "Chart.yaml").open("w", encoding="utf-8") as out:
-        yaml.dump(chart, out)
 
 
 def _remove_written(directory: Path, created: bool) -> None:

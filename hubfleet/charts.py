@@ -123,16 +123,7 @@ def hub_chart(version: str, repo: str | None = None) -> Path:
     package = z2jh_package(version, repo)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".hub-"))
     try:
-        shutil.copytree(WRAPPER, staging, dirs_exist_ok=True)
-        yaml = YAML()
-        chart = yaml.load((staging / "Chart.yaml").read_text(encoding="utf-8"))
-        chart["version"] = version
-        for dep in chart["dependencies"]:
-            if dep["name"] == Z2JH_CHART:
-                dep["version"] = version
-                dep.pop("repository", None)  # vendored below: helm needs no repository
-        with (staging / "Chart.yaml").open("w", encoding="utf-8") as out:
-            yaml.dump(chart, out)
+        copy_wrapper(staging, version, repo=None)  # z2jh vendored below: no repository
         (staging / "charts").mkdir(exist_ok=True)
         shutil.copy2(package, staging / "charts" / package.name)
         (staging / SCHEMA_FILE).write_text(json.dumps(_combined_schema(package)), encoding="utf-8")
@@ -144,6 +135,26 @@ def hub_chart(version: str, repo: str | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def copy_wrapper(target: Path, version: str, repo: str | None) -> None:
+    """The wrapper's sources in `target`, its `Chart.yaml` at z2jh `version` (chart and
+    dependency); the dependency fetched from `repo`, or, with None, from `charts/`."""
+    shutil.copytree(
+        WRAPPER, target, ignore=shutil.ignore_patterns("ci", "__pycache__"), dirs_exist_ok=True
+    )
+    yaml = YAML()
+    chart = yaml.load((target / "Chart.yaml").read_text(encoding="utf-8"))
+    chart["version"] = version
+    for dep in chart["dependencies"]:
+        if dep["name"] == Z2JH_CHART:
+            dep["version"] = version
+            if repo is None:
+                dep.pop("repository", None)
+            else:
+                dep["repository"] = repo
+    with (target / "Chart.yaml").open("w", encoding="utf-8") as out:
+        yaml.dump(chart, out)
 
 
 def _combined_schema(package: Path) -> dict[str, Any]:
