@@ -171,8 +171,8 @@ async def store_tokens(n: int, ports: list[int], data: Path) -> dict[str, str]:
                 BlockDocumentCreate(**doc.model_dump(include=fields))
             )
 
-        for start in range(1, n, 25):
-            await asyncio.gather(*(create(i) for i in range(start, min(n, start + 25))))
+        for i in range(1, n):
+            await create(i)
     return tokens
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from prefect import flow, get_run_logger, task
@@ -30,7 +31,15 @@ from prefect.events import emit_event
 from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health, history_row, hub_url, report_dict
 from flows.operation import Operation, begin_fleet, current_fleet
-from flows.parameters import AlertAfter, Backoff, PerCluster, ProbeTimeout, Retries, Selection
+from flows.parameters import (
+    AlertAfter,
+    Backoff,
+    PerCluster,
+    ProbeTimeout,
+    Retries,
+    Selection,
+    SweepDeadline,
+)
 from hubfleet.errors import HubfleetError
 from hubfleet.health import (
     DEPTHS,
@@ -52,6 +61,32 @@ _SHALLOW_LEVELS = set(DEPTHS["shallow"])
 
 class UnknownSelection(HubfleetError):
     """A selection entry names no cluster or hub of the fleet."""
+
+
+class SweepTimedOut(HubfleetError):
+    """A sweep's wait outlasted its deadline: the run fails, saying what it waited for."""
+
+
+T = TypeVar("T")
+
+
+async def within(deadline_at: float, what: str, step: Awaitable[T]) -> T:
+    """Await `step` until `deadline_at` (epoch seconds); past it, fail naming `what`.
+
+    Every wait of a sweep goes through here: the Prefect API's answers (a busy SQLite
+    server answers 503 and its client backs off for up to a minute a call) and the hubs'.
+    """
+    left = deadline_at - time.time()
+    try:
+        async with asyncio.timeout(max(left, 0.0)):
+            return await step
+    except TimeoutError:
+        raise SweepTimedOut(
+            f"check_fleet_health: {what} did not finish by the sweep's deadline "
+            f"({time.strftime('%H:%M:%S', time.gmtime(deadline_at))} UTC). The run fails "
+            "rather than wait: check the Prefect server (`hubfleet server status`; a busy "
+            "SQLite database answers 503) and the hubs, or raise `deadline`."
+        ) from None
 
 
 def select_hubs(fleet: Fleet, selection: list[str] | None) -> list[tuple[str, str]]:
@@ -82,13 +117,17 @@ async def check_fleet_health(
     retries: Retries = 3,
     backoff: Backoff = 0.5,
     timeout: ProbeTimeout = 5.0,
+    deadline: SweepDeadline = 7200.0,
     operator: str | None = None,
 ) -> dict[str, Any]:
     """Sweep the fleet's hubs up to `depth`; alert once a hub fails `alert_after` sweeps in a row.
 
     per_cluster: hubs probed at once per cluster (default 50 shallow, the fleet's
     `parallelism` deep). retries/backoff/timeout apply to each shallow request.
+    deadline: seconds the whole sweep may take; past it the run fails, naming what it was
+    waiting for (a nightly sweep that never ends would never alert).
     """
+    deadline_at = time.time() + deadline
     levels = levels_for(depth)
     if alert_after < 1:
         raise HubfleetError(f"alert_after={alert_after}: use 1 or more")
@@ -96,15 +135,29 @@ async def check_fleet_health(
     fleet, targets = op.fleet, select_hubs(op.fleet, selection)
     limit = per_cluster or (50 if set(levels) <= _SHALLOW_LEVELS else fleet.settings.parallelism)
 
-    previous = await last_sweep_rows(depth, [f"{c}/{h}" for c, h in targets])
+    previous = await within(
+        deadline_at,
+        "reading the earlier sweeps' rows from the Prefect API",
+        last_sweep_rows(depth, [f"{c}/{h}" for c, h in targets]),
+    )
     if set(levels) <= _SHALLOW_LEVELS:
-        results = await sweep_shallow(fleet, targets, levels, limit, retries, backoff, timeout)
+        probing = sweep_shallow(
+            fleet, targets, levels, limit, retries, backoff, timeout, deadline_at
+        )
     else:
-        results = await sweep_deep(targets, depth, limit, op.operator)
+        probing = sweep_deep(targets, depth, limit, op.operator)
+    clusters = len({c for c, _ in targets})
+    results = await within(
+        deadline_at, f"probing {len(targets)} hub(s) on {clusters} cluster(s)", probing
+    )
 
     rows, alerts, recovered = apply_streaks(results, previous, alert_after)
     announce(alerts, recovered, depth)
-    summary = await record_sweep(depth, rows, previous, alerts, recovered)
+    summary = await within(
+        deadline_at,
+        "recording the sweep's table and summary in the Prefect API",
+        record_sweep(depth, rows, previous, alerts, recovered),
+    )
     get_run_logger().info(
         "%s sweep of %d hubs: %s; %d alert(s), %d recovered",
         depth,
@@ -140,6 +193,7 @@ async def sweep_shallow(
     retries: int,
     backoff: float,
     timeout: float,
+    deadline_at: float,
 ) -> list[dict[str, Any]]:
     """One task per cluster, clusters in parallel."""
     by_cluster: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
@@ -149,7 +203,7 @@ async def sweep_shallow(
     depth = next((d for d, lv in DEPTHS.items() if lv == levels), levels[-1].value)
     batches = await asyncio.gather(
         *(
-            probe_hubs(cluster, hubs, levels, depth, limit, retries, backoff, timeout)
+            probe_hubs(cluster, hubs, levels, depth, limit, retries, backoff, timeout, deadline_at)
             for cluster, hubs in by_cluster.items()
         )
     )
@@ -175,12 +229,19 @@ async def probe_hubs(
     retries: int,
     backoff: float,
     timeout: float,
+    deadline_at: float,
 ) -> list[dict[str, Any]]:
     """Probe the cluster's hubs (read-only), at most `limit` at once; one result per hub.
 
     Ops tokens are read in one call for all hubs, inside this task: never a parameter.
     """
-    tokens = await load_all_ops_tokens() if Level.auth in levels else {}
+    tokens = (
+        await within(
+            deadline_at, "reading the stored ops tokens from the Prefect API", load_all_ops_tokens()
+        )
+        if Level.auth in levels
+        else {}
+    )
     gate = asyncio.Semaphore(limit)
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     async with httpx.AsyncClient(limits=limits) as client:

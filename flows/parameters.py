@@ -66,6 +66,10 @@ AlertAfter = Annotated[int, Field(ge=1, le=1_000)]
 Retries = Annotated[int, Field(ge=0, le=10)]
 Backoff = Annotated[float, Field(ge=0, le=60)]
 ProbeTimeout = Annotated[float, Field(gt=0, le=300)]
+#: The longest a whole sweep may take: each of its waits is bounded by what is left.
+SweepDeadline = Annotated[
+    float, Field(ge=5, le=DAY, description="Seconds the whole sweep may take (5 to 86400).")
+]
 #: A fleet selection: cluster or cluster/hub names.
 Selection = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200)]] | None, Field(max_length=10_000)

@@ -27,7 +27,7 @@ from prefect.events.filters import EventFilter, EventNameFilter
 from deployments.health import AUTOMATION_NAME
 from deployments.registry import HEALTH_OPERATIONS
 from deployments.setup import SetupReport, register_health_alert
-from flows.check_fleet_health import UnknownSelection, check_fleet_health
+from flows.check_fleet_health import SweepTimedOut, UnknownSelection, check_fleet_health
 from flows.deploy_hub import deploy_hub
 from hubfleet.loader import load_fleet
 from tasks.local_hub import local_hub
@@ -139,14 +139,16 @@ def _received(webhook: Any, n: int) -> Any:
 
 
 class FlakyHub:
-    """A loopback HTTP server answering like a hub; /hub/health fails `failures` times."""
+    """A loopback HTTP server answering like a hub; /hub/health fails `failures` times,
+    each answer `delay` seconds late."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, delay: float = 0.0) -> None:
         state = {"left": failures, "health_calls": 0}
         self.state = state
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                time.sleep(delay)
                 if self.path == "/hub/health":
                     state["health_calls"] += 1
                     if state["left"] > 0:
@@ -173,26 +175,47 @@ class FlakyHub:
         self.server.server_close()
 
 
+def point_hub_at(data_dir: Path, hub: str, port: int) -> None:
+    """The hub's local state points at a loopback server (no process to stop)."""
+    directory = data_dir / "hubs" / "hc" / hub
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "state.json").write_text(
+        json.dumps(
+            {"ports": {"public": port, "proxy_api": 1, "hub": 1}, "hub": None, "proxy": None}
+        )
+    )
+
+
 async def test_one_failed_request_is_retried_not_counted(data_dir: Path) -> None:
     flaky = FlakyHub(failures=1)
     try:
-        # The hub's local state points at the loopback server (no process to stop).
-        directory = data_dir / "hubs" / "hc" / "flaky"
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "state.json").write_text(
-            json.dumps(
-                {
-                    "ports": {"public": flaky.port, "proxy_api": 1, "hub": 1},
-                    "hub": None,
-                    "proxy": None,
-                }
-            )
-        )
+        point_hub_at(data_dir, "flaky", flaky.port)
         result = await check_fleet_health(depth="api", selection=["hc/flaky"], backoff=0.1)
     finally:
         flaky.close()
     assert result["counts"] == {"healthy": 1}, result
     assert flaky.state["health_calls"] == 2  # the 503, then the retry that passed
+
+
+async def test_a_sweep_that_cannot_finish_fails_by_its_deadline(data_dir: Path) -> None:
+    """The nightly sweep must never wait without a bound (issue: a 1,000-hub benchmark
+    sat idle for minutes, every request in the Prefect client's back-off). Here a hub
+    answers every request 4 s late and keeps failing: with 4 tries per level the probe
+    alone would take ~16 s; the 6 s deadline fails the run, saying what it waited for."""
+    slow = FlakyHub(failures=100, delay=4.0)
+    try:
+        point_hub_at(data_dir, "flaky", slow.port)
+        started = time.monotonic()
+        with pytest.raises(SweepTimedOut, match=r"probing 1 hub\(s\) on 1 cluster\(s\) did not"):
+            await check_fleet_health(
+                depth="api", selection=["hc/flaky"], retries=3, backoff=0.1, deadline=6
+            )
+        assert time.monotonic() - started < 30  # the flow's own start and end included
+    finally:
+        slow.close()
+    async with get_client() as client:
+        runs = await client.read_flow_runs(limit=1, sort="START_TIME_DESC")
+    assert runs[0].name.startswith("check_fleet_health") and runs[0].state.is_failed()
 
 
 async def test_bad_selection_is_refused_before_anything_runs() -> None:
