@@ -1,6 +1,7 @@
 """`hubfleet setup`: make a Prefect server ready to operate the fleet, idempotently.
 
-It registers block types, the process work pool, per-cluster and per-hub global
+It registers block types, the work pool (a `process` pool it creates, or an existing
+`kubernetes` pool whose Jobs run a worker image), per-cluster and per-hub global
 concurrency limits, one deployment per available operation (with the fleet's schedules and
 a parameter schema whose cluster and hub fields are enums of the fleet), and two
 automations: a notification on any failed or crashed operation, and zombie-run detection
@@ -39,7 +40,7 @@ from deployments.registry import (
 )
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Fleet
-from hubfleet.paths import REPO_ROOT
+from hubfleet.paths import REPO_ROOT, WORKER_IMAGE_FLEET, WORKER_IMAGE_ROOT
 
 #: Seconds between flow-run heartbeats of worker runs (Prefect's minimum is 30).
 HEARTBEAT_SECONDS = 30
@@ -100,9 +101,11 @@ async def setup(
         )
     available, missing = resolve(registry)
     report = SetupReport()
+    # Where the deployments' runs execute decides their working directory and fleet path.
+    pool_type = await existing_pool_type(client, pool) or "process"
     # Check every scheduled operation before changing anything: a bad entry changes nothing.
     plans = [
-        (spec, flow, deployment_payload(spec, flow, fleet, pool, heartbeat_seconds))
+        (spec, flow, deployment_payload(spec, flow, fleet, pool, heartbeat_seconds, pool_type))
         for spec, flow in available
     ]
     report.unavailable += [f"{spec.entrypoint} ({why})" for spec, why in missing]
@@ -143,10 +146,25 @@ def process_pool_template(heartbeat_seconds: int) -> dict[str, Any]:
     return template
 
 
+#: Pool types whose runs hubfleet knows how to lay out: `process` (a worker on a machine
+#: with this checkout) and `kubernetes` (a Job per run from a worker image; prefect-kubernetes).
+POOL_TYPES = ("process", "kubernetes")
+
+
+async def existing_pool_type(client: PrefectClient, pool: str) -> str | None:
+    """The type of work pool `pool`, or None when there is no such pool."""
+    try:
+        return (await client.read_work_pool(pool)).type
+    except ObjectNotFound:
+        return None
+
+
 async def ensure_work_pool(
     client: PrefectClient, pool: str, heartbeat_seconds: int, report: SetupReport
 ) -> None:
-    """A `process` work pool; an existing pool of another type is an error, not replaced."""
+    """A `process` work pool, created if missing; an existing `kubernetes` pool is used as
+    it is (its base job template is the operator's: deployments/kubernetes-work-pool.json
+    with their image). A pool of any other type is an error, not replaced."""
     try:
         existing = await client.read_work_pool(pool)
     except ObjectNotFound:
@@ -160,11 +178,21 @@ async def ensure_work_pool(
         )
         report.record(f"work pool {pool}", "created")
         return
-    if existing.type != "process":
+    if existing.type not in POOL_TYPES:
         raise SetupError(
             f"work pool {pool!r} exists with type {existing.type!r}; hubfleet needs a "
-            "'process' pool: pass --pool with another name, or delete that pool"
+            "'process' or 'kubernetes' pool: pass --pool with another name, or delete that "
+            "pool"
         )
+    if existing.type == "kubernetes":
+        variables = (existing.base_job_template or {}).get("variables", {})
+        image = variables.get("properties", {}).get("image", {}).get("default")
+        if not image:
+            report.warnings.append(
+                f"work pool {pool!r} (kubernetes) has no default image: its Jobs would run "
+                "Prefect's image, which has no hubfleet. Set the pool's image to a worker "
+                "image (README: Running flows on a Kubernetes worker)"
+            )
     report.record(f"work pool {pool}", "unchanged")
 
 
@@ -245,9 +273,23 @@ def ui_parameter_schema(flow: Any, fleet: Fleet) -> dict[str, Any]:
 
 
 def deployment_payload(
-    spec: OperationSpec, flow: Any, fleet: Fleet, pool: str, heartbeat_seconds: int
+    spec: OperationSpec,
+    flow: Any,
+    fleet: Fleet,
+    pool: str,
+    heartbeat_seconds: int,
+    pool_type: str = "process",
 ) -> dict[str, Any]:
-    """Everything `create_deployment` needs, in a form comparable with what is stored."""
+    """Everything `create_deployment` needs, in a form comparable with what is stored.
+
+    On a `process` pool a run works in this checkout with the fleet setup read; on a
+    `kubernetes` pool it runs in a worker image, with the checkout and fleet at
+    WORKER_IMAGE_ROOT (the image is built from the same commit as the fleet setup read).
+    """
+    if pool_type == "kubernetes":
+        workdir, fleet_path = WORKER_IMAGE_ROOT, WORKER_IMAGE_FLEET
+    else:
+        workdir, fleet_path = str(REPO_ROOT), str(fleet.root.resolve())
     schema = ui_parameter_schema(flow, fleet)
     cron = spec.cron(fleet)
     if cron:
@@ -271,12 +313,10 @@ def deployment_payload(
         "concurrency_limit": spec.concurrency_limit,
         # The worker imports the installed package; the fleet is the one setup read, and
         # heartbeats feed the zombie-run automation.
-        "pull_steps": [
-            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}
-        ],
+        "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": workdir}}],
         "job_variables": {
             "env": {
-                "HUBFLEET_FLEET": str(fleet.root.resolve()),
+                "HUBFLEET_FLEET": fleet_path,
                 "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds),
             }
         },

@@ -77,19 +77,37 @@ def deployment_run_operator(run: FlowRun) -> str:
     return UNKNOWN_UI_OPERATOR
 
 
+#: In a fleet copied out of git (the worker image, hubfleet/testenv/hubimages.py): the
+#: commit it was copied from, written when the copy was made.
+REVISION_FILE = ".hubfleet-revision"
+
+
 def fleet_revision(root: Path) -> str:
-    """The registry's git commit, or 'uncommitted' if it has changes or no git history."""
+    """The registry's git commit, or 'uncommitted' if it has changes or no git history.
+
+    A fleet outside any git checkout (an image has no git) answers with the commit its
+    `.hubfleet-revision` file records, if it has one.
+    """
 
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
         )
 
+    def recorded() -> str:
+        try:
+            value = (root / REVISION_FILE).read_text().strip()
+        except OSError:
+            return "uncommitted"
+        return value if value.isalnum() and len(value) <= 40 else "uncommitted"
+
     try:
         head = git("log", "-1", "--format=%h", "--", ".")
         dirty = git("status", "--porcelain", "--", ".")
     except (OSError, subprocess.TimeoutExpired):
-        return "uncommitted"
+        return recorded()
+    if head.returncode != 0 and "not a git repository" in head.stderr:
+        return recorded()
     if head.returncode != 0 or not head.stdout.strip() or dirty.stdout.strip():
         return "uncommitted"
     return head.stdout.strip()

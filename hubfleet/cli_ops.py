@@ -18,7 +18,14 @@ from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
 
-PoolOpt = Annotated[str, typer.Option("--pool", help="Name of the process work pool.")]
+PoolOpt = Annotated[
+    str,
+    typer.Option(
+        "--pool",
+        help="Name of the work pool: a process pool (created if missing), or an existing "
+        "kubernetes pool whose Jobs run a worker image.",
+    ),
+]
 FleetOpt = Annotated[
     Path | None,
     typer.Option("--fleet", help="Fleet directory (default: $HUBFLEET_FLEET or ./fleet)."),
@@ -80,8 +87,18 @@ def setup(
     out.print(f"setup of {model.settings.name}: {report.summary()}")
 
 
+WorkerPoolOpt = Annotated[
+    str,
+    typer.Option(
+        "--pool",
+        help="Name of the process work pool (a kubernetes pool is served by `prefect "
+        "worker start --type kubernetes` in its cluster: see the README).",
+    ),
+]
+
+
 def worker(
-    pool: PoolOpt = "hubfleet",
+    pool: WorkerPoolOpt = "hubfleet",
     name: Annotated[str | None, typer.Option(help="Worker name (default: Prefect's).")] = None,
     limit: Annotated[
         int | None, typer.Option(help="Most runs this worker executes at once.")

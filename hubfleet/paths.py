@@ -9,6 +9,12 @@ import platformdirs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+#: Where a worker image keeps the hubfleet checkout (an editable install, so REPO_ROOT is
+#: this inside the image) and the fleet it runs: deployments on a Kubernetes work pool
+#: work from there (hubfleet/testenv/hubimages.py builds such an image).
+WORKER_IMAGE_ROOT = "/opt/hubfleet"
+WORKER_IMAGE_FLEET = f"{WORKER_IMAGE_ROOT}/fleet"
+
 
 def data_dir() -> Path:
     """State of local hubs and the demo's Prefect server (`HUBFLEET_DATA_DIR` overrides)."""

@@ -17,6 +17,17 @@
   The chart's single-user pods run ``hubfleet.local/singleuser`` (JupyterHub 5.2.1): a 5.2
   ``jupyterhub-singleuser`` works with the 5.5.0 hub (tests/node/test_z2jh_on_node.py spawns
   one), so no 5.5.0 single-user image is built.
+* ``hubfleet.local/worker``: hubfleet itself, for Prefect Kubernetes work pools: this
+  checkout's packages, ``helm/``, ``terraform_modules/`` and ``fleet/`` laid out at
+  /opt/hubfleet (an editable install, so ``hubfleet.paths.REPO_ROOT`` is /opt/hubfleet
+  and the flows find the charts and modules beside them) with a venv at /opt/venv holding
+  pyproject.toml's dependencies (prefect-kubernetes among them), user ``hubfleet`` (1000).
+  Keyed by the content of those files (``git ls-files``: tracked and untracked-but-not-
+  ignored), not versions.toml, and by the fleet's commit, which the image records in
+  ``fleet/.hubfleet-revision`` (the image has no git; ``flows.operation.fleet_revision``
+  reads it there), so runs in a Job are tagged ``revision:`` like runs on the host. No
+  helm, terraform or git binaries: enough for the operations that talk to Prefect and the
+  Kubernetes API (e.g. ``publish_fleet_report``, health checks), not for ``deploy_hub``.
 
 Versions are pinned in versions.toml's ``[images]`` table. Each image is the base's layer
 plus one layer of what the recipe added (so containerd shares the base's snapshot), cached
@@ -38,12 +49,16 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tarfile
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from hubfleet.paths import WORKER_IMAGE_FLEET, WORKER_IMAGE_ROOT
 
 from . import build, images, rootfs
 
@@ -62,10 +77,27 @@ class _Recipe:
     versions: tuple[str, ...]  # keys of versions.toml [images] that go into this image
     tag_version: str  # the version the tag starts with (a versions.toml key, or literal)
     requirements: str = ""  # a requirements file beside this module, part of the key
+    sources: tuple[str, ...] = ()  # repository paths copied in; their content is the key
 
 
 Z2JH_VERSION = "4.4.0"
 Z2JH_REQUIREMENTS = "z2jh_hub/requirements.txt"
+
+#: The checkout this module belongs to (the worker image copies parts of it).
+REPO = Path(__file__).resolve().parents[2]
+#: Where the worker image keeps the checkout; deployments on a Kubernetes pool work there.
+WORKER_ROOT, WORKER_FLEET = WORKER_IMAGE_ROOT, WORKER_IMAGE_FLEET
+WORKER_SOURCES = (
+    "pyproject.toml",
+    "hubfleet",
+    "flows",
+    "tasks",
+    "blocks",
+    "deployments",
+    "helm",
+    "terraform_modules",
+    "fleet",
+)
 
 RECIPES = {
     "hub": _Recipe(
@@ -74,6 +106,7 @@ RECIPES = {
     "singleuser": _Recipe("singleuser", ("jupyterhub", "jupyterlab", "ipykernel"), "jupyterhub"),
     "proxy": _Recipe("proxy", ("configurable_http_proxy", "node"), "configurable_http_proxy"),
     "k8s-hub": _Recipe("k8s-hub", (), Z2JH_VERSION, Z2JH_REQUIREMENTS),
+    "worker": _Recipe("worker", (), "hubfleet", sources=WORKER_SOURCES),
 }
 
 
@@ -82,8 +115,57 @@ def requirements_path(name: str) -> Path:
 
 
 def image_versions() -> dict[str, str]:
-    """versions.toml's ``[images]`` table."""
-    return dict(build.load_versions()["images"])
+    """versions.toml's ``[images]`` table, plus ``hubfleet``: this checkout's version."""
+    versions = dict(build.load_versions()["images"])
+    with (REPO / "pyproject.toml").open("rb") as f:
+        versions["hubfleet"] = tomllib.load(f)["project"]["version"]
+    return versions
+
+
+def source_files(paths: tuple[str, ...]) -> list[str]:
+    """The files under ``paths`` (repository-relative, sorted) that git tracks or would
+    track: ignored files (caches, egg-info, a local ``.terraform``) never enter an image.
+    Outside a git checkout: every file, minus Python caches."""
+    git = shutil.which("git")
+    if git is not None and (REPO / ".git").exists():
+        proc = subprocess.run(
+            [
+                *(git, "-C", str(REPO), "ls-files", "-z", "--cached", "--others"),
+                *("--exclude-standard", "--", *paths),
+            ],
+            capture_output=True,
+            check=True,
+        )
+        names = {n for n in proc.stdout.decode().split("\0") if n}
+        # A file deleted in the worktree but still in the index is not part of the image.
+        return sorted(n for n in names if (REPO / n).is_file())
+    found = []
+    for rel in paths:
+        top = REPO / rel
+        candidates = [top] if top.is_file() else sorted(top.rglob("*"))
+        for path in candidates:
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                found.append(path.relative_to(REPO).as_posix())
+    return sorted(found)
+
+
+def sources_digest(paths: tuple[str, ...]) -> str:
+    """A hash of every source file's path, mode (executable or not) and content."""
+    h = hashlib.sha256()
+    for rel in source_files(paths):
+        path = REPO / rel
+        h.update(rel.encode() + b"\0")
+        h.update(b"x" if os.access(path, os.X_OK) else b"-")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def fleet_commit() -> str:
+    """The checkout's fleet revision as hubfleet tags runs with it (a commit, or
+    'uncommitted' when the fleet has changes or no history)."""
+    from flows.operation import fleet_revision
+
+    return fleet_revision(REPO / "fleet")
 
 
 def image_key(name: str) -> str:
@@ -98,6 +180,11 @@ def image_key(name: str) -> str:
             **(
                 {"requirements": hashlib.sha256(requirements_path(name).read_bytes()).hexdigest()}
                 if recipe.requirements
+                else {}
+            ),
+            **(
+                {"sources": sources_digest(recipe.sources), "fleet_revision": fleet_commit()}
+                if recipe.sources
                 else {}
             ),
         },
@@ -416,11 +503,60 @@ def _recipe_proxy(b: _Build, v: dict[str, str]) -> dict:
     }
 
 
+def _worker_requirements() -> list[str]:
+    """pyproject.toml's dependencies, and setuptools for the offline editable install."""
+    with (REPO / "pyproject.toml").open("rb") as f:
+        deps = list(tomllib.load(f)["project"]["dependencies"])
+    return [*deps, "setuptools>=70.1"]
+
+
+def _recipe_worker(b: _Build, v: dict[str, str]) -> dict:
+    b.pip_venv(_worker_requirements())
+    b.progress(f"  worker image: hubfleet {v['hubfleet']} (this checkout) at {WORKER_ROOT} ...")
+    dest = b.root / WORKER_ROOT.lstrip("/")
+    for rel in source_files(WORKER_SOURCES):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    # pyproject names README.md as the package's readme: the image gets a pointer, not the
+    # repository's README (which would put every README edit into the image's key).
+    (dest / "README.md").write_text(
+        "hubfleet worker image: this checkout's packages, charts, modules and fleet.\n"
+    )
+    from flows.operation import REVISION_FILE
+
+    (dest / "fleet" / REVISION_FILE).write_text(fleet_commit() + "\n")
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in dirnames + filenames:
+            os.lchown(Path(dirpath) / name, 0, 0)
+    # Editable: the package stays at /opt/hubfleet, where REPO_ROOT finds helm/ beside it.
+    b.chroot(
+        *("/opt/venv/bin/python", "-m", "pip", "install", "--quiet", "--no-index"),
+        *("--no-deps", "--no-build-isolation", "--no-cache-dir", "--disable-pip-version-check"),
+        *("--editable", WORKER_ROOT),
+    )
+    # Byte-compiled at build: the image's user cannot write __pycache__ under /opt/hubfleet,
+    # and every Job would otherwise compile the packages again.
+    b.chroot("/opt/venv/bin/python", "-m", "compileall", "-q", WORKER_ROOT)
+    b.chroot(
+        *("useradd", "--create-home", "--uid", str(UID), "--user-group"),
+        *("--shell", "/bin/bash", "hubfleet"),
+    )
+    return {
+        # What a Prefect Kubernetes worker runs in each Job (it passes the same as args).
+        "Cmd": ["prefect", "flow-run", "execute"],
+        "Env": [f"PATH={PATH}", "LANG=C.UTF-8", f"HUBFLEET_FLEET={WORKER_FLEET}"],
+        "User": str(UID),
+        "WorkingDir": WORKER_ROOT,
+    }
+
+
 _STEPS: dict[str, Callable[[_Build, dict[str, str]], dict]] = {
     "hub": _recipe_hub,
     "singleuser": _recipe_singleuser,
     "proxy": _recipe_proxy,
     "k8s-hub": _recipe_k8s_hub,
+    "worker": _recipe_worker,
 }
 
 
@@ -470,5 +606,6 @@ def build_image(name: str, progress: Progress = print) -> images.ImageArchive:
 
 
 def build_hub_images(progress: Progress = print) -> list[images.ImageArchive]:
-    """The hub, single-user and proxy images (each built only when its key changed)."""
+    """The hub, single-user, proxy and worker images (each built only when its key
+    changed)."""
     return [build_image(name, progress) for name in RECIPES]

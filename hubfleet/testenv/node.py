@@ -354,6 +354,46 @@ class RealNode:
         self.timings["ready"] = time.monotonic() - t0
         self._progress(f"real node {self.name} Ready in {time.monotonic() - t0:.1f}s")
 
+    # ---- host services for pods
+    def relay(self, port: int) -> str:
+        """Let pods reach a service listening on host loopback ``port`` (e.g. the test
+        Prefect server): a socat relay on ``RELAY_IP:port`` (the host end of the node's
+        veth, which pods reach through the node's route) to ``127.0.0.1:port``.
+        Returns the address pods use, ``RELAY_IP:port``; the relay is a component of the
+        node (stopped by PID with it, or earlier by ``stop_relay``). Only this machine's
+        loopback is relayed: nothing outside the machine becomes reachable."""
+        name = f"relay-{port}"
+        c = self.components.get(name)
+        if c is None or not c.alive():
+            c = self._spawn(
+                name,
+                [
+                    "socat",
+                    f"TCP-LISTEN:{port},bind={RELAY_IP},reuseaddr,fork",
+                    f"TCP:127.0.0.1:{port}",
+                ],
+                in_node=False,
+            )
+
+            def listening() -> bool:
+                import socket
+
+                with socket.socket() as s:
+                    s.settimeout(1)
+                    return s.connect_ex((RELAY_IP, port)) == 0
+
+            self._wait(f"relay to 127.0.0.1:{port}", listening)
+        return f"{RELAY_IP}:{port}"
+
+    def stop_relay(self, port: int) -> None:
+        """Stop the relay ``relay(port)`` started (by its PID); a no-op if there is none."""
+        c = self.components.pop(f"relay-{port}", None)
+        if c is not None:
+            terminate_pids([c])
+            self._write_marker()
+            if self.state_file is not None:
+                self._write_state()
+
     # ---- cgroups, namespaces, network
     def _make_cgroups(self) -> None:
         for h in _hierarchies():

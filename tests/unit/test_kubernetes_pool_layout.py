@@ -1,0 +1,81 @@
+"""Deployments on a Kubernetes work pool run in the worker image: `hubfleet setup` lays
+them out for the image's paths, and a fleet copied out of git (the image has no git) still
+tags runs with the commit it was copied from. The Job itself runs in
+tests/node/test_kubernetes_worker.py."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from deployments.registry import OPERATIONS, resolve
+from deployments.setup import HEARTBEAT_SECONDS, deployment_payload
+from flows.operation import REVISION_FILE, fleet_revision
+from hubfleet.loader import load_fleet
+from hubfleet.paths import REPO_ROOT, WORKER_IMAGE_FLEET, WORKER_IMAGE_ROOT
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _payloads(pool_type: str) -> dict[str, dict]:
+    fleet = load_fleet(REPO / "fleet")
+    available, _ = resolve(OPERATIONS)
+    return {
+        f"{flow.name}/{spec.name}": deployment_payload(
+            spec, flow, fleet, "pool", HEARTBEAT_SECONDS, pool_type
+        )
+        for spec, flow in available
+    }
+
+
+def _workdir(payload: dict) -> str:
+    (step,) = payload["pull_steps"]
+    return step["prefect.deployments.steps.set_working_directory"]["directory"]
+
+
+def test_kubernetes_pool_deployments_work_in_the_image() -> None:
+    process, kubernetes = _payloads("process"), _payloads("kubernetes")
+    assert process.keys() == kubernetes.keys() and "publish_fleet_report/default" in kubernetes
+    for name, payload in kubernetes.items():
+        assert _workdir(payload) == WORKER_IMAGE_ROOT, name
+        assert payload["job_variables"]["env"]["HUBFLEET_FLEET"] == WORKER_IMAGE_FLEET, name
+        # Everything else (schema, schedules, tags) is the same as on a process pool.
+        on_host = process[name]
+        assert _workdir(on_host) == str(REPO_ROOT)
+        assert on_host["job_variables"]["env"]["HUBFLEET_FLEET"] == str((REPO / "fleet").resolve())
+        strip = ("pull_steps", "job_variables")
+        assert {k: v for k, v in payload.items() if k not in strip} == {
+            k: v for k, v in on_host.items() if k not in strip
+        }, name
+
+
+def test_a_fleet_outside_git_answers_with_its_recorded_revision(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    assert fleet_revision(fleet) == "uncommitted"
+    (fleet / REVISION_FILE).write_text("93380e7\n")
+    assert fleet_revision(fleet) == "93380e7"
+    # Only a commit-like word is taken; anything else is no revision.
+    (fleet / REVISION_FILE).write_text("93380e7; rm -rf /\n")
+    assert fleet_revision(fleet) == "uncommitted"
+
+
+def test_in_git_the_commit_wins_over_a_revision_file(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "fleet").mkdir()
+    (tmp_path / "fleet" / "fleet.yaml").write_text("name: t\n")
+    git("add", ".")
+    git("commit", "-qm", "fleet")
+    head = git("log", "-1", "--format=%h")
+    assert fleet_revision(tmp_path / "fleet") == head
+    # A file claiming another commit is an uncommitted change, not a revision.
+    (tmp_path / "fleet" / REVISION_FILE).write_text("abc1234\n")
+    assert fleet_revision(tmp_path / "fleet") == "uncommitted"
