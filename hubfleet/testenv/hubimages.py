@@ -609,3 +609,28 @@ def build_hub_images(progress: Progress = print) -> list[images.ImageArchive]:
     """The hub, single-user, proxy and worker images (each built only when its key
     changed)."""
     return [build_image(name, progress) for name in RECIPES]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hubfleet.testenv.hubimages NAME...``: build (or reuse) those images and
+    print each one's reference and OCI archive (e.g. ``worker``, to push to a registry)."""
+    names = sys.argv[1:] if argv is None else argv
+    unknown = [n for n in names if n not in RECIPES]
+    if not names or unknown:
+        print(
+            f"usage: python -m hubfleet.testenv.hubimages NAME... (NAME: {', '.join(RECIPES)})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        archives = [build_image(name) for name in names]
+    except images.ImageBuildError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    for archive in archives:
+        print(f"{archive.ref} {archive.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
