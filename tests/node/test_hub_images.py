@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def hub_images():
     try:
-        return {name: hubimages.build_image(name) for name in hubimages.RECIPES}
+        return {name: hubimages.build_image(name) for name in hubimages.PINNED_IMAGES}
     except Exception as e:  # an ImageBuildError names the image, the command, its output
         pytest.fail(f"building the hub images failed: {e}", pytrace=False)
 
@@ -48,9 +48,10 @@ def test_a_version_bump_changes_only_that_images_key(monkeypatch):
     bumped = {name: hubimages.image_key(name) for name in hubimages.RECIPES}
     assert bumped["singleuser"] != keys["singleuser"]
     assert bumped["hub"] == keys["hub"] and bumped["proxy"] == keys["proxy"]
+    assert bumped["worker"] == keys["worker"]
 
 
-@pytest.mark.parametrize("name", sorted(hubimages.RECIPES))
+@pytest.mark.parametrize("name", sorted(hubimages.PINNED_IMAGES))
 def test_image_is_the_base_layer_plus_one_without_host_details(hub_images, name):
     from hubfleet.testenv import rootfs
 

@@ -85,6 +85,49 @@ def k8s_server(no_leftover_processes: Path) -> Iterator[PrefectServer]:
         server.stop()
 
 
+def _layer_names(archive: Path, index: int) -> set[str]:
+    """The paths in one layer of a one-image OCI archive, read as a stream (the worker
+    image's layer is about a gigabyte)."""
+    import tarfile
+
+    with tarfile.open(archive) as outer:
+
+        def member(digest: str):
+            f = outer.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
+            assert f is not None
+            return f
+
+        index_file = outer.extractfile("index.json")
+        assert index_file is not None
+        (desc,) = json.load(index_file)["manifests"]
+        manifest = json.load(member(desc["digest"]))
+        with tarfile.open(fileobj=member(manifest["layers"][index]["digest"])) as layer:
+            return set(layer.getnames())
+
+
+def test_worker_image_is_this_checkout_on_the_base_without_host_details(worker_image):
+    from hubfleet.testenv import rootfs
+
+    base = hubimages._archive_layers(rootfs.build_debian_base().path)
+    assert len(base) == 1
+    names = _layer_names(worker_image.path, 1)
+    root = WORKER_IMAGE_ROOT.lstrip("/")
+    copied = {f"{root}/{rel}" for rel in hubimages.source_files(hubimages.WORKER_SOURCES)}
+    assert copied <= names
+    assert f"{root}/fleet/.hubfleet-revision" in names
+    assert "opt/venv/bin/prefect" in names and "opt/venv/bin/hubfleet" in names
+    for host_file in (
+        "etc/resolv.conf",
+        "etc/hostname",
+        "etc/ssl/certs/ca-certificates.crt",
+        "etc/pip.conf",
+        "root/.gitconfig",
+    ):
+        assert host_file not in names
+    assert not [n for n in names if n.startswith(("tmp/", "root/.cache/", f"{root}/tests"))]
+    assert not [n for n in names if "/.git/" in n or n.endswith("/.git")]
+
+
 def pool_template(image: str, namespace: str, api_url: str) -> dict[str, Any]:
     """deployments/kubernetes-work-pool.json as an operator fills it in for their cluster:
     the worker image, the Jobs' namespace, the API URL pods reach; and, for this cluster,

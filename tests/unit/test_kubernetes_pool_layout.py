@@ -79,3 +79,21 @@ def test_in_git_the_commit_wins_over_a_revision_file(tmp_path: Path) -> None:
     # A file claiming another commit is an uncommitted change, not a revision.
     (tmp_path / "fleet" / REVISION_FILE).write_text("abc1234\n")
     assert fleet_revision(tmp_path / "fleet") == "uncommitted"
+
+
+def test_the_worker_image_copies_the_checkout_and_nothing_ignored() -> None:
+    from hubfleet.testenv import hubimages
+
+    files = hubimages.source_files(hubimages.WORKER_SOURCES)
+    for wanted in (
+        "pyproject.toml",
+        "flows/fleet_report.py",
+        "deployments/kubernetes-work-pool.json",
+        "helm/hub/Chart.yaml",
+        "fleet/fleet.yaml",
+    ):
+        assert wanted in files
+    assert not [f for f in files if "__pycache__" in f or ".egg-info" in f or f.endswith(".pyc")]
+    assert not [f for f in files if f.startswith(("tests/", ".venv/", "benchmarks/"))]
+    # Built ahead by every `./dev test`: only the images whose key is pinned versions.
+    assert "worker" in hubimages.RECIPES and "worker" not in hubimages.PINNED_IMAGES
