@@ -552,7 +552,12 @@ def _recipe_worker(b: _Build, v: dict[str, str]) -> dict:
     return {
         # What a Prefect Kubernetes worker runs in each Job (it passes the same as args).
         "Cmd": ["prefect", "flow-run", "execute"],
-        "Env": [f"PATH={PATH}", "LANG=C.UTF-8", f"HUBFLEET_FLEET={WORKER_FLEET}"],
+        "Env": [
+            f"PATH={PATH}",
+            "LANG=C.UTF-8",
+            "HOME=/home/hubfleet",  # Prefect keeps its profile and caches there
+            f"HUBFLEET_FLEET={WORKER_FLEET}",
+        ],
         "User": str(UID),
         "WorkingDir": WORKER_ROOT,
     }
