@@ -510,11 +510,18 @@ def _recipe_proxy(b: _Build, v: dict[str, str]) -> dict:
     }
 
 
+#: Wanted in the image but skipped by `pip download`: pip evaluates environment markers
+#: with the host's Python (3.11.7 here), not --python-version, and bookworm's Python is
+#: 3.11.2. redis (a prefect dependency) needs `async-timeout; python_full_version < "3.11.3"`.
+MARKER_EXTRAS = ("async-timeout>=4.0.3",)
+
+
 def _worker_requirements() -> list[str]:
-    """pyproject.toml's dependencies, and setuptools for the offline editable install."""
+    """pyproject.toml's dependencies, setuptools for the offline editable install, and what
+    the download would miss for the image's Python (MARKER_EXTRAS)."""
     with (REPO / "pyproject.toml").open("rb") as f:
         deps = list(tomllib.load(f)["project"]["dependencies"])
-    return [*deps, "setuptools>=70.1"]
+    return [*deps, "setuptools>=70.1", *MARKER_EXTRAS]
 
 
 def _recipe_worker(b: _Build, v: dict[str, str]) -> dict:
