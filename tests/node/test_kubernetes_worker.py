@@ -47,6 +47,9 @@ HUBFLEET = str(Path(sys.executable).parent / "hubfleet")
 POOL = "hubfleet-k8s"
 SERVICE_ACCOUNT = "hubfleet-deployer"
 AUTH_SECRET, AUTH_KEY = "hubfleet-prefect-api", "auth-string"
+#: This module's figures (the image's build, size and import; the run's timings).
+RESULTS = REPO / "benchmarks" / "results" / "kubernetes_worker.json"
+FIGURES: dict[str, Any] = {}
 
 
 def _say(msg: str) -> None:
@@ -66,6 +69,14 @@ def worker_image(real_node) -> ImageArchive:
     t1 = time.monotonic()
     real_node.import_image(image)
     recorded = build.build_times().get("image-worker", {}).get("seconds")
+    FIGURES["image"] = {
+        "ref": image.ref,
+        "built_now": not cached,
+        "build_seconds": round(built, 1) if not cached else None,
+        "last_recorded_build_seconds": recorded,
+        "size_mb": round(image.path.stat().st_size / 1e6),
+        "import_seconds": round(time.monotonic() - t1, 1),
+    }
     _say(
         f"worker image {image.ref}: {'cached' if cached else f'built in {built:.1f}s'} "
         f"(last build {recorded}s), {image.path.stat().st_size / 1e6:.0f} MB, imported in "
@@ -250,6 +261,7 @@ async def test_kubernetes_worker_runs_an_operation_as_a_job_on_the_real_node(
                         base_job_template=pool_template(worker_image.ref, ns, pod_api),
                     )
                 )
+            t_setup = time.monotonic()
             setup = subprocess.run(
                 [HUBFLEET, "setup", "--pool", POOL, "--fleet", str(REPO / "fleet")],
                 env=_env(k8s_server, tmp_path / "home"),
@@ -259,6 +271,7 @@ async def test_kubernetes_worker_runs_an_operation_as_a_job_on_the_real_node(
                 cwd=tmp_path,
             )
             assert setup.returncode == 0, setup.stdout + setup.stderr
+            setup_seconds = time.monotonic() - t_setup
             assert "has no default image" not in setup.stdout + setup.stderr
             async with get_client() as prefect:
                 dep = await prefect.read_deployment_by_name("publish_fleet_report/default")
@@ -370,7 +383,16 @@ async def test_kubernetes_worker_runs_an_operation_as_a_job_on_the_real_node(
         if worker is not None:
             worker.stop()
         real_node.stop_relay(port)
+    test_seconds = time.monotonic() - t_test
+    FIGURES["run"] = {
+        "hubfleet_setup_seconds": round(setup_seconds, 1),
+        "submit_to_completed_seconds": round(submit_to_final, 1),
+        "test_seconds": round(test_seconds, 1),
+        "node": real_node.name,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(FIGURES, indent=2) + "\n")
     _say(
-        f"run Completed {submit_to_final:.1f}s after it was submitted (pod on "
-        f"{real_node.name}); test {time.monotonic() - t_test:.1f}s"
+        f"setup {setup_seconds:.1f}s; run Completed {submit_to_final:.1f}s after it was "
+        f"submitted (pod on {real_node.name}); test {test_seconds:.1f}s; figures in {RESULTS}"
     )
