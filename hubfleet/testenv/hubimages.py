@@ -469,6 +469,7 @@ def build_image(name: str, progress: Progress = print) -> images.ImageArchive:
     return images.ImageArchive(ref, dest)
 
 
+@build.serialized
 def build_hub_images(progress: Progress = print) -> list[images.ImageArchive]:
     """The hub, single-user and proxy images (each built only when its key changed)."""
     return [build_image(name, progress) for name in RECIPES]
