@@ -20,6 +20,7 @@ under the hub lock it already holds (locks pass down to subflows: tasks/locks.py
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +39,7 @@ from tasks.cluster_session import cluster_session
 from tasks.export import ExportResult, export_homes
 from tasks.helm import in_thread
 from tasks.hub_access import hub_endpoint
-from tasks.hub_credentials import delete_ops_token_block, revoke_ops_token
+from tasks.hub_credentials import delete_ops_token_block, load_ops_token, revoke_ops_token
 from tasks.kube_archive import (
     archive_home_volumes,
     drop_home_volumes,
@@ -113,9 +114,7 @@ async def teardown_hub(
         plan, do = _local(op, keep_data, export, export_timeout, stamp)
     else:
         plan, do = await _helm(op, keep_data, export, export_timeout, stamp)
-    what = "; ".join(
-        [*plan, "revoke the ops token", f"delete the block {HubOpsToken.block_name(cluster, hub)}"]
-    )
+    what = "; ".join([*plan, f"delete the block {HubOpsToken.block_name(cluster, hub)}"])
     get_run_logger().info("%s: %s", op.target, what)
     if dry_run:
         await acreate_markdown_artifact(
@@ -128,7 +127,7 @@ async def teardown_hub(
     await ensure_concurrency_limits_once(op.fleet)
     async with hub_lock(cluster, hub, timeout=lock_timeout):
         result = await do()
-    rows = "".join(f"| {k} | {v} |\n" for k, v in result.items() if k != "export")
+    rows = "".join(f"| {k} | {v} |\n" for k, v in result.items())
     await acreate_markdown_artifact(
         key=f"teardown-{cluster}-{hub}",
         markdown=f"# Torn down {op.target}\n\n| | |\n|---|---|\n{rows}"
@@ -139,16 +138,22 @@ async def teardown_hub(
 
 
 async def _revoke(op: Operation) -> str:
-    """Revoke the ops token where the hub answers now; a hub that cannot be reached (no
-    Ready proxy pod to forward to) is reported: its database goes with it."""
+    """Revoke the ops token where the hub answers now. A hub that cannot be reached (no
+    Ready proxy pod to forward to) is reported, its database goes with it; a token that
+    still works after its revocation is an error."""
     assert op.hub is not None
     cluster, hub = op.cluster.name, op.hub.name
+    if await load_ops_token(cluster, hub) is None:
+        return "no ops token stored"
+    stack = AsyncExitStack()
     try:
-        async with hub_endpoint(op.fleet, cluster, hub) as url:
-            return await revoke_ops_token(cluster, hub, url)
+        url = await stack.enter_async_context(hub_endpoint(op.fleet, cluster, hub))
     except Exception as exc:
+        await stack.aclose()
         get_run_logger().warning("%s: cannot reach the hub to revoke: %s", op.target, exc)
         return f"hub unreachable ({type(exc).__name__}); its database (and the token) removed"
+    async with stack:
+        return await revoke_ops_token(cluster, hub, url)
 
 
 def _local(
@@ -165,6 +170,7 @@ def _local(
     archive_root = data_dir() / "archive" / cluster if keep_data and not export else None
     plan = [
         f"export {local.homes} to {export[0]} and verify" if export else "",
+        "revoke the ops token",
         f"stop processes {pids or 'none running'}",
         f"archive {local.directory} under {archive_root}"
         if archive_root
@@ -217,6 +223,7 @@ async def _helm(
         )
     plan = [
         data,
+        "revoke the ops token",
         f"helm uninstall {hub} -n {hub}" if release else "no release to uninstall",
         f"delete namespace {hub} and wait until it is gone" if namespace else "no namespace",
     ]
