@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -111,8 +112,6 @@ async def drop_home_volumes(api: client.ApiClient, hub: str, homes: list[HomeVol
 def volumes_left(api: client.ApiClient, names: list[str]) -> dict[str, str]:
     """Which of these PersistentVolumes still exist, each with its phase and why (a volume
     whose backend could not delete it is `Failed` with the reason). Changes nothing."""
-    from kubernetes.client.exceptions import ApiException
-
     core, left = client.CoreV1Api(api), {}
     for name in names:
         try:
