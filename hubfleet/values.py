@@ -542,15 +542,15 @@ def support_problems(fleet: Fleet, cluster: str) -> list[Problem]:
     except ValuesInvalid as exc:
         return exc.problems
     problems = []
-    for path, why in SUPPORT_MANAGED.items():
-        if _sets(layer.values, list(path)):
+    for keys, why in SUPPORT_MANAGED.items():
+        if _sets(layer.values, list(keys)):
             node: Any = layer.values
-            for part in path:
+            for part in keys:
                 node = node[part]
             problems.append(
                 _problem(
                     [layer],
-                    list(path),
+                    list(keys),
                     f"found {_shown(node)}, but {why}; remove it from this file",
                 )
             )

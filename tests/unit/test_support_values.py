@@ -44,7 +44,7 @@ def test_a_valid_file_is_a_layer_helm_gets(fleet: Path) -> None:
         "    - {key: pool, operator: Equal, value: events, effect: NoSchedule}\n"
     )
     assert found(fleet) == []
-    defaults, layer = support_layers(load_fleet(fleet), "gcp-central")
+    _, layer = support_layers(load_fleet(fleet), "gcp-central")
     assert layer.path == fleet.resolve() / FILE
     assert layer.values["userPlaceholder"]["nodeSelector"] == {"pool": "events"}
 
@@ -89,5 +89,5 @@ def test_a_link_out_of_the_fleet_is_refused(fleet: Path, tmp_path: Path) -> None
     outside = tmp_path / "elsewhere.yaml"
     outside.write_text("{}\n")
     (fleet / FILE).symlink_to(outside)
-    with pytest.raises(FleetInvalid, match="support.values.yaml.*symlink"):
+    with pytest.raises(FleetInvalid, match=r"support\.values\.yaml.*symlink"):
         load_fleet(fleet)
