@@ -148,8 +148,9 @@ class Browser:
         assert status == 200, (status, page[-300:])
         found = re.search(rb'name="_xsrf"\s+value="([^"]+)"', page)
         form = {"username": user, "password": password}
-        if found:
-            form["_xsrf"] = found.group(1).decode()
+        xsrf = found.group(1).decode() if found else self.cookies.get("_xsrf")
+        if xsrf:
+            form["_xsrf"] = xsrf
         status, _, _ = self.post(f"{base}/hub/login", form)
         return status
 

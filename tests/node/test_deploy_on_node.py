@@ -61,7 +61,7 @@ async def test_deploy_gate_user_break_rollback_on_the_real_node(
     assert spawn["ok"] and "ran code in a kernel" in str(spawn["detail"] or spawn["reason"]), spawn
     print("spawn probe:", spawn["detail"] or spawn["reason"], spawn["latency_ms"], "ms")
 
-    with PortForward(kube_api, hub, "component=proxy", 8000).start() as forward:
+    with PortForward(kube_api, hub, "component=proxy", 8000) as forward:
         api = f"{forward.url}/hub/api"
         assert call(f"{api}/users/alice", admin, "POST")[0] == 201
         server_ready(api, admin, "alice")
@@ -82,7 +82,7 @@ async def test_deploy_gate_user_break_rollback_on_the_real_node(
     values.write_text("{}\n")
     again = await check_hub_health(cluster, hub, depth="auth")
     assert again["verdict"] == "healthy", again
-    with PortForward(kube_api, hub, "component=proxy", 8000).start() as forward:
+    with PortForward(kube_api, hub, "component=proxy", 8000) as forward:
         api = f"{forward.url}/hub/api"
         server_ready(api, admin, "alice")  # the user still gets a server
         stop_server(api, admin, "alice")
