@@ -43,9 +43,11 @@ PLACEHOLDERS = "app.kubernetes.io/component=user-placeholder"
 
 
 def user_request() -> Decimal:
-    """The memory a user's pod requests: the chart's guarantee in the node's values."""
-    guarantee = node_values({"k8s-hub": "x:1", "proxy": "x:1", "singleuser": "x:1"})
-    return parse_quantity(guarantee["singleuser"]["memory"]["guarantee"])
+    """The memory a user's pod requests: the chart's guarantee in the node's values, as
+    KubeSpawner reads it (its K, M, G, T are powers of 1024: "64M" is 64 MiB)."""
+    values = node_values({"k8s-hub": "x:1", "proxy": "x:1", "singleuser": "x:1"})
+    guarantee = str(values["singleuser"]["memory"]["guarantee"])
+    return parse_quantity(guarantee + "i" if guarantee[-1] in "KMGT" else guarantee)
 
 
 def free_memory(core: client.CoreV1Api, node: str) -> Decimal:
