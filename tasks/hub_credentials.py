@@ -244,15 +244,20 @@ class HubOpsTokenRotator(Rotator):
     New: a `hubfleet-ops` token issued with the old one (JupyterHub gives it the user's
     own scopes, never more). Store: the `HubOpsToken` block. Revoke: delete the old token
     by id.
+
+    url: where the hub answers during the rotation (a Kubernetes hub's port-forward, see
+    `tasks.rotation.rotator_for`); store_url: where the block says the hub lives (default
+    url; a Kubernetes hub keeps its domain, as `ensure_ops_service` stores it).
     """
 
     kind = CredentialKind.hub_ops_token
     #: Health probes that loaded the old token just before the switch finish with it first.
     settle_seconds = 1.0
 
-    def __init__(self, cluster: str, hub: str, url: str):
+    def __init__(self, cluster: str, hub: str, url: str, store_url: str | None = None):
         super().__init__(cluster, hub)
         self.url = url
+        self.store_url = store_url or url
         self._stored: HubOpsToken | None = None
         self._expires: datetime | None = None
 
@@ -291,7 +296,7 @@ class HubOpsTokenRotator(Rotator):
         assert self._stored is not None and self.hub is not None
         await HubOpsToken(
             hub=self.owner,
-            url=self.url,
+            url=self.store_url,
             token_id=new.ident,
             token=new.secret,
             created_at=new.created_at,
@@ -310,7 +315,7 @@ class HubOpsTokenRotator(Rotator):
             raise CredentialRefused(f"ops token {credential.ident}: {exc}") from None
         if me.get("name") != OPS_USER:
             raise CredentialRefused(f"ops token {credential.ident} answers as {me.get('name')!r}")
-        return credential.ident
+        return OPS_USER
 
     async def switch(self, new: Issued) -> list[str]:
         # The block is the only consumer; give runs that read it just before the switch
