@@ -25,6 +25,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,24 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "health_sweep.json"
+STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One line per phase on stderr, with the time since the start: a long run shows
+    where it is, and a stall shows which phase stalled."""
+    print(f"[{time.perf_counter() - STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+async def phase(what: str, seconds: float, awaitable: Any) -> Any:
+    """Run one phase with a deadline: a phase that cannot finish fails, naming itself,
+    instead of leaving the benchmark (and its servers) running silently."""
+    progress(f"{what} ...")
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        raise SystemExit(f"bench_health_sweep: {what} did not finish in {seconds:.0f} s") from None
 
 
 # --- the simulator (runs in its own process: `--serve N`) ------------------------------
@@ -173,6 +192,8 @@ async def store_tokens(n: int, ports: list[int], data: Path) -> dict[str, str]:
 
         for i in range(1, n):
             await create(i)
+            if i % 200 == 0:
+                progress(f"  {i}/{n} token blocks")
     return tokens
 
 
@@ -221,20 +242,30 @@ async def shallow(n: int, runs: int, data: Path, limit: int) -> dict[str, Any]:
     try:
         assert sim.stdout is not None
         ports = json.loads(sim.stdout.readline())
+        progress(f"simulator listening on {len(ports)} ports")
         t = time.perf_counter()
-        tokens = await store_tokens(n, ports, data)
+        # Blocks are written one at a time: 25 concurrent writes made the SQLite server
+        # answer 503 ("database is locked") and the client back off for minutes.
+        tokens = await phase(f"storing {n} token blocks", 30 + n, store_tokens(n, ports, data))
         setup_s = time.perf_counter() - t
         urls = {f"sim/h{i:04d}": f"http://127.0.0.1:{p}" for i, p in enumerate(ports)}
-        await check_fleet_health(depth="shallow", selection=["sim"], per_cluster=limit)  # warm
+
+        def sweep() -> Any:
+            return check_fleet_health(depth="shallow", selection=["sim"], per_cluster=limit)
+
+        await phase("warm-up sweep", 600, sweep())
         bare, swept, counts = [], [], {}
-        for _ in range(runs):
+        for run in range(1, runs + 1):
             t = time.perf_counter()
-            bare_counts = await bare_probe(urls, tokens, limit, 3, 0.5)
+            bare_counts = await phase(
+                f"run {run}/{runs}: bare probe", 600, bare_probe(urls, tokens, limit, 3, 0.5)
+            )
             bare.append(time.perf_counter() - t)
             t = time.perf_counter()
-            result = await check_fleet_health(depth="shallow", selection=["sim"], per_cluster=limit)
+            result = await phase(f"run {run}/{runs}: sweep", 600, sweep())
             swept.append(time.perf_counter() - t)
             counts = result["counts"]
+            progress(f"run {run}/{runs}: sweep {swept[-1]:.1f} s, bare {bare[-1]:.1f} s")
         async with get_client() as client:
             table = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(
@@ -278,16 +309,22 @@ async def deep(n: int, c: int) -> dict[str, Any]:
     hubs = [f"d{i}" for i in range(n)]
     try:
         for hub in hubs:
-            await deploy_hub(cluster="deep", hub=hub)
+            await phase(f"deploying local hub {hub}", 300, deploy_hub(cluster="deep", hub=hub))
         singles = []
         for hub in hubs[:2]:
             t = time.perf_counter()
-            report = await check_hub_health("deep", hub, depth="deep")
+            report = await phase(
+                f"deep check of {hub}", 300, check_hub_health("deep", hub, depth="deep")
+            )
             singles.append(time.perf_counter() - t)
             assert report["verdict"] == "healthy", report
         single = statistics.median(singles)
         t = time.perf_counter()
-        result = await check_fleet_health(depth="deep", selection=["deep"], per_cluster=c)
+        result = await phase(
+            f"deep sweep of {n} hubs",
+            600,
+            check_fleet_health(depth="deep", selection=["deep"], per_cluster=c),
+        )
         wall = time.perf_counter() - t
     finally:
         fleet = load_fleet(fleet_dir())
@@ -329,6 +366,8 @@ def main() -> None:
         asyncio.run(serve(args.serve))
         return
 
+    # SIGTERM unwinds like Ctrl-C, so the simulator and the Prefect server are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     tmp = Path(tempfile.mkdtemp(prefix="hubfleet-bench-health-"))
@@ -338,12 +377,15 @@ def main() -> None:
     write_fleet(tmp / "fleet", args.hubs, args.deep_hubs)
     from prefect.testing.utilities import prefect_test_harness
 
+    progress(f"fleet of {args.hubs} simulated hubs written; starting a Prefect server (SQLite)")
     try:
         with prefect_test_harness(server_startup_timeout=120):
             result = asyncio.run(main_async(args, data))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # The machine's load over the run's last minutes: figures from a busy machine say so.
+    result["load_average_1_5_15_min"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")

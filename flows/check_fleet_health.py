@@ -52,15 +52,12 @@ from hubfleet.health import (
     next_streak,
 )
 from hubfleet.model import Fleet
+from hubfleet.plan import select
 from tasks import probes
 
 UNHEALTHY_EVENT = "hubfleet.hub.unhealthy"
 RECOVERED_EVENT = "hubfleet.hub.recovered"
 _SHALLOW_LEVELS = set(DEPTHS["shallow"])
-
-
-class UnknownSelection(HubfleetError):
-    """A selection entry names no cluster or hub of the fleet."""
 
 
 class SweepTimedOut(HubfleetError):
@@ -89,25 +86,6 @@ async def within(deadline_at: float, what: str, step: Awaitable[T]) -> T:
         ) from None
 
 
-def select_hubs(fleet: Fleet, selection: list[str] | None) -> list[tuple[str, str]]:
-    """(cluster, hub) pairs matching `selection` ('cluster' or 'cluster/hub'); all if None."""
-    every = [(c.name, h.name) for c in fleet.clusters for h in c.hubs]
-    if not selection:
-        return every
-    chosen: list[tuple[str, str]] = []
-    for entry in selection:
-        cluster, _, hub = entry.partition("/")
-        matches = [(c, h) for c, h in every if c == cluster and (not hub or h == hub)]
-        if not matches:
-            known = ", ".join(sorted({c for c, _ in every}))
-            raise UnknownSelection(
-                f"selection {entry!r} matches no hub; use 'cluster' or 'cluster/hub' "
-                f"(clusters: {known}). Nothing was checked."
-            )
-        chosen += [m for m in matches if m not in chosen]
-    return chosen
-
-
 @flow(name="check_fleet_health", flow_run_name="check_fleet_health {depth}")
 async def check_fleet_health(
     depth: str = "shallow",
@@ -132,7 +110,7 @@ async def check_fleet_health(
     if alert_after < 1:
         raise HubfleetError(f"alert_after={alert_after}: use 1 or more")
     op = await begin_sweep(depth, selection, operator)
-    fleet, targets = op.fleet, select_hubs(op.fleet, selection)
+    fleet, targets = op.fleet, select(op.fleet, selection)
     limit = per_cluster or (50 if set(levels) <= _SHALLOW_LEVELS else fleet.settings.parallelism)
 
     previous = await within(
@@ -172,7 +150,7 @@ async def check_fleet_health(
 async def begin_sweep(depth: str, selection: list[str] | None, operator: str | None) -> Operation:
     """Tag the run like every fleet-wide operation (a `cluster:` tag per swept cluster), plus
     `depth:<depth>`, which the report and `hubfleet health` read."""
-    targets = select_hubs(current_fleet(), selection)
+    targets = select(current_fleet(), selection)
     clusters = sorted({c for c, _ in targets})
     fleet, who, revision = await begin_fleet(
         "check_fleet_health", operator, clusters, extra_tags=(f"depth:{depth}",)

@@ -33,7 +33,7 @@ from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.paths import fleet_dir
 from hubfleet.plan import ClusterPlan, Deployed, FleetPlan, HubChange, plan_fleet, select
-from hubfleet.values import CHARTS_DIR, secret_values_file
+from hubfleet.values import SUPPORT_CHART, secret_values_file, support_layers
 from tasks import helm as helm_tasks
 from tasks import kube
 from tasks.cluster_session import cluster_session
@@ -120,7 +120,9 @@ async def deploy_support(
 ) -> dict[str, Any]:
     """Install or upgrade helm/support on a cluster under the cluster lock (excludes every
     hub operation there). Creates the hub namespaces so their quota/limit defaults apply.
-    `placeholders` sets the user-placeholder replicas (event pre-warming); None keeps them."""
+    `placeholders` sets the user-placeholder replicas (event pre-warming); None keeps them.
+    The cluster's optional `support.values.yaml` (placeholder size, placement, image, ...)
+    is checked against the chart's schema first and layered under what hubfleet sets."""
     fleet = load_fleet(fleet_dir())
     spec = fleet.cluster(cluster)
     if spec.provider is Provider.local:
@@ -128,8 +130,10 @@ async def deploy_support(
             f"cluster {cluster!r} is a local cluster (hubs as processes on this machine): it "
             "has no support chart; deploy_support is for Kubernetes clusters. Nothing was run."
         )
+    # ValuesInvalid (file:line: field: message) before anything runs.
+    files = [layer.path for layer in support_layers(fleet, cluster)[1:] if layer.path]
     await begin_fleet("deploy_support", operator, [cluster])
-    chart = CHARTS_DIR / "support"
+    chart = SUPPORT_CHART
     async with cluster_session(cluster) as session:
         helm, api = session.helm, session.api
         hubs = await in_thread(_support_namespaces, api, spec)
@@ -140,11 +144,15 @@ async def deploy_support(
             if dry_run:
                 if await in_thread(kube.namespace_exists, api, SUPPORT_NAMESPACE):
                     changes = await helm_tasks.helm_diff(
-                        helm, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [values_file]
+                        helm, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [*files, values_file]
                     )
                 else:
                     rendered = await in_thread(
-                        helm.template, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [values_file]
+                        helm.template,
+                        SUPPORT_RELEASE,
+                        chart,
+                        SUPPORT_NAMESPACE,
+                        [*files, values_file],
                     )
                     changes = helm_tasks.diff_manifests("", rendered)
                 return {"cluster": cluster, "dry_run": True, "changes": changes}
@@ -154,7 +162,7 @@ async def deploy_support(
                 for hub in hubs:
                     await kube.ensure_namespace(api, hub, hub)
                 await helm_tasks.helm_upgrade(
-                    helm, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [values_file], "3m"
+                    helm, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [*files, values_file], "3m"
                 )
     get_run_logger().info("support chart on %s: %d placeholder(s)", cluster, placeholders)
     return {"cluster": cluster, "placeholders": placeholders}

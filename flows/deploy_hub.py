@@ -26,7 +26,7 @@ from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
 from flows.parameters import HelmWait, LockWait
 from hubfleet.charts import hub_chart, release_version
-from hubfleet.errors import HubfleetError, ProviderNotReady
+from hubfleet.errors import HubfleetError
 from hubfleet.localhub import hub_config_from_values, local_values
 from hubfleet.model import Fleet, Provider
 from hubfleet.values import (
@@ -58,16 +58,6 @@ Gate = Literal["auto", "health", "rollout", "none"]
 
 class HubDeployFailed(HubfleetError):
     """The deploy did not leave the hub healthy; the message says what was rolled back."""
-
-
-def require_local(op: Operation) -> None:
-    """For operations only the local provider has so far (teardown_hub uses it)."""
-    if op.cluster.provider is not Provider.local:
-        raise ProviderNotReady(
-            f"cluster {op.cluster.name!r} uses provider {op.cluster.provider.value!r}, which "
-            "deploys with Helm; this operation exists only for the 'local' provider in this "
-            "version. Nothing was changed."
-        )
 
 
 async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:

@@ -21,14 +21,15 @@ always recomputed as the sum over the cluster's warm events (`events.warm_hubs`)
 incremented: creating an event raises it, expiring one lowers it to what the others still
 need. A create run made before start - lead time deploys the hub but does not warm yet; it
 schedules the create run at start - lead time (the same idempotency key `sync_event_schedules`
-uses), which warms then. Expiry exports the user PVCs with an in-cluster Job
-(`tasks.kube_export`), verifies the bucket, then uninstalls the release and deletes the
-namespace.
+uses), which warms then.
+
+Expiry, on every provider: health snapshot, export and verify (`teardown_hub.export_hub_homes`:
+files on `local`, an in-cluster Job on Kubernetes), then `teardown_hub(keep_data=False)`,
+all under one hub lock, so there is one way a hub is removed.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -52,13 +53,12 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from prefect.variables import Variable
 
-from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health
 from flows.deploy_fleet import _current_placeholders, deploy_support
 from flows.deploy_hub import deploy_hub
 from flows.operation import SCHEDULE_TAG, SCHEDULED_BY, Operation, begin, begin_fleet
 from flows.parameters import ExportTimeout
-from flows.teardown_hub import teardown_hub
+from flows.teardown_hub import export_hub_homes, teardown_hub
 from hubfleet import events
 from hubfleet.errors import HubfleetError
 from hubfleet.events import (
@@ -70,17 +70,14 @@ from hubfleet.events import (
     ScheduledRun,
     WantedRun,
 )
-from hubfleet.localhub import OPS_USER
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.paths import data_dir
 from tasks import helm as helm_tasks
-from tasks import jupyterhub_api as api
 from tasks import kube
 from tasks.cluster_session import cluster_session
-from tasks.export import ExportResult, export_homes
+from tasks.export import ExportResult
 from tasks.helm import in_thread
-from tasks.hub_credentials import load_ops_token
-from tasks.kube_export import UserVolume, export_homes_with_job, user_volumes
+from tasks.kube_export import user_volumes
 from tasks.local_hub import local_hub
 from tasks.locks import ensure_concurrency_limits_once, hub_lock
 
@@ -542,10 +539,11 @@ async def expire_event_hub(
     operator: str | None = None,
     export_timeout: ExportTimeout = 3600.0,
 ) -> dict[str, Any]:
-    """Expire an event hub that is over: snapshot, export, revoke, remove, record.
+    """Expire an event hub that is over: snapshot, export, remove (`teardown_hub` with
+    keep_data=false), lower the placeholders, record.
 
-    export_timeout: seconds the export Job of a Kubernetes hub may take before the expiry
-    fails (and the hub stays).
+    export_timeout: seconds the export of the homes may take before the expiry fails (and
+    the hub stays).
     """
     started = _now()
     op = await begin("expire_event_hub", cluster, hub, operator)
@@ -554,138 +552,101 @@ async def expire_event_hub(
     end = events.refuse_unless_expirable(
         op.cluster, op.hub, started, await load_extension(cluster, hub)
     )
-    if op.cluster.provider is not Provider.local:
-        return await _expire_helm(op, end, started, dry_run, export_timeout)
     logger = get_run_logger()
-    local = local_hub(op.fleet, cluster, hub)
+    helm = op.cluster.provider is not Provider.local
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     url = events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), stamp)
     spec = events.event_spec(op.cluster, op.hub)
     creds = spec.export.credentials if spec.export else None
-    if not local.directory.is_dir():
+
+    async def lower_placeholders(dry: bool) -> str | None:
+        if not helm:
+            return None
+        return await set_placeholders(op.fleet, op.cluster, op.operator, dry, exclude=hub)
+
+    homes = await _homes(op)
+    if homes is None:
         logger.info("%s: already removed; nothing to expire", op.target)
+        placeholders = await lower_placeholders(dry_run)
         await _cleanup_schedule(cluster, hub, dry_run)
-        return {"hub": op.target, "expired": False, "reason": "already removed"}
-    plan = (
-        f"health snapshot; export {local.homes} to {url}; "
+        return {"hub": op.target, "expired": False, "reason": "already removed"} | (
+            {"placeholders": placeholders} if helm else {}
+        )
+    listed = ", ".join(homes) or "none"
+    data = (
+        f"export {len(homes)} home(s) ({listed}) to {url}"
+        + (" with a Job (user servers stopped first)" if helm else "")
+        + " and verify"
         if url
-        else "health snapshot; delete homes (data_policy: delete); "
-    ) + "revoke the ops service; stop the hub and delete its state"
+        else f"delete {len(homes)} home(s) ({listed}) (data_policy: delete)"
+    )
+    removal = (
+        f"teardown_hub (keep_data=false): revoke the ops token, helm uninstall {hub} -n {hub}, "
+        f"delete namespace {hub}; lower the cluster's placeholders"
+        if helm
+        else "teardown_hub (keep_data=false): revoke the ops token, stop the hub, delete its state"
+    )
+    plan = f"health snapshot; {data}; {removal}"
     logger.info("%s (ended %s): %s", op.target, end.isoformat(), plan)
     if dry_run:
+        placeholders = await lower_placeholders(True)
         await acreate_markdown_artifact(
             key=f"event-expire-{cluster}-{hub}",
-            markdown=f"# Dry run: expire {op.target}\n\nWould: {plan}.\n",
+            markdown=f"# Dry run: expire {op.target}\n\nWould: {plan}.\n\n"
+            + (f"Pre-warm: {placeholders}.\n" if placeholders else ""),
             description=f"dry run: expire {op.target}",
         )
-        return {"hub": op.target, "dry_run": True, "would": plan}
+        return {"hub": op.target, "dry_run": True, "would": plan} | (
+            {"placeholders": placeholders} if helm else {}
+        )
 
     health = await check_hub_health(cluster, hub, operator=op.operator)
     exported: ExportResult | None = None
-    if url:
-        # A failed or unverified export raises here: the hub is left as it is.
-        exported = await export_homes(local.homes, url, creds)
-    revoked = await revoke_ops_service(cluster, hub)
-    removed = await teardown_hub(cluster, hub, keep_data=False, operator=op.operator)
+    exported_homes: list[str] = []
+    await ensure_concurrency_limits_once(op.fleet)
+    # One lock from the export to the removal: nobody deploys the hub in between. The
+    # teardown subflow runs under it (locks pass down to subflows).
+    async with hub_lock(cluster, hub):
+        if url:  # a failed or unverified export raises here: the hub is left as it is
+            exported, exported_homes = await export_hub_homes(op, url, creds, stamp, export_timeout)
+        removed = await teardown_hub(cluster, hub, keep_data=False, operator=op.operator)
+    placeholders = await lower_placeholders(False)
     cancelled = await _cleanup_schedule(cluster, hub, dry_run)
     rows = {
-        "verified": "object count and sizes match" if exported else "-",
-        "credentials": revoked,
-        "removed": f"processes {removed.get('stopped') or 'none'}; {local.directory} deleted; "
-        "ops token block deleted",
-    }
+        "homes": ", ".join(exported_homes) or listed,
+        "verified": "object count and sizes match" + (
+            " the Job's listing; every volume listed" if helm else ""
+        ) if exported else "-",
+        "credentials": str(removed.get("revoked")) + "; ops token block deleted",
+        "removed": str(removed.get("removed") or f"processes {removed.get('stopped') or 'none'} "
+                       "stopped; state deleted"),
+        **({"placeholders": str(placeholders)} if helm else {}),
+    }  # fmt: skip
     return await _record_expiry(
         op, started, end, health, exported, rows, cancelled,
-        {"revoked": revoked, "stopped": removed.get("stopped")},
+        {"homes": exported_homes or homes, "revoked": removed.get("revoked"),
+         "removed": removed, **({"placeholders": placeholders} if helm else {})},
     )  # fmt: skip
 
 
-async def _expire_helm(
-    op: Operation, end: datetime, started: datetime, dry_run: bool, export_timeout: float
-) -> dict[str, Any]:
-    """Expire a Helm-deployed event hub: snapshot, export (Job) and verify, revoke,
-    uninstall the release, delete the namespace, lower the placeholders, record.
-
-    A failed or unverified export raises before anything is removed: the hub stays.
-    """
+async def _homes(op: Operation) -> list[str] | None:
+    """The event hub's homes (local: users' directories; Kubernetes: home claims), or None
+    when the hub is already gone (no directory; no release and no namespace)."""
     assert op.hub is not None
-    cluster, hub = op.cluster.name, op.hub.name
-    logger = get_run_logger()
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    url = events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), stamp)
-    spec = events.event_spec(op.cluster, op.hub)
-    creds = spec.export.credentials if spec.export else None
-    async with cluster_session(cluster) as session:
-        helm, kapi = session.helm, session.api
-        release = await in_thread(helm.status, hub, hub)
-        namespace = await in_thread(kube.namespace_exists, kapi, hub)
+    hub = op.hub.name
+    if op.cluster.provider is Provider.local:
+        local = local_hub(op.fleet, op.cluster.name, hub)
+        if not local.directory.is_dir():
+            return None
+        return sorted(p.name for p in local.homes.iterdir()) if local.homes.is_dir() else []
+    async with cluster_session(op.cluster.name) as session:
+        release = await in_thread(session.helm.status, hub, hub)
+        namespace = await in_thread(kube.namespace_exists, session.api, hub)
         if release is None and not namespace:
-            logger.info("%s: no release and no namespace; nothing to expire", op.target)
-            placeholders = await set_placeholders(
-                op.fleet, op.cluster, op.operator, dry_run, exclude=hub
-            )
-            await _cleanup_schedule(cluster, hub, dry_run)
-            return {
-                "hub": op.target,
-                "expired": False,
-                "reason": "already removed",
-                "placeholders": placeholders,
-            }
-        volumes: list[UserVolume] = await in_thread(user_volumes, kapi, hub) if namespace else []
-        plan = (
-            (
-                f"health snapshot; stop user servers; export {len(volumes)} home volume(s) "
-                f"({', '.join(v.claim for v in volumes) or 'none'}) to {url} with a Job and "
-                "verify; "
-            )
-            if url
-            else "health snapshot; delete the home volumes (data_policy: delete); "
-        ) + (
-            f"revoke the ops token; helm uninstall {hub} -n {hub}; delete namespace {hub}; "
-            "lower the cluster's placeholders"
-        )
-        logger.info("%s (ended %s): %s", op.target, end.isoformat(), plan)
-        if dry_run:
-            placeholders = await set_placeholders(
-                op.fleet, op.cluster, op.operator, True, exclude=hub
-            )
-            await acreate_markdown_artifact(
-                key=f"event-expire-{cluster}-{hub}",
-                markdown=f"# Dry run: expire {op.target}\n\nWould: {plan}.\n\n"
-                f"Pre-warm: {placeholders}.\n",
-                description=f"dry run: expire {op.target}",
-            )
-            return {"hub": op.target, "dry_run": True, "would": plan, "placeholders": placeholders}
-
-        health = await check_hub_health(cluster, hub, operator=op.operator)
-        exported: ExportResult | None = None
-        await ensure_concurrency_limits_once(op.fleet)
-        async with hub_lock(cluster, hub):
-            if url and namespace:
-                # A failed or unverified export raises here: the hub is left as it is.
-                exported, volumes = await export_homes_with_job(
-                    kapi, hub, url, creds, stamp, export_timeout
-                )
-            revoked = await revoke_ops_service(cluster, hub)
-            removed = await uninstall_helm_hub(helm, kapi, hub, release is not None)
-        if await load_ops_token(cluster, hub) is not None:
-            await HubOpsToken.adelete(HubOpsToken.block_name(cluster, hub))
-    placeholders = await set_placeholders(op.fleet, op.cluster, op.operator, False, exclude=hub)
-    cancelled = await _cleanup_schedule(cluster, hub, dry_run)
-    verified = "object count and sizes match the Job's listing; every volume listed"
-    rows = {
-        "volumes": ", ".join(f"{v.claim} -> {v.user}/" for v in volumes) or "none",
-        "verified": verified if exported else "-",
-        "credentials": f"{revoked}; the hub's Secrets and database deleted with the "
-        "namespace; ops token block deleted",
-        "removed": str(removed),
-        "placeholders": str(placeholders),
-    }
-    return await _record_expiry(
-        op, started, end, health, exported, rows, cancelled,
-        {"volumes": [v.claim for v in volumes], "revoked": revoked, "removed": removed,
-         "placeholders": placeholders},
-    )  # fmt: skip
+            return None
+        if not namespace:
+            return []
+        return [v.claim for v in await in_thread(user_volumes, session.api, hub)]
 
 
 async def _record_expiry(
@@ -722,59 +683,6 @@ async def _record_expiry(
         "export": export,
         **result,
     }
-
-
-@task(task_run_name="uninstall-hub-{hub}", cache_policy=NO_CACHE)
-async def uninstall_helm_hub(
-    helm: helm_tasks.Helm, api: Any, hub: str, release: bool, timeout: float = 300
-) -> str:
-    """helm uninstall the hub's release, delete its namespace, wait until it is gone.
-
-    Changes: the cluster (the hub's workloads, volumes, Secrets and namespace).
-    """
-    if release:
-        await helm_tasks.helm_uninstall(helm, hub, hub)
-    await kube.delete_namespace(api, hub)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await in_thread(kube.namespace_exists, api, hub):
-        if asyncio.get_running_loop().time() > deadline:
-            raise HubfleetError(
-                f"namespace {hub} still exists {timeout:g}s after its deletion (a finalizer "
-                "waits?); the release is uninstalled. Check `kubectl get ns "
-                f"{hub} -o yaml` and re-run the expiry."
-            )
-        await asyncio.sleep(1)
-    return (
-        f"{'release ' + hub + ' uninstalled; ' if release else 'no release; '}"
-        f"namespace {hub} deleted (gone)"
-    )
-
-
-@task(task_run_name="revoke-ops-token-{cluster}-{hub}", cache_policy=NO_CACHE)
-async def revoke_ops_service(cluster: str, hub: str) -> str:
-    """Revoke the hub's ops token; verify it is refused.
-
-    Changes: the hub's tokens (the ops token is gone). The block goes with teardown.
-    """
-    block = await load_ops_token(cluster, hub)
-    if block is None:
-        return "no ops token stored"
-    token = block.token.get_secret_value()
-    try:
-        await asyncio.to_thread(api.revoke_token, block.url, token, OPS_USER, block.token_id)
-    except api.TokenRefused:
-        return f"ops token {block.token_id}: already refused"
-    except api.HubApiError as exc:
-        get_run_logger().warning("could not revoke the ops token: %s", exc)
-        return f"ops token {block.token_id} not revoked ({exc}); hub database removed"
-    except Exception as exc:  # hub down: its database is deleted with its state below
-        get_run_logger().warning("hub unreachable for revocation: %s", type(exc).__name__)
-        return "hub unreachable; its database (and the token) removed with its state"
-    try:
-        await asyncio.to_thread(api.whoami, block.url, token)
-    except api.TokenRefused:
-        return f"ops token {block.token_id} revoked; it is refused"
-    raise HubfleetError(f"{cluster}/{hub}: the ops token still works after it was revoked")
 
 
 async def _cleanup_schedule(cluster: str, hub: str, dry_run: bool) -> list[str]:

@@ -115,9 +115,10 @@ async def rotate_credential(
 ) -> dict[str, Any]:
     """Rotate one credential now by the protocol (tasks/rotation.py), holding its lock."""
     op: Operation = await begin("rotate_credentials", cluster, hub, operator)
-    rotator = await rotator_for(op.fleet, kind, cluster, hub)
     lock = hub_lock(cluster, hub) if hub else cluster_lock(cluster)
-    async with lock:
+    # The rotator's endpoint (a port-forward to a Kubernetes hub) stays open for the whole
+    # rotation, revocation and its check included.
+    async with lock, rotator_for(op.fleet, kind, cluster, hub) as rotator:
         try:
             done = await rotate(rotator)
         except RotationFailed as exc:

@@ -159,12 +159,19 @@ def teardown(
     hub: str,
     dry_run: DryRunOpt = False,
     delete_data: Annotated[
-        bool, typer.Option(help="Delete the hub's data instead of archiving it.")
+        bool,
+        typer.Option(
+            "--delete-data",
+            help="Delete the users' homes with the hub instead of keeping them (exported, "
+            "or archived: Kubernetes home volumes retained and labelled).",
+        ),
     ] = False,
+    lock_wait: LockWaitOpt = None,
     operator: OperatorOpt = None,
     fleet: FleetOpt = None,
 ) -> None:
-    """Stop a hub and archive its data (or delete it with --delete-data)."""
+    """Remove a hub for good: homes kept (exported or archived) unless --delete-data,
+    ops token revoked, release and namespace (or local processes) removed."""
     _use_fleet(fleet)
     from flows.teardown_hub import teardown_hub
 
@@ -174,6 +181,7 @@ def teardown(
         hub=hub,
         dry_run=dry_run,
         keep_data=not delete_data,
+        lock_timeout=lock_wait,
         operator=operator,
     )
     out.print(result)

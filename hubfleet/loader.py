@@ -468,14 +468,19 @@ def outside_fleet(base: Path, name: str, root: Path) -> str | None:
 
 
 def _check_cluster_values(directory: Path, root: Path) -> list[Problem]:
-    """The optional per-cluster values file must not be a link out of the fleet either."""
-    from hubfleet.values import CLUSTER_VALUES_FILE
+    """The optional per-cluster values files (the hubs' and the support chart's) must not
+    be links out of the fleet either."""
+    from hubfleet.values import CLUSTER_VALUES_FILE, SUPPORT_VALUES_FILE
 
-    path = directory / CLUSTER_VALUES_FILE
-    if not (path.is_symlink() or path.exists()):
-        return []
-    outside = outside_fleet(directory, CLUSTER_VALUES_FILE, root)
-    return [Problem(path, 1, "(file)", outside)] if outside else []
+    problems = []
+    for name in (CLUSTER_VALUES_FILE, SUPPORT_VALUES_FILE):
+        path = directory / name
+        if not (path.is_symlink() or path.exists()):
+            continue
+        outside = outside_fleet(directory, name, root)
+        if outside:
+            problems.append(Problem(path, 1, "(file)", outside))
+    return problems
 
 
 def _check_cluster(doc: _Doc, cluster: Cluster, directory: Path) -> list[Problem]:

@@ -147,6 +147,18 @@ VALUES_CHART = CHARTS_DIR / "hub"
 CLUSTER_VALUES_FILE = "cluster.values.yaml"
 #: z2jh's values sit under this key of a hub's values (as in 2i2c's basehub).
 Z2JH = "jupyterhub"
+#: The per-cluster support chart (priority classes, pre-warm placeholders, hub namespace
+#: defaults), and its optional values file in the cluster's directory.
+SUPPORT_CHART = CHARTS_DIR / "support"
+SUPPORT_VALUES_FILE = "support.values.yaml"
+#: Support values hubfleet sets at every deploy_support, from the fleet: a file must not.
+SUPPORT_MANAGED: dict[tuple[str, ...], str] = {
+    ("hubNamespaces",): "hubfleet sets it to the cluster's hub namespaces (from cluster.yaml)",
+    ("userPlaceholder", "replicas"): (
+        "hubfleet sets it from the event hubs' pre-warm (`event.prewarm` / attendees) or "
+        "`hubfleet deploy-support --placeholders N`"
+    ),
+}
 
 
 def secret_values_block(cluster: str, hub: str) -> str:
@@ -486,15 +498,78 @@ def _validator_for(schema: Mapping[str, Any]) -> Any:
     return validator_for(schema, default=Draft7Validator)
 
 
+def support_layers(fleet: Fleet, cluster: str) -> list[Layer]:
+    """The support chart's values layers for `cluster`: its defaults, then the cluster's
+    `support.values.yaml` if there is one (what hubfleet sets itself goes on top, at deploy).
+    `ValuesInvalid` if the file is broken or breaks the chart's schema (`file:line: field:
+    message`), or sets what hubfleet sets (`SUPPORT_MANAGED`)."""
+    path = SUPPORT_CHART / "values.yaml"
+    layers = [
+        Layer(
+            f"chart defaults ({path})",
+            copy.deepcopy(_chart_defaults(path, *_stamp(path))),
+            origin=path,
+        )
+    ]
+    problems = support_problems(fleet, cluster)
+    if problems:
+        raise ValuesInvalid(problems, SUPPORT_CHART / "values.schema.json")
+    file = fleet.cluster_dir(cluster) / SUPPORT_VALUES_FILE
+    if file.is_file():
+        layers.append(read_values_file(file))
+    return layers
+
+
+def support_problems(fleet: Fleet, cluster: str) -> list[Problem]:
+    """What is wrong with the cluster's optional `support.values.yaml` ([] if fine or absent)."""
+    from hubfleet.model import Provider
+
+    file = fleet.cluster_dir(cluster) / SUPPORT_VALUES_FILE
+    if not file.is_file():
+        return []
+    if fleet.cluster(cluster).provider is Provider.local:
+        return [
+            Problem(
+                file,
+                1,
+                "(file)",
+                f"cluster {cluster!r} is a local cluster: it has no support chart (hubs run "
+                "as processes here); remove the file",
+            )
+        ]
+    try:
+        layer = read_values_file(file)
+    except ValuesInvalid as exc:
+        return exc.problems
+    problems = []
+    for keys, why in SUPPORT_MANAGED.items():
+        if _sets(layer.values, list(keys)):
+            node: Any = layer.values
+            for part in keys:
+                node = node[part]
+            problems.append(
+                _problem(
+                    [layer],
+                    list(keys),
+                    f"found {_shown(node)}, but {why}; remove it from this file",
+                )
+            )
+    path = SUPPORT_CHART / "values.yaml"
+    defaults = Layer(f"chart defaults ({path})", _chart_defaults(path, *_stamp(path)), origin=path)
+    return problems + schema_problems([defaults, layer], SUPPORT_CHART / "values.schema.json")
+
+
 def check_fleet_values(
     fleet: Fleet,
     secret_values: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> list[Problem]:
     """Every hub's values, parsed and merged as a deploy would, checked against the schema
-    of the chart it runs (`hub_schema`). A problem in a file several hubs share is listed
-    once. `secret_values`: each (cluster, hub)'s secret layer, when known."""
+    of the chart it runs (`hub_schema`), and each cluster's `support.values.yaml` against
+    the support chart's. A problem in a file several hubs share is listed once.
+    `secret_values`: each (cluster, hub)'s secret layer, when known."""
     problems: list[Problem] = []
     for cluster in fleet.clusters:
+        problems += support_problems(fleet, cluster.name)
         for hub in cluster.hubs:
             secret = (secret_values or {}).get((cluster.name, hub.name))
             try:

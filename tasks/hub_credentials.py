@@ -51,6 +51,46 @@ async def load_ops_token(cluster: str, hub: str) -> HubOpsToken | None:
         return None
 
 
+@task(task_run_name="revoke-ops-token-{cluster}-{hub}", cache_policy=NO_CACHE)
+async def revoke_ops_token(cluster: str, hub: str, url: str | None) -> str:
+    """Revoke the hub's stored ops token at `url` (where the hub answers now: its port, the
+    domain or a port-forward, see `tasks.hub_access.hub_endpoint`) and check it is refused.
+
+    Changes: the hub's tokens (the ops token is gone). The block is deleted by the caller,
+    after the hub is gone. A hub that cannot be reached is reported, not an error: its
+    database, and the token with it, goes with the hub's state.
+    """
+    block = await load_ops_token(cluster, hub)
+    if block is None:
+        return "no ops token stored"
+    if url is None:
+        return "hub not running; its database (and the token) removed with its state"
+    token = block.token.get_secret_value()
+    try:
+        await asyncio.to_thread(api.revoke_token, url, token, OPS_USER, block.token_id)
+    except api.TokenRefused:
+        return f"ops token {block.token_id}: already refused"
+    except api.HubApiError as exc:
+        get_run_logger().warning("could not revoke the ops token: %s", exc)
+        return f"ops token {block.token_id} not revoked ({exc}); hub database removed"
+    except Exception as exc:  # hub down: its database is deleted with its state
+        get_run_logger().warning("hub unreachable for revocation: %s", type(exc).__name__)
+        return "hub unreachable; its database (and the token) removed with its state"
+    try:
+        await asyncio.to_thread(api.whoami, url, token)
+    except api.TokenRefused:
+        return f"ops token {block.token_id} revoked; it is refused"
+    raise HubfleetError(f"{cluster}/{hub}: the ops token still works after it was revoked")
+
+
+async def delete_ops_token_block(cluster: str, hub: str) -> bool:
+    """Delete the hub's `HubOpsToken` block, if any (the hub is gone). True if deleted."""
+    if await load_ops_token(cluster, hub) is None:
+        return False
+    await HubOpsToken.adelete(HubOpsToken.block_name(cluster, hub))
+    return True
+
+
 def issue_ops_token(url: str, issuer: str) -> tuple[str, str, datetime]:
     """A new `hubfleet-ops` token issued with `issuer`: (id, token, expires_at)."""
     now = datetime.now(UTC)
@@ -204,15 +244,20 @@ class HubOpsTokenRotator(Rotator):
     New: a `hubfleet-ops` token issued with the old one (JupyterHub gives it the user's
     own scopes, never more). Store: the `HubOpsToken` block. Revoke: delete the old token
     by id.
+
+    url: where the hub answers during the rotation (a Kubernetes hub's port-forward, see
+    `tasks.rotation.rotator_for`); store_url: where the block says the hub lives (default
+    url; a Kubernetes hub keeps its domain, as `ensure_ops_service` stores it).
     """
 
     kind = CredentialKind.hub_ops_token
     #: Health probes that loaded the old token just before the switch finish with it first.
     settle_seconds = 1.0
 
-    def __init__(self, cluster: str, hub: str, url: str):
+    def __init__(self, cluster: str, hub: str, url: str, store_url: str | None = None):
         super().__init__(cluster, hub)
         self.url = url
+        self.store_url = store_url or url
         self._stored: HubOpsToken | None = None
         self._expires: datetime | None = None
 
@@ -251,7 +296,7 @@ class HubOpsTokenRotator(Rotator):
         assert self._stored is not None and self.hub is not None
         await HubOpsToken(
             hub=self.owner,
-            url=self.url,
+            url=self.store_url,
             token_id=new.ident,
             token=new.secret,
             created_at=new.created_at,
@@ -270,7 +315,7 @@ class HubOpsTokenRotator(Rotator):
             raise CredentialRefused(f"ops token {credential.ident}: {exc}") from None
         if me.get("name") != OPS_USER:
             raise CredentialRefused(f"ops token {credential.ident} answers as {me.get('name')!r}")
-        return credential.ident
+        return OPS_USER
 
     async def switch(self, new: Issued) -> list[str]:
         # The block is the only consumer; give runs that read it just before the switch

@@ -8,9 +8,12 @@ Kubernetes hubs (`KubeHubSecretRotator`): the values live in Zero to JupyterHub'
 `hub` (keys `hub.config.ConfigurableHTTPProxy.auth_token`, `hub.config.JupyterHub.cookie_secret`;
 z2jh generates them at install and its `lookup` keeps what is deployed on a later
 `helm upgrade`). create = new random values, in memory;
-store = write them into the Secret (annotated `hubfleet.io/rotated-at`) and roll the hub
-and proxy Deployments to them (pod-template annotation `hubfleet.io/hub-secret-version`, a
-short hash of the values, as `kubectl rollout restart` does); verify = the Secret holds the
+store = write them into the Secret (annotated `hubfleet.io/rotated-at`) and roll the proxy,
+then (once it is Ready) the hub Deployment to them (`roll_order`; pod-template annotation
+`hubfleet.io/hub-secret-version`, a short hash of the values, as `kubectl rollout restart`
+does); if that fails half-way, store puts the old Secret back and rolls back to it before
+the error goes up (the transaction's rollback only undoes a store that completed);
+verify = the Secret holds the
 values and every live hub/proxy pod runs that version and is Ready. What "old refused"
 means here: the old values are in no Secret and no live pod runs the old version (so the
 proxy refuses the old token, and the hub signs and accepts cookies only with the new
@@ -79,6 +82,18 @@ def secret_name(release: str) -> str:
 def deployments(release: str) -> list[str]:
     """The Deployments that read the Secret: the hub and the proxy."""
     return ["hub", "proxy"]
+
+
+def roll_order(release: str) -> list[str]:
+    """The order the Deployments are rolled to new values: the proxy, then the hub.
+
+    At startup the hub talks to the proxy's API with the auth token and re-adds every route
+    (users' servers included). A hub started on the new token while the old proxy still
+    runs gets 403 from it and exits, crash-looping until the proxy catches up; a proxy
+    restarted after the hub starts with an empty route table until the hub's next check.
+    Proxy first (and Ready), then the hub: the new hub finds the new proxy and fills it.
+    """
+    return ["proxy", "hub"]
 
 
 def version_of(values: dict[str, str]) -> str:
@@ -255,6 +270,8 @@ class KubeHubSecretRotator(Rotator):
         self._context = context
         #: The Secret as it was before the rotation (all keys, annotations): in memory only.
         self._previous: tuple[dict[str, str], dict[str, str]] | None = None
+        #: Whether `store` got as far as writing the Secret (then a failure must undo it).
+        self._secret_written = False
 
     @classmethod
     async def for_hub(cls, cluster: str, hub: str) -> KubeHubSecretRotator:
@@ -328,16 +345,33 @@ class KubeHubSecretRotator(Rotator):
     def _write(
         self, api: client.ApiClient, data: dict[str, str], annotations: dict[str, str]
     ) -> None:
-        """Replace the Secret's data and annotations, then roll the hub and proxy to it."""
+        """Replace the Secret's data and annotations, then roll the proxy and, once it runs
+        the new values and is Ready, the hub (`roll_order` says why in that order). The hub's
+        own readiness is what `verify` waits for."""
         core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
         secret: Any = core.read_namespaced_secret(self.name, self.namespace)
         secret.data = data
         secret.metadata.annotations = annotations
         core.replace_namespaced_secret(self.name, self.namespace, secret)
+        self._secret_written = True
         version = version_of(_decode(data))
         patch = {"spec": {"template": {"metadata": {"annotations": {VERSION: version}}}}}
-        for name in deployments(self.release):
+        *first, last = roll_order(self.release)
+        for name in first:
             apps.patch_namespaced_deployment(name, self.namespace, patch)
+            self._wait_rolled(api, name, version)
+        apps.patch_namespaced_deployment(last, self.namespace, patch)
+
+    def _wait_rolled(self, api: client.ApiClient, name: str, version: str) -> None:
+        """Wait until Deployment `name` and its pods run `version` and are Ready."""
+        deadline = time.monotonic() + ROLLOUT_SECONDS
+        while problems := self._rollout_problems(api, name, version):
+            if time.monotonic() > deadline:
+                raise HubfleetError(
+                    f"hub {self.owner}: {name} did not roll to secret version {version} "
+                    f"within {ROLLOUT_SECONDS:g}s: {'; '.join(problems)}"
+                )
+            time.sleep(1.0)
 
     async def store(self, new: Issued, previous: Issued) -> None:
         assert self._previous is not None, "current() reads the Secret first"
@@ -345,35 +379,51 @@ class KubeHubSecretRotator(Rotator):
         values = self._values(new)
         changed = {**data, **_encode(values)}
         notes = {**annotations, ROTATED_AT: datetime.now(UTC).isoformat(timespec="seconds")}
-        await self._call(lambda api: self._write(api, changed, notes))
+        self._secret_written = False
+        try:
+            await self._call(lambda api: self._write(api, changed, notes))
+        except Exception as exc:
+            if not self._secret_written:
+                raise
+            # Half-way: the Secret holds the new values, some pods may run them. The
+            # transaction's rollback undoes only a store that completed: undo this one here.
+            try:
+                await self._call(lambda api: self._write(api, data, annotations))
+            except Exception as undo:
+                raise HubfleetError(
+                    f"{exc}; putting the previous Secret back failed too "
+                    f"({type(undo).__name__}: {undo}): restore {self.namespace}/{self.name} "
+                    "by hand"
+                ) from None
+            raise HubfleetError(
+                f"{exc}; the Secret {self.namespace}/{self.name} was put back to "
+                f"{previous.ident} and the proxy and hub rolled back to it"
+            ) from None
 
     async def restore(self, previous: Issued) -> None:
         assert self._previous is not None
         data, annotations = self._previous
         await self._call(lambda api: self._write(api, data, annotations))
 
-    def _state(self, api: client.ApiClient) -> tuple[str, list[str]]:
-        """The Secret's version, and why the hub/proxy pods do not all run it ([] if they do)."""
+    def _rollout_problems(self, api: client.ApiClient, name: str, version: str) -> list[str]:
+        """Why Deployment `name` (z2jh's component of that name) and its live pods do not
+        all run `version` and are not all Ready ([] if they do)."""
         core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-        secret: Any = core.read_namespaced_secret(self.name, self.namespace)
-        version = version_of(_decode(secret.data))
         problems = []
-        for name in deployments(self.release):
-            dep: Any = apps.read_namespaced_deployment(name, self.namespace)
-            want, st = dep.spec.replicas or 0, dep.status
-            template = (dep.spec.template.metadata.annotations or {}).get(VERSION)
-            if template != version:
-                problems.append(f"deployment {name}: template on version {template or 'none'}")
-            elif (st.observed_generation or 0) < dep.metadata.generation:
-                problems.append(f"deployment {name}: rollout not observed yet")
-            elif (st.updated_replicas or 0) < want or (st.ready_replicas or 0) < want:
-                problems.append(f"deployment {name}: {st.ready_replicas or 0}/{want} ready")
-        pods = core.list_namespaced_pod(self.namespace, label_selector=f"release={self.release}")
+        dep: Any = apps.read_namespaced_deployment(name, self.namespace)
+        want, st = dep.spec.replicas or 0, dep.status
+        template = (dep.spec.template.metadata.annotations or {}).get(VERSION)
+        if template != version:
+            problems.append(f"deployment {name}: template on version {template or 'none'}")
+        elif (st.observed_generation or 0) < dep.metadata.generation:
+            problems.append(f"deployment {name}: rollout not observed yet")
+        elif (st.updated_replicas or 0) < want or (st.ready_replicas or 0) < want:
+            problems.append(f"deployment {name}: {st.ready_replicas or 0}/{want} ready")
+        pods = core.list_namespaced_pod(
+            self.namespace, label_selector=f"release={self.release},component={name}"
+        )
         pod: Any
         for pod in pods.items:
-            component = (pod.metadata.labels or {}).get("component")
-            if component not in ("hub", "proxy"):
-                continue
             runs = (pod.metadata.annotations or {}).get(VERSION)
             if runs != version:
                 problems.append(f"pod {pod.metadata.name}: runs version {runs or 'none'}")
@@ -381,6 +431,15 @@ class KubeHubSecretRotator(Rotator):
                 c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
             ):
                 problems.append(f"pod {pod.metadata.name}: not Ready")
+        return problems
+
+    def _state(self, api: client.ApiClient) -> tuple[str, list[str]]:
+        """The Secret's version, and why the hub/proxy pods do not all run it ([] if they do)."""
+        secret: Any = client.CoreV1Api(api).read_namespaced_secret(self.name, self.namespace)
+        version = version_of(_decode(secret.data))
+        problems = []
+        for name in deployments(self.release):
+            problems += self._rollout_problems(api, name, version)
         return version, problems
 
     async def verify(self, credential: Issued) -> str:

@@ -7,6 +7,7 @@ trouble) become `TransientError`s so tasks retry them; anything else is raised a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from hubfleet.errors import HubfleetError
 from tasks.helm import in_thread
 from tasks.retry import TransientError, transient_retries
 
@@ -92,6 +94,19 @@ def _delete_namespace(api: client.ApiClient, name: str) -> None:
             raise
 
 
+def _remove_namespace(api: client.ApiClient, name: str, timeout: float) -> None:
+    """Delete namespace `name` and wait until it is gone (its finalizers ran)."""
+    _delete_namespace(api, name)
+    deadline = time.monotonic() + timeout
+    while namespace_exists(api, name):
+        if time.monotonic() > deadline:
+            raise HubfleetError(
+                f"namespace {name} still exists {timeout:g}s after its deletion (a finalizer "
+                f"waits?). Check `kubectl get ns {name} -o yaml`, then run the operation again."
+            )
+        time.sleep(1)
+
+
 def rollout_problems(api: client.ApiClient, namespace: str, release: str) -> list[str]:
     """Why the release's workloads are not fully rolled out and Ready ([] if they are).
 
@@ -146,6 +161,13 @@ async def hub_namespaces(api: client.ApiClient) -> list[str]:
 async def delete_namespace(api: client.ApiClient, name: str) -> None:
     """Delete namespace `name` and everything in it: changes the cluster."""
     await in_thread(_delete_namespace, api, name)
+
+
+@task(task_run_name="remove-namespace-{name}", cache_policy=NO_CACHE, **transient_retries())
+async def remove_namespace(api: client.ApiClient, name: str, timeout: float = 300) -> None:
+    """Delete namespace `name` and everything in it, and wait until it is gone (at most
+    `timeout` seconds): changes the cluster."""
+    await in_thread(_remove_namespace, api, name, timeout)
 
 
 @task(task_run_name="ensure-hub-namespace-{hub}", cache_policy=NO_CACHE, **transient_retries())

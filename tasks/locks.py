@@ -24,12 +24,19 @@ free a lock even when nothing will ever report the holder's state (a lost machin
 While it holds a lock, a run carries the tag `holds:<limit>`, so a waiter can name the
 holder and `hubfleet locks` can list who holds what. Waits are bounded by default
 (LOCK_WAIT), except a fleet run's deploy slot, which is the fleet run's own queue.
+
+A lock taken inside a flow run is passed down to the subflows that run calls: a subflow
+asking for locks its caller already holds (event expiry calls `teardown_hub` under the hub
+lock) runs under them instead of waiting for itself until the lock wait runs out. What is
+held travels in a context variable, so only code called from the holder sees it; a lock
+taken outside any flow run (a script, a test) is never passed down.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
@@ -141,10 +148,18 @@ async def _busy_message(names: list[str], what: str, timeout: float) -> str:
     )
 
 
+#: The limits the current flow run holds, visible to the subflows it calls (see above).
+_held: ContextVar[frozenset[str]] = ContextVar("hubfleet_held_locks", default=frozenset())
+
+
 @asynccontextmanager
 async def _hold(
     names: list[str], occupy: int, what: str, timeout: float | None
 ) -> AsyncIterator[None]:
+    if flow_run.get_id() and set(names) <= _held.get():
+        _log("lock %s: already held by the calling run", what)
+        yield
+        return
     _log("waiting for lock: %s", what)
     try:
         async with concurrency(
@@ -156,9 +171,12 @@ async def _hold(
         ):
             _log("holding lock: %s", what)
             await _mark_holder(names, True)
+            passed = _held.set(_held.get() | set(names)) if flow_run.get_id() else None
             try:
                 yield
             finally:
+                if passed is not None:
+                    _held.reset(passed)
                 await _mark_holder(names, False)
     except TimeoutError:
         assert timeout is not None

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -466,8 +468,19 @@ def _hub_secrets(fleet: Fleet, cluster: str, hub: str, policy: Any) -> list[Cred
     ]
 
 
-async def rotator_for(fleet: Fleet, kind: CredentialKind, cluster: str, hub: str | None) -> Rotator:
-    """The adapter that rotates `kind` for `cluster` (and `hub`), loaded from its blocks."""
+@asynccontextmanager
+async def rotator_for(
+    fleet: Fleet, kind: CredentialKind, cluster: str, hub: str | None
+) -> AsyncIterator[Rotator]:
+    """The adapter that rotates `kind` for `cluster` (and `hub`), loaded from its blocks,
+    usable for as long as the block runs.
+
+    A context manager because a Kubernetes hub's ops token is rotated through the hub's
+    API, which on `hub_access: port-forward` clusters is a relay through the Kubernetes API
+    (tasks/hub_access.py): it stays open for the whole rotation (create, verify, revoke,
+    verify-refused) and closes after it. The block keeps the hub's canonical URL (its
+    domain), never the relay's loopback address.
+    """
     from tasks.hub_credentials import HubOpsTokenRotator
 
     spec = fleet.cluster(cluster)
@@ -478,18 +491,25 @@ async def rotator_for(fleet: Fleet, kind: CredentialKind, cluster: str, hub: str
             state = local_hub(fleet, cluster, hub).state()
             if state is None:
                 raise CredentialRefused(f"hub {cluster}/{hub} was never deployed; deploy it first")
-            url = state.url
-        else:
-            url = f"https://{spec.hub(hub).domain}"
-        return HubOpsTokenRotator(cluster, hub, url)
+            yield HubOpsTokenRotator(cluster, hub, state.url)
+            return
+        from tasks.hub_access import canonical_url, hub_endpoint
+
+        async with hub_endpoint(fleet, cluster, hub) as url:
+            assert url is not None  # Kubernetes hubs always have an endpoint
+            yield HubOpsTokenRotator(cluster, hub, url, canonical_url(fleet, cluster, hub))
+        return
     if kind is CredentialKind.hub_secret and hub is not None:
         from tasks.hub_secrets import KubeHubSecretRotator, LocalHubSecretRotator
 
         if spec.provider is Provider.local:
-            return LocalHubSecretRotator(fleet, cluster, hub)
-        return await KubeHubSecretRotator.for_hub(cluster, hub)
+            yield LocalHubSecretRotator(fleet, cluster, hub)
+        else:
+            yield await KubeHubSecretRotator.for_hub(cluster, hub)
+        return
     if hub is None and kind is DEPLOYER_KIND.get(spec.provider):
-        return await _deployer_rotator(kind, cluster)
+        yield await _deployer_rotator(kind, cluster)
+        return
     raise ProviderNotReady(
         f"rotating {kind} for {cluster}{'/' + hub if hub else ''} is not supported. "
         "Nothing was changed."

@@ -107,6 +107,14 @@ def prefect_server(no_leftover_processes: Path) -> Iterator[str]:
         ):
             yield server.api_url
     finally:
+        # Deliver the session's last logs and events while the server still answers: left
+        # for interpreter exit, they went to a stopped server, and the client's retries
+        # held pytest's exit for minutes ("Error logging to API").
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=30)
+        EventsWorker.drain_all(timeout=30)
         server.stop()
         for key, value in saved.items():
             if value is None:

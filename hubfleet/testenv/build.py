@@ -25,6 +25,8 @@ image, the hub, single-user and proxy images (hubimages.py), Azurite).
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import re
@@ -33,11 +35,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 VERSIONS_FILE = Path(__file__).with_name("versions.toml")
 
@@ -95,6 +100,61 @@ def cache_dir() -> Path:
 
 def bin_dir() -> Path:
     return cache_dir() / "bin"
+
+
+# --------------------------------------------------------------------------- one builder at a time
+
+_held = threading.local()
+
+
+@contextmanager
+def build_lock() -> Iterator[None]:
+    """Hold the cache's build lock: one builder at a time per cache dir.
+
+    Two test runs sharing a cache (two checkouts, or ``./dev test`` beside ``hubfleet
+    testenv build``) used to build the same tool into the same build dir at once, and
+    one run's clean-up removed the other's output mid-copy. The lock is an ``flock`` on
+    ``<cache>/build.lock`` (released by the kernel if the holder dies), re-entrant
+    within a thread; a second process waits, saying so on stderr.
+    """
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
+    path = cache_dir() / "build.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"hubfleet testenv: another build holds {path}; waiting for it to finish",
+                file=sys.stderr,
+                flush=True,
+            )
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def serialized(fn: _F) -> _F:
+    """Run ``fn`` under :func:`build_lock` (for the entry points that build into the cache)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with build_lock():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def load_versions() -> dict:
@@ -710,6 +770,7 @@ def azurite_dir() -> Path:
     return cache_dir() / "node-azurite"
 
 
+@serialized
 def ensure_azurite(progress: Progress = print) -> Path:
     """Install the pinned azurite with npm into the cache; return the azurite-blob script."""
     version = load_versions()["azurite"]["version"]
@@ -749,6 +810,7 @@ def ensure_azurite(progress: Progress = print) -> Path:
 # --------------------------------------------------------------------------- entry points
 
 
+@serialized
 def ensure_tools(progress: Progress = print) -> dict[str, Path]:
     """Return ``{tool: binary path}`` for every tool in TOOLS, building what is missing.
 
@@ -823,4 +885,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this ``__main__`` copy of it: node.py and the
+    # image builders raise ``hubfleet.testenv.build.ToolBuildError``, which a ``__main__``
+    # copy's ``except`` would not catch (a failed build printed a traceback, not the error).
+    from hubfleet.testenv.build import main as _main
+
+    sys.exit(_main())

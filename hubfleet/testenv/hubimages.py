@@ -624,6 +624,7 @@ def build_image(name: str, progress: Progress = print) -> images.ImageArchive:
     return images.ImageArchive(ref, dest)
 
 
+@build.serialized
 def build_hub_images(progress: Progress = print) -> list[images.ImageArchive]:
     """The hub, single-user, proxy and k8s-hub images (each built only when its key
     changed); not the worker (PINNED_IMAGES says why)."""

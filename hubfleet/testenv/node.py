@@ -101,6 +101,7 @@ class NodeTools:
     images: tuple[images.ImageArchive, ...]
 
 
+@build.serialized
 def ensure_node_tools(progress: Callable[[str], None] = print) -> NodeTools:
     """Build or reuse kubelet, kube-proxy, containerd, local-path-provisioner and images."""
     v = build.load_versions()

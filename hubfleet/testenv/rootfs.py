@@ -71,6 +71,7 @@ def _layer_from_dir(root: Path) -> bytes:
     return buf.getvalue()
 
 
+@build.serialized
 def build_debian_base(progress=print) -> images.ImageArchive:
     """Build (or reuse) the Debian base image; returns its OCI archive."""
     ref = base_image_ref()

@@ -33,6 +33,7 @@ from flows.deploy_hub import deploy_hub
 from flows.rotate_credentials import RotationsFailed, rotate_credentials
 from hubfleet.cli_credentials import inventory_table, read_inventory
 from hubfleet.credentials import CredentialKind, Status
+from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.testenv import history
 from hubfleet.testenv.volumes import create_volumes
@@ -274,6 +275,39 @@ async def test_failure_after_create_restores_the_old_secret_and_says_so(
     # The run's artifact says what was rolled back.
     [artifact] = await history.artifacts(key=f"rotation-hub-secret-{cluster}-{hub}", limit=1)
     assert "FAILED" in str(artifact.data) and f"restored {old_ident[0]}" in str(artifact.data)
+
+
+async def test_failure_half_way_through_the_restarts_puts_the_old_secret_back(
+    kube_hub: dict[str, Any], kube_api: client.ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the proxy 'never' becomes Ready on the new values (the wait for it
+    is wrapped to fail for any version but the old one), after the Secret was written and
+    the proxy restarted: the store itself puts the old Secret back and rolls both
+    Deployments onto it before the error goes up."""
+    cluster, hub = kube_hub["cluster"], kube_hub["hub"]
+    before = secret_data(kube_api, hub)
+    before_notes = secret_annotations(kube_api, hub)
+    old_version = version_of(before)
+    real_wait = KubeHubSecretRotator._wait_rolled
+
+    def wait_failing_new(self: KubeHubSecretRotator, api: Any, name: str, version: str) -> None:
+        if version != old_version:
+            raise HubfleetError(f"injected fault: {name} did not become Ready")
+        real_wait(self, api, name, version)
+
+    monkeypatch.setattr(KubeHubSecretRotator, "_wait_rolled", wait_failing_new)
+    with pytest.raises(RotationsFailed) as failed:
+        await rotate_credentials(scope=f"hub-secret:{cluster}/{hub}")
+    message = str(failed.value)
+    assert "injected fault: proxy did not become Ready" in message
+    assert (
+        f"the Secret {hub}/hub was put back to hub-secret@{old_version} and the proxy and "
+        "hub rolled back to it" in message
+    )
+    assert f"checked: the old credential hub-secret@{old_version} works" in message
+    assert secret_data(kube_api, hub) == before
+    assert secret_annotations(kube_api, hub) == before_notes
+    assert running_versions(kube_api, hub) == {"hub": {old_version}, "proxy": {old_version}}
 
 
 async def test_values_that_pin_a_hub_secret_refuse_rotation(

@@ -27,9 +27,10 @@ from prefect.events.filters import EventFilter, EventNameFilter
 from deployments.health import AUTOMATION_NAME
 from deployments.registry import HEALTH_OPERATIONS
 from deployments.setup import SetupReport, register_health_alert
-from flows.check_fleet_health import SweepTimedOut, UnknownSelection, check_fleet_health
+from flows.check_fleet_health import SweepTimedOut, check_fleet_health
 from flows.deploy_hub import deploy_hub
 from hubfleet.loader import load_fleet
+from hubfleet.plan import SelectionInvalid
 from tasks.local_hub import local_hub
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "health_fleet")
@@ -219,8 +220,11 @@ async def test_a_sweep_that_cannot_finish_fails_by_its_deadline(data_dir: Path) 
 
 
 async def test_bad_selection_is_refused_before_anything_runs() -> None:
-    with pytest.raises(UnknownSelection, match=r"selection 'nope/x' matches no hub"):
+    """The same selection rules as every flow that takes one (hubfleet.plan.select)."""
+    with pytest.raises(SelectionInvalid, match=r"'nope/x': fleet has no cluster 'nope'"):
         await check_fleet_health(selection=["nope/x"])
+    with pytest.raises(SelectionInvalid, match=r"'hc/nope': cluster 'hc' has no hub"):
+        await check_fleet_health(selection=["hc/nope", "*"])
 
 
 def test_deployments_take_their_schedules_from_the_fleet() -> None:

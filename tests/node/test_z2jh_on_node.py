@@ -9,8 +9,9 @@ ClusterIP from the hub pod), and a user created through the hub's API gets a sin
 pod that becomes Ready and answers through the proxy.
 
 Only local addresses are ever contacted: pod IPs on the node's bridge (the host routes the
-pod range to the node's veth) and a Service IP from a pod on the node; urllib
-is built without proxy handlers so no proxy setting of the environment applies.
+pod range to the node's veth) and a Service IP from a pod on the node; the HTTP helpers
+(hubhttp.py) use urllib without proxy handlers, so no proxy setting of the environment
+applies.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from hubhttp import call, wait
 from kubernetes import client
 from kubernetes.stream import stream
 
@@ -37,19 +36,6 @@ CHARTS = REPO.parent / "shared" / "charts"
 CHART = CHARTS / "jupyterhub-4.4.0.tgz"
 CHART_HUB_REQUIREMENTS = CHARTS / "jupyterhub-4.4.0-images" / "images" / "hub" / "requirements.txt"
 RELEASE = "z2jh"
-# No proxy handler: whatever the environment says, requests go straight to local addresses.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _wait(what: str, check, timeout: float, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _values(images: dict[str, str], admin_token: str) -> dict:
@@ -92,17 +78,6 @@ def _describe(core: client.CoreV1Api, ns: str) -> str:
     return "\n".join(lines)
 
 
-def _get(url: str, token: str | None = None, method: str = "GET", timeout: float = 10):
-    req = urllib.request.Request(url, method=method)
-    if token:
-        req.add_header("Authorization", f"token {token}")
-    try:
-        with _OPENER.open(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def test_the_hub_image_carries_the_charts_frozen_requirements():
     """The copy the image is built from is the release's file, byte for byte."""
     ours = hubimages.requirements_path("k8s-hub").read_bytes()
@@ -113,17 +88,14 @@ def test_the_hub_image_carries_the_charts_frozen_requirements():
 
 
 def test_z2jh_chart_runs_on_the_real_node(
-    real_node, kube, kube_api, kube_namespace, helm, tmp_path
+    real_node, node_image_refs, kube, kube_api, kube_namespace, helm, tmp_path
 ):
-    archives = {name: hubimages.build_image(name) for name in ("k8s-hub", "proxy", "singleuser")}
-    for archive in archives.values():
-        real_node.import_image(archive, timeout=600)
     ns = kube_namespace
     core = client.CoreV1Api(kube_api)
     admin_token = secrets.token_hex(32)
     values = tmp_path / "values.json"  # JSON is YAML
     values.touch(mode=0o600)
-    values.write_text(json.dumps(_values({n: a.ref for n, a in archives.items()}, admin_token)))
+    values.write_text(json.dumps(_values(node_image_refs, admin_token)))
 
     try:
         install = subprocess.run(
@@ -178,7 +150,7 @@ def _check_release(core: client.CoreV1Api, ns: str, real_node, admin_token: str)
         return pods if all(p is not None and _ready(p) for p in pods.values()) else None
 
     try:
-        pods = _wait("hub and proxy pods Ready", both_ready, timeout=420, interval=2)
+        pods = wait("hub and proxy pods Ready", both_ready, timeout=420, interval=2)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{_describe(core, ns)}") from None
     for pod in pods.values():
@@ -193,9 +165,9 @@ def _check_release(core: client.CoreV1Api, ns: str, real_node, admin_token: str)
     assert chp_sc.seccomp_profile.type == "RuntimeDefault"
 
     proxy = f"http://{proxy_pod.status.pod_ip}:8000"
-    status, body = _wait(
+    status, body = wait(
         "/hub/health through the proxy",
-        lambda: (r := _get(f"{proxy}/hub/health")) and r[0] == 200 and r,
+        lambda: (r := call(f"{proxy}/hub/health")) and r[0] == 200 and r,
         timeout=60,
     )
     assert status == 200
@@ -224,24 +196,24 @@ def _check_release(core: client.CoreV1Api, ns: str, real_node, admin_token: str)
 
     # Stretch: a user created through the hub's API gets a single-user pod on the node.
     api = f"{proxy}/hub/api"
-    status, body = _get(f"{api}/users/alice", admin_token, method="POST")
+    status, body = call(f"{api}/users/alice", admin_token, method="POST")
     assert status == 201, body[-500:]
-    status, body = _get(f"{api}/users/alice/server", admin_token, method="POST", timeout=30)
+    status, body = call(f"{api}/users/alice/server", admin_token, method="POST", timeout=30)
     assert status in (201, 202), body[-500:]
 
     def spawned():
-        status, body = _get(f"{api}/users/alice", admin_token)
+        status, body = call(f"{api}/users/alice", admin_token)
         user = json.loads(body) if status == 200 else {}
         server = user.get("servers", {}).get("", {})
         return server if server.get("ready") else None
 
     try:
-        _wait("alice's server ready", spawned, timeout=300, interval=3)
+        wait("alice's server ready", spawned, timeout=300, interval=3)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{_describe(core, ns)}") from None
     user_pod = core.read_namespaced_pod("jupyter-alice", ns)
     assert _ready(user_pod) and user_pod.spec.node_name == real_node.name
     # The single-user server answers through the proxy (the admin service's token grants
     # access:servers, which the server checks with the hub).
-    status, body = _get(f"{proxy}/user/alice/api/status", admin_token)
+    status, body = call(f"{proxy}/user/alice/api/status", admin_token)
     assert status == 200, body[-500:]
