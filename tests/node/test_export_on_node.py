@@ -348,10 +348,13 @@ class JobPods(threading.Thread):
                     self.errors.append(f"log of {pod.metadata.name}: {exc.status} {exc.reason}")
 
 
-def pod_figures(run: dict[str, Any]) -> dict[str, float]:
+def pod_figures(run: dict[str, Any], t0: float, took: float) -> dict[str, float]:
+    """The Job pod's share of a run that started at monotonic `t0` and took `took` s."""
     return {
+        "until_pod_seen_s": round(run["seen"] - t0, 1),
         "pod_created_to_ended_s": round(run["ended_at"] - run["seen"], 1),
         "container_ran_s": run["ran_s"],
+        "after_pod_ended_s": round(t0 + took - run["ended_at"], 1),
     }
 
 
@@ -412,7 +415,7 @@ async def test_export_job_on_the_node_copies_the_homes_to_moto_s3(
     (run,) = pods.runs
     assert run["node"] == real_node.name and run["exit"] == 0, run
     assert run["image"] == RCLONE_IMAGE == node_rclone_image.ref.removeprefix("docker.io/")
-    FIGURES["s3"] = {"export_task_s": round(took, 1), **pod_figures(run)}
+    FIGURES["s3"] = {"export_task_s": round(took, 1), **pod_figures(run, t0, took)}
     # The objects are there, byte for byte, with the Job's listing and hubfleet's manifest.
     assert [v.user for v in volumes] == sorted(HOMES)
     assert result.files == expected(HOMES) and result.objects == 3
@@ -473,7 +476,7 @@ async def test_export_job_on_the_node_copies_the_homes_to_azurite(
         took = time.monotonic() - t0
     (run,) = pods.runs
     assert run["node"] == real_node.name and run["exit"] == 0, run
-    FIGURES["azure"] = {"export_task_s": round(took, 1), **pod_figures(run)}
+    FIGURES["azure"] = {"export_task_s": round(took, 1), **pod_figures(run, t0, took)}
     assert result.files == expected(homes)
     prefix = f"events/node/{export_ns}/S2/"
     blobs = {
@@ -636,7 +639,7 @@ async def test_expiry_of_an_event_hub_on_the_node_exports_then_removes_it(
         took = time.monotonic() - t0
     (run,) = pods.runs
     assert run["node"] == real_node.name and run["exit"] == 0, run
-    FIGURES["expiry"] = {"expire_event_hub_s": round(took, 1), **pod_figures(run)}
+    FIGURES["expiry"] = {"expire_event_hub_s": round(took, 1), **pod_figures(run, t0, took)}
     assert expired["expired"] and expired["export"]["objects"] == 2, expired
     prefix = urlparse(expired["export"]["url"]).path.strip("/") + "/"
     assert prefix.startswith(f"events/{cluster}/{hub}/")
