@@ -227,7 +227,10 @@ def exporter(node_moto, bucket: str, *, write: bool) -> tuple[str, str]:
     access key: (key id, secret). The secret is what the hygiene checks look for."""
     iam = node_moto.client("iam")
     name = f"{'exporter' if write else 'reader'}-{uuid.uuid4().hex[:6]}"
-    actions = ["s3:*"] if write else ["s3:ListBucket", "s3:GetObject"]
+    # Wildcards: AWS authorizes ListObjectsV2 as s3:ListBucket and HeadObject as
+    # s3:GetObject; moto as s3:ListObjectsV2 and a HEAD action of its own (a HEAD denied
+    # with 403 makes rclone take the export prefix for a file and stop before writing).
+    actions = ["s3:*"] if write else ["s3:List*", "s3:Get*", "s3:Head*"]
     iam.create_user(UserName=name)
     iam.put_user_policy(
         UserName=name,
