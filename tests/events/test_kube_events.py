@@ -69,6 +69,7 @@ from flows.event_hubs import (
 )
 from hubfleet.events import NotExpirable
 from hubfleet.testenv import history
+from hubfleet.testenv.node import REAL_NODE_NAMESPACE_LABEL
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
 from tasks.kube_export import EXPORT_LABEL, HOMES_ROOT, RCLONE_VERSION, SOURCE_LISTING
@@ -132,6 +133,12 @@ def export_gate(kube_api) -> str:
             "failurePolicy": "Fail",
             "reinvocationPolicy": "Never",
             "matchConstraints": {
+                # Not where pods run on the real node (tests/node): a real kubelet runs those.
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {"key": REAL_NODE_NAMESPACE_LABEL, "operator": "DoesNotExist"}
+                    ]
+                },
                 "resourceRules": [
                     {
                         "apiGroups": [""],
@@ -139,7 +146,7 @@ def export_gate(kube_api) -> str:
                         "operations": ["CREATE"],
                         "resources": ["pods"],
                     }
-                ]
+                ],
             },
             "matchConditions": [
                 {

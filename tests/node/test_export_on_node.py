@@ -61,7 +61,7 @@ from blocks.cluster_access import ClusterAccess
 from flows.deploy_hub import deploy_hub
 from flows.event_hubs import expire_event_hub
 from hubfleet.testenv import build, history, hubimages, images
-from hubfleet.testenv.node import NODE_TAINT, POD_PLACEMENT, STORAGE_CLASS
+from hubfleet.testenv.node import POD_PLACEMENT, STORAGE_CLASS, RealNode
 from hubfleet.testenv.nodevalues import node_values
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
@@ -118,17 +118,7 @@ def figures() -> Iterator[dict[str, Any]]:
 
 def tolerate_real_node(kube_api, namespace: str) -> None:
     """Pods of `namespace` tolerate the real node's taint (PodTolerationRestriction)."""
-    toleration = {**NODE_TAINT, "operator": "Equal"}
-    client.CoreV1Api(kube_api).patch_namespace(
-        namespace,
-        {
-            "metadata": {
-                "annotations": {
-                    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps([toleration])
-                }
-            }
-        },
-    )
+    RealNode.admit_namespace(kube_api, namespace)
 
 
 @pytest.fixture
