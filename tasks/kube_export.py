@@ -185,8 +185,31 @@ def job_manifest(
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
-                    # Where user servers run (the volumes' zones and nodes).
-                    "nodeSelector": {"hub.jupyter.org/node-purpose": "user"},
+                    # Near where user servers run. Preferred, not required: z2jh itself
+                    # only prefers user-purpose nodes by default (matchNodePurpose: prefer),
+                    # so a cluster whose nodes lack the label must still run the Job. The
+                    # volumes' own node affinity (zonal disks, local volumes) is what places
+                    # the pod where they attach.
+                    "affinity": {
+                        "nodeAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "weight": 100,
+                                    "preference": {
+                                        "matchExpressions": [
+                                            {
+                                                "key": "hub.jupyter.org/node-purpose",
+                                                "operator": "In",
+                                                "values": ["user"],
+                                            },
+                                        ]
+                                    },
+                                },
+                            ]
+                        }
+                    },
+                    # z2jh's user-node taint; other taints: the namespace's defaultTolerations
+                    # (PodTolerationRestriction), as for any pod of the hub.
                     "tolerations": [
                         {
                             "key": "hub.jupyter.org/dedicated",

@@ -857,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here: node.py imports this module.
     from .hubimages import build_hub_images
-    from .images import ImageBuildError
+    from .images import ImageBuildError, build_rclone_image
     from .node import ensure_node_tools
     from .rootfs import build_debian_base
 
@@ -865,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tools = ensure_tools(progress)
         node = ensure_node_tools(progress)
+        rclone_image = build_rclone_image(tools["rclone"])
         debian_base = build_debian_base(progress)
         hub_images = build_hub_images(progress)
         azurite = ensure_azurite(progress)
@@ -877,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'kube-proxy':24} {node.kube_proxy}")
     print(f"  {'containerd':24} {node.containerd_dir}")
     print(f"  {'local-path-provisioner':24} {node.local_path_provisioner}")
-    for image in (*node.images, debian_base, *hub_images):
+    for image in (*node.images, rclone_image, debian_base, *hub_images):
         print(f"  {image.ref:24} {image.path}")
     print(f"  {'azurite':24} {azurite}")
     print(f"all tools ready in {time.monotonic() - t0:.1f}s")

@@ -24,7 +24,8 @@ app = typer.Typer(
 
 @app.command("build")
 def build_cmd() -> None:
-    """Build or reuse all tools (Kubernetes, etcd, kwok, helm, terraform/OpenTofu, Azurite)."""
+    """Build or reuse all tools (Kubernetes, etcd, kwok, helm, terraform/OpenTofu, the real
+    node, its images (rclone's included) and the hub images, Azurite)."""
     from . import build
 
     raise typer.Exit(build.main([]))

@@ -441,7 +441,12 @@ class ControlPlane:
                 # endpoints for the "kubernetes" Service (no pod really runs).
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
-                "--enable-admission-plugins=NodeRestriction",
+                # PodTolerationRestriction: a namespace's
+                # `scheduler.alpha.kubernetes.io/defaultTolerations` annotation is added to its
+                # pods, as on clusters whose operators taint node pools. Tests use it to let
+                # pods hubfleet creates (the export Job's) onto the tainted real node without
+                # a test-only field in hubfleet. Inert for namespaces without the annotation.
+                "--enable-admission-plugins=NodeRestriction,PodTolerationRestriction",
                 "--profiling=false",
                 # Faster start on 2 cores; fairness between tenants is irrelevant here.
                 "--enable-priority-and-fairness=false",

@@ -1,10 +1,16 @@
 """Cloud emulators for tests: moto server (AWS IAM, STS, S3) with auth enforced, and
-Azurite (Azure Blob). Both run as real servers on free loopback ports, are stopped by PID,
-and die with the test process (parent-death signal)."""
+Azurite (Azure Blob). Both run as real servers on a free port of one local address, are
+stopped by PID, and die with the test process (parent-death signal).
+
+The address is loopback unless a test names another one of this machine's addresses
+(``host=``): the real node's host-side veth address (``RealNode.host_ip``), so pods on
+the node reach the emulator. A wildcard (``0.0.0.0``, ``::``) is refused: an emulator
+never listens on every interface, where other machines could reach it."""
 
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import json
 import os
 import shutil
@@ -24,27 +30,49 @@ class EmulatorError(RuntimeError):
     """An emulator failed to start (message carries its log tail)."""
 
 
-def _free_port() -> int:
+LOOPBACK = "127.0.0.1"
+
+
+def listen_address(host: str) -> str:
+    """`host` if it is one IPv4 address (not a wildcard); raise ValueError otherwise."""
+    try:
+        addr = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(
+            f"emulator host {host!r} is not an IPv4 address: give one local address "
+            "(127.0.0.1, or the real node's host_ip)"
+        ) from None
+    if addr.is_unspecified:
+        raise ValueError(
+            f"emulator host {host!r} is a wildcard: it would listen on every interface; give "
+            "one local address (127.0.0.1, or the real node's host_ip)"
+        )
+    return str(addr)
+
+
+def _free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = LOOPBACK) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
 
 
 class _Server:
-    """A child process on a loopback port with a log file in a private temp dir."""
+    """A child process on a port of one local address, with a log file in a private temp
+    dir. The address must be one of this machine's (binding the free port proves it)."""
 
     name = "server"
 
-    def __init__(self, port: int | None = None, start_timeout: float = 60.0):
-        self.port = port or _free_port()
+    def __init__(self, port: int | None = None, start_timeout: float = 60.0, host: str = LOOPBACK):
+        self.host = listen_address(host)
+        self.port = port or _free_port(self.host)
         self.start_timeout = start_timeout
         self.workdir: Path | None = None
         self.component: Component | None = None
@@ -75,14 +103,14 @@ class _Server:
             atexit.register(self.stop)
             self._atexit = True
         deadline = time.monotonic() + self.start_timeout
-        while not _port_open(self.port):
+        while not _port_open(self.port, self.host):
             if not self.component.alive():
                 msg = f"{self.name} exited during startup; log tail:\n{log_tail(log)}"
                 self.stop()
                 raise EmulatorError(msg)
             if time.monotonic() > deadline:
                 msg = (
-                    f"{self.name} did not listen on 127.0.0.1:{self.port} "
+                    f"{self.name} did not listen on {self.host}:{self.port} "
                     f"in {self.start_timeout:.0f}s:\n{log_tail(log)}"
                 )
                 self.stop()
@@ -119,9 +147,13 @@ class MotoServer(_Server):
     BOOTSTRAP_ACTIONS = 3
 
     def __init__(
-        self, port: int | None = None, region: str = "us-east-1", start_timeout: float = 60.0
+        self,
+        port: int | None = None,
+        region: str = "us-east-1",
+        start_timeout: float = 60.0,
+        host: str = LOOPBACK,
     ):
-        super().__init__(port, start_timeout)
+        super().__init__(port, start_timeout, host)
         self.region = region
         self.admin_user = "hubfleet-admin"
         self.access_key_id: str | None = None
@@ -129,7 +161,7 @@ class MotoServer(_Server):
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> MotoServer:
         env = dict(os.environ)
@@ -138,7 +170,7 @@ class MotoServer(_Server):
         for k in [k for k in env if k.startswith("AWS_")]:
             del env[k]
         self._spawn(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env=env
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)], env=env
         )
         try:
             self._bootstrap_admin()
@@ -212,14 +244,14 @@ class Azurite(_Server):
 
     name = "azurite"
 
-    def __init__(self, port: int | None = None, start_timeout: float = 60.0):
-        super().__init__(port, start_timeout)
+    def __init__(self, port: int | None = None, start_timeout: float = 60.0, host: str = LOOPBACK):
+        super().__init__(port, start_timeout, host)
         self.account_name = AZURITE_ACCOUNT
         self.account_key = AZURITE_KEY
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{self.account_name}"
+        return f"http://{self.host}:{self.port}/{self.account_name}"
 
     @property
     def connection_string(self) -> str:
@@ -241,7 +273,7 @@ class Azurite(_Server):
                 node,
                 str(script.resolve()),
                 "--blobHost",
-                "127.0.0.1",
+                self.host,
                 "--blobPort",
                 str(self.port),
                 "--inMemoryPersistence",

@@ -4,6 +4,11 @@
   linked statically with ``gcc -static``.
 * ``busybox``: Debian's ``busybox-static`` binary with a symlink per applet, for test pods
   and for the local-path provisioner's helper pods.
+* ``rclone``: the export Job's image, ``docker.io/rclone/rclone:<version>`` (the reference
+  tasks/kube_export.py uses, so the Job needs no override): the busybox layer (the Job's
+  script runs in ``/bin/sh`` with ``mktemp``) plus the static rclone binary the test tools
+  build from the Go module proxy at versions.toml's ``[rclone]`` version. Not imported at
+  node start (most tests never export): ``RealNode.import_image`` imports it on demand.
 
 Each image is written as an OCI image-layout tar (oci-layout, index.json with the
 ``io.containerd.image.name`` annotation, manifest, config and one uncompressed layer; an
@@ -24,6 +29,7 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import build
@@ -32,6 +38,9 @@ from . import build
 # reach the internet; pods must use imagePullPolicy IfNotPresent or Never.
 PAUSE_IMAGE = "hubfleet.local/pause:1"
 BUSYBOX_IMAGE = "hubfleet.local/busybox:1"
+#: The upstream image's name, at the version the tools build rclone at: the node answers
+#: for it, and nothing is pulled (the name resolves only to what was imported).
+RCLONE_IMAGE = "docker.io/rclone/rclone:{version}"
 
 PAUSE_C = r"""
 #include <signal.h>
@@ -187,24 +196,26 @@ def build_pause_image() -> ImageArchive:
     return ImageArchive(PAUSE_IMAGE, dest)
 
 
-def build_busybox_image() -> ImageArchive:
-    """A minimal image: busybox-static as /bin/busybox plus /bin/<applet> symlinks."""
+def _static_binary(path: Path, what: str, hint: str) -> None:
+    """Raise unless `path` is a static ELF binary (no program interpreter): it must run
+    in an image that has no dynamic loader."""
+    elf = subprocess.run(["readelf", "-l", str(path)], capture_output=True, text=True)
+    if elf.returncode != 0 or "INTERP" in elf.stdout:
+        raise ImageBuildError(f"{what}: {path} is not a static binary ({hint})")
+
+
+def _busybox_binary() -> bytes:
     if not BUSYBOX_BINARY.exists():
         raise ImageBuildError(
             f"busybox image: {BUSYBOX_BINARY} missing (apt-get install busybox-static)"
         )
     # Debian's dynamic busybox also installs /bin/busybox; it cannot run in an empty image.
-    elf = subprocess.run(["readelf", "-l", str(BUSYBOX_BINARY)], capture_output=True, text=True)
-    if elf.returncode != 0 or "INTERP" in elf.stdout:
-        raise ImageBuildError(
-            f"busybox image: {BUSYBOX_BINARY} is not a static binary "
-            "(apt-get install busybox-static)"
-        )
-    binary = BUSYBOX_BINARY.read_bytes()
-    dest = _cached("busybox", binary)
-    if dest.exists():
-        return ImageArchive(BUSYBOX_IMAGE, dest)
-    t0 = time.monotonic()
+    _static_binary(BUSYBOX_BINARY, "busybox image", "apt-get install busybox-static")
+    return BUSYBOX_BINARY.read_bytes()
+
+
+def _busybox_layer() -> bytes:
+    """/bin/busybox with a symlink per applet, /etc/passwd and /etc/group, /tmp (1777)."""
     applets = subprocess.run(
         [str(BUSYBOX_BINARY), "--list"], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -212,7 +223,7 @@ def build_busybox_image() -> ImageArchive:
         d: (None, 0o755, None) for d in ("bin", "etc", "tmp", "root", "proc", "sys", "dev")
     }
     files["tmp"] = (None, 0o1777, None)
-    files["bin/busybox"] = (binary, 0o755, None)
+    files["bin/busybox"] = (_busybox_binary(), 0o755, None)
     for applet in applets:
         if applet != "busybox":
             files[f"bin/{applet}"] = (None, 0o777, "busybox")
@@ -222,7 +233,16 @@ def build_busybox_image() -> ImageArchive:
         None,
     )
     files["etc/group"] = (b"root:x:0:\nnogroup:x:65534:\n", 0o644, None)
-    layer = _tar_layer(files)
+    return _tar_layer(files)
+
+
+def build_busybox_image() -> ImageArchive:
+    """A minimal image: busybox-static as /bin/busybox plus /bin/<applet> symlinks."""
+    dest = _cached("busybox", _busybox_binary())
+    if dest.exists():
+        return ImageArchive(BUSYBOX_IMAGE, dest)
+    t0 = time.monotonic()
+    layer = _busybox_layer()
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_oci_archive(
         dest,
@@ -232,6 +252,65 @@ def build_busybox_image() -> ImageArchive:
     )
     build._record_build("image-busybox", dest.stem, time.monotonic() - t0)
     return ImageArchive(BUSYBOX_IMAGE, dest)
+
+
+def rclone_image_ref(version: str | None = None) -> str:
+    """The rclone image's reference at `version` (default: versions.toml's)."""
+    return RCLONE_IMAGE.format(version=version or build.load_versions()["rclone"]["version"])
+
+
+def build_rclone_image(rclone: Path | None = None) -> ImageArchive:
+    """The export Job's image: the busybox layer plus ``/usr/local/bin/rclone``.
+
+    `rclone`: the binary (default: the test tools' build at versions.toml's version, built
+    if missing). Keyed by the binary and busybox: a rebuilt rclone makes a new archive.
+    The build's steps go to ``<cache>/logs/image-rclone.log`` (names, sizes, digests: no
+    environment, no secrets).
+    """
+    version = build.load_versions()["rclone"]["version"]
+    binary_path = rclone or build.build_rclone(version)
+    _static_binary(binary_path, "rclone image", "build it with CGO_ENABLED=0")
+    binary = binary_path.read_bytes()
+    ref = rclone_image_ref(version)
+    dest = _cached("rclone", ref.encode() + _busybox_binary() + binary)
+    if dest.exists():
+        return ImageArchive(ref, dest)
+    t0 = time.monotonic()
+    rclone_layer = _tar_layer(
+        {
+            "usr": (None, 0o755, None),
+            "usr/local": (None, 0o755, None),
+            "usr/local/bin": (None, 0o755, None),
+            "usr/local/bin/rclone": (binary, 0o755, None),
+            # The upstream image's config and data directories (its WORKDIR is /data).
+            "config": (None, 0o777, None),
+            "data": (None, 0o777, None),
+        }
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_oci_archive(
+        dest,
+        ref,
+        [_busybox_layer(), rclone_layer],
+        {
+            # As upstream's image: `rclone` is the entrypoint; the Job gives its own command.
+            "Entrypoint": ["rclone"],
+            "Env": ["PATH=/usr/local/bin:/bin", "XDG_CONFIG_HOME=/config"],
+            "WorkingDir": "/data",
+        },
+    )
+    took = time.monotonic() - t0
+    log = build.cache_dir() / "logs" / "image-rclone.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(
+            f"{datetime.now(UTC).isoformat(timespec='seconds')} {ref}: rclone "
+            f"{binary_path} ({len(binary)} bytes, sha256 {hashlib.sha256(binary).hexdigest()}) "
+            f"on busybox {BUSYBOX_BINARY}; wrote {dest} ({dest.stat().st_size} bytes) "
+            f"in {took:.1f}s\n"
+        )
+    build._record_build("image-rclone", dest.stem, took)
+    return ImageArchive(ref, dest)
 
 
 def build_node_images() -> list[ImageArchive]:

@@ -70,6 +70,9 @@ POD_PLACEMENT: dict[str, Any] = {
     "nodeSelector": {NODE_LABEL: "true"},
     "tolerations": [{"key": NODE_LABEL, "operator": "Equal", "value": "true"}],
 }
+#: Tests label a namespace with this when its pods run on the real node (test-only
+#: admission policies that stand in for a kubelet on kwok leave such namespaces alone).
+REAL_NODE_NAMESPACE_LABEL = "hubfleet.test/real-node-pods"
 STORAGE_CLASS = "hubfleet-local-path"
 PROVISIONER_NAME = "rancher.io/local-path"
 PROVISIONER_NAMESPACE = "local-path-storage"
@@ -200,6 +203,25 @@ class RealNode:
         self._ssl: ssl.SSLContext | None = None
         self._mounted_nsdir = False
         self._ctr = Path("ctr")
+
+    @staticmethod
+    def admit_namespace(api: Any, namespace: str) -> None:
+        """Let every pod of `namespace` onto the real node's taint: the namespace's
+        ``scheduler.alpha.kubernetes.io/defaultTolerations`` (added to its pods by the
+        apiserver's PodTolerationRestriction plugin, as an operator of a cluster with its
+        own taints would), and ``REAL_NODE_NAMESPACE_LABEL``. `api`: a kubernetes ApiClient."""
+        from kubernetes import client
+
+        toleration = {**NODE_TAINT, "operator": "Equal"}
+        body = {
+            "metadata": {
+                "labels": {REAL_NODE_NAMESPACE_LABEL: "true"},
+                "annotations": {
+                    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps([toleration])
+                },
+            }
+        }
+        client.CoreV1Api(api).patch_namespace(namespace, body)
 
     # ---- derived names
     @property

@@ -8,7 +8,10 @@ never skip, when a build or start fails: a green run means the real thing was ex
 Fixtures: ``testenv_tools`` (tool -> binary), ``kube`` (a running ControlPlane),
 ``real_node`` (a real kubelet node joined to ``kube``),
 ``kube_api`` (kubernetes.client.ApiClient as cluster admin), ``kube_namespace`` (a fresh
-namespace per test), ``helm``, ``rclone``, ``terraform_bin``, ``moto_server``, ``azurite``.
+namespace per test), ``helm``, ``rclone``, ``terraform_bin``, ``moto_server``, ``azurite``;
+for pods on the real node: ``node_moto`` and ``node_azurite`` (the same emulators on the
+node's host-side address, which pods reach) and ``node_rclone_image`` (the export Job's
+image, imported into the node).
 """
 
 from __future__ import annotations
@@ -190,3 +193,45 @@ def azurite() -> Iterator[Azurite]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def node_moto(real_node) -> Iterator[MotoServer]:
+    """moto server (auth enforced) listening on the real node's host-side address
+    (``real_node.host_ip``): reachable from the node's pods and from the host, from no other
+    machine."""
+    server = MotoServer(host=real_node.host_ip)
+    try:
+        server.start()
+    except (EmulatorError, ToolBuildError) as e:
+        pytest.fail(f"moto server on {real_node.host_ip} failed to start: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def node_azurite(real_node) -> Iterator[Azurite]:
+    """Azurite's blob service on the real node's host-side address (see ``node_moto``)."""
+    server = Azurite(host=real_node.host_ip)
+    try:
+        server.start()
+    except (EmulatorError, ToolBuildError) as e:
+        pytest.fail(f"Azurite on {real_node.host_ip} failed to start: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def node_rclone_image(real_node, rclone) -> images.ImageArchive:
+    """The export Job's image (``docker.io/rclone/rclone:<version>``: busybox and the rclone
+    the tools built), built if missing and imported into the real node's containerd."""
+    try:
+        archive = images.build_rclone_image(rclone)
+        real_node.import_image(archive)
+    except (images.ImageBuildError, RealNodeError) as e:
+        pytest.fail(f"the rclone image: {e}", pytrace=False)
+    return archive

@@ -3,9 +3,10 @@
 Real: the Prefect server (event deployments registered as `hubfleet setup` does), helm 3,
 the hub and support charts, kube-apiserver + controller-manager + scheduler, kwok (pods
 Running/Ready; Job pods Succeeded), the export Job's own script run with rclone built at the
-Job image's version, writing to moto's S3 (auth enforced) and to Azurite, logged in only
-through the credentials blocks (endpoints included, via `credential_env` and the Job's
-Secret); the flow's verification reads back with the real boto3 / azure-storage-blob.
+Job image's version, writing to moto's S3 (auth enforced), logged in only through the
+credentials block (endpoint included, via `credential_env` and the Job's Secret); the flow's
+verification reads back with the real boto3. The Job itself, as a pod of the rclone image on
+the real node, to S3 and to Azure blob (Azurite): tests/node/test_export_on_node.py.
 
 Fakes, only where nothing real can run here:
 - kwok pods serve no HTTP, so the post-deploy health gate is replaced (`hub_health` returns
@@ -68,6 +69,7 @@ from flows.event_hubs import (
 )
 from hubfleet.events import NotExpirable
 from hubfleet.testenv import history
+from hubfleet.testenv.node import REAL_NODE_NAMESPACE_LABEL
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
 from tasks.kube_export import EXPORT_LABEL, HOMES_ROOT, RCLONE_VERSION, SOURCE_LISTING
@@ -131,6 +133,12 @@ def export_gate(kube_api) -> str:
             "failurePolicy": "Fail",
             "reinvocationPolicy": "Never",
             "matchConstraints": {
+                # Not where pods run on the real node (tests/node): a real kubelet runs those.
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {"key": REAL_NODE_NAMESPACE_LABEL, "operator": "DoesNotExist"}
+                    ]
+                },
                 "resourceRules": [
                     {
                         "apiGroups": [""],
@@ -138,7 +146,7 @@ def export_gate(kube_api) -> str:
                         "operations": ["CREATE"],
                         "resources": ["pods"],
                     }
-                ]
+                ],
             },
             "matchConditions": [
                 {
@@ -764,61 +772,6 @@ async def test_standing_hub_on_kubernetes_is_refused_untouched(
         await create_event_hub(c, hub, operator="gus")
     assert release(kube, hub) == revision and namespace_phase(kube_api, hub) == "Active"
     assert export_leftovers(kube_api, hub) == []
-
-
-AZURE_BLOCK = "azure-kube-export"
-
-
-async def test_export_job_copies_to_azure_blob_on_azurite(
-    kube_api, kube_namespace: str, event_pvs, export_gate, azurite, rclone_bin_dir
-) -> None:
-    """The export Job's script and rclone against Azurite, logged in only through the
-    AzureBlobStorageCredentials block (its connection string names Azurite's endpoint), then
-    verified by `verify_bucket` with azure-storage-blob. Task level: the expiry flow around
-    it is the same for every destination and is run end to end on S3 above."""
-    from azure.storage.blob import BlobServiceClient
-    from prefect import flow
-    from prefect_azure import AzureBlobStorageCredentials
-
-    from tasks.kube_export import export_homes_with_job
-
-    await AzureBlobStorageCredentials(connection_string=azurite.connection_string).asave(
-        AZURE_BLOCK, overwrite=True
-    )
-    service = BlobServiceClient.from_connection_string(azurite.connection_string)
-    container = f"events-{uuid.uuid4().hex[:8]}"
-    service.create_container(container)
-    homes = {
-        "dora": {"thesis.tex": b"\\section{Results}\n" * 50, "deep/er/x.csv": b"a,b\n1,2\n"},
-        "eve": {},  # an empty home still shows in the Job's listing
-    }
-    for user in homes:
-        add_home(kube_api, kube_namespace, user)
-    url = f"az://{container}/events/k/{kube_namespace}/S"
-
-    @flow
-    async def export() -> Any:
-        return await export_homes_with_job(kube_api, kube_namespace, url, AZURE_BLOCK, "s1", 120)
-
-    stand_in = StandIn(kube_api, kube_namespace, homes, rclone_bin_dir)
-    stand_in.start()
-    result, volumes = await export()
-    seen = stand_in.finish()
-    assert [r["exit"] for r in seen["runs"]] == [0], seen["runs"]
-    assert seen["secret_keys"] == ["RCLONE_AZUREBLOB_CONNECTION_STRING"]
-    assert [v.user for v in volumes] == ["dora", "eve"]
-    expected = {f"{u}/{f}": len(d) for u, h in homes.items() for f, d in h.items()}
-    assert result.files == expected
-    prefix = f"events/k/{kube_namespace}/S/"
-    blobs = {
-        b.name.removeprefix(prefix): b.size
-        for b in service.get_container_client(container).list_blobs(name_starts_with=prefix)
-    }
-    assert {k: v for k, v in blobs.items() if k not in (SOURCE_LISTING, MANIFEST)} == expected
-    assert {SOURCE_LISTING, MANIFEST} <= set(blobs)
-    blob = service.get_blob_client(container, f"{prefix}dora/thesis.tex")
-    assert blob.download_blob().readall() == homes["dora"]["thesis.tex"]
-    assert export_leftovers(kube_api, kube_namespace) == []
 
 
 async def test_export_to_a_missing_bucket_is_refused_before_anything_changes(

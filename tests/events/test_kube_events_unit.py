@@ -117,6 +117,28 @@ def test_export_job_image_is_the_rclone_the_tests_build() -> None:
     version = load_versions()["rclone"]["version"]
     assert container["image"] == f"rclone/rclone:{version}"
     assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    # The image the real test node imports answers for exactly this reference (containerd
+    # names Docker Hub images docker.io/...), so the Job runs it with no override.
+    from hubfleet.testenv.images import rclone_image_ref
+
+    assert rclone_image_ref() == f"docker.io/{container['image']}"
+
+
+def test_export_job_prefers_user_nodes_and_requires_no_label() -> None:
+    """z2jh only prefers user-purpose nodes by default: a required nodeSelector would leave
+    the Job Pending forever on a cluster whose nodes lack the label (the volumes' own node
+    affinity places the pod where they attach)."""
+    job = job_manifest("j", "s3://b/p", [UserVolume("claim-a", "a")], "j", 600)
+    pod = job["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod
+    affinity = pod["affinity"]["nodeAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity
+    (preferred,) = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["preference"]["matchExpressions"] == [
+        {"key": "hub.jupyter.org/node-purpose", "operator": "In", "values": ["user"]}
+    ]
+    assert {"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user",
+            "effect": "NoSchedule"} in pod["tolerations"]  # fmt: skip
 
 
 def test_credential_env_from_the_blocks() -> None:

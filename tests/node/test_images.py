@@ -82,3 +82,32 @@ def test_pause_binary_is_static_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_rclone_image_is_busybox_plus_the_rclone_the_tools_build(rclone, tmp_path):
+    """The export Job's image: named as tasks/kube_export.py names it (so no override),
+    the busybox image's layer first (containerd shares its snapshot), then rclone itself."""
+    from hubfleet.testenv.build import load_versions
+    from tasks.kube_export import RCLONE_IMAGE
+
+    archive = images.build_rclone_image(rclone)
+    assert archive.ref == f"docker.io/{RCLONE_IMAGE}"
+    assert archive.ref.endswith(":" + load_versions()["rclone"]["version"])
+    assert images.build_rclone_image(rclone) == archive  # cached by content
+    files = _members(archive.path)
+    (desc,) = json.loads(files["index.json"])["manifests"]
+    manifest = json.loads(files[f"blobs/sha256/{desc['digest'][7:]}"])
+    config = json.loads(files[f"blobs/sha256/{manifest['config']['digest'][7:]}"])
+    assert config["config"]["Entrypoint"] == ["rclone"]
+    base, top = (files[f"blobs/sha256/{layer['digest'][7:]}"] for layer in manifest["layers"])
+    busybox = _members(images.build_busybox_image().path)
+    (busybox_desc,) = json.loads(busybox["index.json"])["manifests"]
+    busybox_manifest = json.loads(busybox[f"blobs/sha256/{busybox_desc['digest'][7:]}"])
+    assert hashlib.sha256(base).hexdigest() == busybox_manifest["layers"][0]["digest"][7:]
+    (tmp_path / "top.tar").write_bytes(top)
+    with tarfile.open(tmp_path / "top.tar") as layer:
+        layer.extract("usr/local/bin/rclone", tmp_path, filter="data")
+    binary = tmp_path / "usr" / "local" / "bin" / "rclone"
+    assert binary.read_bytes() == rclone.read_bytes()
+    version = subprocess.run([binary, "version"], capture_output=True, text=True, check=True)
+    assert f"rclone v{load_versions()['rclone']['version']}" in version.stdout
