@@ -59,7 +59,7 @@ async def one_round(lead: float) -> dict[str, float]:
     from prefect.deployments import arun_deployment
 
     from flows.deploy_hub import deploy_hub
-    from flows.event_hubs import DEPLOYMENTS
+    from tasks.event_schedule import DEPLOYMENTS
 
     await deploy_hub("local", "workshop", operator="bench")
     at = datetime.now(UTC) + timedelta(seconds=lead)

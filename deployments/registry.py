@@ -73,17 +73,26 @@ class OperationSpec:
         return getattr(fleet.settings.schedules, self.schedule) if self.schedule else None
 
 
-# Event hubs (flows/event_hubs.py): the scheduled create/remind/expire runs go through these.
+# Event hubs (flows/event_hubs/): the scheduled create/remind/expire runs go through these.
 EVENT_OPERATIONS: tuple[OperationSpec, ...] = (
-    OperationSpec("flows.event_hubs:create_event_hub", tags=("mutating",)),
-    OperationSpec("flows.event_hubs:remind_event_organizers", tags=("read-only",)),
-    OperationSpec("flows.event_hubs:extend_event_hub", tags=("mutating",)),
-    OperationSpec("flows.event_hubs:expire_event_hub", tags=("mutating",)),
-    OperationSpec("flows.event_hubs:sync_event_schedules", tags=("mutating",)),
+    OperationSpec("flows.event_hubs.create:create_event_hub", tags=("mutating",)),
+    OperationSpec("flows.event_hubs.remind:remind_event_organizers", tags=("read-only",)),
+    OperationSpec("flows.event_hubs.extend:extend_event_hub", tags=("mutating",)),
+    OperationSpec("flows.event_hubs.expire:expire_event_hub", tags=("mutating",)),
+    OperationSpec("flows.event_hubs.sync_schedules:sync_event_schedules", tags=("mutating",)),
     OperationSpec(
-        "flows.event_hubs:reap_expired_event_hubs", tags=("mutating",), schedule="reap_events"
+        "flows.event_hubs.reap:reap_expired_event_hubs", tags=("mutating",), schedule="reap_events"
     ),
 )
+
+def deployment_of(flow_name: str, specs: tuple[OperationSpec, ...] = EVENT_OPERATIONS) -> str:
+    """The deployment ("<flow name>/<deployment name>") registered for a flow, e.g. the one
+    `run_deployment` schedules an event's runs through."""
+    for spec in specs:
+        if spec.function == flow_name:
+            return f"{flow_name}/{spec.name}"
+    raise KeyError(f"no deployment of {flow_name!r} in deployments/registry.py")
+
 
 # The scheduled health sweeps (flows/check_fleet_health.py). Streaks are carried from one
 # sweep to the next, so never two sweeps of a depth at once. Their alert automation is

@@ -48,7 +48,7 @@ class Operation:
         return f"{self.cluster.name}/{self.hub.name}" if self.hub else self.cluster.name
 
 
-#: Tags of the event runs hubfleet schedules itself (flows/event_hubs.py): who scheduled it.
+#: Tags of the event runs hubfleet schedules itself (flows/event_hubs/): who scheduled it.
 SCHEDULE_TAG = "hubfleet:event-schedule"
 SCHEDULED_BY = "scheduled-by:"
 

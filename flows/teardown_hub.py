@@ -13,7 +13,7 @@ Runbook (both providers, under the hub's lock):
   4. delete the hub's `HubOpsToken` block; record what went where in an artifact
 
 A dry run reads the cluster and says all of it; it changes nothing and takes no lock.
-Event expiry (flows/event_hubs.py) exports first, then calls this with keep_data=False,
+Event expiry (flows/event_hubs/) exports first, then calls this with keep_data=False,
 under the hub lock it already holds (locks pass down to subflows: tasks/locks.py).
 """
 

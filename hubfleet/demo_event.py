@@ -16,7 +16,7 @@ reminder run records its message (log and artifact) and sends it nowhere; the de
 
 The runs are scheduled the way every event hub's are: `sync_event_schedules` (in this
 process) makes the scheduled deployment runs `create_event_hub`, `remind_event_organizers`
-and `expire_event_hub` (flows/event_hubs.py), and the demo's worker runs them at their time.
+and `expire_event_hub` (flows/event_hubs/), and the demo's worker runs them at their time.
 """
 
 from __future__ import annotations

@@ -26,19 +26,18 @@ from prefect.client.schemas.objects import StateType
 from blocks.hub_token import HubOpsToken
 from flows.deploy_hub import deploy_hub
 from flows.event_hubs import (
-    EventRefused,
     create_event_hub,
     expire_event_hub,
     extend_event_hub,
     reap_expired_event_hubs,
     remind_event_organizers,
-    scheduled_event_runs,
     sync_event_schedules,
 )
-from hubfleet.events import NotExpirable
+from hubfleet.events import EventRefused, NotExpirable
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
 from tasks import jupyterhub_api as api
+from tasks.event_schedule import scheduled_event_runs
 from tasks.hub_credentials import _mint_bootstrap_token
 from tasks.local_hub import local_hub
 

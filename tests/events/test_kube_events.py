@@ -65,11 +65,11 @@ from flows.event_hubs import (
     create_event_hub,
     expire_event_hub,
     reap_expired_event_hubs,
-    scheduled_event_runs,
 )
 from hubfleet.events import NotExpirable
 from hubfleet.testenv import history
 from hubfleet.testenv.node import REAL_NODE_NAMESPACE_LABEL
+from tasks.event_schedule import scheduled_event_runs
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
 from tasks.kube_export import EXPORT_LABEL, HOMES_ROOT, RCLONE_VERSION, SOURCE_LISTING

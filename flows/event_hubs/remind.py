@@ -1,0 +1,51 @@
+"""`remind_event_organizers`: tell the organizers when their hub expires."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+
+from flows.operation import begin
+from hubfleet import events
+from tasks.event_schedule import (
+    load_extension,
+    utc_now,
+)
+from tasks.notify import notify
+
+
+@flow(name="remind_event_organizers", flow_run_name="remind_event_organizers {cluster}/{hub}")
+async def remind_event_organizers(
+    cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
+) -> dict[str, Any]:
+    """Tell the event's organizers when their hub expires, through the notification blocks."""
+    op = await begin("remind_event_organizers", cluster, hub, operator)
+    assert op.hub is not None
+    spec = events.event_spec(op.cluster, op.hub)
+    times = events.event_times(spec, await load_extension(cluster, hub))
+    now = utc_now()
+    if now >= times.expire_at:
+        get_run_logger().info("%s already expired at %s; no reminder", op.target, times.expire_at)
+        return {"hub": op.target, "sent": [], "reason": "already past expiry"}
+    where = (
+        "exported, then deleted" if spec.data_policy.value == "export" else "deleted (not exported)"
+    )
+    subject = f"[hubfleet] {op.hub.domain} expires in {events._human(times.expire_at - now)}"
+    body = (
+        f"To: {', '.join(spec.organizers)}\n\n"
+        f"The event hub {op.target} ({op.hub.domain}) will be removed at "
+        f"{events.local_time(times.expire_at, spec.timezone)} "
+        f"(event end {events.local_time(times.end, spec.timezone)} + grace).\n"
+        f"Home directories will be {where}.\n"
+        f"To keep it longer, ask the ops team to extend it (extend_event_hub) or change `end`."
+    )
+    sent = [] if dry_run else await notify(op.fleet, subject, body)
+    await acreate_markdown_artifact(
+        key=f"event-reminder-{cluster}-{hub}",
+        markdown=f"# {'Dry run: ' if dry_run else ''}reminder for {op.target}\n\n"
+        f"**{subject}**\n\n```\n{body}\n```\n\nSent through: {', '.join(sent) or 'nothing'}\n",
+        description=f"reminder for {op.target}",
+    )
+    return {"hub": op.target, "sent": sent, "subject": subject, "dry_run": dry_run}
