@@ -2,9 +2,9 @@
 
 This is the Python equivalent of a `prefect.yaml`: each entry names the flow's entrypoint,
 the deployment's name and tags, its work pool, and (optionally) the key of its schedule in
-`fleet/fleet.yaml` `schedules`, so an operator changes a time in one place. An entry whose
-module does not import (an operation that has not landed yet) is reported by
-`hubfleet setup` as "not available" and registered nothing; nothing else is affected.
+`fleet/fleet.yaml` `schedules`, so an operator changes a time in one place. Every entry
+imports (tests/unit checks it): an entry that does not is a bug, raised by `hubfleet setup`
+before it changes anything.
 
 Nothing here talks to Prefect's API: `deployments.setup` turns these entries into
 deployments, schedules and automations; the concurrency limits are `tasks.locks`'.
@@ -65,7 +65,7 @@ class OperationSpec:
         return self.entrypoint.split(":", 1)[1]
 
     def load(self) -> Any:
-        """The flow object; raises ImportError/AttributeError if it has not landed."""
+        """The flow object."""
         return getattr(importlib.import_module(self.module), self.function)
 
     def cron(self, fleet: Fleet) -> str | None:
@@ -84,6 +84,7 @@ EVENT_OPERATIONS: tuple[OperationSpec, ...] = (
         "flows.event_hubs.reap:reap_expired_event_hubs", tags=("mutating",), schedule="reap_events"
     ),
 )
+
 
 def deployment_of(flow_name: str, specs: tuple[OperationSpec, ...] = EVENT_OPERATIONS) -> str:
     """The deployment ("<flow name>/<deployment name>") registered for a flow, e.g. the one
@@ -147,24 +148,6 @@ OPERATIONS: tuple[OperationSpec, ...] = (
 )
 
 
-def resolve(
-    registry: tuple[OperationSpec, ...] = OPERATIONS,
-) -> tuple[list[tuple[OperationSpec, Any]], list[tuple[OperationSpec, str]]]:
-    """Split the registry into (spec, flow) pairs that import and (spec, why) that do not.
-
-    Only a missing module or attribute means "not landed yet"; any other import error is a
-    bug in that operation and is raised, so it is never silently left unregistered.
-    """
-    available: list[tuple[OperationSpec, Any]] = []
-    missing: list[tuple[OperationSpec, str]] = []
-    for spec in registry:
-        try:
-            available.append((spec, spec.load()))
-        except ModuleNotFoundError as exc:
-            if exc.name and spec.module.startswith(exc.name):
-                missing.append((spec, f"module {spec.module} not found"))
-            else:
-                raise
-        except AttributeError:
-            missing.append((spec, f"{spec.module} has no {spec.function}"))
-    return available, missing
+def resolve(registry: tuple[OperationSpec, ...] = OPERATIONS) -> list[tuple[OperationSpec, Any]]:
+    """Each entry with its flow object (an entry that does not import raises)."""
+    return [(spec, spec.load()) for spec in registry]

@@ -69,7 +69,6 @@ class SetupReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    unavailable: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def record(self, what: str, outcome: str) -> None:
@@ -78,7 +77,7 @@ class SetupReport:
     def summary(self) -> str:
         return (
             f"{len(self.created)} created, {len(self.updated)} updated, "
-            f"{len(self.unchanged)} unchanged, {len(self.unavailable)} operations not available"
+            f"{len(self.unchanged)} unchanged"
         )
 
 
@@ -99,7 +98,7 @@ async def setup(
             f"zombie_after={zombie_after.total_seconds():g}s must exceed the heartbeat "
             f"interval ({heartbeat_seconds}s), else healthy runs are crashed"
         )
-    available, missing = resolve(registry)
+    available = resolve(registry)
     report = SetupReport()
     # Where the deployments' runs execute decides their working directory and fleet path.
     pool_type = await existing_pool_type(client, pool) or "process"
@@ -108,7 +107,6 @@ async def setup(
         (spec, flow, deployment_payload(spec, flow, fleet, pool, heartbeat_seconds, pool_type))
         for spec, flow in available
     ]
-    report.unavailable += [f"{spec.entrypoint} ({why})" for spec, why in missing]
 
     await register_block_types(report)
     await ensure_work_pool(client, pool, heartbeat_seconds, report)

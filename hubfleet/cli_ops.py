@@ -80,8 +80,6 @@ def setup(
     for outcome in ("created", "updated"):
         for what in getattr(report, outcome):
             out.print(f"{outcome}: {what}")
-    for what in report.unavailable:
-        out.print(f"not available yet: {what}")
     for warning in report.warnings:
         out.print(f"warning: {warning}")
     out.print(f"setup of {model.settings.name}: {report.summary()}")

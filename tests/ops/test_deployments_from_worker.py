@@ -179,7 +179,7 @@ async def run_all(api: str, runs: dict[str, dict[str, Any]], timeout: float) -> 
 def test_every_deployment_runs_from_a_worker_in_an_empty_directory(
     anywhere: str, worker: Workers
 ) -> None:
-    available, _missing = resolve(OPERATIONS)
+    available = resolve(OPERATIONS)
     registered = {f"{flow.name}/{spec.name}" for spec, flow in available}
     # A new operation must be added here, so it is run from a worker once too.
     assert registered == set(RUNS) | set(REFUSED)

@@ -27,7 +27,7 @@ async def test_setup_twice_creates_everything_once(ops_api: str, ops_setup: str)
     assert again.returncode == 0, again.stderr
     assert " 0 created, 0 updated," in again.stdout, again.stdout
 
-    available, _missing = resolve(OPERATIONS)
+    available = resolve(OPERATIONS)
     assert {spec.entrypoint for spec, _ in available} >= {
         "flows.deploy_hub:deploy_hub",
         "flows.check_hub_health:check_hub_health",

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _payloads(pool_type: str) -> dict[str, dict]:
     fleet = load_fleet(REPO / "fleet")
-    available, _ = resolve(OPERATIONS)
+    available = resolve(OPERATIONS)
     return {
         f"{flow.name}/{spec.name}": deployment_payload(
             spec, flow, fleet, "pool", HEARTBEAT_SECONDS, pool_type
@@ -97,3 +97,52 @@ def test_the_worker_image_copies_the_checkout_and_nothing_ignored() -> None:
     assert not [f for f in files if f.startswith(("tests/", ".venv/", "benchmarks/"))]
     # Built ahead by every `./dev test`: only the images whose key is pinned versions.
     assert "worker" in hubimages.RECIPES and "worker" not in hubimages.PINNED_IMAGES
+    assert "worker-deps" not in hubimages.PINNED_IMAGES
+
+
+def test_an_edit_of_the_code_changes_the_worker_key_not_its_dependencies(monkeypatch) -> None:
+    """The worker image is its dependencies' image plus this checkout: only the top is
+    rebuilt when the code changes (minutes saved on every commit's first test run)."""
+    from hubfleet.testenv import hubimages
+
+    before = hubimages.image_key("worker-deps"), hubimages.image_key("worker")
+    monkeypatch.setattr(hubimages, "sources_digest", lambda paths: "an edit")
+    after = hubimages.image_key("worker-deps"), hubimages.image_key("worker")
+    assert after[0] == before[0] and after[1] != before[1]
+    assert hubimages.RECIPES["worker"].parent == "worker-deps"
+
+
+def test_a_layer_applied_on_another_removes_what_it_whites_out(tmp_path) -> None:
+    """`_extract_layer` applies `_diff_layer`'s whiteouts as a runtime does, so an image
+    built on another image's layers starts from what that image really holds."""
+    from hubfleet.testenv import hubimages
+
+    root = tmp_path / "build"
+    (root / "keep").mkdir(parents=True)
+    (root / "keep" / "a").write_text("a")
+    (root / "gone-dir").mkdir()
+    (root / "gone-dir" / "x").write_text("x")
+    (root / "gone-file").write_text("f")
+    before = hubimages._snapshot(root)
+    (root / "gone-file").unlink()
+    (root / "gone-dir" / "x").unlink()
+    (root / "gone-dir").rmdir()
+    (root / "keep" / "b").write_text("b")
+    layer = hubimages._diff_layer(root, before)
+
+    fresh = tmp_path / "fresh"
+    (fresh / "keep").mkdir(parents=True)
+    (fresh / "keep" / "a").write_text("a")
+    (fresh / "gone-dir").mkdir()
+    (fresh / "gone-dir" / "x").write_text("x")
+    (fresh / "gone-file").write_text("f")
+    hubimages._extract_layer(layer, fresh)
+    left = sorted(p.relative_to(fresh).as_posix() for p in fresh.rglob("*"))
+    assert left == ["keep", "keep/a", "keep/b"]
+
+
+def test_every_registered_operation_imports() -> None:
+    """`hubfleet setup` registers every entry: each names a flow that exists."""
+    flows = resolve(OPERATIONS)
+    assert len(flows) == len(OPERATIONS)
+    assert all(flow.name == spec.function for spec, flow in flows if spec.name == "default")
