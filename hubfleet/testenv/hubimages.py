@@ -47,6 +47,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -78,6 +79,8 @@ class _Recipe:
     tag_version: str  # the version the tag starts with (a versions.toml key, or literal)
     requirements: str = ""  # a requirements file beside this module, part of the key
     sources: tuple[str, ...] = ()  # repository paths copied in; their content is the key
+    parent: str | None = None  # built on this recipe's image (else on the Debian base)
+    pip: Callable[[], list[str]] | None = None  # requirements computed here, part of the key
 
 
 Z2JH_VERSION = "4.4.0"
@@ -99,6 +102,20 @@ WORKER_SOURCES = (
     "fleet",
 )
 
+#: Wanted in the image but skipped by `pip download`: pip evaluates environment markers
+#: with the host's Python (3.11.7 here), not --python-version, and bookworm's Python is
+#: 3.11.2. redis (a prefect dependency) needs `async-timeout; python_full_version < "3.11.3"`.
+MARKER_EXTRAS = ("async-timeout>=4.0.3",)
+
+
+def _worker_requirements() -> list[str]:
+    """pyproject.toml's dependencies, setuptools for the offline editable install, and what
+    the download would miss for the image's Python (MARKER_EXTRAS)."""
+    with (REPO / "pyproject.toml").open("rb") as f:
+        deps = list(tomllib.load(f)["project"]["dependencies"])
+    return [*deps, "setuptools>=70.1", *MARKER_EXTRAS]
+
+
 RECIPES = {
     "hub": _Recipe(
         "hub", ("jupyterhub", "jupyterhub_kubespawner", "jupyterhub_idle_culler"), "jupyterhub"
@@ -106,15 +123,20 @@ RECIPES = {
     "singleuser": _Recipe("singleuser", ("jupyterhub", "jupyterlab", "ipykernel"), "jupyterhub"),
     "proxy": _Recipe("proxy", ("configurable_http_proxy", "node"), "configurable_http_proxy"),
     "k8s-hub": _Recipe("k8s-hub", (), Z2JH_VERSION, Z2JH_REQUIREMENTS),
-    "worker": _Recipe("worker", (), "hubfleet", sources=WORKER_SOURCES),
+    # The worker in two images: its dependencies (a gigabyte, minutes to build; keyed by
+    # pyproject's dependencies) and, on top, this checkout (a few megabytes, seconds; keyed
+    # by the sources), so an edit of the code rebuilds only the top layer.
+    "worker-deps": _Recipe("worker-deps", (), "hubfleet", pip=_worker_requirements),
+    "worker": _Recipe("worker", (), "hubfleet", sources=WORKER_SOURCES, parent="worker-deps"),
 }
 
 
 #: The images keyed by pinned versions, which `hubfleet testenv build` (and so every
 #: `./dev test`) builds ahead. Not the worker: its key follows every edit of the code, so it
 #: is built when something needs it (tests/node/test_kubernetes_worker.py, or
-#: `python -m hubfleet.testenv.hubimages worker`), not before each test run.
-PINNED_IMAGES = tuple(name for name, recipe in RECIPES.items() if not recipe.sources)
+#: `python -m hubfleet.testenv.hubimages worker`), not before each test run; nor its
+#: dependencies' image, which only the worker needs.
+PINNED_IMAGES = ("hub", "singleuser", "proxy", "k8s-hub")
 
 
 def requirements_path(name: str) -> Path:
@@ -181,7 +203,12 @@ def image_key(name: str) -> str:
     inputs = json.dumps(
         {
             "name": name,
-            "base": rootfs.base_key(),
+            **(
+                {"parent": image_key(recipe.parent)}
+                if recipe.parent
+                else {"base": rootfs.base_key()}
+            ),
+            **({"pip": recipe.pip()} if recipe.pip else {}),
             "recipe": RECIPE_VERSION,
             "versions": {k: v[k] for k in recipe.versions},
             **(
@@ -227,6 +254,40 @@ def _archive_layers(archive: Path) -> list[bytes]:
         (desc,) = json.load(index_file)["manifests"]
         manifest = json.loads(blob(desc["digest"]))
         return [blob(layer["digest"]) for layer in manifest["layers"]]
+
+
+def _extract_layer(layer: bytes, root: Path) -> None:
+    """Apply one layer to ``root`` as a runtime does: a ``.wh.<name>`` entry removes
+    ``<name>`` from the layers below (`_diff_layer` writes them)."""
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        members = []
+        for member in tar.getmembers():
+            parent, _, base = member.name.rpartition("/")
+            if base.startswith(".wh."):
+                gone = root / parent / base[len(".wh.") :]
+                if gone.is_dir() and not gone.is_symlink():
+                    shutil.rmtree(gone)
+                else:
+                    gone.unlink(missing_ok=True)
+            else:
+                members.append(member)
+        tar.extractall(root, members=members, numeric_owner=True, filter="fully_trusted")
+
+
+def _prune_archives(name: str, keep: Path, newest: int = 2) -> None:
+    """Drop older archives of an image keyed by sources (one per edit of the code, each as
+    big as its dependencies): the newest ``newest`` stay, ``keep`` among them."""
+    old = sorted(
+        (
+            p
+            for p in images.images_dir().glob(f"{name}-*.tar")
+            if p != keep and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}\.tar", p.name)
+        ),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for path in old[newest - 1 :]:
+        path.unlink(missing_ok=True)
 
 
 _Stat = tuple[int, int, int, int, int, str]
@@ -510,22 +571,16 @@ def _recipe_proxy(b: _Build, v: dict[str, str]) -> dict:
     }
 
 
-#: Wanted in the image but skipped by `pip download`: pip evaluates environment markers
-#: with the host's Python (3.11.7 here), not --python-version, and bookworm's Python is
-#: 3.11.2. redis (a prefect dependency) needs `async-timeout; python_full_version < "3.11.3"`.
-MARKER_EXTRAS = ("async-timeout>=4.0.3",)
-
-
-def _worker_requirements() -> list[str]:
-    """pyproject.toml's dependencies, setuptools for the offline editable install, and what
-    the download would miss for the image's Python (MARKER_EXTRAS)."""
-    with (REPO / "pyproject.toml").open("rb") as f:
-        deps = list(tomllib.load(f)["project"]["dependencies"])
-    return [*deps, "setuptools>=70.1", *MARKER_EXTRAS]
+def _recipe_worker_deps(b: _Build, v: dict[str, str]) -> dict:
+    b.pip_venv(_worker_requirements())
+    b.chroot(
+        *("useradd", "--create-home", "--uid", str(UID), "--user-group"),
+        *("--shell", "/bin/bash", "hubfleet"),
+    )
+    return {"Env": [f"PATH={PATH}", "LANG=C.UTF-8"], "User": str(UID)}
 
 
 def _recipe_worker(b: _Build, v: dict[str, str]) -> dict:
-    b.pip_venv(_worker_requirements())
     b.progress(f"  worker image: hubfleet {v['hubfleet']} (this checkout) at {WORKER_ROOT} ...")
     dest = b.root / WORKER_ROOT.lstrip("/")
     for rel in source_files(WORKER_SOURCES):
@@ -552,10 +607,6 @@ def _recipe_worker(b: _Build, v: dict[str, str]) -> dict:
     # Byte-compiled at build: the image's user cannot write __pycache__ under /opt/hubfleet,
     # and every Job would otherwise compile the packages again.
     b.chroot("/opt/venv/bin/python", "-m", "compileall", "-q", WORKER_ROOT)
-    b.chroot(
-        *("useradd", "--create-home", "--uid", str(UID), "--user-group"),
-        *("--shell", "/bin/bash", "hubfleet"),
-    )
     return {
         # What a Prefect Kubernetes worker runs in each Job (it passes the same as args).
         "Cmd": ["prefect", "flow-run", "execute"],
@@ -575,6 +626,7 @@ _STEPS: dict[str, Callable[[_Build, dict[str, str]], dict]] = {
     "singleuser": _recipe_singleuser,
     "proxy": _recipe_proxy,
     "k8s-hub": _recipe_k8s_hub,
+    "worker-deps": _recipe_worker_deps,
     "worker": _recipe_worker,
 }
 
@@ -584,7 +636,8 @@ def build_image(name: str, progress: Progress = print) -> images.ImageArchive:
     ref, dest = image_ref(name), archive_path(name)
     if dest.exists():
         return images.ImageArchive(ref, dest)
-    base = rootfs.build_debian_base(progress)
+    parent = RECIPES[name].parent
+    base = build_image(parent, progress) if parent else rootfs.build_debian_base(progress)
     t0 = time.monotonic()
     b = _Build(name, progress)
     shutil.rmtree(b.work, ignore_errors=True)
@@ -593,8 +646,7 @@ def build_image(name: str, progress: Progress = print) -> images.ImageArchive:
     try:
         base_layers = _archive_layers(base.path)
         for layer in base_layers:
-            with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
-                tar.extractall(b.root, numeric_owner=True, filter="fully_trusted")
+            _extract_layer(layer, b.root)
         before = _snapshot(b.root)
         # Some programs (apt, pip's subprocesses) open /dev/null; the packer skips devices.
         null = b.root / "dev" / "null"
@@ -620,6 +672,8 @@ def build_image(name: str, progress: Progress = print) -> images.ImageArchive:
         shutil.rmtree(b.work, ignore_errors=True)
     seconds = time.monotonic() - t0
     build._record_build(f"image-{name}", b.key, seconds)
+    if RECIPES[name].sources:
+        _prune_archives(name, keep=dest)
     progress(f"  {name} image: built in {seconds:.1f}s ({dest.stat().st_size / 1e6:.0f} MB)")
     return images.ImageArchive(ref, dest)
 

@@ -121,12 +121,16 @@ def test_worker_image_is_this_checkout_on_the_base_without_host_details(worker_i
 
     base = hubimages._archive_layers(rootfs.build_debian_base().path)
     assert len(base) == 1
-    names = _layer_names(worker_image.path, 1)
+    # Layers: the Debian base, the dependencies (worker-deps), this checkout.
+    deps, code = _layer_names(worker_image.path, 1), _layer_names(worker_image.path, 2)
+    names = deps | code
     root = WORKER_IMAGE_ROOT.lstrip("/")
     copied = {f"{root}/{rel}" for rel in hubimages.source_files(hubimages.WORKER_SOURCES)}
-    assert copied <= names
-    assert f"{root}/fleet/.hubfleet-revision" in names
-    assert "opt/venv/bin/prefect" in names and "opt/venv/bin/hubfleet" in names
+    assert copied <= code and not [n for n in deps if n.startswith(f"{root}/")]
+    assert f"{root}/fleet/.hubfleet-revision" in code
+    assert "opt/venv/bin/prefect" in deps and "opt/venv/bin/hubfleet" in code
+    # An edit of the code rebuilds only the top layer: it holds no dependency.
+    assert not [n for n in code if ".dist-info/" in n and "/hubfleet-" not in n]
     for host_file in (
         "etc/resolv.conf",
         "etc/hostname",
