@@ -110,7 +110,7 @@ async def setup(
 
     await register_block_types(report)
     await ensure_work_pool(client, pool, heartbeat_seconds, report)
-    await ensure_concurrency_limits(client, fleet, report)
+    await setup_concurrency_limits(client, fleet, report)
     for _spec, flow, payload in plans:
         await ensure_deployment(client, flow.name, payload, report)
     # After the notification blocks: the health alert automation uses them too.
@@ -197,7 +197,7 @@ async def ensure_work_pool(
 # --- concurrency limits ------------------------------------------------------------------
 
 
-async def ensure_concurrency_limits(
+async def setup_concurrency_limits(
     client: PrefectClient, fleet: Fleet, report: SetupReport
 ) -> None:
     """The hub, cluster and deploy limits of `tasks.locks` (the flows' own lock names).

@@ -300,7 +300,7 @@ def fleet_wanted_runs(
 # --- the reaper ------------------------------------------------------------------------
 
 
-class Verdict(StrEnum):
+class ReapVerdict(StrEnum):
     expire = "expire"  # past end + grace and still present: expire it now
     overdue_create = "overdue-create"  # should be up by now and is not
     fine = "fine"
@@ -312,7 +312,7 @@ class Verdict(StrEnum):
 class ReapItem:
     cluster: str
     hub: str
-    verdict: Verdict
+    verdict: ReapVerdict
     reason: str
 
 
@@ -338,19 +338,22 @@ def reap_plan(
             seen = present.get(key)
             if seen is None:
                 verdict, why = (
-                    Verdict.unobserved,
+                    ReapVerdict.unobserved,
                     f"provider {cluster.provider.value}: not observed",
                 )
             elif now >= times.expire_at and seen:
                 late = _human(now - times.expire_at)
-                verdict, why = Verdict.expire, f"expiry was due {late} ago and it still exists"
+                verdict, why = ReapVerdict.expire, f"expiry was due {late} ago and it still exists"
             elif now >= times.expire_at:
-                verdict, why = Verdict.gone, "expired and removed"
+                verdict, why = ReapVerdict.gone, "expired and removed"
             elif times.create_at <= now < times.end and not seen:
                 late = _human(now - times.create_at)
-                verdict, why = Verdict.overdue_create, f"creation was due {late} ago; not present"
+                verdict, why = (
+                    ReapVerdict.overdue_create,
+                    f"creation was due {late} ago; not present",
+                )
             else:
-                verdict, why = Verdict.fine, "on schedule"
+                verdict, why = ReapVerdict.fine, "on schedule"
             items.append(ReapItem(cluster.name, hub.name, verdict, why))
     return items
 

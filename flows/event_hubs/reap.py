@@ -37,7 +37,7 @@ async def reap_expired_event_hubs(
     outcome: dict[str, str] = {}
     for item in items:
         target = f"{item.cluster}/{item.hub}"
-        if item.verdict is not events.Verdict.expire:
+        if item.verdict is not events.ReapVerdict.expire:
             outcome[target] = item.verdict.value
             continue
         try:
@@ -58,7 +58,9 @@ async def reap_expired_event_hubs(
             get_run_logger().error("placeholders of %s: %s", cluster.name, exc)
             warmed[cluster.name] = f"FAILED: {exc}"
             failed.append(f"placeholders of {cluster.name}")
-    overdue = [f"{i.cluster}/{i.hub}" for i in items if i.verdict is events.Verdict.overdue_create]
+    overdue = [
+        f"{i.cluster}/{i.hub}" for i in items if i.verdict is events.ReapVerdict.overdue_create
+    ]
     rows = "\n".join(
         f"| {i.cluster}/{i.hub} | {i.verdict.value} | {i.reason} | "
         f"{outcome[f'{i.cluster}/{i.hub}']} |"

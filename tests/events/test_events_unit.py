@@ -14,8 +14,8 @@ from hubfleet.events import (
     EventRefused,
     Extension,
     NotExpirable,
+    ReapVerdict,
     ScheduledRun,
-    Verdict,
 )
 from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, DataPolicy, EventSpec, Hub
@@ -137,22 +137,22 @@ def test_reaper_expires_only_present_event_hubs_past_expiry_and_reports_overdue(
     present: dict[tuple[str, str], bool | None] = {k: True for k in keys}
     verdicts = {(i.cluster, i.hub): i.verdict for i in events.reap_plan(FLEET, after, present)}
     assert set(verdicts) == set(keys)  # standing hubs never appear
-    assert verdicts[("local", "workshop")] is Verdict.expire
+    assert verdicts[("local", "workshop")] is ReapVerdict.expire
     present[("local", "workshop")] = False
     items = events.reap_plan(FLEET, after, present)
-    assert {(i.cluster, i.hub): i.verdict for i in items}[("local", "workshop")] is Verdict.gone
+    assert {(i.cluster, i.hub): i.verdict for i in items}[("local", "workshop")] is ReapVerdict.gone
     during = T0 + timedelta(minutes=30)
     items = events.reap_plan(FLEET, during, {("local", "workshop"): False})
     item = next(i for i in items if i.hub == "workshop")
-    assert item.verdict is Verdict.overdue_create
+    assert item.verdict is ReapVerdict.overdue_create
     assert item.reason == "creation was due 2h ago; not present"
     # Unobserved providers are said so, never guessed.
     others = [i for i in items if i.hub != "workshop"]
-    assert others and all(i.verdict is Verdict.unobserved for i in others)
+    assert others and all(i.verdict is ReapVerdict.unobserved for i in others)
     # An extension keeps a hub out of the reaper.
     ext = {("local", "workshop"): Extension(after + timedelta(days=1), SPEC.end)}
     items = events.reap_plan(FLEET, after, {("local", "workshop"): True}, ext)
-    assert next(i for i in items if i.hub == "workshop").verdict is Verdict.fine
+    assert next(i for i in items if i.hub == "workshop").verdict is ReapVerdict.fine
 
 
 def test_export_url_per_policy_and_provider() -> None:
