@@ -33,8 +33,10 @@ from hubfleet.credentials import (
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
+from tasks.credential_inventory import collect_inventory
 from tasks.locks import cluster_lock, ensure_concurrency_limits, hub_lock
-from tasks.rotation import RotationFailed, collect_inventory, rotate, rotator_for
+from tasks.rotation import RotationFailed, rotate
+from tasks.rotators import rotator_for
 
 
 class RotationsFailed(HubfleetError):

@@ -134,7 +134,7 @@ async def read_inventory(fleet: Fleet) -> list[CredentialRecord]:
     so the read is recorded like any other run)."""
     from prefect import flow
 
-    from tasks.rotation import collect_inventory
+    from tasks.credential_inventory import collect_inventory
 
     @flow(name="credential_inventory")
     async def credential_inventory() -> list[CredentialRecord]:

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from blocks.deployer_credential import DeployerCredential
 from hubfleet.credentials import CredentialKind
 from tasks.retry import TransientError
-from tasks.rotation import CredentialRefused, Issued, Rotator
+from tasks.rotation import CredentialRefused, DeployerKeyRotator, Issued
 
 #: Error codes meaning "this key is not (or no longer) valid".
 REFUSED_CODES = {"InvalidClientTokenId", "SignatureDoesNotMatch", "AuthFailure"}
@@ -36,23 +36,15 @@ _TRANSIENT_CODES = {
 }
 
 
-class AwsAccessKeyRotator(Rotator):
+class AwsAccessKeyRotator(DeployerKeyRotator[AwsCredentials]):
     """Rotates the deployer IAM user's access key (create, STS check, delete)."""
 
     kind = CredentialKind.aws_access_key
+    stored_type = AwsCredentials
 
     def __init__(self, record: DeployerCredential, stored: AwsCredentials):
-        super().__init__(record.cluster)
-        self.record = record
-        self.stored = stored
+        super().__init__(record, stored)
         self.user = record.principal
-
-    @classmethod
-    async def for_cluster(cls, cluster: str) -> AwsAccessKeyRotator:
-        record = await DeployerCredential.for_cluster(cluster)
-        stored = await AwsCredentials.aload(record.secret_block)
-        assert isinstance(stored, AwsCredentials)
-        return cls(record, stored)
 
     # --- boto3, with errors sorted into refused / transient / other ----------------------
 
@@ -125,24 +117,12 @@ class AwsAccessKeyRotator(Rotator):
         old = await self.current()
         await self._call("iam", old, "delete_access_key", UserName=self.user, AccessKeyId=new.ident)
 
-    async def store(self, new: Issued, previous: Issued) -> None:
+    def stored_with(self, new: Issued) -> AwsCredentials:
         fields = self.stored.model_dump(exclude={"aws_access_key_id", "aws_secret_access_key"})
         fields.pop("block_type_slug", None)
-        await AwsCredentials(
+        return AwsCredentials(
             **fields, aws_access_key_id=new.ident, aws_secret_access_key=new.secret
-        ).asave(self.record.secret_block, overwrite=True)
-        updated = self.record.model_copy(
-            update={
-                "credential_id": new.ident,
-                "created_at": new.created_at,
-                "last_rotated": datetime.now(UTC),
-            }
         )
-        await updated.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
-
-    async def restore(self, previous: Issued) -> None:
-        await self.stored.asave(self.record.secret_block, overwrite=True)
-        await self.record.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
 
     async def verify(self, credential: Issued) -> str:
         me = await self._call("sts", credential, "get_caller_identity")

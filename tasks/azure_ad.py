@@ -38,7 +38,7 @@ from blocks.deployer_credential import DeployerCredential
 from hubfleet.credentials import CredentialKind
 from hubfleet.errors import HubfleetError
 from tasks.retry import TransientError
-from tasks.rotation import CredentialRefused, Issued, Rotator
+from tasks.rotation import CredentialRefused, DeployerKeyRotator, Issued
 
 GRAPH = "https://graph.microsoft.com"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
@@ -49,7 +49,7 @@ class GraphError(HubfleetError):
     """Graph answered with an error that is neither a refusal nor transient."""
 
 
-class AzureClientSecretRotator(Rotator):
+class AzureClientSecretRotator(DeployerKeyRotator[AzureContainerInstanceCredentials]):
     """Rotates the deployer application's client secret (addPassword, token, remove)."""
 
     kind = CredentialKind.azure_client_secret
@@ -57,19 +57,12 @@ class AzureClientSecretRotator(Rotator):
     #: young is retried inside `verify` before it counts.
     propagation_seconds: float = 30.0
 
+    stored_type = AzureContainerInstanceCredentials
+
     def __init__(self, record: DeployerCredential, stored: AzureContainerInstanceCredentials):
-        super().__init__(record.cluster)
-        self.record = record
-        self.stored = stored
+        super().__init__(record, stored)
         self.app_object_id = record.principal
         self.tenant = record.tenant_id or stored.tenant_id
-
-    @classmethod
-    async def for_cluster(cls, cluster: str) -> AzureClientSecretRotator:
-        record = await DeployerCredential.for_cluster(cluster)
-        stored = await AzureContainerInstanceCredentials.aload(record.secret_block)
-        assert isinstance(stored, AzureContainerInstanceCredentials)
-        return cls(record, stored)
 
     # --- azure-identity and the Graph pipeline -----------------------------------------
 
@@ -153,25 +146,13 @@ class AzureClientSecretRotator(Rotator):
     async def delete(self, new: Issued) -> None:
         await self._graph(await self.current(), "removePassword", {"keyId": new.ident})
 
-    async def store(self, new: Issued, previous: Issued) -> None:
-        await AzureContainerInstanceCredentials(
+    def stored_with(self, new: Issued) -> AzureContainerInstanceCredentials:
+        return AzureContainerInstanceCredentials(
             client_id=self.stored.client_id,
             tenant_id=self.stored.tenant_id,
             client_secret=new.secret,
             credential_kwargs=self.stored.credential_kwargs,
-        ).asave(self.record.secret_block, overwrite=True)
-        updated = self.record.model_copy(
-            update={
-                "credential_id": new.ident,
-                "created_at": new.created_at,
-                "last_rotated": datetime.now(UTC),
-            }
         )
-        await updated.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
-
-    async def restore(self, previous: Issued) -> None:
-        await self.stored.asave(self.record.secret_block, overwrite=True)
-        await self.record.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
 
     async def _token(self, credential: Issued) -> None:
         def run() -> None:

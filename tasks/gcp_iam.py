@@ -39,7 +39,7 @@ from blocks.deployer_credential import DeployerCredential
 from hubfleet.credentials import CredentialKind
 from hubfleet.errors import HubfleetError
 from tasks.retry import TransientError
-from tasks.rotation import CredentialRefused, Issued, Rotator
+from tasks.rotation import CredentialRefused, DeployerKeyRotator, Issued
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _REFUSED_STATUS = {401, 403}
@@ -50,23 +50,15 @@ class GcpApiError(HubfleetError):
     """The IAM API answered with an error that is neither a refusal nor transient."""
 
 
-class GcpServiceAccountKeyRotator(Rotator):
+class GcpServiceAccountKeyRotator(DeployerKeyRotator[GcpCredentials]):
     """Rotates the deployer service account's key (create, token exchange, delete)."""
 
     kind = CredentialKind.gcp_service_account_key
+    stored_type = GcpCredentials
 
     def __init__(self, record: DeployerCredential, stored: GcpCredentials):
-        super().__init__(record.cluster)
-        self.record = record
-        self.stored = stored
+        super().__init__(record, stored)
         self.email = record.principal
-
-    @classmethod
-    async def for_cluster(cls, cluster: str) -> GcpServiceAccountKeyRotator:
-        record = await DeployerCredential.for_cluster(cluster)
-        stored = await GcpCredentials.aload(record.secret_block)
-        assert isinstance(stored, GcpCredentials)
-        return cls(record, stored)
 
     # --- google-auth and the IAM client ------------------------------------------------
 
@@ -187,23 +179,11 @@ class GcpServiceAccountKeyRotator(Rotator):
         old = await self.current()
         await self._delete(old, f"{self._keys_of(old)}/keys/{new.ident}")
 
-    async def store(self, new: Issued, previous: Issued) -> None:
-        await GcpCredentials(
+    def stored_with(self, new: Issued) -> GcpCredentials:
+        return GcpCredentials(
             service_account_info=json.loads(new.secret.get_secret_value()),
             project=self.stored.project,
-        ).asave(self.record.secret_block, overwrite=True)
-        updated = self.record.model_copy(
-            update={
-                "credential_id": new.ident,
-                "created_at": new.created_at,
-                "last_rotated": datetime.now(UTC),
-            }
         )
-        await updated.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
-
-    async def restore(self, previous: Issued) -> None:
-        await self.stored.asave(self.record.secret_block, overwrite=True)
-        await self.record.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
 
     async def verify(self, credential: Issued) -> str:
         creds = self._credentials(credential)

@@ -246,7 +246,7 @@ class HubOpsTokenRotator(Rotator):
     by id.
 
     url: where the hub answers during the rotation (a Kubernetes hub's port-forward, see
-    `tasks.rotation.rotator_for`); store_url: where the block says the hub lives (default
+    `tasks.rotators.rotator_for`); store_url: where the block says the hub lives (default
     url; a Kubernetes hub keeps its domain, as `ensure_ops_service` stores it).
     """
 

@@ -32,42 +32,39 @@ from blocks.cluster_access import ClusterAccess
 from blocks.deployer_credential import DeployerCredential
 from hubfleet.credentials import CredentialKind
 from tasks.retry import TransientError
-from tasks.rotation import CredentialRefused, Issued, Rotator
+from tasks.rotation import CredentialRefused, DeployerKeyRotator, Issued
 
 #: How long the token controller may take to fill a new token Secret.
 TOKEN_WAIT_SECONDS = 30.0
 
 
-class KubeTokenRotator(Rotator):
+class KubeTokenRotator(DeployerKeyRotator[ClusterAccess]):
     """Rotates the deployer service account's token of a `kubeconfig` cluster."""
 
     kind = CredentialKind.kube_service_account_token
+    stored_type = ClusterAccess
 
     def __init__(self, record: DeployerCredential, access: ClusterAccess):
-        super().__init__(record.cluster)
-        self.record = record
-        self.access = access
+        super().__init__(record, access)
         self.namespace, _, self.service_account = record.principal.partition("/")
         self.kubeconfig: dict[str, Any] = yaml.safe_load(access.kubeconfig.get_secret_value())
 
     @classmethod
-    async def for_cluster(cls, cluster: str) -> KubeTokenRotator:
-        record = await DeployerCredential.for_cluster(cluster)
-        access = await ClusterAccess.for_cluster(record.secret_block)
-        return cls(record, access)
+    async def load_stored(cls, name: str) -> ClusterAccess:
+        return await ClusterAccess.for_cluster(name)
 
     # --- kubeconfig and clients ---------------------------------------------------------
 
     def _user(self, kubeconfig: dict[str, Any]) -> dict[str, Any]:
         """The user entry of the block's context (where the token lives)."""
-        context = next(c for c in kubeconfig["contexts"] if c["name"] == self.access.context)
+        context = next(c for c in kubeconfig["contexts"] if c["name"] == self.stored.context)
         name = context["context"]["user"]
         user = next(u for u in kubeconfig["users"] if u["name"] == name)
         return dict(user["user"])
 
     def _with_token(self, token: str) -> dict[str, Any]:
         changed = copy.deepcopy(self.kubeconfig)
-        context = next(c for c in changed["contexts"] if c["name"] == self.access.context)
+        context = next(c for c in changed["contexts"] if c["name"] == self.stored.context)
         for user in changed["users"]:
             if user["name"] == context["context"]["user"]:
                 user["user"] = {"token": token}
@@ -75,7 +72,7 @@ class KubeTokenRotator(Rotator):
 
     def _api(self, credential: Issued) -> client.ApiClient:
         return config.new_client_from_config_dict(
-            self._with_token(credential.secret.get_secret_value()), context=self.access.context
+            self._with_token(credential.secret.get_secret_value()), context=self.stored.context
         )
 
     async def _call(self, credential: Issued, fn: Any) -> Any:
@@ -105,7 +102,7 @@ class KubeTokenRotator(Rotator):
         if not token:
             raise CredentialRefused(
                 f"the kubeconfig of cluster {self.cluster!r} has no token for context "
-                f"{self.access.context!r}; store the deployer's token there first"
+                f"{self.stored.context!r}; store the deployer's token there first"
             )
         return Issued(self.record.credential_id, SecretStr(token), self.record.created_at)
 
@@ -155,23 +152,11 @@ class KubeTokenRotator(Rotator):
             if exc.status != 404:
                 raise
 
-    async def store(self, new: Issued, previous: Issued) -> None:
+    def stored_with(self, new: Issued) -> ClusterAccess:
         kubeconfig = yaml.safe_dump(self._with_token(new.secret.get_secret_value()))
-        await ClusterAccess(
-            kubeconfig=SecretStr(kubeconfig), context=self.access.context, server=self.access.server
-        ).asave(self.record.secret_block, overwrite=True)
-        updated = self.record.model_copy(
-            update={
-                "credential_id": new.ident,
-                "created_at": new.created_at,
-                "last_rotated": datetime.now(UTC),
-            }
+        return ClusterAccess(
+            kubeconfig=SecretStr(kubeconfig), context=self.stored.context, server=self.stored.server
         )
-        await updated.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
-
-    async def restore(self, previous: Issued) -> None:
-        await self.access.asave(self.record.secret_block, overwrite=True)
-        await self.record.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
 
     async def verify(self, credential: Issued) -> str:
         def review(api: client.ApiClient) -> str:

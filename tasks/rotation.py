@@ -9,7 +9,8 @@ old one is checked to still work. Until the old credential is revoked it keeps w
 so there is never a moment without a working credential; the store holds exactly one
 credential at any time, so there are never two "current" ones.
 
-A kind plugs in by subclassing `Rotator` (tasks/hub_credentials.py, aws_iam.py, gcp_iam.py,
+A kind plugs in by subclassing `Rotator` (tasks/hub_credentials.py, hub_secrets.py), or
+`DeployerKeyRotator` for a cluster's deployer credential (aws_iam.py, gcp_iam.py,
 azure_ad.py, kube_credentials.py). Secret values live only in `Issued.secret` (a SecretStr)
 in this process's memory: never in parameters, results, logs or exceptions.
 """
@@ -19,25 +20,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, ClassVar, Generic, NoReturn, Self, TypeVar
 
 from prefect import get_run_logger, task
+from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, atransaction, get_transaction
 from pydantic import SecretStr
 
+from blocks.deployer_credential import DeployerCredential
 from hubfleet.credentials import (
-    DEPLOYER_KIND,
     CredentialKind,
-    CredentialRecord,
-    policy_max_age,
 )
-from hubfleet.errors import HubfleetError, ProviderNotReady
-from hubfleet.model import Fleet, Provider
+from hubfleet.errors import HubfleetError
 from tasks.retry import transient_retries
 
 
@@ -131,6 +128,57 @@ class Rotator(ABC):
     @abstractmethod
     async def refused(self, old: Issued) -> bool:
         """Ask the real API whether it now refuses `old` (True) or still accepts it."""
+
+
+StoredT = TypeVar("StoredT", bound=Block)
+
+
+class DeployerKeyRotator(Rotator, Generic[StoredT]):
+    """A cluster's deployer credential: its `DeployerCredential` record (no secret) names the
+    block of `stored_type` that holds the secret. `store` writes both (the secret through
+    `stored_with`), `restore` puts both back as they were loaded."""
+
+    stored_type: ClassVar[type[Block]]
+
+    def __init__(self, record: DeployerCredential, stored: StoredT):
+        super().__init__(record.cluster)
+        self.record = record
+        self.stored = stored
+
+    @classmethod
+    async def load_stored(cls, name: str) -> Block:
+        """The secret block named by the record."""
+        return await cls.stored_type.aload(name)
+
+    @classmethod
+    async def for_cluster(cls, cluster: str) -> Self:
+        record = await DeployerCredential.for_cluster(cluster)
+        stored = await cls.load_stored(record.secret_block)
+        if not isinstance(stored, cls.stored_type):
+            raise HubfleetError(
+                f"{cluster}: block {record.secret_block!r} is a {type(stored).__name__}, not "
+                f"a {cls.stored_type.__name__}; fix the deployer credential's secret_block"
+            )
+        return cls(record, stored)  # type: ignore[arg-type]
+
+    @abstractmethod
+    def stored_with(self, new: Issued) -> Block:
+        """The secret block as it is with `new` in it (the rest as stored)."""
+
+    async def store(self, new: Issued, previous: Issued) -> None:
+        await self.stored_with(new).asave(self.record.secret_block, overwrite=True)
+        updated = self.record.model_copy(
+            update={
+                "credential_id": new.ident,
+                "created_at": new.created_at,
+                "last_rotated": datetime.now(UTC),
+            }
+        )
+        await updated.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
+
+    async def restore(self, previous: Issued) -> None:
+        await self.stored.asave(self.record.secret_block, overwrite=True)
+        await self.record.asave(DeployerCredential.block_name(self.cluster), overwrite=True)
 
 
 @dataclass
@@ -363,177 +411,3 @@ async def _after_rollback(rotation: Rotation, exc: Exception) -> NoReturn:
     )
     get_run_logger().error("%s", message)
     raise RotationFailed(message, list(rotation.rolled_back)) from None
-
-
-# --- the inventory ----------------------------------------------------------------------------
-
-
-@task(task_run_name="collect-credential-inventory", cache_policy=NO_CACHE)
-async def collect_inventory(fleet: Fleet) -> list[CredentialRecord]:
-    """Read-only: every credential hubfleet manages, from its blocks and the hubs' state."""
-    from blocks.deployer_credential import DeployerCredential
-    from blocks.hub_token import HubOpsToken
-    from tasks.hub_secrets import kube_hub_secret_records
-
-    policy = fleet.settings.credentials
-    records: list[CredentialRecord] = []
-    for cluster in fleet.clusters:
-        kube_secrets: list[CredentialRecord] = []
-        if cluster.provider is not Provider.local and cluster.hubs:
-            kube_secrets = await kube_hub_secret_records(fleet, cluster.name)
-        kind = DEPLOYER_KIND.get(cluster.provider)
-        if kind is not None:
-            dep: DeployerCredential | None
-            try:
-                dep = await DeployerCredential.aload(DeployerCredential.block_name(cluster.name))
-            except ValueError:
-                dep = None
-            records.append(
-                CredentialRecord(
-                    cluster.name,
-                    None,
-                    kind,
-                    dep.credential_id if dep else "-",
-                    dep.created_at if dep else None,
-                    dep.last_rotated if dep else None,
-                    policy_max_age(policy, kind),
-                    tuple([f"block:{dep.secret_block}", *dep.consumed_by]) if dep else (),
-                    note=f"principal {dep.principal}" if dep else "not registered",
-                )
-            )
-        for hub in cluster.hubs:
-            token: HubOpsToken | None
-            try:
-                token = await HubOpsToken.aload(HubOpsToken.block_name(cluster.name, hub.name))
-            except ValueError:
-                token = None
-            records.append(
-                CredentialRecord(
-                    cluster.name,
-                    hub.name,
-                    CredentialKind.hub_ops_token,
-                    f"hubfleet-ops token {token.token_id}" if token else "-",
-                    token.created_at if token else None,
-                    token.last_rotated if token else None,
-                    policy_max_age(policy, CredentialKind.hub_ops_token),
-                    (f"block:{HubOpsToken.block_name(cluster.name, hub.name)}",),
-                    note=(f"expires {token.expires_at:%Y-%m-%d}" if token.expires_at else "")
-                    if token
-                    else "no token stored (never deployed)",
-                )
-            )
-            records.extend(_hub_secrets(fleet, cluster.name, hub.name, policy))
-            records.extend(r for r in kube_secrets if r.hub == hub.name)
-    return records
-
-
-def _hub_secrets(fleet: Fleet, cluster: str, hub: str, policy: Any) -> list[CredentialRecord]:
-    """A local hub's cookie secret (a file) and proxy token (new at every start). Kubernetes
-    hubs' secrets are read from their Secret (tasks/hub_secrets.py)."""
-    from tasks.local_hub import local_hub
-
-    if fleet.cluster(cluster).provider is not Provider.local:
-        return []
-    local = local_hub(fleet, cluster, hub)
-    cookie = local.directory / "jupyterhub_cookie_secret"
-    if not cookie.is_file():
-        return []
-    made = datetime.fromtimestamp(cookie.stat().st_mtime, UTC)
-    max_age = policy_max_age(policy, CredentialKind.hub_secret)
-    state = local.state()
-    started = datetime.fromisoformat(state.started_at) if state and state.started_at else None
-    return [
-        CredentialRecord(
-            cluster,
-            hub,
-            CredentialKind.hub_secret,
-            "cookie-secret",
-            made,
-            None,
-            max_age,
-            (f"file:{cookie.name}",),
-            note="rotating logs every user out",
-        ),
-        CredentialRecord(
-            cluster,
-            hub,
-            CredentialKind.hub_secret,
-            "proxy-auth-token",
-            started,
-            None,
-            max_age,
-            ("env:CONFIGPROXY_AUTH_TOKEN",),
-            note="new at every hub start: rotating it is a restart",
-        ),
-    ]
-
-
-@asynccontextmanager
-async def rotator_for(
-    fleet: Fleet, kind: CredentialKind, cluster: str, hub: str | None
-) -> AsyncIterator[Rotator]:
-    """The adapter that rotates `kind` for `cluster` (and `hub`), loaded from its blocks,
-    usable for as long as the block runs.
-
-    A context manager because a Kubernetes hub's ops token is rotated through the hub's
-    API, which on `hub_access: port-forward` clusters is a relay through the Kubernetes API
-    (tasks/hub_access.py): it stays open for the whole rotation (create, verify, revoke,
-    verify-refused) and closes after it. The block keeps the hub's canonical URL (its
-    domain), never the relay's loopback address.
-    """
-    from tasks.hub_credentials import HubOpsTokenRotator
-
-    spec = fleet.cluster(cluster)
-    if kind is CredentialKind.hub_ops_token and hub is not None:
-        if spec.provider is Provider.local:
-            from tasks.local_hub import local_hub
-
-            state = local_hub(fleet, cluster, hub).state()
-            if state is None:
-                raise CredentialRefused(f"hub {cluster}/{hub} was never deployed; deploy it first")
-            yield HubOpsTokenRotator(cluster, hub, state.url)
-            return
-        from tasks.hub_access import canonical_url, hub_endpoint
-
-        async with hub_endpoint(fleet, cluster, hub) as url:
-            assert url is not None  # Kubernetes hubs always have an endpoint
-            yield HubOpsTokenRotator(cluster, hub, url, canonical_url(fleet, cluster, hub))
-        return
-    if kind is CredentialKind.hub_secret and hub is not None:
-        from tasks.hub_secrets import KubeHubSecretRotator, LocalHubSecretRotator
-
-        if spec.provider is Provider.local:
-            yield LocalHubSecretRotator(fleet, cluster, hub)
-        else:
-            yield await KubeHubSecretRotator.for_hub(cluster, hub)
-        return
-    if hub is None and kind is DEPLOYER_KIND.get(spec.provider):
-        yield await _deployer_rotator(kind, cluster)
-        return
-    raise ProviderNotReady(
-        f"rotating {kind} for {cluster}{'/' + hub if hub else ''} is not supported. "
-        "Nothing was changed."
-    )
-
-
-async def _deployer_rotator(kind: CredentialKind, cluster: str) -> Rotator:
-    # Imported here: each adapter pulls in its cloud SDK, and most runs need one or none.
-    if kind is CredentialKind.aws_access_key:
-        from tasks.aws_iam import AwsAccessKeyRotator
-
-        return await AwsAccessKeyRotator.for_cluster(cluster)
-    if kind is CredentialKind.gcp_service_account_key:
-        from tasks.gcp_iam import GcpServiceAccountKeyRotator
-
-        return await GcpServiceAccountKeyRotator.for_cluster(cluster)
-    if kind is CredentialKind.azure_client_secret:
-        from tasks.azure_ad import AzureClientSecretRotator
-
-        return await AzureClientSecretRotator.for_cluster(cluster)
-    if kind is CredentialKind.kube_service_account_token:
-        from tasks.kube_credentials import KubeTokenRotator
-
-        return await KubeTokenRotator.for_cluster(cluster)
-    raise ProviderNotReady(
-        f"rotating {kind} for cluster {cluster!r} is not built yet; nothing was changed."
-    )
