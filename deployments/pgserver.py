@@ -228,7 +228,7 @@ def server(
     Switch to --postgres when several workers or machines share one server, or the run
     history grows past tens of thousands of runs; SQLite serialises writes.
     """
-    from hubfleet.cli import out
+    from hubfleet.cli.common import out
 
     if not postgres:
         sqlite = PrefectServer(data_dir() / "prefect", port=port)

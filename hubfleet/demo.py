@@ -50,7 +50,7 @@ def up(
     `hubfleet setup`, a worker, and the demo event's runs scheduled; deploy and check every
     local hub; show the hubs, the schedules and the demo event's runs, then wait for the
     worker to run them (unless `wait` is False)."""
-    from hubfleet.cli import hub_table
+    from hubfleet.cli.common import hub_table
     from hubfleet.loader import load_fleet
     from hubfleet.localhub import local_values
 
@@ -160,7 +160,7 @@ def _show_schedules(fleet: Fleet, server: PrefectServer, console: Console) -> No
     """What is scheduled next, and how to start a run from the UI."""
     from datetime import UTC, datetime
 
-    from hubfleet.cli_status import gather, render
+    from hubfleet.cli.status import gather, render
 
     hubs = [f"{c.name}/{h.name}" for c in fleet.clusters for h in c.hubs]
     picture = asyncio.run(gather(hubs, limit=5))

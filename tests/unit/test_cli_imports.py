@@ -41,3 +41,21 @@ def test_fast_commands_import_no_heavy_package(args: list[str]) -> None:
     )  # fmt: skip
     line = [x for x in result.stdout.splitlines() if x.startswith("HEAVY")]
     assert line == ["HEAVY []"], result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_command_modules_share_helpers_only_through_common() -> None:
+    """Each hubfleet/cli/<area>.py imports what it shares from hubfleet/cli/common.py, by
+    public names; no command module imports another (or its private helpers)."""
+    import ast
+
+    cli = REPO / "hubfleet" / "cli"
+    bad = []
+    for path in sorted(cli.glob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hubfleet.cli"):
+                names = [a.name for a in node.names]
+                if node.module != "hubfleet.cli.common" or any(n.startswith("_") for n in names):
+                    bad.append(f"{path.name}:{node.lineno}: from {node.module} import {names}")
+    assert not bad, "\n".join(bad)

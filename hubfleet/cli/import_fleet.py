@@ -132,7 +132,7 @@ def load(
     """Read a hub's secret values (YAML or JSON) from stdin, e.g. from `sops --decrypt`, and
     store them in its Secret block hub-values-<cluster>-<hub>. Values are never printed:
     only the names of the keys stored and of those left out."""
-    from hubfleet.cli import _use_fleet, err
+    from hubfleet.cli.common import err, use_fleet
     from hubfleet.errors import HubfleetError
     from hubfleet.loader import load_fleet
     from hubfleet.paths import fleet_dir
@@ -140,7 +140,7 @@ def load(
 
     if source_format not in ("hubfleet", "basehub", "daskhub"):
         raise HubfleetError(f"--from {source_format!r}: use hubfleet, basehub or daskhub")
-    _use_fleet(fleet)
+    use_fleet(fleet)
     load_fleet(fleet_dir()).cluster(cluster).hub(hub)  # a clear error before anything else
     values = _read_stdin()
     values, left_out = _convert_secret(values, source_format)
@@ -176,7 +176,7 @@ def load(
 
 def say(text: str = "", end: str = "\n") -> None:
     """Print plain text (paths and values may hold '[': no markup) unwrapped."""
-    from hubfleet.cli import out
+    from hubfleet.cli.common import out
 
     out.print(text, markup=False, soft_wrap=True, end=end)
 

@@ -71,7 +71,7 @@ def _outcome_table(title: str, rows: list[dict[str, Any]]) -> Any:
 def _show(result: Any) -> None:
     """Print a flow's result: each list of rows as a table, each list of lines as lines,
     the rest as JSON."""
-    from hubfleet.cli import out
+    from hubfleet.cli.common import out
 
     if not isinstance(result, dict):
         out.print(result)
@@ -104,10 +104,10 @@ def run_operation(
 ) -> None:
     """Run `flow` (see hubfleet.cli._run) and show its result. Exit 1 if the run Failed, or
     if `failed(result)` names what went wrong (a sweep that found unhealthy hubs)."""
-    from hubfleet.cli import _run, err
+    from hubfleet.cli.common import err, run_flow
     from hubfleet.errors import HubfleetError
 
-    state = _run(flow, return_state=True, **params)
+    state = run_flow(flow, return_state=True, **params)
     result = state.result(raise_on_failure=False)
     if isinstance(result, (HubfleetError, LookupError)):
         raise result  # bad input: the CLI's one-line message, exit 2
@@ -125,7 +125,7 @@ def run_operation(
 
 def register(app: typer.Typer) -> None:
     """Add the fleet-operation commands to the hubfleet CLI."""
-    from hubfleet.cli import DryRunOpt, FleetOpt, OperatorOpt, _use_fleet
+    from hubfleet.cli.common import DryRunOpt, FleetOpt, OperatorOpt, use_fleet
 
     def _fleet_plan(name: str, load: Callable[[], Any], doc: str) -> None:
         def command(
@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
             operator: OperatorOpt = None,
             fleet: FleetOpt = None,
         ) -> None:
-            _use_fleet(fleet)
+            use_fleet(fleet)
             run_operation(
                 load(),
                 selection=selection or None,
@@ -195,7 +195,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Sweep the selected hubs' health, record it, and alert on hubs failing
         `alert-after` sweeps in a row (flow check_fleet_health; what the schedules run)."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         from flows.check_fleet_health import check_fleet_health as flow
 
         run_operation(
@@ -239,7 +239,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Change what a hub's community may change (admins, allowed users or groups,
         default image, profiles); options left out keep their value (flow customize_hub)."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         from flows.customize_hub import customize_hub as flow
 
         run_operation(
@@ -270,7 +270,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Install or upgrade a cluster's support chart under the cluster lock (flow
         deploy_support)."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         from flows.deploy_fleet import deploy_support as flow
 
         run_operation(
@@ -285,11 +285,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Publish the fleet ops report as a Prefect artifact (flow publish_fleet_report;
         `hubfleet report` prints it without recording a run)."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         from flows.fleet_report import publish_fleet_report as flow
 
         def published(_report: Any) -> None:
-            from hubfleet.cli import out
+            from hubfleet.cli.common import out
 
             out.print(
                 "published: artifact 'fleet-ops-report' of this run (Prefect UI, Artifacts); "

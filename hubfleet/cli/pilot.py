@@ -61,7 +61,7 @@ def show(
 ) -> None:
     """Show a hub's effective values and where each comes from (chart, preset, fleet,
     cluster, hub). The merged values are checked against the chart's schema too."""
-    from hubfleet.cli import out
+    from hubfleet.cli.common import out
     from hubfleet.presets import explain, load_preset
     from hubfleet.values import hub_layers, hub_schema, validate_layers
 
@@ -158,7 +158,7 @@ def export_hub(
     a reference to the chart, the merged values (secrets as placeholders), install.sh and
     a README."""
     from hubfleet.bundle import export_hub as write_bundle
-    from hubfleet.cli import out
+    from hubfleet.cli.common import out
 
     model = load_fleet(fleet or fleet_dir())
     model.cluster(cluster).hub(hub)  # a clear LookupError before anything else
@@ -199,7 +199,7 @@ def report(
     import asyncio
 
     from hubfleet.audit import parse_since
-    from hubfleet.cli_ops import _api_url
+    from hubfleet.cli.common import api_url
     from hubfleet.report import FORMATS, ReportInputError, build_report, render
 
     if format not in FORMATS:
@@ -208,7 +208,7 @@ def report(
     assert start is not None
     root = fleet or fleet_dir()
     model = load_fleet(root) if (root / "fleet.yaml").is_file() else None
-    _api_url()
+    api_url()
     from flows.fleet_report import collect_history
 
     sweeps, runs = asyncio.run(collect_history(start))

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hubfleet.cli.common import api_url
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
@@ -30,14 +31,6 @@ FleetOpt = Annotated[
     Path | None,
     typer.Option("--fleet", help="Fleet directory (default: $HUBFLEET_FLEET or ./fleet)."),
 ]
-
-
-def _api_url() -> str:
-    """$PREFECT_API_URL; else `hubfleet server --postgres` if it runs here; else the local
-    SQLite server `hubfleet demo` uses (started if needed)."""
-    from hubfleet.server import connect
-
-    return connect()
 
 
 def setup(
@@ -59,12 +52,12 @@ def setup(
     from prefect.client.orchestration import get_client
 
     from deployments.setup import setup as run_setup
-    from hubfleet.cli import out
+    from hubfleet.cli.common import out
 
     root = fleet or fleet_dir()
     model = load_fleet(root)
     os.environ["HUBFLEET_FLEET"] = str(root)
-    _api_url()
+    api_url()
 
     async def go() -> Any:
         async with get_client() as client:
@@ -112,7 +105,7 @@ def worker(
     """
     if heartbeat < 30:
         raise HubfleetError(f"--heartbeat {heartbeat}: Prefect's minimum is 30 seconds")
-    _api_url()  # sets the URL and credential in os.environ, which the worker inherits
+    api_url()  # sets the URL and credential in os.environ, which the worker inherits
     env = {
         **os.environ,
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat),
@@ -159,7 +152,7 @@ def audit(
 
     from deployments.audit_log import read_audit
     from hubfleet import audit as audit_mod
-    from hubfleet.cli import out
+    from hubfleet.cli.common import out
 
     if format not in audit_mod.FORMATS:
         raise audit_mod.AuditInputError(
@@ -168,9 +161,9 @@ def audit(
     root = fleet or fleet_dir()
     model = load_fleet(root) if (hub and "/" not in hub and not cluster) else None
     query = audit_mod.build_query(model, hub=hub, cluster=cluster, op=op, states=state, since=since)
-    api_url = _api_url()
-    ui_url = os.environ.get("PREFECT_UI_URL") or audit_mod.ui_base_url(api_url)
-    rows, used = read_audit(api_url, query, ui_url, limit, source)
+    url = api_url()
+    ui_url = os.environ.get("PREFECT_UI_URL") or audit_mod.ui_base_url(url)
+    rows, used = read_audit(url, query, ui_url, limit, source)
     if format == "json":
         sys.stdout.write(audit_mod.to_json(rows) + "\n")
         return

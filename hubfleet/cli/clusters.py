@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from hubfleet.cli import DryRunOpt, FleetOpt, OperatorOpt, _run, _use_fleet, out
+from hubfleet.cli.common import DryRunOpt, FleetOpt, OperatorOpt, out, run_flow, use_fleet
 
 cluster_app = typer.Typer(
     help="Provision clusters with Terraform: plan, apply (with approval), destroy, drift.",
@@ -26,10 +26,10 @@ def provision(
 ) -> None:
     """Plan (and with --apply, apply) the cluster's Terraform; destroys/replaces need approval
     in the Prefect UI."""
-    _use_fleet(fleet)
+    use_fleet(fleet)
     from flows.provision_cluster import provision_cluster
 
-    result = _run(
+    result = run_flow(
         provision_cluster,
         cluster=cluster,
         action="apply" if apply else "plan",
@@ -52,10 +52,10 @@ def destroy(
     fleet: FleetOpt = None,
 ) -> None:
     """Destroy a cluster the fleet lists no hubs on (always asks approval in the UI)."""
-    _use_fleet(fleet)
+    use_fleet(fleet)
     from flows.destroy_cluster import destroy_cluster
 
-    result = _run(destroy_cluster, cluster=cluster, dry_run=dry_run, operator=operator)
+    result = run_flow(destroy_cluster, cluster=cluster, dry_run=dry_run, operator=operator)
     stores = ", ".join(result["data_stores"]) or "none"
     out.print(f"{cluster}: destroyed: {result['destroyed']}; data stores: {stores}")
 
@@ -63,10 +63,10 @@ def destroy(
 @cluster_app.command()
 def drift(operator: OperatorOpt = None, fleet: FleetOpt = None) -> None:
     """Check every cluster for drift (terraform plan); exit 1 if any drifted."""
-    _use_fleet(fleet)
+    use_fleet(fleet)
     from flows.detect_drift import detect_drift
 
-    rows = _run(detect_drift, operator=operator)
+    rows = run_flow(detect_drift, operator=operator)
     for row in rows:
         out.print(f"{row['cluster']}: {row['status']} {row['changes']}".rstrip())
     if any(r["status"] == "drifted" for r in rows):

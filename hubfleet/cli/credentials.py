@@ -145,7 +145,7 @@ async def read_inventory(fleet: Fleet) -> list[CredentialRecord]:
 
 def register(app: typer.Typer) -> None:
     """Add the `credentials` command group to the hubfleet CLI."""
-    from hubfleet.cli import DryRunOpt, FleetOpt, OperatorOpt, _run, _use_fleet, out
+    from hubfleet.cli.common import DryRunOpt, FleetOpt, OperatorOpt, out, run_flow, use_fleet
     from hubfleet.loader import load_fleet
 
     group = typer.Typer(
@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
         """Print every credential with its age; exit 1 if any is past policy or expiring."""
         if ctx.invoked_subcommand is not None:
             return
-        root = _use_fleet(fleet)
+        root = use_fleet(fleet)
         spec = load_fleet(root)
         _ensure_api()
         records = asyncio.run(read_inventory(spec))
@@ -197,7 +197,7 @@ def register(app: typer.Typer) -> None:
         fleet: FleetOpt = None,
     ) -> None:
         """Run `rotate_credentials` now (the weekly schedule runs it with scope 'all')."""
-        root = _use_fleet(fleet)
+        root = use_fleet(fleet)
         from flows.rotate_credentials import rotate_credentials
         from hubfleet.credentials import parse_scope
 
@@ -205,7 +205,7 @@ def register(app: typer.Typer) -> None:
         age = parse_max_age(max_age) if max_age is not None else None
         if target.asks_for_hub_secrets:
             out.print(f"[bold red]hub secrets in scope {scope}: {HUB_SECRET_WARNING}[/]")
-        result = _run(
+        result = run_flow(
             rotate_credentials, scope=scope, max_age=age, dry_run=dry_run, operator=operator
         )
         if result.get("warning"):

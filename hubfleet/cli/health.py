@@ -39,7 +39,7 @@ def parse_since(text: str) -> timedelta:
 
 def register(app: typer.Typer) -> None:
     """Add the `health` command to the hubfleet CLI."""
-    from hubfleet.cli import FleetOpt, OperatorOpt, _run, _use_fleet, out
+    from hubfleet.cli.common import FleetOpt, OperatorOpt, out, run_flow, use_fleet
 
     @app.command()
     def health(
@@ -58,13 +58,15 @@ def register(app: typer.Typer) -> None:
         fleet: FleetOpt = None,
     ) -> None:
         """Check a hub now (CLUSTER HUB; exit 1 unless healthy), or show recent verdicts."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         if hub is not None:
             from flows.check_hub_health import check_hub_health
 
             if target is None or "/" in target:
                 raise HubfleetError("give the hub as CLUSTER HUB, or CLUSTER/HUB alone")
-            report = _run(check_hub_health, cluster=target, hub=hub, depth=depth, operator=operator)
+            report = run_flow(
+                check_hub_health, cluster=target, hub=hub, depth=depth, operator=operator
+            )
             out.print(f"{report['hub']}: {report['verdict']} ({report['reason']})")
             if report["verdict"] != "healthy":
                 raise typer.Exit(1)

@@ -33,7 +33,7 @@ def _when(text: str) -> datetime:
 
 def register(app: typer.Typer) -> None:
     """Add the `events` command group to the hubfleet CLI."""
-    from hubfleet.cli import DryRunOpt, FleetOpt, OperatorOpt, _run, _use_fleet, out
+    from hubfleet.cli.common import DryRunOpt, FleetOpt, OperatorOpt, out, run_flow, use_fleet
 
     events = typer.Typer(help="Event hubs: schedules, create, extend, expire, reap.")
 
@@ -47,10 +47,10 @@ def register(app: typer.Typer) -> None:
     @events.command()
     def sync(dry_run: DryRunOpt = False, operator: OperatorOpt = None, fleet: FleetOpt = None):
         """Make the scheduled create/reminder/expiry runs match the fleet's event hubs."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         from flows.event_hubs import sync_event_schedules
 
-        show(_run(sync_event_schedules, dry_run=dry_run, operator=operator))
+        show(run_flow(sync_event_schedules, dry_run=dry_run, operator=operator))
 
     @events.command()
     def create(
@@ -61,14 +61,16 @@ def register(app: typer.Typer) -> None:
         fleet: FleetOpt = None,
     ):
         """Deploy an event hub now, pre-warm it, schedule its reminders and expiry."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         from flows.deploy_hub import check_hub_values
         from flows.event_hubs import create_event_hub
         from hubfleet.loader import load_fleet
         from hubfleet.paths import fleet_dir
 
         check_hub_values(load_fleet(fleet_dir()), cluster, hub)  # as `deploy` does
-        show(_run(create_event_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator))
+        show(
+            run_flow(create_event_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator)
+        )
 
     @events.command()
     def extend(
@@ -80,12 +82,12 @@ def register(app: typer.Typer) -> None:
         fleet: FleetOpt = None,
     ):
         """Move an event's end; its scheduled expiry and reminders move with it."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         new_end = _when(end)
         from flows.event_hubs import extend_event_hub
 
         show(
-            _run(
+            run_flow(
                 extend_event_hub,
                 cluster=cluster,
                 hub=hub,
@@ -108,11 +110,11 @@ def register(app: typer.Typer) -> None:
         ] = 3600.0,
     ):
         """Expire an event hub that is over: export, revoke, remove. Standing hubs: refused."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         from flows.event_hubs import expire_event_hub
 
         show(
-            _run(
+            run_flow(
                 expire_event_hub,
                 cluster=cluster,
                 hub=hub,
@@ -125,9 +127,9 @@ def register(app: typer.Typer) -> None:
     @events.command()
     def reap(dry_run: DryRunOpt = False, operator: OperatorOpt = None, fleet: FleetOpt = None):
         """Expire event hubs past end + grace that still exist; report overdue creations."""
-        _use_fleet(fleet)
+        use_fleet(fleet)
         from flows.event_hubs import reap_expired_event_hubs
 
-        show(_run(reap_expired_event_hubs, dry_run=dry_run, operator=operator))
+        show(run_flow(reap_expired_event_hubs, dry_run=dry_run, operator=operator))
 
     app.add_typer(events, name="events")

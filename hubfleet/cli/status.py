@@ -202,7 +202,7 @@ def render(picture: dict[str, Any], hubs: list[str], now: datetime) -> list[Any]
 
 def register(app: typer.Typer) -> None:
     """Add `status` to the hubfleet CLI."""
-    from hubfleet.cli import FleetOpt, _use_fleet, out
+    from hubfleet.cli.common import FleetOpt, out, use_fleet
 
     @app.command()
     def status(
@@ -216,7 +216,7 @@ def register(app: typer.Typer) -> None:
         from hubfleet.loader import load_fleet
         from hubfleet.server import connect
 
-        root = _use_fleet(fleet)
+        root = use_fleet(fleet)
         model = load_fleet(root)
         hubs = [f"{c.name}/{h.name}" for c in model.clusters for h in c.hubs]
         out.print(f"Prefect API: {connect()}")

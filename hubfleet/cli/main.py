@@ -1,4 +1,4 @@
-"""The `hubfleet` command line.
+"""The `hubfleet` command line: the app, its top-level commands, and error handling.
 
 User errors (an invalid fleet, an unknown hub, a provider not built yet) are printed
 plainly with exit code 2: never a traceback. Prefect is imported only by the commands that
@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from hubfleet.cli.common import (
+    DryRunOpt,
+    FleetOpt,
+    LockWaitOpt,
+    OperatorOpt,
+    err,
+    out,
+    run_flow,
+    use_fleet,
+)
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import FleetInvalid, load_fleet
 from hubfleet.model import Fleet
@@ -29,49 +37,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Wide enough for URLs when piped (CI logs, tests); a terminal's own width otherwise.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, highlight=False)
-
-FleetOpt = Annotated[
-    Path | None,
-    typer.Option("--fleet", help="Fleet directory (default: $HUBFLEET_FLEET or ./fleet)."),
-]
-
-
-def _operator(value: str | None) -> str | None:
-    from hubfleet.audit import check_operator
-
-    return None if value is None else check_operator(value)
-
-
-OperatorOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Who is running this, for the audit log (default: $USER); a plain name, "
-        "not 'schedule' or 'unknown(ui/api)'.",
-        callback=_operator,
-    ),
-]
-DryRunOpt = Annotated[
-    bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
-]
-LockWaitOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--lock-wait",
-        min=1,
-        max=86_400,
-        help="Seconds to wait while another run changes this hub (default 1800); then stop "
-        "with the name of the run holding it.",
-    ),
-]
-
-
-def _use_fleet(path: Path | None) -> Path:
-    root = path or fleet_dir()
-    os.environ["HUBFLEET_FLEET"] = str(root)
-    return root
 
 
 @app.command()
@@ -136,13 +101,13 @@ def deploy(
     fleet: FleetOpt = None,
 ) -> None:
     """Deploy or update one hub (a Prefect flow run, recorded in the run history)."""
-    _use_fleet(fleet)
+    use_fleet(fleet)
     from flows.deploy_hub import check_hub_values, deploy_hub
 
     # The flow checks them too; checked here first, a values error is the same file:line
     # lines as `validate` prints, not a failed run with Prefect's traceback in the log.
     check_hub_values(load_fleet(fleet_dir()), cluster, hub)
-    result = _run(
+    result = run_flow(
         deploy_hub,
         cluster=cluster,
         hub=hub,
@@ -172,10 +137,10 @@ def teardown(
 ) -> None:
     """Remove a hub for good: homes kept (exported or archived) unless --delete-data,
     ops token revoked, release and namespace (or local processes) removed."""
-    _use_fleet(fleet)
+    use_fleet(fleet)
     from flows.teardown_hub import teardown_hub
 
-    result = _run(
+    result = run_flow(
         teardown_hub,
         cluster=cluster,
         hub=hub,
@@ -219,7 +184,7 @@ def demo(
     worker, and a short demo event hub that the worker creates and expires."""
     from hubfleet import demo as demo_mod
 
-    root = _use_fleet(fleet)
+    root = use_fleet(fleet)
     if down:
         demo_mod.down(load_fleet(root), out)
         return
@@ -228,29 +193,19 @@ def demo(
     demo_mod.up(load_fleet(root), port, out, pace=event_pace, wait=not no_wait)
 
 
-def _run(flow: Any, **params: Any) -> Any:
-    """Run a flow in this process against the local server (or $PREFECT_API_URL)."""
-    from hubfleet.interrupt import run_flow_interruptible
-    from hubfleet.server import connect
-
-    load_fleet(fleet_dir())  # fail fast, before any server starts
-    connect()
-    return run_flow_interruptible(flow, **params)
-
-
-# Commands that live beside their operation's code. Each module defines
+# Commands grouped by area, one module each (hubfleet/cli/<area>.py). Each module defines
 # `register(app: typer.Typer) -> None`; add a module here to add its commands.
 _COMMAND_MODULES: tuple[str, ...] = (
-    "hubfleet.cli_ops",
-    "hubfleet.cli_health",
-    "hubfleet.cli_clusters",
-    "hubfleet.cli_credentials",
-    "hubfleet.cli_pilot",
-    "hubfleet.cli_events",
-    "hubfleet.cli_locks",
-    "hubfleet.cli_fleet",
-    "hubfleet.cli_status",
-    "hubfleet.cli_import",
+    "hubfleet.cli.ops",
+    "hubfleet.cli.health",
+    "hubfleet.cli.clusters",
+    "hubfleet.cli.credentials",
+    "hubfleet.cli.pilot",
+    "hubfleet.cli.events",
+    "hubfleet.cli.locks",
+    "hubfleet.cli.fleet",
+    "hubfleet.cli.status",
+    "hubfleet.cli.import_fleet",
 )
 
 
@@ -292,26 +247,3 @@ def main() -> None:
             raise
         err.print(f"error: {str(exc)[:500]}\nNothing was run.", soft_wrap=True)
         sys.exit(2)
-
-
-def hub_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="hubs")
-    for column in ("hub", "tier", "kind", "url", "verdict", "latency ms", "reason"):
-        table.add_column(column)
-    colours = {"healthy": "green", "degraded": "yellow", "down": "red"}
-    for row in rows:
-        verdict = row["verdict"]
-        table.add_row(
-            row["hub"],
-            row["tier"],
-            row["kind"],
-            row["url"] or "-",
-            f"[{colours.get(verdict, 'white')}]{verdict}[/]",
-            f"{row['latency_ms']:.0f}" if row["latency_ms"] is not None else "-",
-            "" if verdict == "healthy" else row["reason"],
-        )
-    return table
-
-
-if __name__ == "__main__":
-    main()

@@ -39,7 +39,7 @@ async def held_locks() -> list[dict[str, Any]]:
 
 
 def register(app: typer.Typer) -> None:
-    from hubfleet.cli import FleetOpt, OperatorOpt, _run, _use_fleet, out
+    from hubfleet.cli.common import FleetOpt, OperatorOpt, out, run_flow, use_fleet
 
     @app.command()
     def locks() -> None:
@@ -75,11 +75,11 @@ def register(app: typer.Typer) -> None:
         """
         from flows.unlock_hub import unlock_hub
 
-        _use_fleet(fleet)
+        use_fleet(fleet)
         cluster, _, hub = target.partition("/")
         if not hub:
             raise HubfleetError(f"unlock {target!r}: give the hub as CLUSTER/HUB")
-        result = _run(unlock_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator)
+        result = run_flow(unlock_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator)
         if not result["locked"]:
             out.print(f"{result['hub']}: not locked")
         elif result["unlocked"]:
