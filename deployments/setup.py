@@ -49,12 +49,26 @@ ZOMBIE_AFTER = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 
 NOTIFY_AUTOMATION = "hubfleet: notify on failed or crashed operation ({block})"
 ZOMBIE_AUTOMATION = "hubfleet: crash zombie runs"
+DRIFT_AUTOMATION = "hubfleet: notify on cluster drift ({block})"
 
 NOTIFY_BODY = (
     "{{ flow.name }} run '{{ flow_run.name }}' ended {{ flow_run.state.name }}: "
     "{{ flow_run.state.message }}\n"
     "Tags: {{ flow_run.tags | join(', ') }}\n"
     "Run: {{ flow_run | ui_url }}"
+)
+
+#: `detect_drift`'s event (`hubfleet.cluster.drifted`): what Terraform would change. The lists
+#: by subscript: `payload.update` would be the dict's own update method, rendered empty.
+DRIFT_SUBJECT = "hubfleet: cluster {{ event.payload.cluster }} drifted from its Terraform"
+DRIFT_BODY = (
+    "Terraform would change cluster {{ event.payload.cluster }}: {{ event.payload.counts }}.\n"
+    "Create: {{ event.payload['create'] | join(', ') }}\n"
+    "Update: {{ event.payload['update'] | join(', ') }}\n"
+    "Replace: {{ event.payload['replace'] | join(', ') }}\n"
+    "Destroy: {{ event.payload['destroy'] | join(', ') }}\n"
+    "Fleet revision: {{ event.payload.revision }}. Review with `hubfleet drift`; bring it back "
+    "with provision_cluster (action=plan, then apply)."
 )
 
 
@@ -479,6 +493,27 @@ def notify_automation(block_name: str, block_id: Any) -> AutomationCore:
     )
 
 
+def drift_automation(block_name: str, block_id: Any) -> AutomationCore:
+    """Tell `block_name` once per `hubfleet.cluster.drifted` event (one per drifted cluster
+    per `detect_drift` run), with what Terraform would change."""
+    from flows.detect_drift import DRIFT_EVENT
+
+    return AutomationCore(
+        name=DRIFT_AUTOMATION.format(block=block_name),
+        description="A cluster changed outside Terraform (detect_drift found a plan with changes).",
+        trigger=EventTrigger(
+            expect={DRIFT_EVENT},
+            match=ResourceSpecification({"prefect.resource.id": "hubfleet.cluster.*"}),
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            SendNotification(block_document_id=block_id, subject=DRIFT_SUBJECT, body=DRIFT_BODY)
+        ],
+    )
+
+
 def zombie_automation(zombie_after: timedelta) -> AutomationCore:
     """Prefect's recipe: a run that heart-beat and then went silent becomes Crashed."""
     return AutomationCore(
@@ -515,6 +550,7 @@ async def ensure_notifications(client: PrefectClient, fleet: Fleet, report: Setu
         block = await ensure_notification_block(client, name, report)
         if block is not None:
             await ensure_automation(client, notify_automation(name, block.id), report)
+            await ensure_automation(client, drift_automation(name, block.id), report)
 
 
 def _comparable(automation: Any) -> dict[str, Any]:

@@ -7,13 +7,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ops_helpers import POOL, REPO, run_cli
+from ops_helpers import POOL, REPO, Webhook, cli_env, run_cli, wait_for
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import PrefectHTTPStatusError
 
 from deployments.registry import OPERATIONS, OperationSpec, resolve
-from deployments.setup import NOTIFY_AUTOMATION, ZOMBIE_AUTOMATION, SetupError, setup
+from deployments.setup import (
+    DRIFT_AUTOMATION,
+    NOTIFY_AUTOMATION,
+    ZOMBIE_AUTOMATION,
+    SetupError,
+    setup,
+)
 from hubfleet.loader import load_fleet
 
 pytestmark = pytest.mark.usefixtures("ops_setup")
@@ -45,7 +51,11 @@ async def test_setup_twice_creates_everything_once(ops_api: str, ops_setup: str)
             assert [getattr(s.schedule, "cron", None) for s in deployment.schedules] == (
                 [cron] if cron else []
             )
-        for name in (ZOMBIE_AUTOMATION, NOTIFY_AUTOMATION.format(block="ops-webhook")):
+        for name in (
+            ZOMBIE_AUTOMATION,
+            NOTIFY_AUTOMATION.format(block="ops-webhook"),
+            DRIFT_AUTOMATION.format(block="ops-webhook"),
+        ):
             assert len(await client.read_automations_by_name(name)) == 1, name
         limits = {limit.name for limit in await client.read_global_concurrency_limits(limit=200)}
         assert {"hubfleet.cluster.local", "hubfleet.hub.local.staging"} <= limits
@@ -166,3 +176,43 @@ async def test_kubernetes_work_pool_template_is_accepted() -> None:
             assert pool.base_job_template["job_configuration"]["env"] == "{{ env }}"
         finally:
             await client.delete_work_pool("hubfleet-k8s-test")
+
+
+async def test_drift_reaches_the_notify_blocks(ops_api: str, webhook: Webhook) -> None:
+    """`hubfleet setup` routes `hubfleet.cluster.drifted` to the fleet's notify blocks: the
+    event `detect_drift` emits for a drifted cluster (`announce_drift`, the flow's own code,
+    here in a process of its own pointed at the ops server; tests/terraform shows the flow
+    emitting it against real terraform) goes through the ops server's real automation
+    engine to the notification block and arrives at a webhook."""
+    import subprocess
+    import sys
+    import uuid
+
+    cluster = f"drift{uuid.uuid4().hex[:6]}"
+    emit = (
+        "from flows.detect_drift import announce_drift\n"
+        "from tasks.terraform import PlanSummary\n"
+        f"announce_drift(PlanSummary(cluster={cluster!r}, update=['terraform_data.core_pool'],"
+        " destroy=['terraform_data.extra']), revision='abc1234')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", emit],
+        env=cli_env(ops_api),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def mine() -> list[dict]:
+        return [m for m in webhook.received if cluster in m.get("subject", "")]
+
+    wait_for("the drift notification", mine, timeout=90)
+    (message,) = mine()
+    assert message["subject"] == f"hubfleet: cluster {cluster} drifted from its Terraform"
+    body = message["body"]
+    assert "0 to create, 1 to update, 0 to replace, 1 to destroy" in body
+    assert "Update: terraform_data.core_pool" in body
+    assert "Destroy: terraform_data.extra" in body
+    assert "Fleet revision: abc1234" in body
