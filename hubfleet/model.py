@@ -153,6 +153,11 @@ class FleetSettings(Strict):
     notify: list[DnsName] = Field(
         default_factory=list, description="Names of notification blocks told about failures."
     )
+    organizer_mail: DnsName | None = Field(
+        None,
+        description="Name of the SMTP Server block (blocks/smtp_server.py) event organizers "
+        "are mailed through: reminders, and the expiry notice with where the data went.",
+    )
     schedules: Schedules = Schedules()
     credentials: CredentialPolicy = CredentialPolicy()
 

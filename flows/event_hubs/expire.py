@@ -38,6 +38,7 @@ from tasks.helm import in_thread
 from tasks.kube_export import user_volumes
 from tasks.local_hub import local_hub
 from tasks.locks import ensure_concurrency_limits_once, hub_lock
+from tasks.notify import mail_organizers
 
 
 @flow(name="expire_event_hub", flow_run_name="expire_event_hub {cluster}/{hub}")
@@ -131,11 +132,34 @@ async def expire_event_hub(
                        "stopped; state deleted"),
         **({"placeholders": str(placeholders)} if helm else {}),
     }  # fmt: skip
-    return await _record_expiry(
+    result = await _record_expiry(
         op, started, end, health, exported, rows, cancelled,
         {"homes": exported_homes or homes, "revoked": removed.get("revoked"),
          "removed": removed, **({"placeholders": placeholders} if helm else {})},
     )  # fmt: skip
+    # Last, once the record is written: a mail server that fails now fails the run (someone
+    # must tell the organizers), but the hub is gone and its data where the record says.
+    result["mailed"] = await tell_organizers_expired(op, spec, exported)
+    return result
+
+
+async def tell_organizers_expired(
+    op: Operation, spec: events.EventSpec, exported: ExportResult | None
+) -> list[str]:
+    """The expiry notice to the organizers: when the hub went, where their data went."""
+    assert op.hub is not None
+    data = (
+        f"The home directories were exported to {exported.url} ({exported.objects} files, "
+        f"{exported.bytes} bytes, verified) and then deleted from the hub."
+        if exported
+        else "The home directories were deleted (data_policy: delete; nothing was exported)."
+    )
+    body = (
+        f"The event hub {op.target} ({op.hub.domain}) was removed at "
+        f"{events.local_time(utc_now(), spec.timezone)}.\n{data}\n"
+    )
+    subject = f"[hubfleet] {op.hub.domain} has expired"
+    return await mail_organizers(op.fleet, spec.organizers, subject, body)
 
 
 async def _homes(op: Operation) -> list[str] | None:

@@ -9,18 +9,21 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from flows.operation import begin
 from hubfleet import events
+from hubfleet.paths import data_dir
 from tasks.event_schedule import (
     load_extension,
     utc_now,
 )
-from tasks.notify import notify
+from tasks.notify import mail_organizers, notify
 
 
 @flow(name="remind_event_organizers", flow_run_name="remind_event_organizers {cluster}/{hub}")
 async def remind_event_organizers(
     cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
 ) -> dict[str, Any]:
-    """Tell the event's organizers when their hub expires, through the notification blocks."""
+    """Tell the event's organizers when their hub expires (by mail through the fleet's
+    `organizer_mail` server, in the event's time zone, with where the data will go) and the
+    ops team through the notification blocks."""
     op = await begin("remind_event_organizers", cluster, hub, operator)
     assert op.hub is not None
     spec = events.event_spec(op.cluster, op.hub)
@@ -29,8 +32,12 @@ async def remind_event_organizers(
     if now >= times.expire_at:
         get_run_logger().info("%s already expired at %s; no reminder", op.target, times.expire_at)
         return {"hub": op.target, "sent": [], "reason": "already past expiry"}
+    # Each expiry exports under its own <time> directory below this location.
+    target = events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), "")
     where = (
-        "exported, then deleted" if spec.data_policy.value == "export" else "deleted (not exported)"
+        f"exported to {target}<time of expiry>/, then deleted"
+        if target
+        else "deleted (not exported: data_policy delete)"
     )
     subject = f"[hubfleet] {op.hub.domain} expires in {events._human(times.expire_at - now)}"
     body = (
@@ -42,10 +49,18 @@ async def remind_event_organizers(
         f"To keep it longer, ask the ops team to extend it (extend_event_hub) or change `end`."
     )
     sent = [] if dry_run else await notify(op.fleet, subject, body)
+    mailed = [] if dry_run else await mail_organizers(op.fleet, spec.organizers, subject, body)
     await acreate_markdown_artifact(
         key=f"event-reminder-{cluster}-{hub}",
         markdown=f"# {'Dry run: ' if dry_run else ''}reminder for {op.target}\n\n"
-        f"**{subject}**\n\n```\n{body}\n```\n\nSent through: {', '.join(sent) or 'nothing'}\n",
+        f"**{subject}**\n\n```\n{body}\n```\n\nSent through: {', '.join(sent) or 'nothing'}\n\n"
+        f"Mailed to: {', '.join(mailed) or 'nobody'}\n",
         description=f"reminder for {op.target}",
     )
-    return {"hub": op.target, "sent": sent, "subject": subject, "dry_run": dry_run}
+    return {
+        "hub": op.target,
+        "sent": sent,
+        "mailed": mailed,
+        "subject": subject,
+        "dry_run": dry_run,
+    }
