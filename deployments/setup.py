@@ -140,9 +140,11 @@ async def setup(
 async def register_block_types(report: SetupReport) -> None:
     """hubfleet's own block types, so the UI can show and create them."""
     from blocks.hub_token import HubOpsToken
+    from blocks.smtp_server import SmtpServer
 
-    await HubOpsToken.aregister_type_and_schema()
-    report.record("block type hubfleet-hub-ops-token", "unchanged")
+    for block in (HubOpsToken, SmtpServer):  # SmtpServer: `organizer_mail`, made in the UI
+        await block.aregister_type_and_schema()
+        report.record(f"block type {block.get_block_type_slug()}", "unchanged")
 
 
 # --- work pool ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from prefect.blocks.system import Secret
 from blocks.cluster_access import ClusterAccess
 from flows.deploy_hub import deploy_hub
 from flows.rotate_credentials import RotationsFailed, rotate_credentials
-from hubfleet.cli_credentials import inventory_table, read_inventory
+from hubfleet.cli.credentials import inventory_table, read_inventory
 from hubfleet.credentials import CredentialKind, Status
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet

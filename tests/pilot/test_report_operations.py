@@ -23,7 +23,7 @@ from flows.deploy_hub import deploy_hub
 from flows.event_hubs import create_event_hub, expire_event_hub
 from flows.fleet_report import collect_history
 from flows.rotate_credentials import rotate_credentials
-from hubfleet.cli_pilot import _use_cases
+from hubfleet.cli.pilot import _use_cases
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.report import build_report, render
