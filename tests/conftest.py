@@ -27,6 +27,30 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["hubfleet.testenv.pytest_plugin"]
 
 
+#: Test directories run by parallel workers (`./dev test` runs pytest-xdist with
+#: `--dist loadgroup`), longest first so the longest does not start last. A directory stays
+#: in one worker, in its own order (its tests may build on each other, e.g. the secret scan
+#: of tests/credentials runs last there); every test that needs the real node is in the
+#: "node" group, since one machine runs one node.
+GROUP_ORDER = ("node", "ops", "events", "helm", "integration", "credentials", "health")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def group(item: pytest.Item) -> str:
+        if item.get_closest_marker("node"):
+            return "node"
+        parts = Path(str(item.path)).relative_to(REPO / "tests").parts
+        return parts[0] if len(parts) > 1 else "top"
+
+    def rank(item: pytest.Item) -> int:
+        name = group(item)
+        return GROUP_ORDER.index(name) if name in GROUP_ORDER else len(GROUP_ORDER)
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=rank)  # stable: each directory keeps its own order
+
+
 def _ours(proc: psutil.Process, *markers: str) -> bool:
     try:
         if proc.status() == psutil.STATUS_ZOMBIE:

@@ -26,6 +26,7 @@ def _cli(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.node  # `up` starts a real node: in the node group, never beside the other
 def test_up_status_down_across_processes(testenv_tools, real_node_tools, tmp_path):
     state_file = tmp_path / "state.json"
     node_state_file = tmp_path / "node.json"  # beside the control plane's state
