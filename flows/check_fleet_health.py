@@ -92,8 +92,8 @@ async def check_fleet_health(
     selection: Selection = None,
     per_cluster: PerCluster = None,
     alert_after: AlertAfter = 3,
-    retries: Retries = 3,
-    backoff: Backoff = 0.5,
+    retries: Retries | None = None,
+    backoff: Backoff | None = None,
     timeout: ProbeTimeout = 5.0,
     deadline: SweepDeadline = 7200.0,
     operator: str | None = None,
@@ -101,7 +101,8 @@ async def check_fleet_health(
     """Sweep the fleet's hubs up to `depth`; alert once a hub fails `alert_after` sweeps in a row.
 
     per_cluster: hubs probed at once per cluster (default 50 shallow, the fleet's
-    `parallelism` deep). retries/backoff/timeout apply to each shallow request.
+    `parallelism` deep). timeout applies to each shallow request; each level is retried
+    by the probes' one policy (`hubfleet.health.RETRY`) unless retries/backoff override it.
     deadline: seconds the whole sweep may take; past it the run fails, naming what it was
     waiting for (a nightly sweep that never ends would never alert).
     """
@@ -168,8 +169,8 @@ async def sweep_shallow(
     targets: list[tuple[str, str]],
     levels: tuple[Level, ...],
     limit: int,
-    retries: int,
-    backoff: float,
+    retries: int | None,
+    backoff: float | None,
     timeout: float,
     deadline_at: float,
 ) -> list[dict[str, Any]]:
@@ -204,8 +205,8 @@ async def probe_hubs(
     levels: tuple[Level, ...],
     depth: str,
     limit: int,
-    retries: int,
-    backoff: float,
+    retries: int | None,
+    backoff: float | None,
     timeout: float,
     deadline_at: float,
 ) -> list[dict[str, Any]]:

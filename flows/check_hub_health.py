@@ -4,8 +4,10 @@ Levels, shallow to deep: reachable (/hub/health) → api (/hub/api version) → 
 token is accepted) → spawn (the health user's server runs Python in a kernel) → tls
 (days until the certificate expires) → k8s (Deployments ready, pods not stuck, PVCs
 bound). `depth="shallow"` stops after auth; `"deep"` runs everything; a level name runs
-up to that level. Each probe is a task retried on transient errors only, so one blip is
-absorbed before it counts. deploy_hub calls this same flow after every deploy.
+up to that level. Each probe is a task of tasks/probes.py, retried by the one policy
+(`hubfleet.health.RETRY`) on transient errors only, so one blip is absorbed before it
+counts; after reachable or api fails only k8s still runs (`hubfleet.health.blocked`).
+deploy_hub calls this same flow after every deploy.
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from blocks.hub_token import HubOpsToken
@@ -28,8 +28,8 @@ from hubfleet.health import (
     HealthReport,
     Level,
     ProbeResult,
+    blocked,
     judge,
-    judge_k8s,
     judge_tls,
     levels_for,
 )
@@ -37,92 +37,6 @@ from hubfleet.model import Provider
 from tasks import probes
 from tasks.hub_access import canonical_url, hub_endpoint
 from tasks.hub_credentials import load_ops_token
-from tasks.retry import transient_retries
-
-
-@task(
-    task_run_name="probe-reachable-{url}",
-    **transient_retries(retries=3, backoff=0.5),
-    cache_policy=NO_CACHE,
-)
-async def probe_reachable(url: str) -> float:
-    """GET /hub/health (read-only); returns the latency in ms."""
-    start = time.perf_counter()
-    async with httpx.AsyncClient() as client:
-        await probes.reachable(client, url)
-    return (time.perf_counter() - start) * 1000
-
-
-@task(
-    task_run_name="probe-api-{url}",
-    **transient_retries(retries=2, backoff=0.5),
-    cache_policy=NO_CACHE,
-)
-async def probe_api(url: str) -> str:
-    """GET /hub/api (read-only): the hub's version."""
-    async with httpx.AsyncClient() as client:
-        return await probes.api_version(client, url)
-
-
-@task(
-    task_run_name="probe-auth-{url}",
-    **transient_retries(retries=2, backoff=0.5),
-    cache_policy=NO_CACHE,
-)
-async def probe_auth(url: str, block: HubOpsToken | None) -> str:
-    """GET /hub/api/user with the ops token (read-only): who the token belongs to."""
-    token = block.token.get_secret_value() if block else None
-    async with httpx.AsyncClient() as client:
-        return await probes.auth_whoami(client, url, token)
-
-
-@task(
-    task_run_name="probe-spawn-{url}",
-    **transient_retries(retries=1, backoff=1.0),
-    cache_policy=NO_CACHE,
-)
-async def probe_spawn(url: str, block: HubOpsToken) -> str:
-    """Start the health user's server, run Python in a kernel, check the answer.
-
-    Changes: creates the `hubfleet-health` user if missing; starts, then always stops, its
-    server (a leftover from an earlier failed probe is stopped first).
-    """
-    import asyncio
-
-    outcome = await asyncio.to_thread(probes.spawn_and_run, url, block.token.get_secret_value())
-    return outcome.detail
-
-
-@task(
-    task_run_name="probe-tls-{host}",
-    **transient_retries(retries=2, backoff=0.5),
-    cache_policy=NO_CACHE,
-)
-async def probe_tls(host: str, port: int = 443) -> datetime:
-    """Read (only) the certificate the hub presents: when it expires."""
-    import asyncio
-
-    return await asyncio.to_thread(probes.certificate_not_after, host, port)
-
-
-@task(
-    task_run_name="probe-k8s-{namespace}",
-    **transient_retries(retries=2, backoff=1.0),
-    cache_policy=NO_CACHE,
-)
-async def probe_k8s(cluster: str, namespace: str) -> ProbeResult:
-    """Read (only) the hub namespace's Deployments, pods and PVCs; judge them."""
-    import asyncio
-
-    import yaml
-
-    from blocks.cluster_access import ClusterAccess
-
-    access = await ClusterAccess.for_cluster(cluster)
-    kubeconfig = yaml.safe_load(access.kubeconfig.get_secret_value())
-    start = time.perf_counter()
-    seen = await asyncio.to_thread(probes.observe_namespace, kubeconfig, access.context, namespace)
-    return judge_k8s(namespace, *seen, latency_ms=round((time.perf_counter() - start) * 1000, 1))
 
 
 def hub_url(op: Any) -> str | None:
@@ -161,21 +75,21 @@ async def run_probes(
     for level in levels:
         # After reachable or api failed nothing answers over HTTP; Kubernetes can still
         # say why, so k8s runs.
-        if level is not Level.k8s and any(not r.ok and r.level in _STOPS for r in results):
+        if blocked(level, results):
             continue
         if level is Level.reachable:
-            result = await _timed(level, probe_reachable(url))
+            result = await _timed(level, probes.probe_reachable(url))
             result = ProbeResult(level, result.ok, result.latency_ms, result.reason)
         elif level is Level.api:
-            result = await _timed(level, probe_api(url))
+            result = await _timed(level, probes.probe_api(url))
         elif level is Level.auth:
             block = await load_ops_token(op.cluster.name, op.hub.name)
-            result = await _timed(level, probe_auth(url, block))
+            result = await _timed(level, probes.probe_auth(url, block))
         elif level is Level.spawn:
             if block is None or not all(r.ok for r in results):
                 result = _skip(level, "not run: needs a working ops token (auth failed)")
             else:
-                result = await _timed(level, probe_spawn(url, block))
+                result = await _timed(level, probes.probe_spawn(url, block))
         elif level is Level.tls:
             if local:
                 result = _skip(level, "plain-http local hub: no certificate to check")
@@ -184,7 +98,7 @@ async def run_probes(
             else:
                 start = time.perf_counter()
                 try:
-                    not_after = await probe_tls(op.hub.domain)
+                    not_after = await probes.probe_tls(op.hub.domain)
                     result = judge_tls(not_after, datetime.now(UTC), _ms(start))
                 except Exception as exc:
                     result = ProbeResult(level, False, _ms(start), str(exc))
@@ -193,15 +107,11 @@ async def run_probes(
                 result = _skip(level, "local hub: no Kubernetes objects to check")
             else:
                 try:
-                    result = await probe_k8s(op.cluster.name, op.hub.name)
+                    result = await probes.probe_k8s(op.cluster.name, op.hub.name)
                 except Exception as exc:
                     result = ProbeResult(level, False, None, str(exc))
         results.append(result)
     return results
-
-
-#: After one of these fails, the HTTP levels after it cannot answer either.
-_STOPS = (Level.reachable, Level.api)
 
 
 async def _timed(level: Level, call: Any) -> ProbeResult:

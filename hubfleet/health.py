@@ -40,6 +40,38 @@ class Level(StrEnum):
 LEVELS: tuple[Level, ...] = tuple(Level)
 
 
+@dataclass(frozen=True)
+class Retry:
+    """How a probe is retried: `retries` more tries after the first, `backoff` seconds
+    before the first retry, doubling each time (with jitter); transient errors only
+    (no answer, connection refused, HTTP 429/502/503/504), so one blip is absorbed before
+    it counts and a real refusal counts at once."""
+
+    retries: int
+    backoff: float
+
+
+#: The one retry policy of every probe, on every path (one hub after a deploy or on
+#: demand, or many in a sweep). Spawn starts a server: one retry, a second later.
+RETRY: dict[Level, Retry] = {
+    Level.reachable: Retry(3, 0.5),
+    Level.api: Retry(2, 0.5),
+    Level.auth: Retry(2, 0.5),
+    Level.spawn: Retry(1, 1.0),
+    Level.tls: Retry(2, 0.5),
+    Level.k8s: Retry(2, 1.0),
+}
+
+#: After one of these fails, the HTTP levels after it cannot answer either.
+STOPS = (Level.reachable, Level.api)
+
+
+def blocked(level: Level, results: Iterable[ProbeResult]) -> bool:
+    """The one stop rule: once reachable or api failed, no later HTTP level is probed;
+    k8s still runs (Kubernetes can say why nothing answers)."""
+    return level is not Level.k8s and any(not r.ok and r.level in STOPS for r in results)
+
+
 class Verdict(StrEnum):
     healthy = "healthy"
     degraded = "degraded"

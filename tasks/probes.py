@@ -1,8 +1,10 @@
-"""The health probes: what each level asks a hub (or its cluster), as plain functions.
+"""The health probes: what each level asks a hub (or its cluster).
 
-Used by `flows/check_hub_health.py` (one hub, each level a Prefect task with retries) and
-by `flows/check_fleet_health.py` (many hubs per task, retries in `retrying`), so a hub is
-probed the same way after a deploy, on demand and in a sweep. Tokens travel only in
+Each level is a task here (`probe_reachable` ... `probe_k8s`), used by
+`flows/check_hub_health.py` (one hub); `probe_shallow` probes many hubs' shallow levels
+inside one task for `flows/check_fleet_health.py` (one task run per hub would not scale).
+Both follow one retry policy and one stop rule (`hubfleet.health.RETRY`, `blocked`), so
+a hub is probed the same way after a deploy, on demand and in a sweep. Tokens travel only in
 Authorization headers; nothing here logs, returns or raises a token value.
 """
 
@@ -22,17 +24,23 @@ from typing import Any, TypeVar
 
 import httpx
 import requests
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
+from blocks.hub_token import HubOpsToken
 from hubfleet.health import (
     HEALTH_USER,
+    RETRY,
     DeploymentSeen,
     Level,
     PodSeen,
     ProbeResult,
     PvcSeen,
+    blocked,
+    judge_k8s,
 )
 from tasks import jupyterhub_api as api
-from tasks.retry import TransientError
+from tasks.retry import TransientError, transient_retries
 
 T = TypeVar("T")
 _TRANSIENT_STATUS = {429, 502, 503, 504}
@@ -129,11 +137,12 @@ async def probe_shallow(
     token: str | None,
     levels: tuple[Level, ...],
     *,
-    retries: int = 3,
-    backoff: float = 0.5,
+    retries: int | None = None,
+    backoff: float | None = None,
     timeout: float = api.TIMEOUT,
 ) -> list[ProbeResult]:
-    """reachable → api → auth (those in `levels`), stopping at the first failure."""
+    """reachable → api → auth (those in `levels`), by the stop rule (`blocked`); each
+    retried by the policy (`RETRY`) unless `retries`/`backoff` override it."""
     steps: dict[Level, Callable[[], Awaitable[str]]] = {
         Level.reachable: lambda: reachable(client, url, timeout),
         Level.api: lambda: api_version(client, url, timeout),
@@ -141,17 +150,108 @@ async def probe_shallow(
     }
     results: list[ProbeResult] = []
     for level in levels:
-        if level not in steps:
+        if level not in steps or blocked(level, results):
             continue
+        tries = RETRY[level].retries if retries is None else retries
+        wait = RETRY[level].backoff if backoff is None else backoff
         step = steps[level]
-        results.append(await timed(level, lambda s=step: retrying(s, retries, backoff)))  # type: ignore[misc]
+        results.append(
+            await timed(level, lambda s=step, n=tries, w=wait: retrying(s, n, w))  # type: ignore[misc]
+        )
         if not results[-1].ok:
-            break
+            break  # auth failing ends the shallow levels too
     return results
 
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
+
+
+# --- each level as a task (one hub: check_hub_health) ----------------------------------
+
+
+def _retried(level: Level) -> dict[str, Any]:
+    policy = RETRY[level]
+    return transient_retries(retries=policy.retries, backoff=policy.backoff)
+
+
+@task(
+    task_run_name="probe-reachable-{url}",
+    **_retried(Level.reachable),
+    cache_policy=NO_CACHE,
+)
+async def probe_reachable(url: str) -> float:
+    """GET /hub/health (read-only); returns the latency in ms."""
+    start = time.perf_counter()
+    async with httpx.AsyncClient() as client:
+        await reachable(client, url)
+    return (time.perf_counter() - start) * 1000
+
+
+@task(
+    task_run_name="probe-api-{url}",
+    **_retried(Level.api),
+    cache_policy=NO_CACHE,
+)
+async def probe_api(url: str) -> str:
+    """GET /hub/api (read-only): the hub's version."""
+    async with httpx.AsyncClient() as client:
+        return await api_version(client, url)
+
+
+@task(
+    task_run_name="probe-auth-{url}",
+    **_retried(Level.auth),
+    cache_policy=NO_CACHE,
+)
+async def probe_auth(url: str, block: HubOpsToken | None) -> str:
+    """GET /hub/api/user with the ops token (read-only): who the token belongs to."""
+    token = block.token.get_secret_value() if block else None
+    async with httpx.AsyncClient() as client:
+        return await auth_whoami(client, url, token)
+
+
+@task(
+    task_run_name="probe-spawn-{url}",
+    **_retried(Level.spawn),
+    cache_policy=NO_CACHE,
+)
+async def probe_spawn(url: str, block: HubOpsToken) -> str:
+    """Start the health user's server, run Python in a kernel, check the answer.
+
+    Changes: creates the `hubfleet-health` user if missing; starts, then always stops, its
+    server (a leftover from an earlier failed probe is stopped first).
+    """
+    outcome = await asyncio.to_thread(spawn_and_run, url, block.token.get_secret_value())
+    return outcome.detail
+
+
+@task(
+    task_run_name="probe-tls-{host}",
+    **_retried(Level.tls),
+    cache_policy=NO_CACHE,
+)
+async def probe_tls(host: str, port: int = 443) -> datetime:
+    """Read (only) the certificate the hub presents: when it expires."""
+    return await asyncio.to_thread(certificate_not_after, host, port)
+
+
+@task(
+    task_run_name="probe-k8s-{namespace}",
+    **_retried(Level.k8s),
+    cache_policy=NO_CACHE,
+)
+async def probe_k8s(cluster: str, namespace: str) -> ProbeResult:
+    """Read (only) the hub namespace's Deployments, pods and PVCs; judge them."""
+    import yaml
+
+    from blocks.cluster_access import ClusterAccess
+
+    access = await ClusterAccess.for_cluster(cluster)
+    kubeconfig = yaml.safe_load(access.kubeconfig.get_secret_value())
+    start = time.perf_counter()
+    seen = await asyncio.to_thread(observe_namespace, kubeconfig, access.context, namespace)
+    return judge_k8s(namespace, *seen, latency_ms=round((time.perf_counter() - start) * 1000, 1))
 
 
 # --- spawn: start a server for the health user, run Python in a kernel, stop it --------

@@ -125,3 +125,28 @@ def test_changes_since_the_last_sweep() -> None:
         "new: first check, healthy",
         "gone: no longer checked",
     ]
+
+
+def test_one_stop_rule_and_one_retry_policy_for_every_path() -> None:
+    """After reachable or api fails no later HTTP level is probed (k8s still is), and each
+    level's task retries as the policy says: the sweep's probe_shallow reads the same."""
+    from hubfleet.health import RETRY, ProbeResult, blocked
+    from tasks import probes
+
+    down = [ProbeResult(Level.reachable, False, None, "connection refused")]
+    assert [lvl for lvl in Level if blocked(lvl, down)] == [
+        Level.reachable, Level.api, Level.auth, Level.spawn, Level.tls,
+    ]  # fmt: skip
+    refused = [ProbeResult(Level.reachable, True, 1.0), ProbeResult(Level.auth, False, 1.0, "403")]
+    assert not any(blocked(lvl, refused) for lvl in Level)
+    tasks = {
+        Level.reachable: probes.probe_reachable,
+        Level.api: probes.probe_api,
+        Level.auth: probes.probe_auth,
+        Level.spawn: probes.probe_spawn,
+        Level.tls: probes.probe_tls,
+        Level.k8s: probes.probe_k8s,
+    }
+    assert set(tasks) == set(RETRY) == set(Level)
+    for level, probe in tasks.items():
+        assert probe.retries == RETRY[level].retries, level
