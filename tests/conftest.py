@@ -35,6 +35,7 @@ pytest_plugins = ["hubfleet.testenv.pytest_plugin"]
 GROUP_ORDER = ("node", "ops", "events", "helm", "integration", "credentials", "health")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def group(item: pytest.Item) -> str:
         if item.get_closest_marker("node"):
@@ -49,6 +50,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group(item)))
     items.sort(key=rank)  # stable: each directory keeps its own order
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In a worker of `--dist loadgroup`, stop if xdist did not group the tests: spread
+    over all workers, the node tests would start one real node per worker at once."""
+    grouping = getattr(session.config.option, "loadgroup", False)
+    if grouping and session.items and "@" not in session.items[0].nodeid:
+        raise pytest.UsageError(
+            "pytest-xdist did not group the tests (--dist loadgroup): this pytest "
+            f"({pytest.__version__}) does not let xdist mark the groups; install the "
+            "versions pyproject.toml pins (./dev test does)"
+        )
 
 
 def _ours(proc: psutil.Process, *markers: str) -> bool:
