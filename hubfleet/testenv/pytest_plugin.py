@@ -166,33 +166,30 @@ def terraform_bin(testenv_tools) -> Path:
     return testenv_tools["terraform"]
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    """moto server (IAM, STS, S3, ...) with auth enforced; ``.access_key_id`` etc. are an
-    admin's."""
-    server = MotoServer()
+def _serving(server, what: str):
+    """Start an emulator for the session (a failure fails the tests that need it, with
+    its message); stop it at the end."""
     try:
         server.start()
     except (EmulatorError, ToolBuildError) as e:
-        pytest.fail(f"moto server failed to start: {e}", pytrace=False)
+        pytest.fail(f"{what} failed to start: {e}", pytrace=False)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto server (IAM, STS, S3, ...) with auth enforced; ``.access_key_id`` etc. are an
+    admin's."""
+    yield from _serving(MotoServer(), "moto server")
 
 
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     """Azurite blob service; ``.connection_string`` uses the documented dev account."""
-    server = Azurite()
-    try:
-        server.start()
-    except (EmulatorError, ToolBuildError) as e:
-        pytest.fail(f"Azurite failed to start: {e}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serving(Azurite(), "Azurite")
 
 
 @pytest.fixture(scope="session")
@@ -200,29 +197,13 @@ def node_moto(real_node) -> Iterator[MotoServer]:
     """moto server (auth enforced) listening on the real node's host-side address
     (``real_node.host_ip``): reachable from the node's pods and from the host, from no other
     machine."""
-    server = MotoServer(host=real_node.host_ip)
-    try:
-        server.start()
-    except (EmulatorError, ToolBuildError) as e:
-        pytest.fail(f"moto server on {real_node.host_ip} failed to start: {e}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serving(MotoServer(host=real_node.host_ip), f"moto server on {real_node.host_ip}")
 
 
 @pytest.fixture(scope="session")
 def node_azurite(real_node) -> Iterator[Azurite]:
     """Azurite's blob service on the real node's host-side address (see ``node_moto``)."""
-    server = Azurite(host=real_node.host_ip)
-    try:
-        server.start()
-    except (EmulatorError, ToolBuildError) as e:
-        pytest.fail(f"Azurite on {real_node.host_ip} failed to start: {e}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serving(Azurite(host=real_node.host_ip), f"Azurite on {real_node.host_ip}")
 
 
 @pytest.fixture(scope="session")

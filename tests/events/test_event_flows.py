@@ -171,9 +171,11 @@ async def test_event_hub_end_to_end_with_a_real_worker(
     )
     assert any(t.startswith("revision:") for t in expiry.tags)
     assert expiry.deployment_id is not None  # it ran through the deployment, on the worker
-    # Expiry latency: scheduled time -> the run started (the worker's pick-up and start).
+    # It started from its schedule, not much later by something else (the hourly reaper).
+    # A bound, not a speed target: the latency itself is benchmarks/bench_event_expiry.py's;
+    # here the worker shares two cores with the suite's other workers (79 s seen, load 15).
     latency = (expiry.start_time - expiry.expected_start_time).total_seconds()
-    assert latency < 60, f"expiry started {latency:.0f}s after its scheduled time"
+    assert latency < 240, f"expiry started {latency:.0f}s after its scheduled time"
     assert token not in worker.log.read_text()
 
 

@@ -2,12 +2,14 @@
 version (4.4.0), is moved to another chart version by its own `chart_version` override in
 cluster.yaml, as an operator canaries a release on one hub before the fleet.
 
-`deploy_hub` upgrades the release to that version and its full gate passes on the node
-(rollout, ops token, reachable, api, auth, spawn: KubeSpawner starts a user pod and runs
-Python in a kernel on it). The other version is `NEXT_VERSION`, the 4.4.0 package published
-again under a new version by the tests' chart repository (hubfleet/testenv/chartrepo.py):
-a stand-in for a second z2jh release, which this machine cannot download. The failed
-upgrade rolled back on the node is tests/node/test_deploy_on_node.py's.
+`deploy_hub` upgrades the release to that version and its gate passes on the node
+(rollout, ops token, reachable, api, auth); then a deep check of the canary spawns a user
+pod with KubeSpawner and runs Python in a kernel on it.
+
+The other version is `NEXT_VERSION`, the 4.4.0 package published again under a new
+version by the tests' chart repository (hubfleet/testenv/chartrepo.py): a stand-in for a
+second z2jh release, which this machine cannot download. The failed upgrade rolled back on
+the node is tests/node/test_deploy_on_node.py's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import pytest
 from nodefleet import NodeHub
 
+from flows.check_hub_health import check_hub_health
 from flows.deploy_hub import deploy_hub
 from hubfleet.testenv.chartrepo import NEXT_VERSION
 
@@ -50,7 +53,8 @@ async def test_a_per_hub_canary_moves_one_hub_to_another_chart_version(
     node_hub: NodeHub, kube, helm
 ) -> None:
     before = _release(helm, kube, node_hub.hub)
-    assert before["chart"] == "jupyterhub-4.4.0" and before["status"] == "deployed"
+    # The release is hubfleet's wrapper chart (helm/hub), versioned as the z2jh it wraps.
+    assert before["chart"] == "hub-4.4.0" and before["status"] == "deployed"
 
     cluster_yaml = node_hub.cluster_dir / "cluster.yaml"
     text = cluster_yaml.read_text()
@@ -64,5 +68,9 @@ async def test_a_per_hub_canary_moves_one_hub_to_another_chart_version(
     assert (result["from_version"], result["to_version"]) == ("4.4.0", NEXT_VERSION)
     assert result["health"] == "healthy", result
     after = _release(helm, kube, node_hub.hub)
-    assert after["chart"] == f"jupyterhub-{NEXT_VERSION}" and after["status"] == "deployed"
+    assert after["chart"] == f"hub-{NEXT_VERSION}" and after["status"] == "deployed"
     assert int(after["revision"]) == int(before["revision"]) + 1
+    deep = await check_hub_health(node_hub.cluster, node_hub.hub, depth="deep")
+    assert deep["verdict"] == "healthy", deep
+    spawn = next(p for p in deep["probes"] if p["level"] == "spawn")
+    assert spawn["ok"] and "ran code in a kernel" in str(spawn["detail"]), spawn
