@@ -202,9 +202,13 @@ def judge_tls(
 
 @dataclass(frozen=True)
 class DeploymentSeen:
+    """A Deployment (hub, proxy, user-scheduler) or DaemonSet (the image pullers) as the
+    probe saw it: pods wanted, pods ready."""
+
     name: str
     desired: int
     ready: int
+    kind: str = "deployment"  # or "daemonset"
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,7 @@ def judge_k8s(
     """Every problem in the namespace, named with the pod's own reason; ok if none."""
     problems: list[str] = []
     deployments = list(deployments)
-    names = {d.name for d in deployments}
+    names = {d.name for d in deployments if d.kind == "deployment"}
     problems += [f"deployment {n} missing" for n in required if n not in names]
     pods = list(pods)
     for d in deployments:
@@ -249,7 +253,7 @@ def judge_k8s(
             reasons = [_pod_reason(p) for p in pods if p.name.startswith(f"{d.name}-")]
             why = [r for r in reasons if r]
             problems.append(
-                f"deployment {d.name} {d.ready}/{d.desired} ready"
+                f"{d.kind} {d.name} {d.ready}/{d.desired} ready"
                 + (f" ({'; '.join(why)})" if why else "")
             )
     for pod in pods:
@@ -267,7 +271,12 @@ def judge_k8s(
             problems.append(f"pod {pod.name} Failed: {'; '.join(pod.conditions) or '-'}")
     problems += [f"pvc {p.name} {p.phase}" for p in pvcs if p.phase != "Bound"]
     if not problems:
-        detail = f"{len(deployments)} deployments ready in namespace {namespace}"
+        sets = sum(d.kind == "daemonset" for d in deployments)
+        detail = (
+            f"{len(deployments) - sets} deployments"
+            + (f" and {sets} daemonsets" if sets else "")
+            + f" ready in namespace {namespace}"
+        )
         return ProbeResult(Level.k8s, True, latency_ms, detail=detail)
     return ProbeResult(
         Level.k8s, False, latency_ms, f"namespace {namespace}: " + "; ".join(problems)

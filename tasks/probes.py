@@ -476,7 +476,8 @@ def certificate_not_after(host: str, port: int = 443, timeout: float = api.TIMEO
 def observe_namespace(
     kubeconfig: dict[str, Any], context: str | None, namespace: str
 ) -> tuple[list[DeploymentSeen], list[PodSeen], list[PvcSeen]]:
-    """Read (only) the namespace's Deployments, pods and PVCs.
+    """Read (only) the namespace's Deployments and DaemonSets (z2jh's hub, proxy,
+    user-scheduler and image pullers, as enabled), pods and PVCs.
 
     The kubeconfig is used from memory: it is never written to disk here.
     """
@@ -489,6 +490,7 @@ def observe_namespace(
         apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
         try:
             deps = apps.list_namespaced_deployment(namespace, _request_timeout=10).items
+            sets = apps.list_namespaced_daemon_set(namespace, _request_timeout=10).items
             pods = core.list_namespaced_pod(namespace, _request_timeout=10).items
             pvcs = core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=10)
         except ApiException as exc:
@@ -508,6 +510,15 @@ def observe_namespace(
                 (d.status.ready_replicas or 0) if d.status else 0,
             )
             for d in deps
+        ]
+        + [
+            DeploymentSeen(
+                str(s.metadata.name),  # type: ignore[union-attr]
+                (s.status.desired_number_scheduled or 0) if s.status else 0,
+                (s.status.number_ready or 0) if s.status else 0,
+                kind="daemonset",
+            )
+            for s in sets
         ],
         [_pod_seen(p, now) for p in pods],
         [

@@ -108,6 +108,28 @@ async def test_deployment_that_never_gets_ready_is_reported_with_the_pods_reason
             f"{name} in {kube_namespace} to be Ready",
             lambda n=name: apps.read_namespaced_deployment(n, kube_namespace).status.ready_replicas,
         )
+    # z2jh's continuous image puller, as a hub's values may enable it: a DaemonSet, read
+    # and judged with the Deployments (kwok runs its pod on each core node).
+    puller = deployment("continuous-image-puller", {"hub.jupyter.org/node-purpose": "core"})
+    apps.create_namespaced_daemon_set(
+        kube_namespace,
+        client.V1DaemonSet(
+            metadata=puller.metadata, spec=client.V1DaemonSetSpec(
+                selector=puller.spec.selector, template=puller.spec.template
+            ),
+        ),
+    )  # fmt: skip
+
+    def puller_ready() -> bool:
+        status = apps.read_namespaced_daemon_set("continuous-image-puller", kube_namespace).status
+        return bool(status.desired_number_scheduled) and (
+            status.number_ready == status.desired_number_scheduled
+        )
+
+    wait_for("the image puller DaemonSet to be Ready on the core nodes (kwok)", puller_ready)
     seen = probes.observe_namespace(yaml.safe_load(text), context, kube_namespace)
+    sets = [d for d in seen[0] if d.kind == "daemonset"]
+    assert [s.name for s in sets] == ["continuous-image-puller"] and sets[0].desired >= 1
     fine = judge_k8s(kube_namespace, *seen)
     assert fine.ok, fine.reason
+    assert "2 deployments and 1 daemonsets ready" in str(fine.detail)

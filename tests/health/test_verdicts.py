@@ -90,6 +90,27 @@ def test_k8s_names_each_problem_with_its_reason() -> None:
     assert fine.ok
 
 
+def test_k8s_judges_what_z2jh_adds_when_enabled() -> None:
+    """The user scheduler (a Deployment) and the image pullers (DaemonSets) count like hub
+    and proxy once a hub's values turn them on; a DaemonSet is never a missing Deployment."""
+    seen = [
+        DeploymentSeen("hub", 1, 1),
+        DeploymentSeen("proxy", 1, 1),
+        DeploymentSeen("user-scheduler", 2, 1),
+        DeploymentSeen("continuous-image-puller", 3, 2, kind="daemonset"),
+    ]
+    pods = [PodSeen("continuous-image-puller-x1", "Pending", 30, waiting=("ImagePullBackOff",))]
+    result = judge_k8s("ns", seen, pods, [])
+    assert "deployment user-scheduler 1/2 ready" in result.reason
+    assert "daemonset continuous-image-puller 2/3 ready" in result.reason
+    assert "pod continuous-image-puller-x1 ImagePullBackOff" in result.reason
+    ready = [*seen[:2], DeploymentSeen("continuous-image-puller", 3, 3, kind="daemonset")]
+    fine = judge_k8s("ns", ready, [], [])
+    assert fine.ok and fine.detail == "2 deployments and 1 daemonsets ready in namespace ns"
+    only_sets = judge_k8s("ns", [DeploymentSeen("hub", 1, 1, kind="daemonset")], [], [])
+    assert "deployment hub missing" in only_sets.reason
+
+
 def test_one_blip_is_not_an_alarm_three_in_a_row_alert_once() -> None:
     s = Streak()
     blip = next_streak(s, Verdict.down, NOW, 3)
