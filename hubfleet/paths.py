@@ -25,7 +25,7 @@ def data_dir() -> Path:
 def cache_dir() -> Path:
     """Tools that are slow to build or install (`HUBFLEET_CACHE_DIR` overrides)."""
     env = os.environ.get("HUBFLEET_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "hubfleet"
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hubfleet"
 
 
 def fleet_dir() -> Path:

@@ -44,6 +44,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from hubfleet import paths
+
 VERSIONS_FILE = Path(__file__).with_name("versions.toml")
 
 # One Go build at a time with -p 2: the CI machines have 2 cores and 24 GB; more
@@ -95,7 +97,7 @@ class ToolBuildError(RuntimeError):
 
 def cache_dir() -> Path:
     """``${HUBFLEET_CACHE_DIR:-~/.cache/hubfleet}`` (outside the repo, shared by runs)."""
-    return Path(os.environ.get("HUBFLEET_CACHE_DIR") or "~/.cache/hubfleet").expanduser()
+    return paths.cache_dir()
 
 
 def bin_dir() -> Path:
