@@ -5,11 +5,19 @@ Runbook:
      names the field, the bad value and what is allowed, and nothing is changed
   2. compute the change to the hub's own values file (its last listed file) as a patch
   3. dry run: show the patch, stop
-  4. write the file and run the normal `deploy_hub` (schema check, health gate, rollback);
-     if the deploy fails, the file is put back as it was
-  5. record the patch in git as a commit on a branch `customize/<cluster>-<hub>-<time>`
-     (the working tree is left as it was; merging the branch makes it permanent), or, when
-     the registry is not a writable git repository, as a patch in the run's artifact
+  4. under the hub lock (taken before the values file is touched): write the file and run
+     the normal `deploy_hub` (schema check, health gate, rollback); if the deploy fails,
+     the file is put back as it was
+  5. commit the change on the branch the fleet is deployed from (the registry checkout's
+     current branch), so the next fleet deploy keeps it; a concurrent edit of the file
+     (uncommitted changes in it, or the branch moved while this ran) is refused, never
+     overwritten. A registry that is not a git checkout keeps the file as written, and
+     the patch is in the run's artifact.
+
+Why a commit on the deployed branch, not a merge request: a community admin's change is
+within what the preset allows (checked in step 1) and passed the same health gate as any
+deploy; a merge request would leave the hub running values the registry does not have
+until someone merges, and the next fleet deploy would revert it.
 """
 
 from __future__ import annotations
@@ -20,11 +28,10 @@ import os
 import subprocess
 import tempfile
 import unicodedata
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
 from ruamel.yaml import YAML
 
@@ -34,6 +41,7 @@ from flows.parameters import Names
 from hubfleet.errors import HubfleetError
 from hubfleet.presets import Preset, load_preset
 from hubfleet.values import hub_layers
+from tasks.locks import ensure_concurrency_limits_once, hub_lock
 
 
 class CustomizationRejected(HubfleetError):
@@ -159,14 +167,41 @@ def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return done.stdout.strip()
 
 
-def commit_on_branch(root: Path, file: Path, content: str, branch: str, message: str) -> str:
-    """Commit `content` as `file` on a new branch from HEAD without touching the working
-    tree or the checkout's index (a private index file). Returns the commit id."""
+class ConcurrentEdit(HubfleetError):
+    """The hub's values file changed under this run; nothing was committed."""
+
+
+def registry_head(root: Path) -> tuple[str, str] | None:
+    """(branch, commit) the registry checkout is on, or None when it is not a git checkout
+    with a branch (then the working tree is the registry)."""
+    try:
+        branch = _git(root, "symbolic-ref", "--short", "HEAD")
+        return branch, _git(root, "rev-parse", "HEAD")
+    except OSError:
+        return None
+
+
+def refuse_uncommitted(root: Path, file: Path, target: str) -> None:
+    """A values file with uncommitted edits is someone's work in progress: refuse."""
+    if _git(root, "status", "--porcelain", "--", str(file)):
+        raise ConcurrentEdit(
+            f"{target}: {file.name} has uncommitted changes in the registry checkout "
+            f"({file}); commit or discard them, then ask again. Nothing was changed."
+        )
+
+
+def commit_on_branch(
+    root: Path, file: Path, content: str, branch: str, expected: str, message: str
+) -> str:
+    """Commit `content` as `file` on `branch`, whose tip must still be `expected` (a
+    compare-and-swap: another writer's commit in between is refused, not overwritten).
+    Built with a private index, then the checkout's index is refreshed for that file.
+    Returns the commit id."""
     top = Path(_git(root, "rev-parse", "--show-toplevel"))
     rel = file.resolve().relative_to(top.resolve())
     with tempfile.TemporaryDirectory(prefix="hubfleet-customize-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        _git(top, "read-tree", "HEAD", env=env)
+        _git(top, "read-tree", expected, env=env)
         blob_src = Path(tmp) / "values.yaml"
         blob_src.write_text(content, encoding="utf-8")
         blob = _git(top, "hash-object", "-w", str(blob_src))
@@ -178,8 +213,15 @@ def commit_on_branch(root: Path, file: Path, content: str, branch: str, message:
             "GIT_COMMITTER_NAME": "hubfleet customize_hub",
             "GIT_COMMITTER_EMAIL": "hubfleet@localhost",
         }
-        commit = _git(top, "commit-tree", tree, "-p", "HEAD", "-m", message, env=author)
-        _git(top, "update-ref", f"refs/heads/{branch}", commit, "")
+        commit = _git(top, "commit-tree", tree, "-p", expected, "-m", message, env=author)
+        try:
+            _git(top, "update-ref", f"refs/heads/{branch}", commit, expected)
+        except OSError:
+            raise ConcurrentEdit(
+                f"branch {branch} moved while customize_hub ran (another commit landed); "
+                "the change was deployed but not committed: ask again to record it on top"
+            ) from None
+    _git(top, "update-index", "--", str(rel))  # the checkout's index matches the new tip
     return commit
 
 
@@ -216,6 +258,34 @@ async def customize_hub(
     file = _values_file(op)
     # Broken values files are reported as `file:line` before anything is changed.
     hub_layers(op.fleet, op.cluster.name, op.hub)
+    await ensure_concurrency_limits_once(op.fleet)
+    # The lock first: the file is read, changed and committed by one run at a time (the
+    # deploy below runs under it too: locks pass down to subflows).
+    async with hub_lock(cluster, hub):
+        return await _apply(
+            op, file, preset, admins, allowed_users, allowed_groups, default_image,
+            profiles, default_profile, dry_run, gate,
+        )  # fmt: skip
+
+
+async def _apply(
+    op: Operation,
+    file: Path,
+    preset: Preset | None,
+    admins: list[str] | None,
+    allowed_users: list[str] | None,
+    allowed_groups: list[str] | None,
+    default_image: str | None,
+    profiles: list[str] | None,
+    default_profile: str | None,
+    dry_run: bool,
+    gate: Gate,
+) -> dict[str, Any]:
+    assert op.hub is not None
+    cluster, hub = op.cluster.name, op.hub.name
+    head = registry_head(op.fleet.root)
+    if head is not None:
+        refuse_uncommitted(op.fleet.root, file, op.target)
     before = file.read_text(encoding="utf-8")
     yaml = YAML()
     yaml.preserve_quotes = True
@@ -250,22 +320,21 @@ async def customize_hub(
     file.write_text(after, encoding="utf-8")
     try:
         deployed = await deploy_hub(cluster, hub, operator=op.operator, gate=gate)
-    finally:
-        # Git, not the working tree, is the source of truth: the change lands as a branch.
-        file.write_text(before, encoding="utf-8")
-    branch = f"customize/{cluster}-{hub}-{datetime.now(UTC):%Y%m%d%H%M%S}"
-    message = f"customize_hub {op.target} by {op.operator}\n\n{patch}"
-    try:
-        commit: str | None = commit_on_branch(op.fleet.root, file, after, branch, message)
-    except (OSError, ValueError) as exc:
-        get_run_logger().warning("registry not writable as git (%s): patch kept as artifact", exc)
-        commit, branch = None, ""
-    await _record(op, "Applied", patch, branch or None)
+    except BaseException:
+        file.write_text(before, encoding="utf-8")  # rolled back: the registry as it was
+        raise
+    branch: str | None = None
+    commit: str | None = None
+    if head is not None:
+        branch, expected = head
+        message = f"customize_hub {op.target} by {op.operator}\n\n{patch}"
+        commit = commit_on_branch(op.fleet.root, file, after, branch, expected, message)
+    await _record(op, "Applied", patch, branch)
     return {
         "hub": op.target,
         "changed": True,
         "patch": patch,
-        "branch": branch or None,
+        "branch": branch,
         "commit": commit,
         "deploy": deployed,
     }
@@ -287,13 +356,14 @@ async def _record(
 ) -> None:
     assert op.hub is not None
     where = (
-        "Nothing was written. Run without dry_run to deploy it and record it as a branch "
-        "`customize/<cluster>-<hub>-<time>` of the registry."
+        "Nothing was written. Run without dry_run to deploy it and commit it on the branch "
+        "the fleet is deployed from."
         if dry_run
-        else f"Committed on branch `{branch}`: merge it to keep the change in the next fleet "
-        "deploy."
+        else f"Committed on `{branch}`, the branch the fleet is deployed from: the next fleet "
+        "deploy keeps it."
         if branch
-        else "The registry is not a writable git repository: apply this patch to it."
+        else "The registry is not a git checkout: the values file keeps the change; "
+        "apply this patch wherever the registry is kept."
     )
     await acreate_markdown_artifact(
         key=f"customize-{op.cluster.name}-{op.hub.name}",

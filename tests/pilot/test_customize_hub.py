@@ -17,7 +17,13 @@ from kubernetes import client
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-from flows.customize_hub import CustomizationRejected, customize_hub
+from flows.customize_hub import (
+    ConcurrentEdit,
+    CustomizationRejected,
+    commit_on_branch,
+    customize_hub,
+)
+from flows.deploy_hub import deploy_hub
 from hubfleet.loader import load_fleet
 from hubfleet.values import hub_layers, hub_schema, validate_layers
 
@@ -74,25 +80,25 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
         secret = client.CoreV1Api(kube_api).read_namespaced_secret("hub", "course")
         rendered = base64.b64decode(secret.data["values.yaml"]).decode()
         assert "scipy-notebook" in rendered and "prof@college.example.edu" in rendered
-        # The working tree is as it was; the change is a commit on a branch.
-        assert values_file.read_text() == original
-        branch = result["branch"]
-        assert git(root, "rev-parse", branch) == result["commit"]
-        assert "default_image" not in git(
-            root, "show", f"{branch}:clusters/{cluster}/course.values.yaml"
+        # The change is a commit on the branch the fleet is deployed from, and the checkout
+        # is that commit (nothing left uncommitted).
+        assert result["branch"] == "main" and git(root, "rev-parse", "main") == result["commit"]
+        assert git(root, "log", "-1", "--format=%s") == (
+            f"customize_hub {cluster}/course by community-admin"
         )
-        # The branch's fleet validates, and its values pass the chart's schema.
-        copy = tmp_path / "branch"
-        git(root, "worktree", "add", "-q", str(copy), branch)
+        assert git(root, "status", "--porcelain") == ""
+        assert "prof@college.example.edu" in values_file.read_text()
+        assert "prof@college.example.edu" not in original
+        # The registry validates, and its values pass the chart's schema.
         done = subprocess.run(
-            [sys.executable, "-m", "hubfleet.cli", "validate", str(copy)],
+            [sys.executable, "-m", "hubfleet.cli", "validate", str(root)],
             capture_output=True,
             text=True,
             timeout=60,
             cwd=REPO,
         )
         assert done.returncode == 0, done.stderr
-        fleet = load_fleet(copy)
+        fleet = load_fleet(root)
         hub = fleet.cluster(cluster).hub("course")
         layers = hub_layers(fleet, cluster, hub)
         validate_layers(layers, hub_schema(fleet, hub))
@@ -112,6 +118,24 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
         assert any(r.state_type.value == "FAILED" for r in runs)  # the refused one
         assert any(r.state_type.value == "COMPLETED" for r in runs)
         assert all(isinstance(r.id, UUID) for r in runs)
+
+        # It sticks: the next deploy from the registry keeps the community's change (an
+        # "upgrade" all the same: z2jh's first upgrade after install re-renders the proxy
+        # token's hash, see README).
+        again = await deploy_hub(cluster, "course", gate="rollout", operator="ops")
+        assert again["health"] == "healthy", again
+        secret = client.CoreV1Api(kube_api).read_namespaced_secret("hub", "course")
+        rendered = base64.b64decode(secret.data["values.yaml"]).decode()
+        assert "scipy-notebook" in rendered and "prof@college.example.edu" in rendered
+        # Someone's uncommitted edit of the same file is refused, not overwritten.
+        edited = values_file.read_text() + "# a maintainer's note, not committed yet\n"
+        values_file.write_text(edited)
+        with pytest.raises(ConcurrentEdit, match="has uncommitted changes"):
+            await customize_hub(
+                cluster, "course", admins=["someone@else.example.edu"], gate="rollout"
+            )
+        assert values_file.read_text() == edited
+        assert git(root, "rev-parse", "main") == result["commit"]
     finally:
         # Leave the shared control plane as we found it (namespace names are per test).
         subprocess.run(
@@ -127,3 +151,24 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
             capture_output=True,
             timeout=120,
         )
+
+
+def test_a_commit_on_a_branch_that_moved_is_refused(tmp_path: Path) -> None:
+    """The compare-and-swap under customize_hub's commit: when another commit landed on
+    the branch meanwhile, nothing is overwritten and the branch keeps the other commit."""
+    root = tmp_path / "registry"
+    (root / "clusters").mkdir(parents=True)
+    values = root / "clusters" / "course.values.yaml"
+    values.write_text("a: 1\n")
+    git(root.parent, "init", "-q", "-b", "main", str(root))
+    git(root, "add", ".")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "fleet")
+    seen = git(root, "rev-parse", "main")
+    values.write_text("a: 2\n")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "someone else")
+    other = git(root, "rev-parse", "main")
+    with pytest.raises(ConcurrentEdit, match="moved while customize_hub ran"):
+        commit_on_branch(root, values, "a: 3\n", "main", seen, "customize")
+    assert git(root, "rev-parse", "main") == other
+    mine = commit_on_branch(root, values, "a: 3\n", "main", other, "customize")
+    assert git(root, "rev-parse", "main") == mine
