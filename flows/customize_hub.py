@@ -258,14 +258,14 @@ async def customize_hub(
     file = _values_file(op)
     # Broken values files are reported as `file:line` before anything is changed.
     hub_layers(op.fleet, op.cluster.name, op.hub)
+    request = (admins, allowed_users, allowed_groups, default_image, profiles, default_profile)
+    if dry_run:  # reads only: no lock, so a dry run never waits behind a deploy
+        return await _apply(op, file, preset, *request, dry_run=True, gate=gate)
     await ensure_concurrency_limits_once(op.fleet)
     # The lock first: the file is read, changed and committed by one run at a time (the
     # deploy below runs under it too: locks pass down to subflows).
     async with hub_lock(cluster, hub):
-        return await _apply(
-            op, file, preset, admins, allowed_users, allowed_groups, default_image,
-            profiles, default_profile, dry_run, gate,
-        )  # fmt: skip
+        return await _apply(op, file, preset, *request, dry_run=False, gate=gate)
 
 
 async def _apply(
@@ -284,7 +284,7 @@ async def _apply(
     assert op.hub is not None
     cluster, hub = op.cluster.name, op.hub.name
     head = registry_head(op.fleet.root)
-    if head is not None:
+    if head is not None and not dry_run:
         refuse_uncommitted(op.fleet.root, file, op.target)
     before = file.read_text(encoding="utf-8")
     yaml = YAML()
