@@ -57,8 +57,10 @@ def _say(msg: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def worker_image(real_node) -> ImageArchive:
-    """The worker image (built if this checkout's key is new), imported into the node."""
+def worker_image(real_node, prefect_server) -> ImageArchive:
+    """The worker image (built if this checkout's key is new), imported into the node;
+    built while this session's server credential is in the environment (see
+    `test_worker_image_and_its_build_logs_hold_no_credential`)."""
     cached = hubimages.archive_path("worker").exists()
     t0 = time.monotonic()
     try:
@@ -141,6 +143,31 @@ def test_worker_image_is_this_checkout_on_the_base_without_host_details(worker_i
         assert host_file not in names
     assert not [n for n in names if n.startswith(("tmp/", "root/.cache/", f"{root}/tests"))]
     assert not [n for n in names if "/.git/" in n or n.endswith("/.git")]
+
+
+def test_worker_image_and_its_build_logs_hold_no_credential(worker_image):
+    """The image was built by this session, which holds its Prefect server's credential in
+    the environment (as an operator's shell may hold one): it is in neither build log, nor
+    in the checkout's layer (the dependencies' layer is pip's output, built offline in a
+    clean environment; its log is scanned)."""
+    credential = os.environ["PREFECT_API_AUTH_STRING"]
+    password = credential.split(":", 1)[1]
+    logs = [build.cache_dir() / "logs" / f"image-{name}.log" for name in ("worker-deps", "worker")]
+    scanned = {log.name: log.read_text(errors="replace") for log in logs if log.exists()}
+    assert "image-worker.log" in scanned, logs  # its top layer was built at least once here
+    assert not [name for name, text in scanned.items() if password in text]
+    import tarfile
+
+    with tarfile.open(worker_image.path) as outer:
+        index_file = outer.extractfile("index.json")
+        assert index_file is not None
+        (desc,) = json.load(index_file)["manifests"]
+        manifest_file = outer.extractfile(f"blobs/sha256/{desc['digest'].split(':', 1)[1]}")
+        assert manifest_file is not None
+        top = json.load(manifest_file)["layers"][-1]["digest"].split(":", 1)[1]
+        layer = outer.extractfile(f"blobs/sha256/{top}")
+        assert layer is not None
+        assert password.encode() not in layer.read()
 
 
 def pool_template(image: str, namespace: str, api_url: str) -> dict[str, Any]:
