@@ -20,10 +20,17 @@ from hubfleet.values import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = hub_schema("4.4.0")  # the wrapper's, with z2jh 4.4.0's at `jupyterhub`
 
 
-def test_layers_in_order_later_wins(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def schema(chart_repository) -> Path:
+    """The wrapper's schema, with z2jh 4.4.0's at `jupyterhub`: read from the chart, which
+    comes from the tests' loopback chart repository on a machine whose cache lacks it (so
+    never at import time, before that repository is set up)."""
+    return hub_schema("4.4.0")
+
+
+def test_layers_in_order_later_wins(tmp_path: Path, schema: Path) -> None:
     fleet = load_fleet(REPO / "fleet")
     hub = fleet.cluster("gcp-central").hub("college")
     secret = {"jupyterhub": {"hub": {"cookieSecret": "ab" * 32}}}
@@ -42,7 +49,7 @@ def test_layers_in_order_later_wins(tmp_path: Path) -> None:
     assert values["ingress"]["hosts"] == ["college.hubs.example.org"]
     assert values["ingress"]["enabled"] is True  # hubfleet's default over z2jh's
     assert values["hub"]["cookieSecret"] == "ab" * 32
-    validate_layers(layers, SCHEMA)
+    validate_layers(layers, schema)
 
 
 def test_cluster_values_file_sits_between_fleet_and_hub(tmp_path: Path) -> None:
@@ -60,7 +67,7 @@ def test_cluster_values_file_sits_between_fleet_and_hub(tmp_path: Path) -> None:
     assert values["singleuser"]["memory"]["limit"] == "2G"  # hub over cluster
 
 
-def test_schema_error_names_file_and_key_and_hides_secrets() -> None:
+def test_schema_error_names_file_and_key_and_hides_secrets(schema: Path) -> None:
     fleet = load_fleet(REPO / "fleet")
     hub = fleet.cluster("gcp-central").hub("college")
     secret = "not-a-string-but-secret"
@@ -69,7 +76,7 @@ def test_schema_error_names_file_and_key_and_hides_secrets() -> None:
     )
     layers[3].values["jupyterhub"]["singleuser"]["memmory"] = 1
     with pytest.raises(ValuesInvalid) as info:
-        validate_layers(layers, SCHEMA)
+        validate_layers(layers, schema)
     message = str(info.value)
     # The key was added in memory: the line is that of its parent, `singleuser:`.
     assert (
