@@ -44,6 +44,9 @@ TEMPLATE_KUBE_VERSION = "1.30.0"
 
 _TRANSIENT = re.compile(
     r"another operation \(install/upgrade/rollback\) is in progress"
+    # `upgrade --install` found no release, then another installer created it first: the
+    # retry finds it and upgrades (two clusters of the test fleet share one API server).
+    r"|UPGRADE FAILED: release: already exists"
     r"|connection refused|connection reset|i/o timeout|TLS handshake timeout"
     r"|the server is currently unable to handle the request|Too Many Requests"
     r"|etcdserver: request timed out|http2: client connection lost|EOF$",

@@ -146,3 +146,35 @@ def test_every_registered_operation_imports() -> None:
     flows = resolve(OPERATIONS)
     assert len(flows) == len(OPERATIONS)
     assert all(flow.name == spec.function for spec, flow in flows if spec.name == "default")
+
+
+def test_helm_errors_of_a_race_are_transient_the_rest_are_not(tmp_path) -> None:
+    """Errors another helm run causes in passing are retried (the task's transient
+    retries); a real failure is not."""
+    import stat
+
+    from tasks.helm import Helm, HelmError, HelmTransient
+
+    fake = tmp_path / "helm"
+    fake.write_text('#!/bin/sh\necho "$FAKE_HELM_ERROR" >&2\nexit 1\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    helm = Helm(None, binary=fake)
+    import os
+
+    try:
+        for message, kind in [
+            ("Error: UPGRADE FAILED: release: already exists", HelmTransient),
+            ("Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress",
+             HelmTransient),
+            ("Error: INSTALLATION FAILED: chart requires kubeVersion", HelmError),
+        ]:  # fmt: skip
+            os.environ["FAKE_HELM_ERROR"] = message
+            try:
+                helm.run("upgrade", "--install", "x", "chart")
+            except (HelmError, HelmTransient) as exc:
+                assert type(exc) is kind and message in str(exc), (message, exc)
+            else:
+                raise AssertionError("the fake helm failed, the call did not")
+    finally:
+        os.environ.pop("FAKE_HELM_ERROR", None)
+        helm.close()
