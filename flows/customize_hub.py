@@ -260,27 +260,24 @@ async def customize_hub(
     hub_layers(op.fleet, op.cluster.name, op.hub)
     request = (admins, allowed_users, allowed_groups, default_image, profiles, default_profile)
     if dry_run:  # reads only: no lock, so a dry run never waits behind a deploy
-        return await _apply(op, file, preset, *request, dry_run=True, gate=gate)
+        return await _apply(op, file, preset, request, dry_run=True, gate=gate)
     await ensure_concurrency_limits_once(op.fleet)
     # The lock first: the file is read, changed and committed by one run at a time (the
     # deploy below runs under it too: locks pass down to subflows).
     async with hub_lock(cluster, hub):
-        return await _apply(op, file, preset, *request, dry_run=False, gate=gate)
+        return await _apply(op, file, preset, request, dry_run=False, gate=gate)
 
 
 async def _apply(
     op: Operation,
     file: Path,
     preset: Preset | None,
-    admins: list[str] | None,
-    allowed_users: list[str] | None,
-    allowed_groups: list[str] | None,
-    default_image: str | None,
-    profiles: list[str] | None,
-    default_profile: str | None,
+    request: tuple[Any, ...],
     dry_run: bool,
     gate: Gate,
 ) -> dict[str, Any]:
+    """Steps 2-5 for one request: `request` is customized_values's arguments after the
+    preset (admins, allowed users and groups, default image, profiles, default profile)."""
     assert op.hub is not None
     cluster, hub = op.cluster.name, op.hub.name
     head = registry_head(op.fleet.root)
@@ -289,18 +286,7 @@ async def _apply(
     before = file.read_text(encoding="utf-8")
     yaml = YAML()
     yaml.preserve_quotes = True
-    after = _dump(
-        customized_values(
-            yaml.load(before),
-            preset,
-            admins,
-            allowed_users,
-            allowed_groups,
-            default_image,
-            profiles,
-            default_profile,
-        )
-    )
+    after = _dump(customized_values(yaml.load(before), preset, *request))
     rel = file.relative_to(op.fleet.root)
     patch = "".join(
         difflib.unified_diff(
