@@ -88,6 +88,7 @@ async def run(clusters: int, hubs: int, parallelism: int, latency: float) -> dic
     from hubfleet.loader import load_fleet
     from hubfleet.paths import fleet_dir
     from hubfleet.plan import plan_fleet
+    from hubfleet.results import Outcome
     from tasks.locks import ensure_concurrency_limits
 
     fleet = load_fleet(fleet_dir())
@@ -101,7 +102,7 @@ async def run(clusters: int, hubs: int, parallelism: int, latency: float) -> dic
     state = await deploy_fleet(selection=["*"], gate="rollout", operator="bench", return_state=True)
     result = await state.aresult(raise_on_failure=False)
     wall = time.perf_counter() - start
-    outcomes = [row["outcome"] for row in result["outcomes"]]
+    outcomes = [o.outcome for o in result.outcomes]
     critical = steps * latency
     total_hubs = clusters * hubs
     return {
@@ -119,7 +120,7 @@ async def run(clusters: int, hubs: int, parallelism: int, latency: float) -> dic
         # Overhead amortised over every hub, and added per step of the critical path.
         "overhead_per_hub_ms": round((wall - critical) * 1000 / total_hubs, 1),
         "overhead_per_step_s": round((wall - critical) / steps, 2),
-        "deployed": outcomes.count("deployed"),
+        "deployed": outcomes.count(Outcome.deployed),
         # Other work on the machine skews the ratio: record how busy it was.
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),

@@ -59,6 +59,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_API_DATABASE_TIMEOUT", "60")
 os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 
+from hubfleet.results import HubDeployed  # noqa: E402
 from hubfleet.testenv import build, hubimages, images  # noqa: E402
 from hubfleet.testenv.controlplane import ControlPlane  # noqa: E402
 from hubfleet.testenv.node import POD_PLACEMENT, RealNode, ensure_node_tools  # noqa: E402
@@ -226,8 +227,8 @@ def _stop_local_hubs(data: Path) -> None:
         LocalHub(state.parent, state.parent.name).stop()
 
 
-def _outcome(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: result.get(k) for k in ("action", "health")}
+def _outcome(result: HubDeployed) -> dict[str, Any]:
+    return {"action": result.action, "health": result.health}
 
 
 def local_runs(hubs: list[str], data: Path) -> list[dict]:
@@ -243,7 +244,7 @@ def local_runs(hubs: list[str], data: Path) -> list[dict]:
             _stop_local_hubs(data)
         run = {"seconds": round(seconds, 2), **_outcome(result), "load_1m": _load()[0]}
         print(f"local deploy {i + 1}: {run}", flush=True)
-        if result.get("health") != "healthy":
+        if result.health != "healthy":
             raise RuntimeError(f"local deploy of {hub} not healthy: {result}")
         out.append(run)
     return out
@@ -321,7 +322,7 @@ def node_runs(
                 "load_1m": _load()[0],
             }
             print(f"node deploy {i + 1}: {run}", flush=True)
-            if result.get("health") != "healthy":
+            if result.health != "healthy":
                 raise RuntimeError(f"deploy of {hub} on the node not healthy: {result}")
             out.append(run)
     finally:

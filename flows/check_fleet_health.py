@@ -30,7 +30,7 @@ from prefect.events import emit_event
 
 from blocks.hub_token import HubOpsToken
 from flows.check_hub_health import check_hub_health, history_row, hub_url, report_dict
-from flows.operation import Operation, begin_fleet, current_fleet
+from flows.operation import FleetOperation, begin_fleet, current_fleet
 from flows.parameters import (
     AlertAfter,
     Backoff,
@@ -148,17 +148,16 @@ async def check_fleet_health(
     return summary
 
 
-async def begin_sweep(depth: str, selection: list[str] | None, operator: str | None) -> Operation:
+async def begin_sweep(
+    depth: str, selection: list[str] | None, operator: str | None
+) -> FleetOperation:
     """Tag the run like every fleet-wide operation (a `cluster:` tag per swept cluster), plus
     `depth:<depth>`, which the report and `hubfleet health` read."""
     targets = select(current_fleet(), selection)
     clusters = sorted({c for c, _ in targets})
-    fleet, who, revision = await begin_fleet(
-        "check_fleet_health", operator, clusters, extra_tags=(f"depth:{depth}",)
-    )
+    op = await begin_fleet("check_fleet_health", operator, clusters, extra_tags=(f"depth:{depth}",))
     get_run_logger().info("check_fleet_health (%s) of %d hubs", depth, len(targets))
-    first = fleet.cluster(clusters[0]) if clusters else fleet.clusters[0]
-    return Operation("check_fleet_health", fleet, first, None, who, revision)
+    return op
 
 
 # --- shallow: many hubs per task --------------------------------------------------------

@@ -21,7 +21,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.runtime import flow_run
 
 from blocks.hub_token import HubOpsToken
-from flows.operation import Operation, begin
+from flows.operation import HubOperation, begin_hub
 from hubfleet.errors import HubfleetError
 from hubfleet.health import (
     ALL_PASSED,
@@ -50,7 +50,7 @@ async def check_hub_health(
 ) -> dict[str, Any]:
     """Probe one hub up to `depth` (shallow | deep | a level) and give a verdict."""
     levels = levels_for(depth)  # a bad depth fails before anything is probed
-    op = await begin("check_hub_health", cluster, hub, operator)
+    op = await begin_hub("check_hub_health", cluster, hub, operator)
     url = hub_url(op)
     try:
         async with hub_endpoint(op.fleet, cluster, hub) as endpoint:
@@ -63,10 +63,9 @@ async def check_hub_health(
 
 
 async def run_probes(
-    op: Operation, url: str | None, levels: tuple[Level, ...]
+    op: HubOperation, url: str | None, levels: tuple[Level, ...]
 ) -> list[ProbeResult]:
     """Each level in order; after reachable or api fails, only k8s (if asked) still runs."""
-    assert op.hub is not None
     if url is None:
         return [ProbeResult(Level.reachable, False, None, "never deployed (no local state)")]
     local = op.cluster.provider is Provider.local

@@ -36,7 +36,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from ruamel.yaml import YAML
 
 from flows.deploy_hub import Gate, deploy_hub
-from flows.operation import Operation, begin
+from flows.operation import HubOperation, begin_hub
 from flows.parameters import Names
 from hubfleet.errors import HubfleetError
 from hubfleet.presets import Preset, load_preset
@@ -245,8 +245,7 @@ async def customize_hub(
 
     gate: the deploy's health gate (see deploy_hub); `rollout` where hubs are not reachable.
     """
-    op = await begin("customize_hub", cluster, hub, operator)
-    assert op.hub is not None
+    op = await begin_hub("customize_hub", cluster, hub, operator)
     preset = load_preset(op.hub.use_case) if op.hub.use_case else None
     problems = check_request(preset, op.target, default_image, profiles, default_profile)
     problems += name_problems("admins", admins) + name_problems("allowed_users", allowed_users)
@@ -269,7 +268,7 @@ async def customize_hub(
 
 
 async def _apply(
-    op: Operation,
+    op: HubOperation,
     file: Path,
     preset: Preset | None,
     request: tuple[Any, ...],
@@ -278,7 +277,6 @@ async def _apply(
 ) -> dict[str, Any]:
     """Steps 2-5 for one request: `request` is customized_values's arguments after the
     preset (admins, allowed users and groups, default image, profiles, default profile)."""
-    assert op.hub is not None
     cluster, hub = op.cluster.name, op.hub.name
     head = registry_head(op.fleet.root)
     if head is not None and not dry_run:
@@ -326,8 +324,7 @@ async def _apply(
     }
 
 
-def _values_file(op: Operation) -> Path:
-    assert op.hub is not None
+def _values_file(op: HubOperation) -> Path:
     if not op.hub.values:
         raise CustomizationRejected(
             f"{op.target} lists no values file of its own; add one (e.g. "
@@ -338,9 +335,8 @@ def _values_file(op: Operation) -> Path:
 
 
 async def _record(
-    op: Operation, what: str, patch: str, branch: str | None, dry_run: bool = False
+    op: HubOperation, what: str, patch: str, branch: str | None, dry_run: bool = False
 ) -> None:
-    assert op.hub is not None
     where = (
         "Nothing was written. Run without dry_run to deploy it and commit it on the branch "
         "the fleet is deployed from."

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,15 +23,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.states import Failed
 
-from flows.deploy_hub import Gate, deploy_hub
-from flows.operation import begin_fleet
+from flows.deploy_hub import Gate, HubRolledBack, deploy_hub
+from flows.operation import begin_cluster, begin_fleet, current_fleet
 from flows.parameters import HelmWait, Placeholders, Selection, WavePercent, WaveSize
 from hubfleet.charts import release_version
 from hubfleet.errors import HubfleetError
-from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
-from hubfleet.paths import fleet_dir
 from hubfleet.plan import ClusterPlan, Deployed, FleetPlan, HubChange, plan_fleet, select
+from hubfleet.results import FleetRun, HubOutcome, Outcome
 from hubfleet.values import SUPPORT_CHART, secret_values_file, support_layers
 from tasks import helm as helm_tasks
 from tasks import kube
@@ -45,23 +43,16 @@ SUPPORT_RELEASE = "hubfleet-support"
 SUPPORT_NAMESPACE = "hubfleet-system"
 
 
-@dataclass
-class Outcome:
-    cluster: str
-    hub: str
-    from_version: str | None
-    to_version: str
-    outcome: str
-    duration_s: float = 0.0
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "hub": f"{self.cluster}/{self.hub}",
-            "from-version": self.from_version or "-",
-            "to-version": self.to_version,
-            "outcome": self.outcome,
-            "duration s": self.duration_s,
-        }
+def _outcome(change: HubChange, outcome: Outcome, why: str = "", took: float = 0.0) -> HubOutcome:
+    return HubOutcome(
+        cluster=change.cluster,
+        hub=change.hub,
+        from_version=change.from_version,
+        to_version=change.to_version,
+        outcome=outcome,
+        why=why,
+        duration_s=took,
+    )
 
 
 # --- observing ---------------------------------------------------------------------------
@@ -123,8 +114,8 @@ async def deploy_support(
     `placeholders` sets the user-placeholder replicas (event pre-warming); None keeps them.
     The cluster's optional `support.values.yaml` (placeholder size, placement, image, ...)
     is checked against the chart's schema first and layered under what hubfleet sets."""
-    fleet = load_fleet(fleet_dir())
-    spec = fleet.cluster(cluster)
+    op = await begin_cluster("deploy_support", cluster, operator)
+    fleet, spec = op.fleet, op.cluster
     if spec.provider is Provider.local:
         raise HubfleetError(
             f"cluster {cluster!r} is a local cluster (hubs as processes on this machine): it "
@@ -132,7 +123,6 @@ async def deploy_support(
         )
     # ValuesInvalid (file:line: field: message) before anything runs.
     files = [layer.path for layer in support_layers(fleet, cluster)[1:] if layer.path]
-    await begin_fleet("deploy_support", operator, [cluster])
     chart = SUPPORT_CHART
     async with cluster_session(cluster) as session:
         helm, api = session.helm, session.api
@@ -195,7 +185,9 @@ def _current_placeholders(helm: helm_tasks.Helm) -> int:
 # --- the fleet run -----------------------------------------------------------------------
 
 
-async def _change_hub(change: HubChange, operator: str, gate: Gate, wait_timeout: str) -> Outcome:
+async def _change_hub(
+    change: HubChange, operator: str, gate: Gate, wait_timeout: str
+) -> HubOutcome:
     start = time.monotonic()
     try:
         # deploy_hub takes one of the cluster's `parallelism` slots with its hub lock.
@@ -214,47 +206,29 @@ async def _change_hub(change: HubChange, operator: str, gate: Gate, wait_timeout
         get_run_logger().error(
             "%s/%s: could not run deploy_hub: %s", change.cluster, change.hub, exc
         )
-        return Outcome(
-            change.cluster,
-            change.hub,
-            change.from_version,
-            change.to_version,
-            f"failed: could not run deploy_hub ({exc})",
-            round(time.monotonic() - start, 1),
-        )
+        took = round(time.monotonic() - start, 1)
+        return _outcome(change, Outcome.failed, f"could not run deploy_hub ({exc})", took)
     took = round(time.monotonic() - start, 1)
     if state.is_completed():
-        return Outcome(
-            change.cluster, change.hub, change.from_version, change.to_version, "deployed", took
-        )
+        return _outcome(change, Outcome.deployed, took=took)
     try:
-        await state.aresult()  # raises the flow's exception: its message says why
-        why = state.message or "failed"
+        await state.aresult()  # raises the flow's exception: its type says what happened
+        return _outcome(change, Outcome.failed, state.message or "failed", took)
+    except HubRolledBack as exc:
+        return _outcome(change, Outcome.rolled_back, str(exc), took)
     except Exception as exc:
-        why = str(exc)
-    outcome = "rolled back" if "rolled back" in why else "failed"
-    return Outcome(
-        change.cluster,
-        change.hub,
-        change.from_version,
-        change.to_version,
-        f"{outcome}: {why}",
-        took,
-    )
+        return _outcome(change, Outcome.failed, str(exc), took)
 
 
 async def _run_cluster(
     cp: ClusterPlan, operator: str, gate: Gate, wait_timeout: str
-) -> list[Outcome]:
+) -> list[HubOutcome]:
     """One cluster's steps in order; a failure blocks this cluster's later steps only."""
     logger = get_run_logger()
-    outcomes: list[Outcome] = []
+    outcomes: list[HubOutcome] = []
 
-    def blocked(changes: list[HubChange], why: str) -> list[Outcome]:
-        return [
-            Outcome(c.cluster, c.hub, c.from_version, c.to_version, f"blocked: {why}")
-            for c in changes
-        ]
+    def blocked(changes: list[HubChange], why: str) -> list[HubOutcome]:
+        return [_outcome(c, Outcome.blocked, why) for c in changes]
 
     if cp.support:
         support = await deploy_support(cluster=cp.cluster, operator=operator, return_state=True)
@@ -268,7 +242,7 @@ async def _run_cluster(
             *(_change_hub(c, operator, gate, wait_timeout) for c in changes)
         )
         outcomes += results
-        failed = [o for o in results if o.outcome != "deployed"]
+        failed = [o for o in results if o.outcome is not Outcome.deployed]
         if failed:
             rest = [c for _, later in steps[index + 1 :] for c in later]
             why = f"{name} failed ({', '.join(o.hub for o in failed)})"
@@ -290,13 +264,14 @@ async def run_fleet_plan(
     remove_orphaned: bool,
     gate: Gate,
     wait_timeout: str,
-) -> dict[str, Any]:
+) -> FleetRun:
     """Shared by deploy_fleet and upgrade_fleet: observe, plan, execute, report."""
     logger = get_run_logger()
-    fleet = load_fleet(fleet_dir())
-    chosen = select(fleet, selection)
-    clusters = [c for c in fleet.clusters if any(name == c.name for name, _ in chosen)]
-    _fleet, who, _revision = await begin_fleet(op_name, operator, [c.name for c in clusters])
+    chosen = select(current_fleet(), selection)
+    names = sorted({name for name, _ in chosen})
+    op = await begin_fleet(op_name, operator, names)
+    fleet, who = op.fleet, op.operator
+    clusters = [c for c in fleet.clusters if c.name in names]
 
     deployed: dict[tuple[str, str], str | None] = {}
     orphans: dict[str, list[str]] = {}
@@ -342,12 +317,12 @@ async def run_fleet_plan(
         description=f"{op_name}: {len(plan.changes)} hub change(s)",
     )
     if dry_run:
-        return {
-            "dry_run": True,
-            "changes": [c.__dict__ for c in plan.changes],
-            "orphans": orphans,
-            "unreachable": unreachable,
-        }
+        return FleetRun(
+            dry_run=True,
+            changes=[c.__dict__ for c in plan.changes],
+            orphans=orphans,
+            unreachable=unreachable,
+        )
 
     if remove_orphaned:
         for cluster in clusters:
@@ -358,35 +333,39 @@ async def run_fleet_plan(
         *(_run_cluster(cp, who, gate, wait_timeout) for cp in plan.clusters),
         return_exceptions=True,  # one cluster's crash never stops the others
     )
-    outcomes = []
+    outcomes: list[HubOutcome] = []
     for cp, results in zip(plan.clusters, per_cluster, strict=True):
         if isinstance(results, BaseException):
             if not isinstance(results, Exception):
                 raise results  # cancellation and the like are not a cluster's failure
-            outcomes += [
-                Outcome(c.cluster, c.hub, c.from_version, c.to_version, f"failed: {results}")
-                for c in cp.changes
-            ]
+            outcomes += [_outcome(c, Outcome.failed, str(results)) for c in cp.changes]
         else:
             outcomes += results
     outcomes += [
-        Outcome(c, h, None, "-", f"failed: cluster unreachable ({why})")
+        HubOutcome(
+            cluster=c,
+            hub=h,
+            from_version=None,
+            to_version="-",
+            outcome=Outcome.failed,
+            why=f"cluster unreachable ({why})",
+        )
         for c, why in unreachable.items()
         for cc, h in chosen
         if cc == c
     ]
+    summary = FleetRun(
+        outcomes=outcomes,
+        orphans=orphans,
+        unreachable=unreachable,
+        critical_path_steps=plan.critical_path_steps(),
+    )
+    failed = summary.not_deployed
     await acreate_table_artifact(
         key=op_name.replace("_", "-") + "-result",
         table=[o.row() for o in outcomes],
-        description=f"{op_name}: "
-        f"{sum(o.outcome == 'deployed' for o in outcomes)}/{len(outcomes)} deployed",
+        description=f"{op_name}: {len(outcomes) - len(failed)}/{len(outcomes)} deployed",
     )
-    summary = {
-        "outcomes": [o.row() for o in outcomes],
-        "orphans": orphans,
-        "critical_path_steps": plan.critical_path_steps(),
-    }
-    failed = [o for o in outcomes if o.outcome != "deployed"]
     if failed:
         # The run ends Failed (notifications, the UI's red) and still carries the summary.
         message = f"{len(failed)} of {len(outcomes)} hub(s) not deployed: " + ", ".join(
@@ -407,7 +386,7 @@ async def deploy_fleet(
     remove_orphans: bool = False,
     gate: Gate = "auto",
     wait_timeout: HelmWait = "5m",
-) -> dict[str, Any]:
+) -> FleetRun:
     """Deploy the selected hubs ('*', 'cluster' or 'cluster/hub'): support first, staging,
     a health gate, then prod in waves; clusters in parallel. Orphans are reported, and
     removed only with remove_orphans=true. If any hub is not deployed the run ends Failed,

@@ -23,23 +23,23 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from flows.check_hub_health import check_hub_health
-from flows.operation import Operation, begin
+from flows.operation import HubOperation, begin_hub
 from flows.parameters import HelmWait, LockWait
 from hubfleet.charts import hub_chart, release_version
 from hubfleet.errors import HubfleetError
 from hubfleet.localhub import hub_config_from_values, local_values
 from hubfleet.model import Fleet, Provider
+from hubfleet.results import HubDeployed
 from hubfleet.values import (
     Layer,
     hub_layers,
     hub_schema,
-    secret_values_block,
     secret_values_file,
     validate_layers,
 )
 from tasks import helm as helm_tasks
 from tasks import kube
-from tasks.cluster_session import cluster_session
+from tasks.cluster_session import hub_session
 from tasks.helm import in_thread
 from tasks.hub_access import canonical_url, hub_endpoint
 from tasks.hub_credentials import ensure_ops_service, kube_minter, local_minter
@@ -57,24 +57,13 @@ Gate = Literal["auto", "health", "rollout", "none"]
 
 
 class HubDeployFailed(HubfleetError):
-    """The deploy did not leave the hub healthy; the message says what was rolled back."""
+    """The deploy did not leave the hub healthy, and there was nothing to roll back to (or
+    helm's --atomic undid its own upgrade); the message says why."""
 
 
-async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:
-    """The hub's secret values layer (from its `Secret` block), or {} if it has none."""
-    from prefect.blocks.system import Secret
-
-    try:
-        block: Any = await Secret.aload(secret_values_block(cluster, hub))
-    except ValueError:
-        return {}
-    value: Any = block.get()
-    if not isinstance(value, dict):
-        raise HubfleetError(
-            f"Secret block {secret_values_block(cluster, hub)!r} must hold a mapping of chart "
-            "values (e.g. {'hub': {'cookieSecret': '...'}}); nothing was applied"
-        )
-    return value
+class HubRolledBack(HubDeployFailed):
+    """The new revision failed its health gate and the hub was rolled back to the previous
+    one; the message says from which revision to which."""
 
 
 def check_hub_values(fleet: Fleet, cluster: str, hub: str) -> None:
@@ -86,14 +75,6 @@ def check_hub_values(fleet: Fleet, cluster: str, hub: str) -> None:
         local_values(fleet, cluster, spec)  # local hubs apply the files, not the chart
         return
     validate_layers(hub_layers(fleet, cluster, spec), hub_schema(fleet, spec))
-
-
-def _secret_strings(values: Any) -> list[str]:
-    if isinstance(values, dict):
-        return [s for v in values.values() for s in _secret_strings(v)]
-    if isinstance(values, list):
-        return [s for v in values for s in _secret_strings(v)]
-    return [str(values)] if values not in (None, "", True, False) else []
 
 
 @contextmanager
@@ -110,15 +91,14 @@ def helm_values_files(layers: list[Layer]) -> Iterator[list[Path]]:
 # --- the health gate ---------------------------------------------------------------------
 
 
-async def hub_health(op: Operation) -> dict[str, Any]:
+async def hub_health(op: HubOperation) -> dict[str, Any]:
     """The hub-level verdict of a freshly deployed Kubernetes hub: its ops token made sure
     of first (minted in the hub pod on a first deploy, or when the stored one is refused or
     near its expiry), then the `check_hub_health` flow (a subflow run in the history)."""
-    assert op.hub is not None
     cluster, hub = op.cluster.name, op.hub.name
     try:
         async with (
-            cluster_session(cluster) as session,
+            hub_session(cluster, hub) as session,
             hub_endpoint(op.fleet, cluster, hub) as url,
         ):
             assert url is not None
@@ -131,7 +111,7 @@ async def hub_health(op: Operation) -> dict[str, Any]:
     return await check_hub_health(cluster, hub, operator=op.operator)
 
 
-async def health_gate(op: Operation, gate: Gate, api: Any, namespace: str) -> str | None:
+async def health_gate(op: HubOperation, gate: Gate, api: Any, namespace: str) -> str | None:
     """Why the freshly deployed hub must be rolled back, or None if it passes.
 
     Two layers, because `helm --wait` only proves that pods became Ready once:
@@ -147,7 +127,7 @@ async def health_gate(op: Operation, gate: Gate, api: Any, namespace: str) -> st
     logger = get_run_logger()
     if gate == "none":
         return None
-    problems = await kube.rollout_status(api, namespace, op.hub.name if op.hub else "")
+    problems = await kube.rollout_status(api, namespace, op.hub.name)
     if problems:
         return "rollout: " + "; ".join(problems)
     if gate == "rollout":
@@ -172,7 +152,7 @@ async def deploy_hub(
     wait_timeout: HelmWait = "5m",
     lock_timeout: LockWait = None,
     fleet_slot: bool = False,
-) -> dict[str, Any]:
+) -> HubDeployed:
     """Deploy or update one hub; with dry_run, only report what would change.
 
     gate: post-deploy health gate (`auto`, `health`, `rollout` or `none`; see health_gate).
@@ -180,45 +160,47 @@ async def deploy_hub(
     lock_timeout: seconds to wait for another operation on this hub (None: tasks.locks.LOCK_WAIT).
     fleet_slot: also take one of the cluster's `parallelism` slots (set by deploy_fleet).
     """
-    op = await begin("deploy_hub", cluster, hub, operator)
-    assert op.hub is not None
+    op = await begin_hub("deploy_hub", cluster, hub, operator)
     if op.cluster.provider is Provider.local:
         return await _deploy_local(op, dry_run, lock_timeout, fleet_slot)
     return await _deploy_helm(op, dry_run, gate, wait_timeout, lock_timeout, fleet_slot)
 
 
 async def _deploy_helm(
-    op: Operation,
+    op: HubOperation,
     dry_run: bool,
     gate: Gate,
     wait_timeout: str,
     lock_timeout: float | None,
     fleet_slot: bool,
-) -> dict[str, Any]:
-    assert op.hub is not None
+) -> HubDeployed:
     logger = get_run_logger()
     cluster, hub = op.cluster.name, op.hub.name
-    secret_values = await load_secret_values(cluster, hub)
-    layers = hub_layers(op.fleet, cluster, op.hub, secret_values)
     version = op.hub.chart_version or op.fleet.settings.chart_version
-    validate_layers(layers, hub_schema(op.fleet, op.hub))
-    chart = await in_thread(hub_chart, version, op.fleet.settings.chart_repository)
 
     async with AsyncExitStack() as stack:
-        session = await stack.enter_async_context(
-            cluster_session(cluster, _secret_strings(secret_values))
-        )
+        session = await stack.enter_async_context(hub_session(cluster, hub))
+        layers = hub_layers(op.fleet, cluster, op.hub, session.secret_values)
+        validate_layers(layers, hub_schema(op.fleet, op.hub))  # before anything changes
+        chart = await in_thread(hub_chart, version, op.fleet.settings.chart_repository)
         helm, api = session.helm, session.api
         files = stack.enter_context(helm_values_files(layers))
 
         if dry_run:
-            if await in_thread(kube.namespace_exists, api, hub):
+            exists = await in_thread(kube.namespace_exists, api, hub)
+            if exists:
                 changes = await helm_tasks.helm_diff(helm, hub, chart, hub, files)
             else:
                 rendered = await in_thread(helm.template, hub, chart, hub, files)
                 changes = helm_tasks.diff_manifests("", rendered)
             await _artifact(op, f"Dry run: deploy {op.target} (chart {version})", changes)
-            return {"hub": op.target, "dry_run": True, "changes": changes, "to_version": version}
+            return HubDeployed(
+                hub=op.target,
+                action="upgrade" if exists else "install",
+                dry_run=True,
+                changes=changes,
+                to_version=version,
+            )
 
         await ensure_concurrency_limits_once(op.fleet)
         async with hub_lock(cluster, hub, timeout=lock_timeout, fleet_slot=fleet_slot):
@@ -242,29 +224,30 @@ async def _deploy_helm(
                 logger.error("%s failed the health gate: %s", op.target, why)
                 if previous is None:
                     reason = f"failed the health gate ({why}); no previous revision to roll back to"
-                else:
-                    await helm_tasks.helm_rollback(helm, hub, hub, int(previous["revision"]))
-                    reason = (
-                        f"failed the health gate ({why}); rolled back automatically from "
-                        f"revision {revision} to revision {previous['revision']} ({from_version})"
-                    )
+                    await _artifact(op, f"Deploy of {op.target} FAILED", [], reason)
+                    raise HubDeployFailed(f"{op.target}: {reason}")
+                await helm_tasks.helm_rollback(helm, hub, hub, int(previous["revision"]))
+                reason = (
+                    f"failed the health gate ({why}); rolled back automatically from "
+                    f"revision {revision} to revision {previous['revision']} ({from_version})"
+                )
                 await _artifact(op, f"Deploy of {op.target} ROLLED BACK", [], reason)
-                raise HubDeployFailed(f"{op.target}: {reason}")
+                raise HubRolledBack(f"{op.target}: {reason}")
     duration = round(time.monotonic() - started, 1)
     await _artifact(
         op,
         f"Deployed {op.target}: revision {revision}, chart {from_version or 'new'} → {version}",
         [],
     )
-    return {
-        "hub": op.target,
-        "action": "install" if previous is None else "upgrade",
-        "revision": revision,
-        "from_version": from_version,
-        "to_version": version,
-        "duration_s": duration,
-        "health": "healthy" if gate != "none" else "unchecked",
-    }
+    return HubDeployed(
+        hub=op.target,
+        action="install" if previous is None else "upgrade",
+        revision=revision,
+        from_version=from_version,
+        to_version=version,
+        duration_s=duration,
+        health="healthy" if gate != "none" else "unchecked",
+    )
 
 
 def _chart_version(revision: dict[str, Any] | None) -> str | None:
@@ -273,9 +256,8 @@ def _chart_version(revision: dict[str, Any] | None) -> str | None:
 
 
 async def _artifact(
-    op: Operation, title: str, changes: list[dict[str, str]], why: str = ""
+    op: HubOperation, title: str, changes: list[dict[str, str]], why: str = ""
 ) -> None:
-    assert op.hub is not None
     rows = "\n".join(f"| {c['object']} | {c['change']} |" for c in changes)
     table = f"| object | change |\n|---|---|\n{rows}\n" if changes else ""
     await acreate_markdown_artifact(
@@ -287,9 +269,8 @@ async def _artifact(
 
 
 async def _deploy_local(
-    op: Operation, dry_run: bool, lock_timeout: float | None, fleet_slot: bool
-) -> dict[str, Any]:
-    assert op.hub is not None
+    op: HubOperation, dry_run: bool, lock_timeout: float | None, fleet_slot: bool
+) -> HubDeployed:
     logger = get_run_logger()
     cluster, hub = op.cluster.name, op.hub.name
     values = local_values(op.fleet, cluster, op.hub)  # files and the use case's preset
@@ -303,7 +284,7 @@ async def _deploy_local(
             f"```python\n{plan.config}\n```\n",
             description=f"dry run: would {plan.action} {op.target}",
         )
-        return {"hub": op.target, "action": plan.action, "dry_run": True}
+        return HubDeployed(hub=op.target, action=plan.action, dry_run=True)
 
     await ensure_concurrency_limits_once(op.fleet)
     previous = None
@@ -316,7 +297,7 @@ async def _deploy_local(
                 running = start_local_hub(local, plan)
             except LocalHubError as exc:
                 restored = rollback_local_hub(local, previous) if previous else None
-                raise HubDeployFailed(
+                raise (HubRolledBack if restored else HubDeployFailed)(
                     f"{op.target} did not start with the new config ({exc}); "
                     + ("restarted with the previous config" if restored else "nothing to restore")
                 ) from None
@@ -332,7 +313,7 @@ async def _deploy_local(
             why = f"{type(exc).__name__}: {exc}"
         if why is not None and plan.action != "unchanged" and previous:
             rollback_local_hub(local, previous)
-            raise HubDeployFailed(
+            raise HubRolledBack(
                 f"{op.target} is down after deploy ({why}); "
                 "rolled back automatically to the previous config"
             )
@@ -345,4 +326,4 @@ async def _deploy_local(
     )
     if health["verdict"] == "down":
         raise HubDeployFailed(f"{op.target} is down after deploy: {health['reason']}")
-    return {"hub": op.target, "action": plan.action, "url": url, "health": health["verdict"]}
+    return HubDeployed(hub=op.target, action=plan.action, url=url, health=health["verdict"])

@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from blocks.cluster_access import ClusterAccess
-from flows.operation import Operation, begin
+from flows.operation import ClusterOperation, begin_cluster
 from flows.parameters import ApprovalTimeout
 from flows.provision_cluster import ask_approval, require_terraform
 from hubfleet.errors import HubfleetError
@@ -34,7 +34,7 @@ class ClusterInUse(HubfleetError):
     """The fleet still lists hubs on the cluster; it must not be destroyed."""
 
 
-def refuse_if_hubs(op: Operation) -> None:
+def refuse_if_hubs(op: ClusterOperation) -> None:
     if op.cluster.hubs:
         names = ", ".join(h.name for h in op.cluster.hubs)
         raise ClusterInUse(
@@ -44,7 +44,7 @@ def refuse_if_hubs(op: Operation) -> None:
         )
 
 
-async def report_destruction(op: Operation, summary: PlanSummary, stores: list[str]) -> None:
+async def report_destruction(op: ClusterOperation, summary: PlanSummary, stores: list[str]) -> None:
     """The destroy plan as an artifact, data stores listed first."""
     listed = "\n".join(f"- `{s}`" for s in stores) or "- (none reported by the module)"
     await acreate_markdown_artifact(
@@ -56,7 +56,7 @@ async def report_destruction(op: Operation, summary: PlanSummary, stores: list[s
     )
 
 
-async def remove_cluster_access(op: Operation) -> None:
+async def remove_cluster_access(op: ClusterOperation) -> None:
     """Delete the cluster's ClusterAccess block: its credentials point at nothing now."""
     try:
         await ClusterAccess.adelete(op.cluster.name)
@@ -72,7 +72,7 @@ async def destroy_cluster(
     approval_timeout: ApprovalTimeout = 3600,
 ) -> dict[str, Any]:
     """Destroy a cluster with no hubs; always asks for approval; dry_run only reports."""
-    op = await begin("destroy_cluster", cluster, None, operator)
+    op = await begin_cluster("destroy_cluster", cluster, operator)
     require_terraform(op.cluster)
     refuse_if_hubs(op)
     with terraform_workspace(op.cluster, await provider_credentials_env(op.cluster)) as ws:

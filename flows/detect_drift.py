@@ -49,7 +49,8 @@ def announce_drift(summary: PlanSummary, revision: str) -> None:
 @flow(name="detect_drift", flow_run_name="detect_drift")
 async def detect_drift(operator: str | None = None) -> list[dict[str, Any]]:
     """Report, per cluster, whether Terraform would change anything (and what)."""
-    fleet, _who, revision = await begin_fleet("detect_drift", operator)
+    op = await begin_fleet("detect_drift", operator)
+    fleet = op.fleet
     logger = get_run_logger()
     rows: list[dict[str, Any]] = []
     for cluster in fleet.clusters:
@@ -62,7 +63,7 @@ async def detect_drift(operator: str | None = None) -> list[dict[str, Any]]:
             rows.append({"cluster": cluster.name, "status": "error", "changes": str(exc)[:300]})
             continue
         if summary.has_changes:
-            announce_drift(summary, revision)
+            announce_drift(summary, op.revision)
             changed = summary.create + summary.update + summary.replace + summary.destroy
             rows.append(
                 {

@@ -34,18 +34,50 @@ from hubfleet.model import Cluster, Fleet, Hub
 from hubfleet.paths import fleet_dir
 
 
-@dataclass(frozen=True)
-class Operation:
+@dataclass(frozen=True, kw_only=True)
+class FleetOperation:
+    """A run on the whole fleet, or on several of its clusters (`clusters`, none: all)."""
+
     name: str
     fleet: Fleet
-    cluster: Cluster
-    hub: Hub | None
     operator: str
     revision: str
+    clusters: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:
-        return f"{self.cluster.name}/{self.hub.name}" if self.hub else self.cluster.name
+        return ", ".join(self.clusters) if self.clusters else "the fleet"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterOperation:
+    """A run on one cluster."""
+
+    name: str
+    fleet: Fleet
+    operator: str
+    revision: str
+    cluster: Cluster
+
+    @property
+    def target(self) -> str:
+        return self.cluster.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubOperation:
+    """A run on one hub of one cluster."""
+
+    name: str
+    fleet: Fleet
+    operator: str
+    revision: str
+    cluster: Cluster
+    hub: Hub
+
+    @property
+    def target(self) -> str:
+        return f"{self.cluster.name}/{self.hub.name}"
 
 
 #: Tags of the event runs hubfleet schedules itself (flows/event_hubs/): who scheduled it.
@@ -182,45 +214,57 @@ async def _parent_operator(client: Any, parent_task_run_id: UUID) -> str:
     return operator_name(None)
 
 
+async def _begin(
+    op: str, operator: str | None, target: str, tags: Callable[[str, str], list[str]]
+) -> tuple[Fleet, str, str]:
+    """What every `begin_*` does: the current fleet, its revision, the run tagged with
+    `tags(who, revision)`, one log line. Returns the fleet, who started the run, the revision."""
+    fleet = current_fleet()
+    revision = fleet_revision(fleet.root)
+    who = await _tag_current_run(operator, lambda who: tags(who, revision))
+    get_run_logger().info("%s on %s by %s (fleet revision %s)", op, target, who, revision)
+    return fleet, who, revision
+
+
 async def begin_fleet(
     op: str,
     operator: str | None,
     clusters: list[str] | None = None,
     extra_tags: tuple[str, ...] = (),
-) -> tuple[Fleet, str, str]:
-    """`begin` for operations on the whole fleet or several clusters: tag the current run
-    with op, operator, revision, a `cluster:` tag per cluster (none for the whole fleet) and
-    `extra_tags`. Returns the fleet, who started the run, and the fleet revision."""
-    fleet = current_fleet()
-    revision = fleet_revision(fleet.root)
+) -> FleetOperation:
+    """Start an operation on the whole fleet or several clusters: the run is tagged with op,
+    operator, revision, a `cluster:` tag per cluster (none for the whole fleet) and
+    `extra_tags`."""
+    names = tuple(clusters or ())
 
-    def tags_for(who: str) -> list[str]:
-        tags = {t for t in run_tags(op, "-", None, who, revision) if t != "cluster:-"}
-        return sorted(tags | {f"cluster:{c}" for c in clusters or ()} | set(extra_tags))
+    def tags(who: str, revision: str) -> list[str]:
+        base = {t for t in run_tags(op, "-", None, who, revision) if t != "cluster:-"}
+        return sorted(base | {f"cluster:{c}" for c in names} | set(extra_tags))
 
-    who = await _tag_current_run(operator, tags_for)
-    get_run_logger().info(
-        "%s on %s by %s (fleet revision %s)",
-        op,
-        ", ".join(clusters) if clusters else "the fleet",
-        who,
-        revision,
+    target = ", ".join(names) if names else "the fleet"
+    fleet, who, revision = await _begin(op, operator, target, tags)
+    return FleetOperation(name=op, fleet=fleet, operator=who, revision=revision, clusters=names)
+
+
+async def begin_cluster(op: str, cluster: str, operator: str | None) -> ClusterOperation:
+    """Start an operation on one cluster. Raises (naming the fleet's clusters) on a bad name."""
+    spec = current_fleet().cluster(cluster)
+    fleet, who, revision = await _begin(
+        op, operator, cluster, lambda who, revision: run_tags(op, cluster, None, who, revision)
     )
-    return fleet, who, revision
+    return ClusterOperation(name=op, fleet=fleet, operator=who, revision=revision, cluster=spec)
 
 
-async def begin(op: str, cluster: str, hub: str | None, operator: str | None) -> Operation:
-    """Load the fleet, resolve the target, tag the current run. Raises on a bad target."""
-    fleet = current_fleet()
-    cluster_spec = fleet.cluster(cluster)
-    hub_spec = cluster_spec.hub(hub) if hub else None
-    revision = fleet_revision(fleet.root)
-    who = await _tag_current_run(operator, lambda who: run_tags(op, cluster, hub, who, revision))
-    get_run_logger().info(
-        "%s on %s by %s (fleet revision %s)",
+async def begin_hub(op: str, cluster: str, hub: str, operator: str | None) -> HubOperation:
+    """Start an operation on one hub. Raises (naming what exists) on a bad cluster or hub."""
+    cluster_spec = current_fleet().cluster(cluster)
+    hub_spec = cluster_spec.hub(hub)
+    fleet, who, revision = await _begin(
         op,
-        f"{cluster}/{hub}" if hub else cluster,
-        who,
-        revision,
+        operator,
+        f"{cluster}/{hub}",
+        lambda who, revision: run_tags(op, cluster, hub, who, revision),
     )
-    return Operation(op, fleet, cluster_spec, hub_spec, who, revision)
+    return HubOperation(
+        name=op, fleet=fleet, operator=who, revision=revision, cluster=cluster_spec, hub=hub_spec
+    )

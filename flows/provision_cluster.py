@@ -16,7 +16,7 @@ from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
 
 from blocks.cluster_access import ClusterAccess
-from flows.operation import Operation, begin
+from flows.operation import ClusterOperation, begin_cluster
 from flows.parameters import ApprovalTimeout
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Cluster
@@ -57,7 +57,7 @@ def require_terraform(cluster: Cluster) -> None:
         )
 
 
-async def publish_plan(op: Operation, summary: PlanSummary, title: str) -> None:
+async def publish_plan(op: ClusterOperation, summary: PlanSummary, title: str) -> None:
     """Record the plan summary as a markdown artifact of this run."""
     await acreate_markdown_artifact(
         key=f"plan-{op.cluster.name}",
@@ -67,7 +67,9 @@ async def publish_plan(op: Operation, summary: PlanSummary, title: str) -> None:
     )
 
 
-async def ask_approval(op: Operation, summary: PlanSummary, what: str, timeout: int) -> Approval:
+async def ask_approval(
+    op: ClusterOperation, summary: PlanSummary, what: str, timeout: int
+) -> Approval:
     """Pause this run until someone approves or rejects `what` (with a reason) in the UI."""
     logger = get_run_logger()
     logger.warning(
@@ -91,7 +93,7 @@ async def ask_approval(op: Operation, summary: PlanSummary, what: str, timeout: 
     return answer
 
 
-async def store_cluster_access(op: Operation, outputs: TerraformOutputs) -> str:
+async def store_cluster_access(op: ClusterOperation, outputs: TerraformOutputs) -> str:
     """Log in to the new cluster and save its kubeconfig in a ClusterAccess block."""
     kubeconfig, server = await cluster_kubeconfig(op.cluster, outputs)
     await ClusterAccess(kubeconfig=kubeconfig, context=op.cluster.name, server=server).asave(
@@ -101,13 +103,13 @@ async def store_cluster_access(op: Operation, outputs: TerraformOutputs) -> str:
     return server
 
 
-async def create_cluster_limits(op: Operation) -> list[str]:
+async def create_cluster_limits(op: ClusterOperation) -> list[str]:
     """Create the cluster's (and its hubs') concurrency limits; idempotent."""
     only_this = op.fleet.model_copy(update={"clusters": [op.cluster]})
     return await ensure_concurrency_limits(only_this)
 
 
-async def deploy_support_chart(op: Operation) -> str:
+async def deploy_support_chart(op: ClusterOperation) -> str:
     """Deploy the per-cluster support chart (helm/support) with `deploy_support`.
 
     The `testing` module's endpoint is a made-up address (no cluster exists behind it), so
@@ -126,7 +128,7 @@ async def deploy_support_chart(op: Operation) -> str:
     return "deployed"
 
 
-async def plan_cluster(op: Operation, ws: Workspace, destroy: bool = False) -> PlanSummary:
+async def plan_cluster(op: ClusterOperation, ws: Workspace, destroy: bool = False) -> PlanSummary:
     await terraform_init(ws)
     return await terraform_plan(ws, destroy=destroy)
 
@@ -144,7 +146,7 @@ async def provision_cluster(
     dry_run (or action=plan) stops after the plan artifact: nothing is changed. A plan that
     destroys or replaces anything waits for approval; a rejection changes nothing.
     """
-    op = await begin("provision_cluster", cluster, None, operator)
+    op = await begin_cluster("provision_cluster", cluster, operator)
     require_terraform(op.cluster)
     logger = get_run_logger()
     mode = "plan" if dry_run or action == "plan" else "apply"

@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
-from flows.operation import Operation, begin
+from flows.operation import begin_cluster, begin_fleet, begin_hub, current_fleet
 from flows.parameters import MaxAge
 from hubfleet.credentials import (
     HUB_SECRET_WARNING,
@@ -31,8 +31,6 @@ from hubfleet.credentials import (
     plan_rotation,
 )
 from hubfleet.errors import HubfleetError
-from hubfleet.loader import load_fleet
-from hubfleet.paths import fleet_dir
 from tasks.credential_inventory import collect_inventory
 from tasks.locks import cluster_lock, ensure_concurrency_limits, hub_lock
 from tasks.rotation import RotationFailed, rotate
@@ -53,12 +51,13 @@ async def rotate_credentials(
     """Rotate the credentials in `scope` ('all', 'cluster:<c>', 'hub:<c>/<h>', 'kind:<k>',
     'hub-secret:<c>/<h>') older than `max_age` (default: each kind's policy); with dry_run,
     only show the plan. Hub secrets only when the scope names them (see the module doc)."""
-    fleet = load_fleet(fleet_dir())
+    fleet = current_fleet()
     target = parse_scope(scope, fleet)
     clusters = [target.cluster] if target.cluster else [c.name for c in fleet.clusters]
-    who = operator
-    for cluster in clusters:  # tags the run with every cluster it may touch
-        who = (await begin("rotate_credentials", cluster, target.hub, operator)).operator
+    hub_tag = (f"hub:{target.cluster}/{target.hub}",) if target.hub else ()
+    # A `cluster:` tag for every cluster it may touch, `hub:` for a hub's scope.
+    op = await begin_fleet("rotate_credentials", operator, clusters, hub_tag)
+    fleet, who = op.fleet, op.operator
 
     records = await collect_inventory(fleet)
     plan = plan_rotation(records, target, datetime.now(UTC), max_age)
@@ -116,7 +115,11 @@ async def rotate_credential(
     kind: CredentialKind, cluster: str, hub: str | None = None, operator: str | None = None
 ) -> dict[str, Any]:
     """Rotate one credential now by the protocol (tasks/rotation.py), holding its lock."""
-    op: Operation = await begin("rotate_credentials", cluster, hub, operator)
+    op = await (
+        begin_hub("rotate_credentials", cluster, hub, operator)
+        if hub
+        else begin_cluster("rotate_credentials", cluster, operator)
+    )
     lock = hub_lock(cluster, hub) if hub else cluster_lock(cluster)
     # The rotator's endpoint (a port-forward to a Kubernetes hub) stays open for the whole
     # rotation, revocation and its check included.

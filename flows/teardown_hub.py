@@ -28,14 +28,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from blocks.hub_token import HubOpsToken
-from flows.operation import Operation, begin
+from flows.operation import HubOperation, begin_hub
 from flows.parameters import ExportTimeout, LockWait
 from hubfleet import events
 from hubfleet.model import HubKind, Provider
 from hubfleet.paths import data_dir
 from tasks import helm as helm_tasks
 from tasks import kube
-from tasks.cluster_session import cluster_session
+from tasks.cluster_session import hub_session
 from tasks.export import ExportResult, export_homes
 from tasks.helm import in_thread
 from tasks.hub_access import hub_endpoint
@@ -55,10 +55,9 @@ from tasks.locks import ensure_concurrency_limits_once, hub_lock
 DROP_WAIT_S = 60.0
 
 
-def export_target(op: Operation, stamp: str) -> tuple[str, str | None] | None:
+def export_target(op: HubOperation, stamp: str) -> tuple[str, str | None] | None:
     """(url, credentials block) where the hub's homes are exported when they are kept:
     only an event hub with an `export:` destination (and data_policy export) has one."""
-    assert op.hub is not None
     if op.hub.kind is not HubKind.event or op.hub.event is None or op.hub.event.export is None:
         return None
     url = events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), stamp)
@@ -66,7 +65,7 @@ def export_target(op: Operation, stamp: str) -> tuple[str, str | None] | None:
 
 
 async def export_hub_homes(
-    op: Operation, url: str, credentials: str | None, stamp: str, timeout: float
+    op: HubOperation, url: str, credentials: str | None, stamp: str, timeout: float
 ) -> tuple[ExportResult, list[str]]:
     """Export the hub's homes to `url` and verify the copy (the one export path of event
     expiry and teardown). Returns the result and the homes exported (claims or users).
@@ -75,12 +74,11 @@ async def export_hub_homes(
     Secret created and deleted in the hub's namespace. Raises `ExportFailed` otherwise,
     before anything is removed.
     """
-    assert op.hub is not None
     if op.cluster.provider is Provider.local:
         local = local_hub(op.fleet, op.cluster.name, op.hub.name)
         users = sorted(p.name for p in local.homes.iterdir()) if local.homes.is_dir() else []
         return await export_homes(local.homes, url, credentials), users
-    async with cluster_session(op.cluster.name) as session:
+    async with hub_session(op.cluster.name, op.hub.name) as session:
         result, volumes = await export_homes_with_job(
             session.api, op.hub.name, url, credentials, stamp, timeout
         )
@@ -105,8 +103,7 @@ async def teardown_hub(
     export_timeout: seconds an export of the homes may take before the teardown fails
     (and the hub stays).
     """
-    op = await begin("teardown_hub", cluster, hub, operator)
-    assert op.hub is not None
+    op = await begin_hub("teardown_hub", cluster, hub, operator)
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     export = export_target(op, stamp) if keep_data else None
@@ -137,11 +134,10 @@ async def teardown_hub(
     return {"hub": op.target, "dry_run": False, **result}
 
 
-async def _revoke(op: Operation) -> str:
+async def _revoke(op: HubOperation) -> str:
     """Revoke the ops token where the hub answers now. A hub that cannot be reached (no
     Ready proxy pod to forward to) is reported, its database goes with it; a token that
     still works after its revocation is an error."""
-    assert op.hub is not None
     cluster, hub = op.cluster.name, op.hub.name
     if await load_ops_token(cluster, hub) is None:
         return "no ops token stored"
@@ -157,13 +153,12 @@ async def _revoke(op: Operation) -> str:
 
 
 def _local(
-    op: Operation,
+    op: HubOperation,
     keep_data: bool,
     export: tuple[str, str | None] | None,
     export_timeout: float,
     stamp: str,
 ) -> tuple[list[str], Any]:
-    assert op.hub is not None
     cluster, hub = op.cluster.name, op.hub.name
     local = local_hub(op.fleet, cluster, hub)
     pids = local.pids()
@@ -196,15 +191,14 @@ def _local(
 
 
 async def _helm(
-    op: Operation,
+    op: HubOperation,
     keep_data: bool,
     export: tuple[str, str | None] | None,
     export_timeout: float,
     stamp: str,
 ) -> tuple[list[str], Any]:
-    assert op.hub is not None
     cluster, hub = op.cluster.name, op.hub.name
-    async with cluster_session(cluster) as session:
+    async with hub_session(cluster, hub) as session:
         release = await in_thread(session.helm.status, hub, hub)
         namespace = await in_thread(kube.namespace_exists, session.api, hub)
         homes = await in_thread(home_volumes, session.api, hub) if namespace else []
@@ -229,7 +223,7 @@ async def _helm(
     ]
 
     async def do() -> dict[str, Any]:
-        async with cluster_session(cluster) as session:
+        async with hub_session(cluster, hub) as session:
             helm, api = session.helm, session.api
             # Read again under the lock: a user may have started a server since the plan.
             now = await in_thread(home_volumes, api, hub) if namespace else []

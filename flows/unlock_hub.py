@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.runtime import flow_run
 
-from flows.operation import begin
+from flows.operation import begin_hub
 from hubfleet.errors import HubfleetError
 from tasks.locks import LEASE_SECONDS, cluster_limit, describe_run, holders, hub_limit
 
@@ -33,7 +33,7 @@ async def unlock_hub(
     cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
 ) -> dict[str, Any]:
     """Free `cluster/hub`'s lock when no live run holds it."""
-    op = await begin("unlock_hub", cluster, hub, operator)
+    op = await begin_hub("unlock_hub", cluster, hub, operator)
     name = hub_limit(cluster, hub)
     me = flow_run.get_id()
     async with get_client() as client:

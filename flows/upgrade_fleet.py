@@ -6,13 +6,12 @@ already on their target chart version are left alone.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from flows.deploy_fleet import run_fleet_plan
 from flows.deploy_hub import Gate
 from flows.parameters import HelmWait, Selection, WavePercent, WaveSize
+from hubfleet.results import FleetRun
 
 
 @flow(name="upgrade_fleet", flow_run_name="upgrade_fleet")
@@ -25,7 +24,7 @@ async def upgrade_fleet(
     remove_orphans: bool = False,
     gate: Gate = "auto",
     wait_timeout: HelmWait = "5m",
-) -> dict[str, Any]:
+) -> FleetRun:
     """Upgrade every selected hub (default: all) whose deployed chart version differs from
     the fleet's."""
     return await run_fleet_plan(

@@ -243,7 +243,7 @@ async def _deploy_and_check(hubs: list[tuple[str, Hub]], console: Console) -> li
         with console.status(f"deploy_hub {cluster}/{hub.name}…"):
             try:
                 result = await deploy_hub(cluster=cluster, hub=hub.name)
-                console.print(f"deploy_hub {cluster}/{hub.name}: {result['action']}")
+                console.print(f"deploy_hub {cluster}/{hub.name}: {result.action}")
             except Exception as exc:  # one failing hub never stops the others
                 failures[hub.name] = str(exc)
                 console.print(f"[red]deploy_hub {cluster}/{hub.name} failed:[/] {exc}")

@@ -1,8 +1,14 @@
-"""One cluster session per operation, made in one place.
+"""One cluster session per operation, made in one place, and always scrubbed.
 
 The cluster's access block, its kubeconfig in a 0600 temp file (removed afterwards), a helm
-whose output and errors are scrubbed of the kubeconfig and of every secret the caller
-passes (a hub's secret values), and a Kubernetes API client on the same kubeconfig.
+whose output and errors are scrubbed, and a Kubernetes API client on the same kubeconfig.
+
+- `cluster_session(cluster)`: for work on the cluster as a whole (the support chart,
+  orphans, which hubs exist); helm is scrubbed of the kubeconfig's credentials.
+- `hub_session(cluster, hub)`: for work on one hub; it reads the hub's secret values (its
+  `Secret` block) itself and scrubs helm of every one of them too, so no hub operation can
+  forget to pass them. The values are handed to the operation (`secret_values`), the one
+  place a deploy gets them from.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from blocks.cluster_access import ClusterAccess, kubeconfig_file
+from hubfleet.errors import HubfleetError
+from hubfleet.values import secret_values_block
 from tasks import helm as helm_tasks
 from tasks import kube
 
@@ -26,11 +34,39 @@ class ClusterSession:
     api: Any  # kubernetes.client.ApiClient
 
 
+@dataclass(frozen=True)
+class HubSession(ClusterSession):
+    secret_values: dict[str, Any]  # the hub's secret values layer ({} if it has none)
+
+
+async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:
+    """The hub's secret values layer (from its `Secret` block), or {} if it has none."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block: Any = await Secret.aload(secret_values_block(cluster, hub))
+    except ValueError:
+        return {}
+    value: Any = block.get()
+    if not isinstance(value, dict):
+        raise HubfleetError(
+            f"Secret block {secret_values_block(cluster, hub)!r} must hold a mapping of chart "
+            "values (e.g. {'hub': {'cookieSecret': '...'}}); nothing was applied"
+        )
+    return value
+
+
+def secret_strings(values: Any) -> list[str]:
+    """Every leaf of a secret values mapping, as the strings helm's output is scrubbed of."""
+    if isinstance(values, dict):
+        return [s for v in values.values() for s in secret_strings(v)]
+    if isinstance(values, list):
+        return [s for v in values for s in secret_strings(v)]
+    return [str(values)] if values not in (None, "", True, False) else []
+
+
 @asynccontextmanager
-async def cluster_session(
-    cluster: str, secrets: Sequence[str] = ()
-) -> AsyncIterator[ClusterSession]:
-    """Open a session on `cluster`; `secrets` are scrubbed from helm's output too."""
+async def _opened(cluster: str, secrets: Sequence[str]) -> AsyncIterator[ClusterSession]:
     access = await ClusterAccess.for_cluster(cluster)
     scrub = [*secrets, access.kubeconfig.get_secret_value()]
     with (
@@ -39,3 +75,18 @@ async def cluster_session(
         kube.kube_client(kubeconfig, access.context) as api,
     ):
         yield ClusterSession(access, kubeconfig, helm, api)
+
+
+@asynccontextmanager
+async def cluster_session(cluster: str) -> AsyncIterator[ClusterSession]:
+    """A session on `cluster` as a whole; helm is scrubbed of the kubeconfig."""
+    async with _opened(cluster, ()) as session:
+        yield session
+
+
+@asynccontextmanager
+async def hub_session(cluster: str, hub: str) -> AsyncIterator[HubSession]:
+    """A session for one hub's operation; helm is scrubbed of the hub's secret values too."""
+    values = await load_secret_values(cluster, hub)
+    async with _opened(cluster, secret_strings(values)) as session:
+        yield HubSession(session.access, session.kubeconfig, session.helm, session.api, values)

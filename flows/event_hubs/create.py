@@ -14,7 +14,7 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from flows.deploy_hub import deploy_hub
 from flows.event_hubs.prewarm import PREWARM_TOLERANCE_S, prewarm_capacity
-from flows.operation import begin
+from flows.operation import begin_hub
 from hubfleet import events
 from hubfleet.events import (
     CREATE,
@@ -36,8 +36,7 @@ async def create_event_hub(
     cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
 ) -> dict[str, Any]:
     """Deploy an event hub, pre-warm it, and schedule its reminders and expiry."""
-    op = await begin("create_event_hub", cluster, hub, operator)
-    assert op.hub is not None
+    op = await begin_hub("create_event_hub", cluster, hub, operator)
     spec = events.event_spec(op.cluster, op.hub)
     times = events.event_times(spec, await load_extension(cluster, hub))
     if utc_now() >= times.end:
@@ -74,7 +73,7 @@ async def create_event_hub(
     await acreate_markdown_artifact(
         key=f"event-create-{cluster}-{hub}",
         markdown=f"# {'Dry run: ' if dry_run else ''}create event hub {op.target}\n\n"
-        f"| | |\n|---|---|\n| deploy | {deployed.get('action')} |\n| pre-warm | {prewarm} |\n"
+        f"| | |\n|---|---|\n| deploy | {deployed.action} |\n| pre-warm | {prewarm} |\n"
         f"| start | {events.local_time(times.start, spec.timezone)} |\n"
         f"| end | {events.local_time(times.end, spec.timezone)} |\n"
         f"| expires | {events.local_time(times.expire_at, spec.timezone)} |\n"

@@ -18,14 +18,14 @@ from prefect.variables import Variable
 
 from flows.check_hub_health import check_hub_health
 from flows.event_hubs.prewarm import set_placeholders
-from flows.operation import Operation, begin
+from flows.operation import HubOperation, begin_hub
 from flows.parameters import ExportTimeout
 from flows.teardown_hub import export_hub_homes, teardown_hub
 from hubfleet import events
 from hubfleet.model import Provider
 from hubfleet.paths import data_dir
 from tasks import kube
-from tasks.cluster_session import cluster_session
+from tasks.cluster_session import hub_session
 from tasks.event_schedule import (
     cancel_run,
     extension_variable,
@@ -56,8 +56,7 @@ async def expire_event_hub(
     the hub stays).
     """
     started = utc_now()
-    op = await begin("expire_event_hub", cluster, hub, operator)
-    assert op.hub is not None
+    op = await begin_hub("expire_event_hub", cluster, hub, operator)
     # The safety rule, first: standing hubs and unfinished events stop here, untouched.
     end = events.refuse_unless_expirable(
         op.cluster, op.hub, started, await load_extension(cluster, hub)
@@ -144,10 +143,9 @@ async def expire_event_hub(
 
 
 async def tell_organizers_expired(
-    op: Operation, spec: events.EventSpec, exported: ExportResult | None
+    op: HubOperation, spec: events.EventSpec, exported: ExportResult | None
 ) -> list[str]:
     """The expiry notice to the organizers: when the hub went, where their data went."""
-    assert op.hub is not None
     data = (
         f"The home directories were exported to {exported.url} ({exported.objects} files, "
         f"{exported.bytes} bytes, verified) and then deleted from the hub."
@@ -162,17 +160,16 @@ async def tell_organizers_expired(
     return await mail_organizers(op.fleet, spec.organizers, subject, body)
 
 
-async def _homes(op: Operation) -> list[str] | None:
+async def _homes(op: HubOperation) -> list[str] | None:
     """The event hub's homes (local: users' directories; Kubernetes: home claims), or None
     when the hub is already gone (no directory; no release and no namespace)."""
-    assert op.hub is not None
     hub = op.hub.name
     if op.cluster.provider is Provider.local:
         local = local_hub(op.fleet, op.cluster.name, hub)
         if not local.directory.is_dir():
             return None
         return sorted(p.name for p in local.homes.iterdir()) if local.homes.is_dir() else []
-    async with cluster_session(op.cluster.name) as session:
+    async with hub_session(op.cluster.name, op.hub.name) as session:
         release = await in_thread(session.helm.status, hub, hub)
         namespace = await in_thread(kube.namespace_exists, session.api, hub)
         if release is None and not namespace:
@@ -183,7 +180,7 @@ async def _homes(op: Operation) -> list[str] | None:
 
 
 async def _record_expiry(
-    op: Operation,
+    op: HubOperation,
     started: datetime,
     end: datetime,
     health: dict[str, Any],

@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.variables import Variable
 
-from flows.operation import begin
+from flows.operation import begin_hub
 from hubfleet import events
 from hubfleet.events import (
     CREATE,
@@ -37,8 +37,7 @@ async def extend_event_hub(
     operator: str | None = None,
 ) -> dict[str, Any]:
     """Move an event's end: schedule the new expiry and reminders, cancel the old runs."""
-    op = await begin("extend_event_hub", cluster, hub, operator)
-    assert op.hub is not None
+    op = await begin_hub("extend_event_hub", cluster, hub, operator)
     spec = events.event_spec(op.cluster, op.hub)
     if new_end.tzinfo is None:
         raise EventRefused(f"new_end {new_end.isoformat()} has no UTC offset; add one, e.g. +00:00")

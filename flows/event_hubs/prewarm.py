@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from flows.deploy_fleet import _current_placeholders, deploy_support
-from flows.operation import Operation
+from flows.operation import HubOperation
 from hubfleet import events
 from hubfleet.model import Cluster, Fleet, Provider
 from tasks.cluster_session import cluster_session
@@ -64,7 +64,7 @@ async def set_placeholders(
 # --- the flows ---------------------------------------------------------------------
 
 
-async def prewarm_capacity(op: Operation, size: int, dry_run: bool) -> str:
+async def prewarm_capacity(op: HubOperation, size: int, dry_run: bool) -> str:
     """Warm `size` placeholder pods for the event (Kubernetes); a no-op on `local`.
 
     On Kubernetes the cluster's placeholders become the sum over its warm events, this one
@@ -77,5 +77,4 @@ async def prewarm_capacity(op: Operation, size: int, dry_run: bool) -> str:
         )
         get_run_logger().info("pre-warm %s: %s", op.target, note)
         return note
-    assert op.hub is not None
     return await set_placeholders(op.fleet, op.cluster, op.operator, dry_run, include=op.hub.name)

@@ -29,7 +29,8 @@ async def reap_expired_event_hubs(
     """Hourly: expire event hubs past end + grace that still exist; report overdue creations;
     keep each Kubernetes cluster's placeholders at the sum over its warm events (an event
     that ended stops holding capacity before its expiry; a missed pre-warm is caught up)."""
-    fleet, who, _revision = await begin_fleet("reap_expired_event_hubs", operator)
+    op = await begin_fleet("reap_expired_event_hubs", operator)
+    fleet, who = op.fleet, op.operator
     now = utc_now()
     present = await present_event_hubs(fleet)
     items = events.reap_plan(fleet, now, present, await all_extensions(fleet))

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
-from flows.operation import begin
+from flows.operation import begin_hub
 from hubfleet import events
 from hubfleet.paths import data_dir
 from tasks.event_schedule import (
@@ -24,8 +24,7 @@ async def remind_event_organizers(
     """Tell the event's organizers when their hub expires (by mail through the fleet's
     `organizer_mail` server, in the event's time zone, with where the data will go) and the
     ops team through the notification blocks."""
-    op = await begin("remind_event_organizers", cluster, hub, operator)
-    assert op.hub is not None
+    op = await begin_hub("remind_event_organizers", cluster, hub, operator)
     spec = events.event_spec(op.cluster, op.hub)
     times = events.event_times(spec, await load_extension(cluster, hub))
     now = utc_now()

@@ -27,7 +27,8 @@ async def sync_event_schedules(
 ) -> dict[str, Any]:
     """Make the scheduled runs match the fleet: new events scheduled, changed ones moved,
     removed ones cancelled."""
-    fleet, who, _revision = await begin_fleet("sync_event_schedules", operator)
+    op = await begin_fleet("sync_event_schedules", operator)
+    fleet, who = op.fleet, op.operator
     now = utc_now()
     for cluster in fleet.clusters:  # a cloud event without an export target fails here, early
         for hub in cluster.hubs:

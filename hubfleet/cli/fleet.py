@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
 SelectionArg = Annotated[
     list[str] | None,
@@ -68,11 +69,23 @@ def _outcome_table(title: str, rows: list[dict[str, Any]]) -> Any:
     return table
 
 
+def _plain(value: Any) -> Any:
+    """A typed result (hubfleet.results), also inside a dict or list, as plain data."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _show(result: Any) -> None:
     """Print a flow's result: each list of rows as a table, each list of lines as lines,
     the rest as JSON."""
     from hubfleet.cli.common import out
 
+    result = _plain(result)
     if not isinstance(result, dict):
         out.print(result)
         return
@@ -117,7 +130,7 @@ def run_operation(
     show(result)
     problem = state.message if state.is_failed() else None
     if problem is None and failed is not None and isinstance(result, dict):
-        problem = failed(result)
+        problem = failed(_plain(result))
     if problem:
         err.print(f"{flow.name}: {problem}")
         raise typer.Exit(1)

@@ -162,7 +162,7 @@ def load(
     async def store() -> dict[str, Any]:
         current: dict[str, Any] = {}
         if merge:
-            from flows.deploy_hub import load_secret_values
+            from tasks.cluster_session import load_secret_values
 
             current = await load_secret_values(cluster, hub)
         stored = merge_values(current, values)

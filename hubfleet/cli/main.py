@@ -76,7 +76,7 @@ def _secret_values_if_reachable(fleet: Fleet) -> tuple[dict[tuple[str, str], Any
         return unreachable(exc)
     import asyncio
 
-    from flows.deploy_hub import load_secret_values
+    from tasks.cluster_session import load_secret_values
 
     async def read_all() -> dict[tuple[str, str], Any]:
         found = {}

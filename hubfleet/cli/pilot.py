@@ -179,8 +179,8 @@ def _secret_keys(cluster: str, hub: str) -> list[str]:
         return []
     import asyncio
 
-    from flows.deploy_hub import load_secret_values
     from hubfleet.presets import _leaves
+    from tasks.cluster_session import load_secret_values
 
     values = asyncio.run(load_secret_values(cluster, hub))
     return [".".join(path) for path in _leaves(values)]

@@ -98,7 +98,7 @@ async def kube_hub(
         server="https://127.0.0.1:9",
     ).asave(gone, overwrite=True)
     deployed = await deploy_hub(cluster=cluster, hub=hub, gate="rollout")
-    assert deployed["action"] == "install"
+    assert deployed.action == "install"
     yield {"root": root, "cluster": cluster, "hub": hub, "gone": gone}
 
 
@@ -237,7 +237,7 @@ async def test_rotation_rolls_hub_and_proxy_and_helm_upgrade_keeps_values(
     values = kube_hub["root"] / "clusters" / cluster / f"{hub}.values.yaml"
     values.write_text("jupyterhub:\n  hub:\n    extraEnv: {ROTATION_TEST: '1'}\n")
     upgraded = await deploy_hub(cluster=cluster, hub=hub, gate="rollout")
-    assert upgraded["action"] == "upgrade"
+    assert upgraded.action == "upgrade"
     kept = ("hub.config.CryptKeeper.keys", PROXY_TOKEN, COOKIE_SECRET)  # values.yaml changed
     assert {k: secret_data(kube_api, hub)[k] for k in kept} == {k: after[k] for k in kept}
 

@@ -82,7 +82,7 @@ async def test_cookie_rotation_logs_users_out_ops_token_and_health_survive(
     login_hub: tuple[str, str], data_dir: Path, secret_ledger: set[str]
 ) -> None:
     cluster, hub = login_hub
-    url = (await deploy_hub(cluster=cluster, hub=hub))["url"]
+    url = (await deploy_hub(cluster=cluster, hub=hub)).url
     cookie_file = data_dir / "hubs" / cluster / hub / "jupyterhub_cookie_secret"
     old_secret = cookie_file.read_text().strip()
     secret_ledger.add(old_secret)

@@ -40,7 +40,7 @@ async def artifacts_with_key_prefix(prefix: str) -> list[Any]:
 
 async def test_rotation_new_works_old_refused_health_passes_throughout() -> None:
     deployed = await deploy_hub(cluster="local", hub="staging")
-    url = deployed["url"]
+    url = deployed.url
     before = await HubOpsToken.aload("local-staging")
     old_token = before.token.get_secret_value()
     assert before.last_rotated is None
@@ -82,7 +82,7 @@ async def test_failed_verification_rolls_back(monkeypatch: pytest.MonkeyPatch) -
     """Fault injection: the new token 'fails' verification (the adapter's verify is wrapped
     to refuse anything but the old token); everything else is real."""
     deployed = await deploy_hub(cluster="local", hub="prod")
-    url = deployed["url"]
+    url = deployed.url
     before = await HubOpsToken.aload("local-prod")
     real_verify = HubOpsTokenRotator.verify
 
@@ -130,7 +130,7 @@ async def test_ops_token_cannot_make_admins_or_delete_users() -> None:
     """Least privilege, on a real hub: the ops token runs the health levels, but the hub
     refuses it when it tries to grant admin, delete a user, or mint an admin service."""
     deployed = await deploy_hub(cluster="local", hub="staging")
-    url = deployed["url"]
+    url = deployed.url
     block = await HubOpsToken.aload("local-staging")
     token = block.token.get_secret_value()
     assert block.expires_at is not None

@@ -113,7 +113,7 @@ async def test_event_hub_end_to_end_with_a_real_worker(
     event_fleet(start=now() - minutes(30), end=end, grace="PT5S", reminders="[PT45S]")
 
     created = await create_event_hub("local", "workshop", operator="alice")
-    assert created["deploy"]["health"] == "healthy"
+    assert created["deploy"].health == "healthy"
     assert "no-op on local" in created["prewarm"]
     assert [s.split()[0] for s in created["scheduled"]] == ["remind", "expire"]
     # Re-running create schedules nothing new (idempotency keys).

@@ -622,7 +622,7 @@ async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
 
     # Create: the hub is deployed and the cluster warms one placeholder per attendee.
     created = await create_event_hub(c, e1, operator="erin")
-    assert created["deploy"]["action"] == "install"
+    assert created["deploy"].action == "install"
     assert f"-> 3 ({e1}: 3)" in created["prewarm"], created["prewarm"]
     assert placeholders(kube_api) == 3
     wait_for("3 ready placeholders", lambda: ready_placeholders(kube_api) == 3, 60)

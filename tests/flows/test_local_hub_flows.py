@@ -23,6 +23,7 @@ from flows.deploy_hub import deploy_hub
 from flows.teardown_hub import teardown_hub
 from hubfleet.errors import ProviderNotReady
 from hubfleet.loader import load_fleet
+from hubfleet.results import HubDeployed
 from tasks import jupyterhub_api as api
 from tasks.local_hub import local_hub
 
@@ -72,9 +73,9 @@ def scan_for(secret: str, root: Path) -> list[Path]:
 
 async def test_deploy_check_teardown_lifecycle(data_dir: Path) -> None:
     result = await deploy_hub(cluster="local", hub="staging", operator="alice")
-    assert result["action"] == "start"
-    assert result["health"] == "healthy"
-    url = result["url"]
+    assert result.action == "start"
+    assert result.health == "healthy"
+    url = result.url
 
     # The run records op/cluster/hub tags, who started it and the fleet revision.
     run = await latest_run("deploy_hub", "hub:local/staging")
@@ -104,7 +105,7 @@ async def test_deploy_check_teardown_lifecycle(data_dir: Path) -> None:
     # Deploying again with no change restarts nothing and keeps the token.
     pids = local_hub(load_fleet("fleet"), "local", "staging").pids()
     again = await deploy_hub(cluster="local", hub="staging")
-    assert again["action"] == "unchanged"
+    assert again.action == "unchanged"
     assert local_hub(load_fleet("fleet"), "local", "staging").pids() == pids
     assert (await HubOpsToken.aload("local-staging")).token_id == block.token_id
 
@@ -160,12 +161,12 @@ async def test_killed_hub_is_down_after_retries(data_dir: Path) -> None:
 
     await teardown_hub(cluster="local", hub="prod", keep_data=False)
     assert not hub_dir("prod").exists()
-    assert result["health"] == "healthy"
+    assert result.health == "healthy"
 
 
 async def test_dry_run_deploy_changes_nothing(data_dir: Path) -> None:
     result = await deploy_hub(cluster="local", hub="workshop", dry_run=True)
-    assert result == {"hub": "local/workshop", "action": "start", "dry_run": True}
+    assert result == HubDeployed(hub="local/workshop", action="start", dry_run=True)
     assert not (hub_dir("workshop") / "state.json").exists()
     assert not local_hub(load_fleet("fleet"), "local", "workshop").is_running()
 

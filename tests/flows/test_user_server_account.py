@@ -68,7 +68,7 @@ async def test_user_server_and_kernel_run_as_the_unprivileged_account(data_dir: 
     local = local_hub(load_fleet("fleet"), "local", "staging")
     config = local.config_file.read_text()
     assert "--allow-root" not in config and "AccountSpawner" in config
-    url = deployed["url"]
+    url = deployed.url
     token = (await HubOpsToken.aload("local-staging")).token.get_secret_value()
     users = f"{url}/hub/api/users/{HEALTH_USER}"
     api.call("POST", f"{users}/server", token=token, timeout=30)

@@ -40,7 +40,7 @@ async def logs_and_artifacts() -> str:
 
 async def test_healthy_hub_passes_every_level(data_dir: Path) -> None:
     deployed = await deploy_hub(cluster="hc", hub="ok")
-    url = deployed["url"]
+    url = deployed.url
     token = (await HubOpsToken.aload("hc-ok")).token.get_secret_value()
     # A leftover server of the health user, as an earlier failed probe would leave it.
     api.call("POST", f"{url}/hub/api/users/{HEALTH_USER}/server", token=token, timeout=30)
@@ -87,7 +87,7 @@ async def test_revoked_token_is_auth_and_stopped_hub_is_down(data_dir: Path) -> 
     block = await HubOpsToken.aload("hc-ok")
     # Revoke the ops token the way rotation does: by its id.
     token = block.token.get_secret_value()
-    api.revoke_token(deployed["url"], token, "hubfleet-ops", block.token_id)
+    api.revoke_token(deployed.url, token, "hubfleet-ops", block.token_id)
 
     revoked = await check_hub_health("hc", "ok")
     assert revoked["verdict"] == "degraded", revoked  # the hub is up: not "down"

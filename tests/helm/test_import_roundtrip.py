@@ -61,7 +61,7 @@ def test_secret_values_load_from_basehub_and_daskhub(imported: Path, prefect_ser
     decrypted text (here plain YAML on stdin: no sops in the tests)."""
     import asyncio
 
-    from flows.deploy_hub import load_secret_values
+    from tasks.cluster_session import load_secret_values
 
     first = hubfleet(
         "secret-values", "load", "pilot", "staging", "--from", "basehub", "--fleet", imported,

@@ -21,8 +21,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, Log
 
 from flows import deploy_hub as deploy_hub_mod
 from flows.deploy_fleet import deploy_fleet
-from flows.deploy_hub import HubDeployFailed, deploy_hub
+from flows.deploy_hub import HubDeployFailed, HubRolledBack, deploy_hub
 from hubfleet.loader import load_fleet
+from hubfleet.results import Outcome
 from hubfleet.testenv import history
 from hubfleet.testenv.chartrepo import NEXT_VERSION
 from hubfleet.values import ValuesInvalid
@@ -71,7 +72,7 @@ async def test_install_upgrade_health_rollback_uninstall(
     hub = hub_names(kube_fleet, cluster)[1]  # a prod hub
     # Install: pods Ready through kwok; the run is tagged like every hubfleet run.
     first = await deploy_hub(cluster=cluster, hub=hub, gate="rollout", operator="alice")
-    assert first["action"] == "install" and first["revision"] == 1
+    assert first.action == "install" and first.revision == 1
     apps = client.AppsV1Api(kube_api)
     assert apps.read_namespaced_deployment("hub", hub).status.ready_replicas == 1
     assert apps.read_namespaced_deployment("proxy", hub).status.ready_replicas == 1
@@ -86,13 +87,13 @@ async def test_install_upgrade_health_rollback_uninstall(
     )
     dry = await deploy_hub(cluster=cluster, hub=hub, dry_run=True)
     assert any(
-        c["object"] == "Deployment/hub" and "spec.template" in c["change"] for c in dry["changes"]
+        c["object"] == "Deployment/hub" and "spec.template" in c["change"] for c in dry.changes
     )
     assert len(helm_history(helm, kube, hub)) == 1
 
     # Upgrade to the next chart version.
     second = await deploy_hub(cluster=cluster, hub=hub, gate="rollout")
-    assert (second["from_version"], second["to_version"], second["revision"]) == (
+    assert (second.from_version, second.to_version, second.revision) == (
         "4.4.0",
         NEXT_VERSION,
         2,
@@ -108,7 +109,7 @@ async def test_install_upgrade_health_rollback_uninstall(
         "jupyterhub:\n  hub:\n    image: {tag: '4.2.0'}\n"
     )
     with pytest.raises(
-        HubDeployFailed, match=r"rolled back automatically from revision 3 to revision 2"
+        HubRolledBack, match=r"rolled back automatically from revision 3 to revision 2"
     ) as info:
         await deploy_hub(cluster=cluster, hub=hub, gate="health")
     assert "injected" in str(info.value)
@@ -197,7 +198,7 @@ async def test_concurrent_deploys_of_one_hub_never_interleave(kube_fleet, kube, 
         deploy_hub(cluster=cluster, hub=hub, gate="rollout"),
         deploy_hub(cluster=cluster, hub=hub, gate="rollout"),
     )
-    assert sorted(r["revision"] for r in results) == [1, 2]
+    assert sorted(r.revision for r in results) == [1, 2]
     assert [h["status"] for h in helm_history(helm, kube, hub)] == ["superseded", "deployed"]
     # Both runs say they held the hub's lock (logs reach the server asynchronously: wait).
     held = 0
@@ -237,11 +238,13 @@ async def test_staging_failure_blocks_only_its_cluster(
     )
     assert state.is_failed() and "hub(s) not deployed" in state.message
     result = await state.aresult(raise_on_failure=False)
-    outcomes = {row["hub"]: row["outcome"] for row in result["outcomes"]}
+    outcomes = {f"{o.cluster}/{o.hub}": o for o in result.outcomes}
     a_prod = [f"{a}/{h}" for h in hub_names(kube_fleet, a)[1:]]
-    assert outcomes[f"{a}/{a_staging}"].startswith("failed")
-    assert all(outcomes[h].startswith("blocked: health gate: staging failed") for h in a_prod)
-    assert all(outcomes[f"{b}/{h}"] == "deployed" for h in hub_names(kube_fleet, b))
+    # No previous revision to roll back to: failed (the outcome is a field, not a message).
+    assert outcomes[f"{a}/{a_staging}"].outcome is Outcome.failed
+    assert all(outcomes[h].outcome is Outcome.blocked for h in a_prod)
+    assert all(outcomes[h].why.startswith("health gate: staging failed") for h in a_prod)
+    assert all(outcomes[f"{b}/{h}"].outcome is Outcome.deployed for h in hub_names(kube_fleet, b))
     for h in hub_names(kube_fleet, a)[1:]:
         assert helm_history(helm, kube, h) == []
     # The secret value reached the cluster, and nowhere else: no log, artifact, temp file.
@@ -268,7 +271,7 @@ async def test_upgrade_fleet_moves_only_stale_hubs_and_reports_orphans(
     b = cluster_names(kube_fleet)[1]
     hubs = hub_names(kube_fleet, b)
     first = await deploy_fleet(selection=[b], gate="rollout")
-    assert [r["outcome"] for r in first["outcomes"]] == ["deployed", "deployed"]
+    assert [r.outcome for r in first.outcomes] == [Outcome.deployed, Outcome.deployed]
 
     # An orphan: a hub namespace and a release the fleet does not list.
     ghost = f"ghost{b}"
@@ -283,23 +286,23 @@ async def test_upgrade_fleet_moves_only_stale_hubs_and_reports_orphans(
 
     # Nothing to upgrade: every hub runs the fleet's chart version; orphans are reported.
     same = await upgrade_fleet(selection=[b], gate="rollout")
-    assert same["outcomes"] == []
-    assert f"namespace {ghost}" in same["orphans"][b]
+    assert same.outcomes == []
+    assert f"namespace {ghost}" in same.orphans[b]
 
     # The fleet moves to the next z2jh: a dry run lists the upgrades, the real run does them.
     fleet_yaml = kube_fleet / "fleet.yaml"
     fleet_yaml.write_text(fleet_yaml.read_text().replace("4.4.0", NEXT_VERSION))
     dry = await upgrade_fleet(selection=[b], dry_run=True)
-    assert [(c["hub"], c["from_version"], c["to_version"]) for c in dry["changes"]] == [
+    assert [(c["hub"], c["from_version"], c["to_version"]) for c in dry.changes] == [
         (h, "4.4.0", NEXT_VERSION) for h in hubs
     ]
     assert [h["chart"] for h in helm_history(helm, kube, hubs[0])] == ["hub-4.4.0"]
     upgraded = await upgrade_fleet(selection=[b], gate="rollout")
     assert [
-        (r["hub"], r["from-version"], r["to-version"], r["outcome"]) for r in upgraded["outcomes"]
-    ] == [(f"{b}/{h}", "4.4.0", NEXT_VERSION, "deployed") for h in hubs]
+        (f"{r.cluster}/{r.hub}", r.from_version, r.to_version, r.outcome) for r in upgraded.outcomes
+    ] == [(f"{b}/{h}", "4.4.0", NEXT_VERSION, Outcome.deployed) for h in hubs]
     # The orphan was reported in every run and is still there: removal needs the parameter.
-    assert f"namespace {ghost}" in upgraded["orphans"][b]
+    assert f"namespace {ghost}" in upgraded.orphans[b]
     assert core.read_namespace(ghost).status.phase == "Active"
     # What remove_orphans=true runs, limited to this test's orphan (the test clusters share
     # one control plane, so "everything not in this fleet" includes other tests' hubs).

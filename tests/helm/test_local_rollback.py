@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from flows.deploy_hub import HubDeployFailed, deploy_hub
+from flows.deploy_fleet import deploy_fleet
+from flows.deploy_hub import HubRolledBack, deploy_hub
 from hubfleet.loader import load_fleet
+from hubfleet.results import Outcome
 from tasks.local_hub import PREVIOUS_CONFIG, local_hub
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -37,7 +39,7 @@ async def test_failed_start_restores_previous_config(tmp_path: Path, monkeypatch
     root = local_fleet(tmp_path / "fleet")
     monkeypatch.setenv("HUBFLEET_FLEET", str(root))
     first = await deploy_hub(cluster="lrb", hub="solo")
-    assert first["health"] == "healthy"
+    assert first.health == "healthy"
     hub = local_hub(load_fleet(root), "lrb", "solo")
     good_config = hub.config_file.read_text()
 
@@ -45,7 +47,7 @@ async def test_failed_start_restores_previous_config(tmp_path: Path, monkeypatch
     (root / "clusters" / "lrb" / "solo.values.yaml").write_text(
         "jupyterhub: {hub: {config: {JupyterHub: {db_url: 'nonsense://nowhere'}}}}\n"
     )
-    with pytest.raises(HubDeployFailed, match="restarted with the previous config"):
+    with pytest.raises(HubRolledBack, match="restarted with the previous config"):
         await deploy_hub(cluster="lrb", hub="solo")
     assert hub.is_running()
     assert hub.config_file.read_text() == good_config
@@ -53,7 +55,7 @@ async def test_failed_start_restores_previous_config(tmp_path: Path, monkeypatch
     state = hub.state()
     assert state is not None
     assert requests.get(f"{state.url}/hub/health", timeout=5).status_code == 200
-    assert state.url == first["url"]  # same ports: users' URL did not move
+    assert state.url == first.url  # same ports: users' URL did not move
 
 
 async def test_hub_killed_during_the_health_gate_is_rolled_back(
@@ -87,13 +89,34 @@ async def test_hub_killed_during_the_health_gate_is_rolled_back(
     killer = threading.Thread(target=kill_the_new_hub, daemon=True)
     started = time.monotonic()
     killer.start()
-    with pytest.raises(HubDeployFailed, match="previous config"):
+    with pytest.raises(HubRolledBack, match="previous config"):
         await deploy_hub(cluster="lrb", hub="solo")
     killer.join(timeout=10)
     assert killed, "the new hub was never seen running"
     assert hub.config_file.read_text() == good_config
     state = hub.state()
-    assert state is not None and state.url == first["url"]
+    assert state is not None and state.url == first.url
     assert requests.get(f"{state.url}/hub/health", timeout=5).status_code == 200
     print(f"hub killed during the gate: rolled back, previous hub healthy "
           f"{time.monotonic() - started:.0f}s after the deploy began")  # fmt: skip
+
+
+async def test_fleet_run_records_a_rollback_as_its_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy_fleet learns a hub was rolled back from the subflow's exception type (its
+    outcome is a field), not from the words of its message. (A hub with nothing to go back
+    to is `failed`: tests/helm/test_kube_deploy.py's staging hub.)"""
+    root = local_fleet(tmp_path / "fleet")
+    monkeypatch.setenv("HUBFLEET_FLEET", str(root))
+    assert (await deploy_hub(cluster="lrb", hub="solo")).health == "healthy"
+    (root / "clusters" / "lrb" / "solo.values.yaml").write_text(
+        "jupyterhub: {hub: {config: {JupyterHub: {db_url: 'nonsense://nowhere'}}}}\n"
+    )
+    state = await deploy_fleet(selection=["lrb"], return_state=True)
+    assert state.is_failed()
+    result = await state.aresult(raise_on_failure=False)
+    [solo] = result.outcomes
+    assert (solo.hub, solo.outcome) == ("solo", Outcome.rolled_back), solo
+    assert "restarted with the previous config" in solo.why
+    assert solo.row()["outcome"].startswith("rolled back: ")

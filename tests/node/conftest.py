@@ -83,7 +83,7 @@ async def shared_node_hub(
         took = time.monotonic() - started
     finally:
         _restore_env("HUBFLEET_FLEET", saved)
-    assert result["action"] == "install" and result["health"] == "healthy", result
+    assert result.action == "install" and result.health == "healthy", result
     print(f"\nshared hub: deploy_hub to healthy on the real node in {took:.1f}s")
     try:
         yield NodeHub(fleet.root, fleet.cluster, fleet.hub, admin, password, took)

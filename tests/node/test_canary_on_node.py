@@ -64,9 +64,9 @@ async def test_a_per_hub_canary_moves_one_hub_to_another_chart_version(
     )
     result = await deploy_hub(cluster=node_hub.cluster, hub=node_hub.hub, wait_timeout="5m")
 
-    assert result["action"] == "upgrade", result
-    assert (result["from_version"], result["to_version"]) == ("4.4.0", NEXT_VERSION)
-    assert result["health"] == "healthy", result
+    assert result.action == "upgrade", result
+    assert (result.from_version, result.to_version) == ("4.4.0", NEXT_VERSION)
+    assert result.health == "healthy", result
     after = _release(helm, kube, node_hub.hub)
     assert after["chart"] == f"hub-{NEXT_VERSION}" and after["status"] == "deployed"
     assert int(after["revision"]) == int(before["revision"]) + 1

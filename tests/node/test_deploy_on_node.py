@@ -49,7 +49,7 @@ async def test_deploy_gate_user_break_rollback_on_the_real_node(
     started = time.monotonic()
     first = await deploy_hub(cluster=cluster, hub=hub, gate="auto", wait_timeout="5m")
     print(f"deploy to healthy on the real node: {time.monotonic() - started:.1f}s")
-    assert first["action"] == "install" and first["health"] == "healthy"
+    assert first.action == "install" and first.health == "healthy"
     # The ops token was minted in the hub pod and stored; its block names the domain.
     block = await load_ops_token(cluster, hub)
     assert block is not None and block.url == f"https://{hub}.{cluster}.hubfleet.test"

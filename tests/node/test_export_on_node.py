@@ -610,7 +610,7 @@ async def test_expiry_of_an_event_hub_on_the_node_exports_then_removes_it(
     key = exporter(node_moto, bucket, write=True)
     await save_s3_block(S3_BLOCK, node_moto, key)
     deployed = await deploy_hub(cluster=cluster, hub=hub, gate="rollout", wait_timeout="5m")
-    assert deployed["action"] == "install", deployed
+    assert deployed.action == "install", deployed
     core = client.CoreV1Api(kube_api)
     hub_pod = wait_for(
         "the hub pod on the node",

@@ -151,7 +151,7 @@ async def test_teardown_keeps_the_home_on_the_node_and_revokes_the_ops_token(
         f"hub-values-{cluster}-{hub}", overwrite=True
     )
     deployed = await deploy_hub(cluster=cluster, hub=hub, gate="auto", wait_timeout="5m")
-    assert deployed["health"] == "healthy", deployed
+    assert deployed.health == "healthy", deployed
     block = await load_ops_token(cluster, hub)
     assert block is not None
     ops_token = block.token.get_secret_value()

@@ -73,7 +73,7 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
         gate="rollout",
     )
     try:
-        assert result["changed"] and result["deploy"]["action"] == "install"
+        assert result["changed"] and result["deploy"].action == "install"
         apps = client.AppsV1Api(kube_api)
         assert apps.read_namespaced_deployment("hub", "course").status.ready_replicas == 1
         # z2jh hands the hub its values through the `hub` Secret (values.yaml).
@@ -123,7 +123,7 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
         # "upgrade" all the same: z2jh's first upgrade after install re-renders the proxy
         # token's hash, see README).
         again = await deploy_hub(cluster, "course", gate="rollout", operator="ops")
-        assert again["health"] == "healthy", again
+        assert again.health == "healthy", again
         secret = client.CoreV1Api(kube_api).read_namespaced_secret("hub", "course")
         rendered = base64.b64decode(secret.data["values.yaml"]).decode()
         assert "scipy-notebook" in rendered and "prof@college.example.edu" in rendered

@@ -50,7 +50,7 @@ def research_hub(kube_pilot_fleet: Path, kube, kube_api, helm):
 async def test_research_hub_with_dask_gateway_installs_and_is_wired(research_hub, kube_api) -> None:
     cluster, hub = research_hub
     result = await deploy_hub(cluster, hub, operator="test", gate="rollout")
-    assert result["action"] == "install", result
+    assert result.action == "install", result
 
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
     gateway = apps.read_namespaced_deployment("dask-gateway", hub)

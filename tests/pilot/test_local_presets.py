@@ -53,7 +53,7 @@ async def test_event_hub_on_local_runs_the_presets_culler(
     hack, lab = local_hub(fleet, cluster, "hack"), local_hub(fleet, cluster, "lab")
     try:
         result = await deploy_hub(cluster, "hack", operator="test")
-        assert result["health"] == "healthy", result
+        assert result.health == "healthy", result
         await deploy_hub(cluster, "lab", operator="test")
 
         # The event preset: cull after 1200 s idle, every 120 s, max age 14400 s, users too.

@@ -92,7 +92,7 @@ async def test_report_counts_rotations_and_event_lifecycles(
         for hub in ("staging", "prod"):
             await deploy_hub("local", hub, operator="ops")
         created = await create_event_hub("local", "workshop", operator="alice")
-        assert created["deploy"]["health"] == "healthy"
+        assert created["deploy"].health == "healthy"
         await sweep()
         rotated = await rotate_credentials(
             scope="hub:local/staging", max_age=timedelta(0), operator="carol"

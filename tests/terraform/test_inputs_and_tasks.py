@@ -111,9 +111,9 @@ async def test_state_lock_is_retried_until_free(lab_fleet: Any, prefect_server: 
 
     @flow
     async def plan_while_locked() -> Any:
-        from flows.operation import begin
+        from flows.operation import begin_cluster
 
-        op = await begin("test", cluster, None, None)
+        op = await begin_cluster("test", cluster, None)
         with workspace(op.cluster, {}) as ws:
             await terraform_init(ws)
             return await terraform_plan.with_options(retries=5, retry_delay_seconds=1)(ws)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from flows.operation import Operation
+from flows.operation import HubOperation
 from flows.teardown_hub import export_target
 from hubfleet.model import Cluster, Fleet, FleetSettings, Hub, HubKind, Provider
 from tasks.kube_archive import (
@@ -46,7 +46,7 @@ def test_dropping_a_volume_only_sets_delete() -> None:
     assert DROP_PATCH == {"spec": {"persistentVolumeReclaimPolicy": "Delete"}}
 
 
-def _op(hub: Hub) -> Operation:
+def _op(hub: Hub) -> HubOperation:
     cluster = Cluster(
         name="k",
         provider=Provider.kubeconfig,
@@ -54,7 +54,9 @@ def _op(hub: Hub) -> Operation:
         hubs=[hub],
     )
     fleet = Fleet(root=Path("."), settings=FleetSettings(name="f"), clusters=[cluster])
-    return Operation("teardown_hub", fleet, cluster, hub, "ops", "rev")
+    return HubOperation(
+        name="teardown_hub", fleet=fleet, operator="ops", revision="rev", cluster=cluster, hub=hub
+    )
 
 
 def _event(name: str, **event: object) -> Hub:

@@ -442,7 +442,7 @@ def test_validate_checks_secret_values_when_the_server_answers(
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    import flows.deploy_hub
+    import tasks.cluster_session
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -460,7 +460,7 @@ def test_validate_checks_secret_values_when_the_server_answers(
 
     server = HTTPServer(("127.0.0.1", 0), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(flows.deploy_hub, "load_secret_values", blocks)
+    monkeypatch.setattr(tasks.cluster_session, "load_secret_values", blocks)
     monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{server.server_port}/api")
     try:
         code, output = cli(capsys, "validate", str(fleet))
