@@ -30,7 +30,7 @@ HUB = "c1/h6"
 
 
 def psql(pg: object, sql: str) -> str:
-    from deployments.pgserver import pg_bin
+    from hubfleet.pgserver import pg_bin
 
     result = subprocess.run(
         [pg_bin("psql"), "-h", str(pg.socket_dir), "-U", "prefect", "-d", "prefect",  # type: ignore[attr-defined]
@@ -76,8 +76,8 @@ def main() -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.audit_log import fetch_audit, fetch_audit_database
-    from deployments.pgserver import postgres_stack
     from hubfleet.audit import build_query
+    from hubfleet.pgserver import postgres_stack
     from hubfleet.server import any_free_port
 
     root = Path(tempfile.mkdtemp(prefix="hubfleet-bench-audit-"))

@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hubfleet.testenv import build  # noqa: E402
-from hubfleet.testenv.controlplane import ControlPlane  # noqa: E402
+from testenv import build  # noqa: E402
+from testenv.controlplane import ControlPlane  # noqa: E402
 
 TARGET_MEDIAN_S = 20.0
 RESULTS = ROOT / "benchmarks" / "results" / "controlplane.json"
@@ -84,9 +84,7 @@ def measure_cold() -> dict:
     )
     try:
         t0 = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-m", "hubfleet.testenv.build"], env=env, timeout=90 * 60
-        )
+        proc = subprocess.run([sys.executable, "-m", "testenv.build"], env=env, timeout=90 * 60)
         total = round(time.monotonic() - t0, 1)
         if proc.returncode != 0:
             raise SystemExit(f"cold build failed (exit {proc.returncode})")

@@ -8,7 +8,7 @@ on a real Prefect server), subflow runs, tasks, artifacts. Each cluster has 1 st
 5 prod waves of 2 (1 step each) = 7 steps of `--latency` seconds.
 
 The Prefect server runs on PostgreSQL by default (`--server postgres`, the scale-out setup
-of deployments/pgserver.py): on SQLite, concurrent run-state writes hit "database is
+of hubfleet/pgserver.py): on SQLite, concurrent run-state writes hit "database is
 locked", which the server answers with 503 and the client retries after ~2 s, so
 `--server sqlite` mostly measures SQLite's write lock.
 
@@ -139,7 +139,7 @@ def prefect_server(kind: str, tmp: Path) -> Iterator[None]:
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from deployments.pgserver import postgres_stack
+    from hubfleet.pgserver import postgres_stack
     from hubfleet.server import any_free_port
 
     pg, server = postgres_stack(tmp / "server", any_free_port())

@@ -1,4 +1,4 @@
-"""Benchmark: the real test node (kubelet, containerd, kube-proxy; hubfleet/testenv/node.py).
+"""Benchmark: the real test node (kubelet, containerd, kube-proxy; testenv/node.py).
 
 * Cold build: what the build step recorded in ``<cache>/build-times.json`` for the node's
   parts (kubelet + kube-proxy, containerd, local-path-provisioner, the images). Those
@@ -13,7 +13,7 @@
   through the Kubernetes API, then reachable → api → auth through a port-forward, the
   cluster's ``hub_access: port-forward``). Exactly the setup of
   tests/node/test_deploy_on_node.py: one ``provider: kubeconfig`` cluster whose
-  ``cluster.values.yaml`` is ``hubfleet.testenv.nodevalues``, the hub, proxy and
+  ``cluster.values.yaml`` is ``testenv.nodevalues``, the hub, proxy and
   single-user images built here and imported into the node, the chart served on loopback
   from ``../shared/charts``. Each run is a new hub name, uninstalled (and its namespace
   deleted) after. Target (issue 14): <= 60 s warm.
@@ -60,9 +60,9 @@ os.environ.setdefault("PREFECT_API_DATABASE_TIMEOUT", "60")
 os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 
 from hubfleet.results import HubDeployed  # noqa: E402
-from hubfleet.testenv import build, hubimages, images  # noqa: E402
-from hubfleet.testenv.controlplane import ControlPlane  # noqa: E402
-from hubfleet.testenv.node import POD_PLACEMENT, RealNode, ensure_node_tools  # noqa: E402
+from testenv import build, hubimages, images  # noqa: E402
+from testenv.controlplane import ControlPlane  # noqa: E402
+from testenv.node import POD_PLACEMENT, RealNode, ensure_node_tools  # noqa: E402
 
 TARGET_WARM_S = 20.0
 TARGET_DEPLOY_S = 60.0
@@ -189,7 +189,7 @@ def _write_fleet(
     writes it) and a local cluster, each with one hub per run."""
     import yaml
 
-    from hubfleet.testenv.nodevalues import node_values
+    from testenv.nodevalues import node_values
 
     root.mkdir(parents=True)
     (root / "fleet.yaml").write_text("name: bench-node\nchart_version: 4.4.0\n")
@@ -339,7 +339,7 @@ def node_runs(
 
 
 def deploy_to_healthy(runs: int) -> dict[str, Any]:
-    from hubfleet.testenv.chartrepo import ChartRepository
+    from testenv.chartrepo import ChartRepository
 
     cached = {name: hubimages.archive_path(name).exists() for name in HUB_IMAGES}
     t0 = time.monotonic()

@@ -109,7 +109,7 @@ def deployment_run_operator(run: FlowRun) -> str:
     return UNKNOWN_UI_OPERATOR
 
 
-#: In a fleet copied out of git (the worker image, hubfleet/testenv/hubimages.py): the
+#: In a fleet copied out of git (the worker image, testenv/hubimages.py): the
 #: commit it was copied from, written when the copy was made.
 REVISION_FILE = ".hubfleet-revision"
 

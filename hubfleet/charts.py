@@ -55,14 +55,16 @@ def repository(fleet_setting: str | None = None) -> str:
 
 
 def find_helm() -> Path:
-    """helm: `HUBFLEET_HELM`, then PATH, then the one `hubfleet testenv build` makes."""
+    """helm: `HUBFLEET_HELM`, then PATH, then the one a checkout's `./dev testenv build`
+    makes (in the cache)."""
     candidates = [os.environ.get("HUBFLEET_HELM"), shutil.which("helm")]
     candidates += [str(p) for p in sorted((cache_dir() / "bin").glob("helm-*"), reverse=True)]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
     raise HelmNotFound(
-        "helm not found: set HUBFLEET_HELM, put helm 3 on PATH, or run `hubfleet testenv build`"
+        "helm not found: set HUBFLEET_HELM or put helm 3 on PATH (in a hubfleet checkout, "
+        "`./dev testenv build` builds one)"
     )
 
 

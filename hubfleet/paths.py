@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Where a worker image keeps the hubfleet checkout (an editable install, so REPO_ROOT is
 #: this inside the image) and the fleet it runs: deployments on a Kubernetes work pool
-#: work from there (hubfleet/testenv/hubimages.py builds such an image).
+#: work from there (testenv/hubimages.py builds such an image).
 WORKER_IMAGE_ROOT = "/opt/hubfleet"
 WORKER_IMAGE_FLEET = f"{WORKER_IMAGE_ROOT}/fleet"
 

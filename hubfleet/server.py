@@ -1,7 +1,7 @@
 """The Prefect server hubfleet starts, and the one place every client finds it.
 
 The embedded default is SQLite under the data dir, on loopback; `hubfleet server
---postgres` is the same server on PostgreSQL (deployments/pgserver.py). Either is started
+--postgres` is the same server on PostgreSQL (hubfleet/pgserver.py). Either is started
 detached so it outlives the CLI (the UI stays browsable after `hubfleet demo`), reused when
 already running, restarted on the port it last had, and stopped by PID.
 
@@ -274,7 +274,7 @@ def connect(start: bool = True) -> str:
 
 
 def _find_api(start: bool) -> str:
-    from deployments.pgserver import postgres_stack
+    from hubfleet.pgserver import postgres_stack
 
     _pg, on_postgres = postgres_stack(data_dir())
     candidates = [on_postgres, local_server()]

@@ -42,7 +42,7 @@ EXPORT_VALUE = "export"
 SOURCE_LISTING = "hubfleet-source.json"
 #: rclone speaks S3, Azure blob and GCS with one CLI and one script. Pinned (never a
 #: floating tag): the tests run the Job's script with rclone built at this same version
-#: (hubfleet/testenv/versions.toml; a unit test checks they agree).
+#: (testenv/versions.toml; a unit test checks they agree).
 RCLONE_VERSION = "1.76.0"
 RCLONE_IMAGE = f"rclone/rclone:{RCLONE_VERSION}"
 #: Where the Job mounts the homes (`/homes/<user>`); the script reads it from $HUBFLEET_HOMES.

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hubfleet.testenv.chartrepo import NEXT_VERSION, ChartRepository
+from testenv.chartrepo import NEXT_VERSION, ChartRepository
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A loaded 2-core machine (the suite beside builds and other suites) makes the SQLite test
@@ -23,8 +23,8 @@ os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The Kubernetes/helm/terraform/emulator fixtures (hubfleet testenv).
-pytest_plugins = ["hubfleet.testenv.pytest_plugin"]
+# The Kubernetes/helm/terraform/emulator fixtures (testenv/).
+pytest_plugins = ["testenv.pytest_plugin"]
 
 
 #: Test directories run by parallel workers (`./dev test` runs pytest-xdist with

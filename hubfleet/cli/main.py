@@ -214,11 +214,6 @@ def _register_commands() -> None:
 
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(app)
-    try:
-        from hubfleet.testenv.cli import app as testenv_app
-    except ImportError:  # the test environment is optional at run time
-        return
-    app.add_typer(testenv_app, name="testenv")
 
 
 _register_commands()

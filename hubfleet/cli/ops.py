@@ -194,7 +194,7 @@ def register(app: typer.Typer) -> None:
     app.command()(worker)
     app.command()(audit)
     try:
-        from deployments.pgserver import server
+        from hubfleet.pgserver import server
     except ImportError:  # pragma: no cover - the module ships with hubfleet
         return
     app.command()(server)

@@ -1,6 +1,6 @@
 """Rotating the aws-west cluster's deployer access key against moto with auth enforced.
 
-moto runs as a real server (hubfleet.testenv MotoServer): every call after the admin
+moto runs as a real server (testenv MotoServer): every call after the admin
 bootstrap must be signed with a valid key, so a deleted key really is refused.
 """
 
@@ -21,9 +21,9 @@ from pydantic import SecretStr
 from blocks.deployer_credential import DeployerCredential
 from flows.rotate_credentials import RotationsFailed, rotate_credentials
 from hubfleet.credentials import CredentialKind
-from hubfleet.testenv.emulators import MotoServer
 from tasks.aws_iam import AwsAccessKeyRotator
 from tasks.rotation import CredentialRefused, Issued
+from testenv.emulators import MotoServer
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.cloud]
 

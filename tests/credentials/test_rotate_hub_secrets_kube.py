@@ -35,8 +35,6 @@ from hubfleet.cli.credentials import inventory_table, read_inventory
 from hubfleet.credentials import CredentialKind, Status
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
-from hubfleet.testenv import history
-from hubfleet.testenv.volumes import create_volumes
 from tasks.hub_secrets import (
     COOKIE_SECRET,
     PROXY_TOKEN,
@@ -45,6 +43,8 @@ from tasks.hub_secrets import (
     version_of,
 )
 from tasks.rotation import CredentialRefused, Issued
+from testenv import history
+from testenv.volumes import create_volumes
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server")]
 

@@ -19,8 +19,8 @@ from flows.check_hub_health import check_hub_health
 from flows.deploy_hub import deploy_hub
 from flows.rotate_credentials import rotate_credentials
 from hubfleet.credentials import BadScope
-from hubfleet.testenv import history
 from tasks import jupyterhub_api as api
+from testenv import history
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

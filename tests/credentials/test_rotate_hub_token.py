@@ -20,10 +20,10 @@ from flows.rotate_credentials import RotationsFailed, rotate_credentials
 from hubfleet.credentials import BadScope
 from hubfleet.health import HEALTH_USER
 from hubfleet.localhub import OPS_USER
-from hubfleet.testenv import history
 from tasks import jupyterhub_api as api
 from tasks.hub_credentials import HubOpsTokenRotator
 from tasks.rotation import CredentialRefused, Issued
+from testenv import history
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

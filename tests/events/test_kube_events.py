@@ -67,12 +67,12 @@ from flows.event_hubs import (
     reap_expired_event_hubs,
 )
 from hubfleet.events import NotExpirable
-from hubfleet.testenv import history
-from hubfleet.testenv.node import REAL_NODE_NAMESPACE_LABEL
 from tasks.event_schedule import scheduled_event_runs
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
 from tasks.kube_export import EXPORT_LABEL, HOMES_ROOT, RCLONE_VERSION, SOURCE_LISTING
+from testenv import history
+from testenv.node import REAL_NODE_NAMESPACE_LABEL
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server", "event_deployments")]
 

@@ -109,8 +109,8 @@ def test_export_job_mounts_every_home_read_only_and_holds_no_secret() -> None:
 
 def test_export_job_image_is_the_rclone_the_tests_build() -> None:
     """A floating image tag would run an rclone the tests never ran; the pinned tag must be
-    the version hubfleet/testenv/versions.toml builds for the integration tests."""
-    from hubfleet.testenv.build import load_versions
+    the version testenv/versions.toml builds for the integration tests."""
+    from testenv.build import load_versions
 
     job = job_manifest("j", "s3://b/p", [UserVolume("claim-a", "a")], "j", 600)
     (container,) = job["spec"]["template"]["spec"]["containers"]
@@ -119,7 +119,7 @@ def test_export_job_image_is_the_rclone_the_tests_build() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
     # The image the real test node imports answers for exactly this reference (containerd
     # names Docker Hub images docker.io/...), so the Job runs it with no override.
-    from hubfleet.testenv.images import rclone_image_ref
+    from testenv.images import rclone_image_ref
 
     assert rclone_image_ref() == f"docker.io/{container['image']}"
 

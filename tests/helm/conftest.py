@@ -15,8 +15,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from blocks.cluster_access import ClusterAccess
-from hubfleet.testenv.volumes import create_volumes
 from tasks.local_hub import LocalHub
+from testenv.volumes import create_volumes
 
 REPO = Path(__file__).resolve().parents[2]
 #: The tag the admission policy treats as missing from the registry.

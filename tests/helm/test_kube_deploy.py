@@ -24,11 +24,11 @@ from flows.deploy_fleet import deploy_fleet
 from flows.deploy_hub import HubDeployFailed, HubRolledBack, deploy_hub
 from hubfleet.loader import load_fleet
 from hubfleet.results import Outcome
-from hubfleet.testenv import history
-from hubfleet.testenv.chartrepo import NEXT_VERSION
 from hubfleet.values import ValuesInvalid
 from tasks.helm import Helm
 from tasks.locks import LockTimeout, ensure_concurrency_limits, hub_lock
+from testenv import history
+from testenv.chartrepo import NEXT_VERSION
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server")]
 

@@ -33,7 +33,6 @@ from blocks.hub_token import HubOpsToken
 from flows.deploy_hub import deploy_hub
 from flows.teardown_hub import teardown_hub
 from hubfleet.loader import load_fleet
-from hubfleet.testenv import history
 from tasks.helm import Helm
 from tasks.hub_credentials import load_ops_token
 from tasks.kube_archive import (
@@ -44,6 +43,7 @@ from tasks.kube_archive import (
     ARCHIVED_USER,
 )
 from tasks.locks import LockTimeout, ensure_concurrency_limits, hub_lock
+from testenv import history
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server")]
 

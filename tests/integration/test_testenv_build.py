@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from hubfleet.testenv import build
+from testenv import build
 
 
 def test_missing_go_says_how_to_install(monkeypatch, tmp_path):

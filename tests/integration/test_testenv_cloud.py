@@ -115,7 +115,7 @@ def test_azurite_refuses_wrong_account_key(azurite):
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "localhost", "10.0.0.300"])
 def test_emulators_refuse_a_wildcard_or_a_name(host):
     """An emulator listens on one address of this machine, never on every interface."""
-    from hubfleet.testenv.emulators import Azurite, MotoServer
+    from testenv.emulators import Azurite, MotoServer
 
     for server in (MotoServer, Azurite):
         with pytest.raises(ValueError, match=r"wildcard|not an IPv4 address"):
@@ -124,7 +124,7 @@ def test_emulators_refuse_a_wildcard_or_a_name(host):
 
 def test_an_address_that_is_not_this_machines_is_refused_before_anything_starts():
     """Binding the free port proves the address is local: 192.0.2.1 (TEST-NET-1) is not."""
-    from hubfleet.testenv.emulators import MotoServer
+    from testenv.emulators import MotoServer
 
     with pytest.raises(OSError):
         MotoServer(host="192.0.2.1")

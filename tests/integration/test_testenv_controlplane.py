@@ -1,4 +1,4 @@
-"""The control plane's process hygiene: `hubfleet testenv up` in one process, `status` and
+"""The control plane's process hygiene: `./dev testenv up` in one process, `status` and
 `down` in others, stopping exactly the recorded PIDs and removing the temp dir with the keys."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from hubfleet.testenv._proc import proc_starttime
+from testenv._proc import proc_starttime
 
 pytestmark = pytest.mark.kube
 
 
 def _cli(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hubfleet.testenv.cli", *args],
+        [sys.executable, "-m", "testenv.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -101,7 +101,7 @@ def test_up_status_down_across_processes(testenv_tools, real_node_tools, tmp_pat
 
 
 def test_stop_kills_every_process_and_removes_keys(testenv_tools):
-    from hubfleet.testenv.controlplane import ControlPlane
+    from testenv.controlplane import ControlPlane
 
     with ControlPlane(testenv_tools) as cp:
         pids = {c.name: c.pid for c in cp.components.values()}

@@ -21,7 +21,7 @@ import pytest
 from nodefleet import HUB_IMAGES, NodeFleet, NodeHub, remove_hub, write_node_fleet
 from prefect.blocks.system import Secret
 
-from hubfleet.testenv import hubimages
+from testenv import hubimages
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ import yaml
 from kubernetes import client
 
 from blocks.cluster_access import ClusterAccess
-from hubfleet.testenv.nodevalues import node_values
 from tasks.helm import Helm
+from testenv.nodevalues import node_values
 
 #: The images a hub on the real node runs (built here, imported into the node's containerd).
 HUB_IMAGES = ("k8s-hub", "proxy", "singleuser")

@@ -7,7 +7,7 @@ cluster.yaml, as an operator canaries a release on one hub before the fleet.
 pod with KubeSpawner and runs Python in a kernel on it.
 
 The other version is `NEXT_VERSION`, the 4.4.0 package published again under a new
-version by the tests' chart repository (hubfleet/testenv/chartrepo.py): a stand-in for a
+version by the tests' chart repository (testenv/chartrepo.py): a stand-in for a
 second z2jh release, which this machine cannot download. The failed upgrade rolled back on
 the node is tests/node/test_deploy_on_node.py's.
 """
@@ -22,7 +22,7 @@ from nodefleet import NodeHub
 
 from flows.check_hub_health import check_hub_health
 from flows.deploy_hub import deploy_hub
-from hubfleet.testenv.chartrepo import NEXT_VERSION
+from testenv.chartrepo import NEXT_VERSION
 
 pytestmark = [pytest.mark.kube, pytest.mark.node]
 

@@ -9,8 +9,8 @@ import time
 import pytest
 from kubernetes import client
 
-from hubfleet.testenv import rootfs
-from hubfleet.testenv.node import POD_PLACEMENT
+from testenv import rootfs
+from testenv.node import POD_PLACEMENT
 
 pytestmark = [pytest.mark.kube, pytest.mark.node]
 

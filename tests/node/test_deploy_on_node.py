@@ -10,7 +10,7 @@ rolled back by helm; the hub is healthy again and the user still gets a server.
 
 Nothing is a stand-in: helm, the control plane, the kubelet, containerd and the images
 (built here) are real. The node's own limits are in its cluster values
-(hubfleet.testenv.nodevalues, each with its reason).
+(testenv.nodevalues, each with its reason).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from prefect.blocks.system import Secret
 
 from flows.check_hub_health import check_hub_health
 from flows.deploy_hub import HubDeployFailed, deploy_hub
-from hubfleet.testenv import history
 from tasks.hub_credentials import load_ops_token
 from tasks.kube_portforward import PortForward
+from testenv import history
 
 pytestmark = [pytest.mark.kube, pytest.mark.node, pytest.mark.usefixtures("prefect_server")]
 

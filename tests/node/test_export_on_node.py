@@ -2,7 +2,7 @@
 
 The Job (tasks/kube_export.py, unchanged for the test) runs as a pod on the node from the
 rclone image built here (``docker.io/rclone/rclone:<version>``: busybox and the rclone the
-test tools build, hubfleet.testenv.images), with the users' home PVCs provisioned on the
+test tools build, testenv.images), with the users' home PVCs provisioned on the
 node's disk and mounted read-only, and copies them to moto's S3 (auth enforced) or to
 Azurite, both listening on the node's host-side address (``real_node.host_ip``: reachable
 from the node's pods, from no other machine). hubfleet's flow then proves the copy with its
@@ -18,7 +18,7 @@ What the test sets up around hubfleet, and why:
 - The homes are PVCs named and labelled as KubeSpawner makes them (``claim-<user>``,
   ``component: singleuser-storage``), provisioned by the node's local-path provisioner and
   filled by a busybox pod on the node: the hubs here run without per-user storage
-  (hubfleet.testenv.nodevalues), so no spawn would leave a home behind.
+  (testenv.nodevalues), so no spawn would leave a home behind.
 - The real node is tainted (only pods that ask land there). hubfleet's Job tolerates z2jh's
   user-node taint only, as on a real cluster; each namespace here carries the
   ``scheduler.alpha.kubernetes.io/defaultTolerations`` annotation for the node's taint,
@@ -60,9 +60,6 @@ from prefect.client.schemas.sorting import FlowRunSort
 from blocks.cluster_access import ClusterAccess
 from flows.deploy_hub import deploy_hub
 from flows.event_hubs import expire_event_hub
-from hubfleet.testenv import build, history, hubimages, images
-from hubfleet.testenv.node import POD_PLACEMENT, STORAGE_CLASS, RealNode
-from hubfleet.testenv.nodevalues import node_values
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
 from tasks.kube_export import (
@@ -72,6 +69,9 @@ from tasks.kube_export import (
     SOURCE_LISTING,
     export_homes_with_job,
 )
+from testenv import build, history, hubimages, images
+from testenv.node import POD_PLACEMENT, STORAGE_CLASS, RealNode
+from testenv.nodevalues import node_values
 
 pytestmark = [pytest.mark.kube, pytest.mark.node, pytest.mark.usefixtures("prefect_server")]
 

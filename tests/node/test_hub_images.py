@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from hubfleet.testenv import hubimages
-from hubfleet.testenv.node import POD_PLACEMENT
+from testenv import hubimages
+from testenv.node import POD_PLACEMENT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_a_version_bump_changes_only_that_images_key(monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(hubimages.PINNED_IMAGES))
 def test_image_is_the_base_layer_plus_one_without_host_details(hub_images, name):
-    from hubfleet.testenv import rootfs
+    from testenv import rootfs
 
     base_layers = hubimages._archive_layers(rootfs.build_debian_base().path)
     layers = hubimages._archive_layers(hub_images[name].path)

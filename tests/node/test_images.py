@@ -10,7 +10,7 @@ import subprocess
 import tarfile
 import time
 
-from hubfleet.testenv import images
+from testenv import images
 
 
 def _members(path) -> dict[str, bytes]:
@@ -87,8 +87,8 @@ def test_pause_binary_is_static_and_stops_on_sigterm(tmp_path):
 def test_rclone_image_is_busybox_plus_the_rclone_the_tools_build(rclone, tmp_path):
     """The export Job's image: named as tasks/kube_export.py names it (so no override),
     the busybox image's layer first (containerd shares its snapshot), then rclone itself."""
-    from hubfleet.testenv.build import load_versions
     from tasks.kube_export import RCLONE_IMAGE
+    from testenv.build import load_versions
 
     archive = images.build_rclone_image(rclone)
     assert archive.ref == f"docker.io/{RCLONE_IMAGE}"

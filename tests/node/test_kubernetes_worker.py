@@ -36,9 +36,9 @@ from kubernetes import client
 
 from hubfleet.paths import WORKER_IMAGE_FLEET, WORKER_IMAGE_ROOT
 from hubfleet.server import PrefectServer, any_free_port
-from hubfleet.testenv import build, hubimages
-from hubfleet.testenv.images import ImageArchive
-from hubfleet.testenv.node import POD_PLACEMENT
+from testenv import build, hubimages
+from testenv.images import ImageArchive
+from testenv.node import POD_PLACEMENT
 
 pytestmark = [pytest.mark.kube, pytest.mark.node]
 
@@ -119,7 +119,7 @@ def _layer_names(archive: Path, index: int) -> set[str]:
 
 
 def test_worker_image_is_this_checkout_on_the_base_without_host_details(worker_image):
-    from hubfleet.testenv import rootfs
+    from testenv import rootfs
 
     base = hubimages._archive_layers(rootfs.build_debian_base().path)
     assert len(base) == 1

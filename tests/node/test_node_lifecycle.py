@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from hubfleet.testenv import images
-from hubfleet.testenv._proc import proc_starttime
-from hubfleet.testenv.node import NODE_LABEL, _cgroup_pids, reap_stale_nodes
+from testenv import images
+from testenv._proc import proc_starttime
+from testenv.node import NODE_LABEL, _cgroup_pids, reap_stale_nodes
 
 pytestmark = [pytest.mark.kube, pytest.mark.node]
 
 OWNER = """
 import json, sys, time
 from pathlib import Path
-from hubfleet.testenv.node import RealNode, ensure_node_tools
+from testenv.node import RealNode, ensure_node_tools
 node = RealNode(sys.argv[1], Path(sys.argv[2]), ensure_node_tools(lambda m: None))
 node.start()
 print(json.dumps({"name": node.name, "index": node.index, "workdir": str(node.workdir)}),

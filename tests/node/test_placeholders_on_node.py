@@ -30,11 +30,11 @@ from kubernetes.utils import parse_quantity
 from nodefleet import NodeHub
 
 from flows.deploy_fleet import SUPPORT_NAMESPACE, SUPPORT_RELEASE, deploy_support
-from hubfleet.testenv import images
-from hubfleet.testenv.node import POD_PLACEMENT
-from hubfleet.testenv.nodevalues import node_values
 from tasks.helm import Helm
 from tasks.kube_portforward import PortForward
+from testenv import images
+from testenv.node import POD_PLACEMENT
+from testenv.nodevalues import node_values
 
 pytestmark = [pytest.mark.kube, pytest.mark.node, pytest.mark.usefixtures("prefect_server")]
 

@@ -16,9 +16,9 @@ import pytest
 from kubernetes import client
 
 from hubfleet.errors import HubfleetError
-from hubfleet.testenv import images
-from hubfleet.testenv.node import POD_PLACEMENT
 from tasks.kube_portforward import PortForward
+from testenv import images
+from testenv.node import POD_PLACEMENT
 
 pytestmark = [pytest.mark.kube, pytest.mark.node]
 

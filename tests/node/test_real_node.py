@@ -16,8 +16,8 @@ import pytest
 from kubernetes import client
 from kubernetes.stream import stream
 
-from hubfleet.testenv import build, images
-from hubfleet.testenv.node import POD_PLACEMENT, STORAGE_CLASS
+from testenv import build, images
+from testenv.node import POD_PLACEMENT, STORAGE_CLASS
 
 pytestmark = [pytest.mark.kube, pytest.mark.node]
 

@@ -32,11 +32,11 @@ from nodefleet import NodeHub
 from flows.check_hub_health import check_hub_health
 from flows.rotate_credentials import rotate_credentials
 from hubfleet.localhub import OPS_USER
-from hubfleet.testenv import history
 from tasks import jupyterhub_api as api
 from tasks.hub_credentials import load_ops_token
 from tasks.hub_secrets import COOKIE_SECRET, PROXY_TOKEN
 from tasks.kube_portforward import PortForward
+from testenv import history
 
 pytestmark = [pytest.mark.kube, pytest.mark.node, pytest.mark.usefixtures("prefect_server")]
 

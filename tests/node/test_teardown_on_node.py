@@ -30,14 +30,14 @@ from prefect.blocks.system import Secret
 from blocks.cluster_access import ClusterAccess
 from flows.deploy_hub import deploy_hub
 from flows.teardown_hub import teardown_hub
-from hubfleet.testenv import hubimages
-from hubfleet.testenv.node import STORAGE_CLASS
-from hubfleet.testenv.nodevalues import node_values
 from tasks import jupyterhub_api
 from tasks.helm import Helm
 from tasks.hub_credentials import load_ops_token
 from tasks.kube_archive import ARCHIVED_CLUSTER, ARCHIVED_HUB, ARCHIVED_USER
 from tasks.kube_portforward import PortForward
+from testenv import hubimages
+from testenv.node import STORAGE_CLASS
+from testenv.nodevalues import node_values
 
 pytestmark = [pytest.mark.kube, pytest.mark.node, pytest.mark.usefixtures("prefect_server")]
 

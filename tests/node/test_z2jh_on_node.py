@@ -26,8 +26,8 @@ from hubhttp import call, wait
 from kubernetes import client
 from kubernetes.stream import stream
 
-from hubfleet.testenv import hubimages
-from hubfleet.testenv.nodevalues import node_values
+from testenv import hubimages
+from testenv.nodevalues import node_values
 
 pytestmark = [pytest.mark.kube, pytest.mark.node]
 

@@ -193,7 +193,7 @@ def test_postgres_restart_during_a_sweep_then_the_next_sweep_succeeds(
     """PostgreSQL, the run history's store, is stopped by PID while a sweep runs from a
     worker, kept down 20 s, and started again. The sweep completes (no run is left Running
     for ever), and so does the next one, with no manual step."""
-    from deployments.pgserver import Postgres
+    from hubfleet.pgserver import Postgres
 
     setup = run_cli(pg_api, "setup", "--pool", POOL)
     assert setup.returncode == 0, setup.stdout + setup.stderr

@@ -39,7 +39,7 @@ def write_pilot_fleet(root: Path, provider: str, cluster: str = CLUSTER) -> Path
 
 import pytest  # noqa: E402
 
-from hubfleet.testenv.volumes import create_volumes  # noqa: E402
+from testenv.volumes import create_volumes  # noqa: E402
 
 
 @pytest.fixture

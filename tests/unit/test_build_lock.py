@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 
-from hubfleet.testenv import build
+from testenv import build
 
 WAITER = """
 import sys
-from hubfleet.testenv import build
+from testenv import build
 with build.build_lock():
     print("got the lock", flush=True)
 """

@@ -82,7 +82,7 @@ def test_in_git_the_commit_wins_over_a_revision_file(tmp_path: Path) -> None:
 
 
 def test_the_worker_image_copies_the_checkout_and_nothing_ignored() -> None:
-    from hubfleet.testenv import hubimages
+    from testenv import hubimages
 
     files = hubimages.source_files(hubimages.WORKER_SOURCES)
     for wanted in (
@@ -103,7 +103,7 @@ def test_the_worker_image_copies_the_checkout_and_nothing_ignored() -> None:
 def test_an_edit_of_the_code_changes_the_worker_key_not_its_dependencies(monkeypatch) -> None:
     """The worker image is its dependencies' image plus this checkout: only the top is
     rebuilt when the code changes (minutes saved on every commit's first test run)."""
-    from hubfleet.testenv import hubimages
+    from testenv import hubimages
 
     before = hubimages.image_key("worker-deps"), hubimages.image_key("worker")
     monkeypatch.setattr(hubimages, "sources_digest", lambda paths: "an edit")
@@ -115,7 +115,7 @@ def test_an_edit_of_the_code_changes_the_worker_key_not_its_dependencies(monkeyp
 def test_a_layer_applied_on_another_removes_what_it_whites_out(tmp_path) -> None:
     """`_extract_layer` applies `_diff_layer`'s whiteouts as a runtime does, so an image
     built on another image's layers starts from what that image really holds."""
-    from hubfleet.testenv import hubimages
+    from testenv import hubimages
 
     root = tmp_path / "build"
     (root / "keep").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""``hubfleet testenv build | up | down | status``: the test environment for people and benchmarks.
+"""``./dev testenv build | up | down | status``: the test environment for people and benchmarks.
 
 ``up`` starts a detached control plane (it outlives this command) and records its PIDs in
 ``${HUBFLEET_CACHE_DIR:-~/.cache/hubfleet}/testenv/controlplane.json``, then a real node

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hubfleet.testenv.node import POD_PLACEMENT, STORAGE_CLASS
+from testenv.node import POD_PLACEMENT, STORAGE_CLASS
 
 
 def image(ref: str) -> dict[str, str]:
@@ -21,7 +21,7 @@ def image(ref: str) -> dict[str, str]:
 
 def node_values(images: dict[str, str]) -> dict[str, Any]:
     """z2jh values (top level) for hubs on the real node; `images`: k8s-hub, proxy and
-    singleuser image references (hubfleet.testenv.hubimages)."""
+    singleuser image references (testenv.hubimages)."""
     placement = {"nodeSelector": POD_PLACEMENT["nodeSelector"]}
     tolerations = POD_PLACEMENT["tolerations"]
     return {

@@ -129,7 +129,7 @@ def write_oci_archive(dest: Path, ref: str, layer: bytes | list[bytes], config: 
             "type": "layers",
             "diff_ids": ["sha256:" + hashlib.sha256(data).hexdigest() for data in layers],
         },
-        "history": [{"created_by": "hubfleet.testenv.images"} for _ in layers],
+        "history": [{"created_by": "testenv.images"} for _ in layers],
     }
     tmp = dest.with_name(dest.name + ".tmp")
     with tarfile.open(tmp, "w") as tar:

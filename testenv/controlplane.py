@@ -12,7 +12,7 @@ Two ways to use it:
   get PR_SET_PDEATHSIG, so they die with this process even if it is SIGKILLed.
 * across processes: ``ControlPlane(state_file=..., detached=True).start()`` leaves the
   processes running and records PIDs in a state file; ``stop_from_state()`` and
-  ``status_from_state()`` act on it later (``hubfleet testenv up | down | status``).
+  ``status_from_state()`` act on it later (``./dev testenv up | down | status``).
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def _free_port() -> int:
 
 
 def default_state_file() -> Path:
-    """Where ``hubfleet testenv up`` records the running control plane
+    """Where ``./dev testenv up`` records the running control plane
     (``$HUBFLEET_TESTENV_STATE`` overrides, e.g. for a second, independent one)."""
     override = os.environ.get("HUBFLEET_TESTENV_STATE")
     return Path(override) if override else build.cache_dir() / "testenv" / "controlplane.json"

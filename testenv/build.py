@@ -18,7 +18,7 @@ reused when present. Build times go to ``build-times.json`` in the cache dir (th
 benchmark reads them). A failed build raises :class:`ToolBuildError` naming the tool,
 version, failing command and the tail of its output; nothing is skipped silently.
 
-Run ``python -m hubfleet.testenv.build`` to build everything (tools, the real node's
+Run ``python -m testenv.build`` to build everything (tools, the real node's
 kubelet, kube-proxy, containerd, local-path-provisioner and images, the Debian base
 image, the hub, single-user and proxy images (hubimages.py), Azurite).
 """
@@ -133,7 +133,7 @@ def build_lock() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(
-                f"hubfleet testenv: another build holds {path}; waiting for it to finish",
+                f"testenv: another build holds {path}; waiting for it to finish",
                 file=sys.stderr,
                 flush=True,
             )
@@ -850,9 +850,7 @@ def ensure_tools(progress: Progress = print) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Build everything (tools + azurite), printing per-tool progress and timings."""
-    print(
-        f"hubfleet testenv: building tools into {bin_dir()} (versions: {VERSIONS_FILE})", flush=True
-    )
+    print(f"testenv: building tools into {bin_dir()} (versions: {VERSIONS_FILE})", flush=True)
 
     def progress(msg: str) -> None:
         print(msg, flush=True)
@@ -889,8 +887,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this ``__main__`` copy of it: node.py and the
-    # image builders raise ``hubfleet.testenv.build.ToolBuildError``, which a ``__main__``
+    # image builders raise ``testenv.build.ToolBuildError``, which a ``__main__``
     # copy's ``except`` would not catch (a failed build printed a traceback, not the error).
-    from hubfleet.testenv.build import main as _main
+    from testenv.build import main as _main
 
     sys.exit(_main())

@@ -1,7 +1,7 @@
 """pytest fixtures for the real test environment.
 
-Register with ``pytest_plugins = ["hubfleet.testenv.pytest_plugin"]`` (or ``-p
-hubfleet.testenv.pytest_plugin``). Session fixtures build missing tools on first use
+Register with ``pytest_plugins = ["testenv.pytest_plugin"]`` (or ``-p
+testenv.pytest_plugin``). Session fixtures build missing tools on first use
 (the first run on a fresh machine compiles Kubernetes: 15-25 min on 2 cores), and FAIL,
 never skip, when a build or start fails: a green run means the real thing was exercised.
 
@@ -33,7 +33,7 @@ from .node import NodeTools, RealNode, RealNodeError, ensure_node_tools
 def _progress(msg: str) -> None:
     # Straight to the real stderr: pytest captures fixture output, and a silent 20-minute
     # first build looks like a hang.
-    print(f"[hubfleet testenv] {msg}", file=sys.__stderr__, flush=True)
+    print(f"[testenv] {msg}", file=sys.__stderr__, flush=True)
 
 
 _TOOLS_KEY = pytest.StashKey[object]()

@@ -1130,7 +1130,7 @@ def _save_logs(workdir: Path) -> None:
 
 
 def default_node_state_file() -> Path:
-    """Where ``hubfleet testenv up`` records the real node (beside the control plane's)."""
+    """Where ``./dev testenv up`` records the real node (beside the control plane's)."""
     override = os.environ.get("HUBFLEET_TESTENV_STATE")
     base = Path(override).parent if override else build.cache_dir() / "testenv"
     return base / "node.json"

@@ -87,7 +87,7 @@ Z2JH_VERSION = "4.4.0"
 Z2JH_REQUIREMENTS = "z2jh_hub/requirements.txt"
 
 #: The checkout this module belongs to (the worker image copies parts of it).
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 #: Where the worker image keeps the checkout; deployments on a Kubernetes pool work there.
 WORKER_ROOT, WORKER_FLEET = WORKER_IMAGE_ROOT, WORKER_IMAGE_FLEET
 WORKER_SOURCES = (
@@ -131,10 +131,10 @@ RECIPES = {
 }
 
 
-#: The images keyed by pinned versions, which `hubfleet testenv build` (and so every
+#: The images keyed by pinned versions, which `./dev testenv build` (and so every
 #: `./dev test`) builds ahead. Not the worker: its key follows every edit of the code, so it
 #: is built when something needs it (tests/node/test_kubernetes_worker.py, or
-#: `python -m hubfleet.testenv.hubimages worker`), not before each test run; nor its
+#: `python -m testenv.hubimages worker`), not before each test run; nor its
 #: dependencies' image, which only the worker needs.
 PINNED_IMAGES = ("hub", "singleuser", "proxy", "k8s-hub")
 
@@ -686,13 +686,13 @@ def build_hub_images(progress: Progress = print) -> list[images.ImageArchive]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hubfleet.testenv.hubimages NAME...``: build (or reuse) those images and
+    """``python -m testenv.hubimages NAME...``: build (or reuse) those images and
     print each one's reference and OCI archive (e.g. ``worker``, to push to a registry)."""
     names = sys.argv[1:] if argv is None else argv
     unknown = [n for n in names if n not in RECIPES]
     if not names or unknown:
         print(
-            f"usage: python -m hubfleet.testenv.hubimages NAME... (NAME: {', '.join(RECIPES)})",
+            f"usage: python -m testenv.hubimages NAME... (NAME: {', '.join(RECIPES)})",
             file=sys.stderr,
         )
         return 2
