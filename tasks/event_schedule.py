@@ -26,6 +26,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import arun_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled
 from prefect.variables import Variable
 
@@ -143,14 +144,12 @@ async def schedule_run(want: WantedRun, operator: str) -> bool:
                 as_subflow=False,
                 flow_run_name=f"{want.kind} {want.cluster}/{want.hub} at {want.at:%Y-%m-%d %H:%M}",
             )
-        except Exception as exc:  # deployment missing: say how to create it
-            if "not found" in str(exc).lower() or type(exc).__name__ == "ObjectNotFound":
-                raise EventRefused(
-                    f"deployment {DEPLOYMENTS[want.kind]!r} does not exist; run "
-                    "`hubfleet setup` first (it registers the event deployments). "
-                    "Nothing was scheduled."
-                ) from None
-            raise
+        except ObjectNotFound:  # deployment missing: say how to create it
+            raise EventRefused(
+                f"deployment {DEPLOYMENTS[want.kind]!r} does not exist; run "
+                "`hubfleet setup` first (it registers the event deployments). "
+                "Nothing was scheduled."
+            ) from None
         state = run.state.type if run.state else None
         if state is StateType.SCHEDULED:
             get_run_logger().info(

@@ -66,8 +66,17 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_BLOCKING_POOL, fn, *args)
 
 
+#: How helm says a release is not installed; read in one place (`Helm.run`), which raises
+#: `ReleaseNotFound` for it.
+_NOT_FOUND = "release: not found"
+
+
 class HelmError(HubfleetError):
     """helm failed for a reason retrying will not fix (chart, values, rollout)."""
+
+
+class ReleaseNotFound(HelmError):
+    """The release is not installed (helm: `release: not found`)."""
 
 
 class HelmTransient(TransientError):
@@ -131,6 +140,8 @@ class Helm:
             raise ValuesInvalid(f"{what}\nNothing was applied.")
         if _TRANSIENT.search(message):
             raise HelmTransient(what)
+        if _NOT_FOUND in message:
+            raise ReleaseNotFound(what)
         raise HelmError(what)
 
     # --- reading --------------------------------------------------------------------------
@@ -139,29 +150,23 @@ class Helm:
         """The release's status (JSON), or None if it is not installed."""
         try:
             return json.loads(self.run("status", release, "-n", namespace, "-o", "json"))
-        except HelmError as exc:
-            if "release: not found" in str(exc):
-                return None
-            raise
+        except ReleaseNotFound:
+            return None
 
     def history(self, release: str, namespace: str) -> list[dict[str, Any]]:
         """Revisions, oldest first ([] if never installed)."""
         try:
             out = self.run("history", release, "-n", namespace, "-o", "json", "--max", "50")
-        except HelmError as exc:
-            if "release: not found" in str(exc):
-                return []
-            raise
+        except ReleaseNotFound:
+            return []
         return list(json.loads(out))
 
     def manifest(self, release: str, namespace: str) -> str:
         """What the deployed revision applied ('' if not installed)."""
         try:
             return self.run("get", "manifest", release, "-n", namespace)
-        except HelmError as exc:
-            if "release: not found" in str(exc):
-                return ""
-            raise
+        except ReleaseNotFound:
+            return ""
 
     def values(self, release: str, namespace: str) -> dict[str, Any]:
         return json.loads(self.run("get", "values", release, "-n", namespace, "-o", "json")) or {}

@@ -18,7 +18,11 @@ _TRANSIENT_STATUS = {429, 502, 503, 504}
 
 
 class HubApiError(Exception):
-    """The hub answered, but not as expected."""
+    """The hub answered, but not as expected; `status` is the HTTP status, if it was one."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class TokenRefused(HubApiError):
@@ -44,9 +48,14 @@ def call(
     if response.status_code in _TRANSIENT_STATUS:
         raise TransientError(f"{method} {url}: HTTP {response.status_code} {response.reason}")
     if response.status_code in (401, 403):
-        raise TokenRefused(f"{method} {url}: token refused (HTTP {response.status_code})")
+        raise TokenRefused(
+            f"{method} {url}: token refused (HTTP {response.status_code})", response.status_code
+        )
     if response.status_code >= 400:
-        raise HubApiError(f"{method} {url}: HTTP {response.status_code}: {_message(response)}")
+        raise HubApiError(
+            f"{method} {url}: HTTP {response.status_code}: {_message(response)}",
+            response.status_code,
+        )
     return response
 
 

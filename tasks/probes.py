@@ -77,10 +77,14 @@ async def acall(
     if response.status_code in (401, 403):
         raise api.TokenRefused(
             f"{method} {url}: token refused (HTTP {response.status_code}); the ops token "
-            "was revoked or is wrong: redeploy the hub (or rotate credentials) to issue one"
+            "was revoked or is wrong: redeploy the hub (or rotate credentials) to issue one",
+            response.status_code,
         )
     if response.status_code >= 400:
-        raise api.HubApiError(f"{method} {url}: HTTP {response.status_code}: {response.text[:200]}")
+        raise api.HubApiError(
+            f"{method} {url}: HTTP {response.status_code}: {response.text[:200]}",
+            response.status_code,
+        )
     return response
 
 
@@ -276,7 +280,7 @@ def spawn_and_run(
     try:
         api.call("GET", users, token=token)
     except api.HubApiError as exc:
-        if "HTTP 404" not in str(exc):
+        if exc.status != 404:
             raise
         api.call("POST", users, token=token)
     cleaned = _stop_server(users, token, deadline)
@@ -330,7 +334,7 @@ def _stop_server(users: str, token: str, deadline: float) -> bool:
     try:
         api.call("DELETE", f"{users}/server", token=token, timeout=30)
     except api.HubApiError as exc:
-        if "HTTP 400" not in str(exc):  # 400: not running (a race with the spawner's end)
+        if exc.status != 400:  # 400: not running (a race with the spawner's end)
             raise
     while time.monotonic() < deadline:
         model = api.call("GET", users, token=token).json()

@@ -303,3 +303,19 @@ async def test_extend_and_fleet_sync_keep_exactly_one_scheduled_expiry(
     gone = await sync_event_schedules(operator="dana")
     assert len([c for c in gone["cancelled"] if "local/workshop" in c]) == 4
     assert await scheduled_event_runs("local", "workshop") == []
+
+
+async def test_scheduling_an_unregistered_deployment_says_to_run_setup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prefect's own answer for a missing deployment (ObjectNotFound, by type, not by the
+    words of its message) becomes the message that says what to run; nothing is scheduled."""
+    from hubfleet.events import WantedRun
+    from tasks import event_schedule
+
+    monkeypatch.setitem(event_schedule.DEPLOYMENTS, "create", "create_event_hub/not-registered")
+    want = WantedRun(
+        "create", "local", "ghost", datetime.now(UTC) + timedelta(hours=1), "ghost-create-test"
+    )
+    with pytest.raises(EventRefused, match=r"'create_event_hub/not-registered' does not exist"):
+        await event_schedule.schedule_run.fn(want, "tester")
