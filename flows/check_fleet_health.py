@@ -339,7 +339,8 @@ async def last_sweep_rows(depth: str, hubs: Collection[str]) -> dict[str, dict[s
             if not page:
                 break
             data = page[0].data
-            rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data or []  # type: ignore[assignment]
+            loaded: Any = json.loads(data) if isinstance(data, str) else data
+            rows: list[dict[str, Any]] = loaded or []
             for row in rows:
                 if row["hub"] in wanted:
                     found.setdefault(row["hub"], row)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -253,62 +254,51 @@ async def _run_cluster(
     return outcomes
 
 
-async def run_fleet_plan(
-    op_name: str,
-    selection: list[str],
-    dry_run: bool,
-    operator: str | None,
-    only_version_changes: bool,
-    wave_size: int | None,
-    wave_percent: float | None,
-    remove_orphaned: bool,
-    gate: Gate,
-    wait_timeout: str,
-) -> FleetRun:
-    """Shared by deploy_fleet and upgrade_fleet: observe, plan, execute, report."""
-    logger = get_run_logger()
-    chosen = select(current_fleet(), selection)
-    names = sorted({name for name, _ in chosen})
-    op = await begin_fleet(op_name, operator, names)
-    fleet, who = op.fleet, op.operator
-    clusters = [c for c in fleet.clusters if c.name in names]
+@dataclass(frozen=True)
+class Observed:
+    """What runs on the selected clusters now (step 1)."""
 
-    deployed: dict[tuple[str, str], str | None] = {}
-    orphans: dict[str, list[str]] = {}
-    observed = await asyncio.gather(
+    deployed: dict[tuple[str, str], str | None]
+    orphans: dict[str, list[str]]  # per cluster
+    unreachable: dict[str, str]  # cluster -> why
+
+
+async def observe(fleet: Fleet, clusters: list[Cluster]) -> Observed:
+    """Step 1: each cluster's deployed chart versions and orphans; an unreachable cluster is
+    recorded (its hubs fail), never a reason to stop the others."""
+    logger = get_run_logger()
+    found = await asyncio.gather(
         *(observe_cluster(fleet, c) for c in clusters), return_exceptions=True
     )
-    unreachable: dict[str, str] = {}
-    for cluster, result in zip(clusters, observed, strict=True):
+    seen = Observed({}, {}, {})
+    for cluster, result in zip(clusters, found, strict=True):
         if isinstance(result, BaseException):
-            unreachable[cluster.name] = str(result)
+            seen.unreachable[cluster.name] = str(result)
             logger.error("%s: cannot observe the cluster: %s", cluster.name, result)
             continue
-        deployed.update(result[0])
+        seen.deployed.update(result[0])
         if result[1]:
-            orphans[cluster.name] = result[1]
+            seen.orphans[cluster.name] = result[1]
             logger.warning("%s: orphans (not in the fleet): %s", cluster.name, result[1])
+    return seen
 
-    plan = plan_fleet(
-        fleet,
-        [s for s in (selection or ["*"])],
-        deployed,
-        only_version_changes=only_version_changes,
-        wave_size=wave_size,
-        wave_percent=wave_percent,
-    )
-    plan = FleetPlan([cp for cp in plan.clusters if cp.cluster not in unreachable])
+
+async def publish_plan(
+    op_name: str, who: str, plan: FleetPlan, seen: Observed, dry_run: bool, removing: bool
+) -> None:
+    """Step 2's artifact: the plan, the orphans (and whether this run removes them), the
+    clusters that could not be observed."""
     orphan_md = "".join(
         f"\n## Orphans on {c}\n\n"
         + "".join(f"- {o}\n" for o in items)
         + (
             "\n(removed in this run)\n"
-            if remove_orphaned and not dry_run
+            if removing and not dry_run
             else "\n(reported only; run with remove_orphans=true to remove)\n"
         )
-        for c, items in orphans.items()
+        for c, items in seen.orphans.items()
     )
-    unreachable_md = "".join(f"\n- {c}: unreachable: {why}" for c, why in unreachable.items())
+    unreachable_md = "".join(f"\n- {c}: unreachable: {why}" for c, why in seen.unreachable.items())
     await acreate_markdown_artifact(
         key=op_name.replace("_", "-") + "-plan",
         markdown=plan.markdown(f"{'Dry run: ' if dry_run else ''}{op_name} plan by {who}")
@@ -316,19 +306,10 @@ async def run_fleet_plan(
         + unreachable_md,
         description=f"{op_name}: {len(plan.changes)} hub change(s)",
     )
-    if dry_run:
-        return FleetRun(
-            dry_run=True,
-            changes=[c.__dict__ for c in plan.changes],
-            orphans=orphans,
-            unreachable=unreachable,
-        )
 
-    if remove_orphaned:
-        for cluster in clusters:
-            if orphans.get(cluster.name):
-                await remove_orphans(cluster, orphans[cluster.name])
-    await ensure_concurrency_limits_once(fleet)
+
+async def execute(plan: FleetPlan, who: str, gate: Gate, wait_timeout: str) -> list[HubOutcome]:
+    """Steps 3-6: every cluster's steps, clusters side by side (see `_run_cluster`)."""
     per_cluster = await asyncio.gather(
         *(_run_cluster(cp, who, gate, wait_timeout) for cp in plan.clusters),
         return_exceptions=True,  # one cluster's crash never stops the others
@@ -341,6 +322,72 @@ async def run_fleet_plan(
             outcomes += [_outcome(c, Outcome.failed, str(results)) for c in cp.changes]
         else:
             outcomes += results
+    return outcomes
+
+
+async def report(op_name: str, summary: FleetRun) -> FleetRun:
+    """Step 7: the result table; a run with any hub not deployed ends Failed (notifications,
+    the UI's red) and still carries the summary as its data."""
+    failed, total = summary.not_deployed, len(summary.outcomes)
+    await acreate_table_artifact(
+        key=op_name.replace("_", "-") + "-result",
+        table=[o.row() for o in summary.outcomes],
+        description=f"{op_name}: {total - len(failed)}/{total} deployed",
+    )
+    if not failed:
+        return summary
+    message = f"{len(failed)} of {total} hub(s) not deployed: " + ", ".join(
+        f"{o.cluster}/{o.hub}" for o in failed[:10]
+    )
+    get_run_logger().error(message)
+    return Failed(message=message, data=summary)  # type: ignore[return-value]
+
+
+async def run_fleet_plan(
+    op_name: str,
+    selection: list[str],
+    dry_run: bool,
+    operator: str | None,
+    only_version_changes: bool,
+    wave_size: int | None,
+    wave_percent: float | None,
+    remove_orphaned: bool,
+    gate: Gate,
+    wait_timeout: str,
+) -> FleetRun:
+    """Shared by deploy_fleet and upgrade_fleet: the module's runbook, step by step."""
+    chosen = select(current_fleet(), selection)
+    names = sorted({name for name, _ in chosen})
+    op = await begin_fleet(op_name, operator, names)
+    clusters = [c for c in op.fleet.clusters if c.name in names]
+
+    # 1. observe what is deployed, and orphans
+    seen = await observe(op.fleet, clusters)
+    # 2. plan (an artifact); unreachable clusters are left out of it
+    plan = plan_fleet(
+        op.fleet,
+        selection,
+        seen.deployed,
+        only_version_changes=only_version_changes,
+        wave_size=wave_size,
+        wave_percent=wave_percent,
+    )
+    plan = FleetPlan([cp for cp in plan.clusters if cp.cluster not in seen.unreachable])
+    await publish_plan(op_name, op.operator, plan, seen, dry_run, remove_orphaned)
+    if dry_run:
+        return FleetRun(
+            dry_run=True,
+            changes=[c.__dict__ for c in plan.changes],
+            orphans=seen.orphans,
+            unreachable=seen.unreachable,
+        )
+    if remove_orphaned:
+        for cluster in clusters:
+            if seen.orphans.get(cluster.name):
+                await remove_orphans(cluster, seen.orphans[cluster.name])
+    # 3-6. support chart, staging, gate, prod waves: per cluster, clusters side by side
+    await ensure_concurrency_limits_once(op.fleet)
+    outcomes = await execute(plan, op.operator, gate, wait_timeout)
     outcomes += [
         HubOutcome(
             cluster=c,
@@ -350,30 +397,18 @@ async def run_fleet_plan(
             outcome=Outcome.failed,
             why=f"cluster unreachable ({why})",
         )
-        for c, why in unreachable.items()
+        for c, why in seen.unreachable.items()
         for cc, h in chosen
         if cc == c
     ]
+    # 7. the result table
     summary = FleetRun(
         outcomes=outcomes,
-        orphans=orphans,
-        unreachable=unreachable,
+        orphans=seen.orphans,
+        unreachable=seen.unreachable,
         critical_path_steps=plan.critical_path_steps(),
     )
-    failed = summary.not_deployed
-    await acreate_table_artifact(
-        key=op_name.replace("_", "-") + "-result",
-        table=[o.row() for o in outcomes],
-        description=f"{op_name}: {len(outcomes) - len(failed)}/{len(outcomes)} deployed",
-    )
-    if failed:
-        # The run ends Failed (notifications, the UI's red) and still carries the summary.
-        message = f"{len(failed)} of {len(outcomes)} hub(s) not deployed: " + ", ".join(
-            f"{o.cluster}/{o.hub}" for o in failed[:10]
-        )
-        logger.error(message)
-        return Failed(message=message, data=summary)  # type: ignore[return-value]
-    return summary
+    return await report(op_name, summary)
 
 
 @flow(name="deploy_fleet", flow_run_name="deploy_fleet {selection}")

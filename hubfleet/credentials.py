@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from hubfleet.errors import HubfleetError
-from hubfleet.model import CredentialPolicy, Fleet, Provider
+from hubfleet.model import Cluster, CredentialPolicy, Fleet, Provider
 
 
 class CredentialKind(StrEnum):
@@ -195,7 +195,7 @@ def parse_scope(text: str, fleet: Fleet) -> Scope:
     raise BadScope(f"scope {text!r} is not understood; use {SCOPE_FORMS}")
 
 
-def _cluster(fleet: Fleet, name: str, text: str):  # type: ignore[no-untyped-def]
+def _cluster(fleet: Fleet, name: str, text: str) -> Cluster:
     try:
         return fleet.cluster(name)
     except LookupError:

@@ -20,7 +20,7 @@ from traitlets import Unicode
 from hubfleet.localusers import ensure_home, home_name
 
 
-class AccountSpawner(LocalProcessSpawner):  # type: ignore[misc]
+class AccountSpawner(LocalProcessSpawner):
     account = Unicode("hubfleet-user", config=True, help="The system account servers run as.")
     homes = Unicode(config=True, help="The directory holding one home per hub user.")
     env_dir = Unicode(config=True, help="The user-server venv (its bin/ leads PATH).")
@@ -37,7 +37,7 @@ class AccountSpawner(LocalProcessSpawner):  # type: ignore[misc]
             drop()
             os.chdir(home)
 
-        return preexec  # type: ignore[no-any-return]
+        return preexec
 
     def user_env(self, env: dict[str, str]) -> dict[str, str]:
         env["USER"] = self.account

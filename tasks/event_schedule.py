@@ -69,9 +69,7 @@ def extension_variable(cluster: str, hub: str) -> str:
 
 async def load_extension(cluster: str, hub: str) -> Extension | None:
     """The recorded extension of a hub's end, if any."""
-    value: Any = await Variable.aget(  # type: ignore[func-returns-value]
-        extension_variable(cluster, hub), default=None
-    )
+    value: Any = await Variable.aget(extension_variable(cluster, hub), default=None)
     return Extension.from_json(value) if isinstance(value, dict) else None
 
 

@@ -284,7 +284,7 @@ def _call(url: str, fn: Callable[[], Any]) -> Any:
 
 
 def _is_transient(exc: Exception) -> bool:
-    names = {type(e).__name__ for e in type(exc).__mro__}  # type: ignore[attr-defined]
+    names = {t.__name__ for t in type(exc).__mro__}
     return bool(
         names
         & {

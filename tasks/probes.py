@@ -477,6 +477,11 @@ def certificate_not_after(host: str, port: int = 443, timeout: float = api.TIMEO
 # --- k8s --------------------------------------------------------------------------------
 
 
+def _name(obj: Any) -> str:
+    """A Kubernetes object's name (the API's models type metadata as optional)."""
+    return str(obj.metadata.name) if obj.metadata else ""
+
+
 def observe_namespace(
     kubeconfig: dict[str, Any], context: str | None, namespace: str
 ) -> tuple[list[DeploymentSeen], list[PodSeen], list[PvcSeen]]:
@@ -509,7 +514,7 @@ def observe_namespace(
     return (
         [
             DeploymentSeen(
-                str(d.metadata.name),  # type: ignore[union-attr]
+                _name(d),
                 d.spec.replicas or 0 if d.spec else 0,
                 (d.status.ready_replicas or 0) if d.status else 0,
             )
@@ -517,7 +522,7 @@ def observe_namespace(
         ]
         + [
             DeploymentSeen(
-                str(s.metadata.name),  # type: ignore[union-attr]
+                _name(s),
                 (s.status.desired_number_scheduled or 0) if s.status else 0,
                 (s.status.number_ready or 0) if s.status else 0,
                 kind="daemonset",
@@ -526,7 +531,7 @@ def observe_namespace(
         ],
         [_pod_seen(p, now) for p in pods],
         [
-            PvcSeen(str(p.metadata.name), (p.status.phase if p.status else None) or "Unknown")  # type: ignore[union-attr]
+            PvcSeen(_name(p), (p.status.phase if p.status else None) or "Unknown")
             for p in pvcs.items
         ],
     )

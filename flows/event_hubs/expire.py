@@ -57,7 +57,7 @@ async def expire_event_hub(
     """
     started = utc_now()
     op = await begin_hub("expire_event_hub", cluster, hub, operator)
-    # The safety rule, first: standing hubs and unfinished events stop here, untouched.
+    # 1. The safety rule, first: standing hubs and unfinished events stop here, untouched.
     end = events.refuse_unless_expirable(
         op.cluster, op.hub, started, await load_extension(cluster, hub)
     )
@@ -73,6 +73,7 @@ async def expire_event_hub(
             return None
         return await set_placeholders(op.fleet, op.cluster, op.operator, dry, exclude=hub)
 
+    # 2. What is there: a hub already removed only has its leftovers cleaned up.
     homes = await _homes(op)
     if homes is None:
         logger.info("%s: already removed; nothing to expire", op.target)
@@ -81,21 +82,9 @@ async def expire_event_hub(
         return {"hub": op.target, "expired": False, "reason": "already removed"} | (
             {"placeholders": placeholders} if helm else {}
         )
+    # 3. The plan; a dry run stops here.
     listed = ", ".join(homes) or "none"
-    data = (
-        f"export {len(homes)} home(s) ({listed}) to {url}"
-        + (" with a Job (user servers stopped first)" if helm else "")
-        + " and verify"
-        if url
-        else f"delete {len(homes)} home(s) ({listed}) (data_policy: delete)"
-    )
-    removal = (
-        f"teardown_hub (keep_data=false): revoke the ops token, helm uninstall {hub} -n {hub}, "
-        f"delete namespace {hub}; lower the cluster's placeholders"
-        if helm
-        else "teardown_hub (keep_data=false): revoke the ops token, stop the hub, delete its state"
-    )
-    plan = f"health snapshot; {data}; {removal}"
+    plan = expiry_plan(hub, homes, url, helm)
     logger.info("%s (ended %s): %s", op.target, end.isoformat(), plan)
     if dry_run:
         placeholders = await lower_placeholders(True)
@@ -109,18 +98,21 @@ async def expire_event_hub(
             {"placeholders": placeholders} if helm else {}
         )
 
+    # 4. A health snapshot, for the record.
     health = await check_hub_health(cluster, hub, operator=op.operator)
     exported: ExportResult | None = None
     exported_homes: list[str] = []
     await ensure_concurrency_limits_once(op.fleet)
-    # One lock from the export to the removal: nobody deploys the hub in between. The
-    # teardown subflow runs under it (locks pass down to subflows).
+    # 5. Export (verified), then teardown_hub, under one lock from the export to the
+    # removal: nobody deploys the hub in between (locks pass down to the teardown subflow).
     async with hub_lock(cluster, hub):
         if url:  # a failed or unverified export raises here: the hub is left as it is
             exported, exported_homes = await export_hub_homes(op, url, creds, stamp, export_timeout)
         removed = await teardown_hub(cluster, hub, keep_data=False, operator=op.operator)
+    # 6. The cluster's capacity and the event's leftover scheduled runs.
     placeholders = await lower_placeholders(False)
     cancelled = await _cleanup_schedule(cluster, hub, dry_run)
+    # 7. The record (an artifact), then the organizers' mail.
     rows = {
         "homes": ", ".join(exported_homes) or listed,
         "verified": "object count and sizes match" + (
@@ -140,6 +132,25 @@ async def expire_event_hub(
     # must tell the organizers), but the hub is gone and its data where the record says.
     result["mailed"] = await tell_organizers_expired(op, spec, exported)
     return result
+
+
+def expiry_plan(hub: str, homes: list[str], url: str | None, helm: bool) -> str:
+    """What the expiry will do, in words (the log, and a dry run's artifact)."""
+    listed = ", ".join(homes) or "none"
+    data = (
+        f"export {len(homes)} home(s) ({listed}) to {url}"
+        + (" with a Job (user servers stopped first)" if helm else "")
+        + " and verify"
+        if url
+        else f"delete {len(homes)} home(s) ({listed}) (data_policy: delete)"
+    )
+    removal = (
+        f"teardown_hub (keep_data=false): revoke the ops token, helm uninstall {hub} -n {hub}, "
+        f"delete namespace {hub}; lower the cluster's placeholders"
+        if helm
+        else "teardown_hub (keep_data=false): revoke the ops token, stop the hub, delete its state"
+    )
+    return f"health snapshot; {data}; {removal}"
 
 
 async def tell_organizers_expired(
