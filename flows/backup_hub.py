@@ -20,6 +20,7 @@ nothing and takes no lock.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,6 +98,9 @@ async def backup_hub(
         return {"hub": op.target, "backed_up": False, "reason": "not deployed"}
     block = await backup_credentials(creds, url)
     verified, incomplete = await in_thread(list_copies, url, block)
+    while stamp in incomplete or any(c.stamp == stamp for c in verified):
+        await asyncio.sleep(1)  # a copy per second at most: its name is its time
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     helm = op.cluster.provider is not Provider.local
     how = " with a Job (read-only mounts)" if helm else ""
     would_prune = to_prune([c.stamp for c in verified] + [stamp], list(incomplete), keep)

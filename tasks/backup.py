@@ -293,7 +293,6 @@ def backup_directory(
     url: str,
     stamp: str,
     block: Any = None,
-    destination_of: Callable[[str, Any], _Destination] = destination,
 ) -> BackupCopy:
     """Copy `homes` and a snapshot of the sqlite `db` to `<url>/<stamp>/`, verify by
     listing, then write the manifest.
@@ -304,7 +303,7 @@ def backup_directory(
     target = stamp_url(url, stamp)
     homes_files = source_files(homes)
     users = sorted(p.name for p in homes.iterdir() if p.is_dir()) if homes.is_dir() else []
-    dest = _call(target, lambda: destination_of(target, block))
+    dest = _call(target, lambda: destination(target, block))
     files: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="hubfleet-backup-") as tmp:
         dbs: list[str] = []
