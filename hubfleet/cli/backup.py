@@ -7,8 +7,6 @@ Each runs its flow (flows/backup_hub.py, flows/restore_hub.py) in this process, 
 the run history like a scheduled run.
 """
 
-from __future__ import annotations
-
 import re
 from typing import Annotated, Any
 
