@@ -213,6 +213,24 @@ def _download(dest: _Destination, name: str, path: Path) -> None:
         raise RestoreRefused(f"cannot read from {type(dest).__name__}")
 
 
+def _refuse_links(home: Path, path: Path) -> None:
+    """Never write through a link planted in a home (the restore may run as root): a
+    file that is a link now is replaced; a directory on the way that is a link, or that
+    leads out of the home, refuses the restore."""
+    if path.is_symlink():
+        path.unlink()
+    real_home = os.path.realpath(home)
+    here = home
+    for part in path.relative_to(home).parts[:-1]:
+        here = here / part
+        if here.is_symlink() or not os.path.realpath(here).startswith(real_home + os.sep):
+            raise RestoreRefused(
+                f"{here} is a symbolic link (or leads out of the home {home}); the restore "
+                f"would write through it. Remove or rename it, then re-run the restore. "
+                "Files of this home restored so far stay."
+            )
+
+
 def _key(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
@@ -360,8 +378,7 @@ def restore_directory(copy: BackupCopy, users: list[str], homes: Path, block: An
         made = not home.exists()
         for rel in copy.user_files(user):
             path = home / rel
-            if path.is_symlink():  # never write through a link planted in a home
-                path.unlink()
+            _refuse_links(home, path)
             new_dirs = [p for p in path.relative_to(homes).parents if not (homes / p).exists()]
             name = f"{HOMES}/{user}/{rel}"
             _call(copy.url, lambda name=name, path=path: _download(dest, name, path))  # type: ignore[misc]

@@ -35,6 +35,7 @@ from tasks.backup import MANIFEST, BackupFailed, RestoreRefused
 from tasks.export import _Directory
 from tasks.hub_credentials import _mint_bootstrap_token
 from tasks.local_hub import local_hub
+from tasks.locks import LockTimeout, hub_lock
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -98,6 +99,10 @@ class Users:
         response = self._contents("PUT", user, path, json=body)
         assert response.status_code in (200, 201), response.text
 
+    def mkdir(self, user: str, path: str) -> None:
+        response = self._contents("PUT", user, path, json={"type": "directory"})
+        assert response.status_code in (200, 201), response.text
+
     def read(self, user: str, path: str) -> str | None:
         response = self._contents("GET", user, path, params={"content": "1"})
         if response.status_code == 404:
@@ -145,6 +150,8 @@ async def test_backup_restore_retention_and_a_failed_verification(
     for user in ("ada", "bo"):
         users.serve(user)
     users.write("ada", "results.txt", "ada's results\n")
+    users.mkdir("ada", "work")
+    users.write("ada", "work/data.txt", "x" * 3000)
     users.write("bo", "notes.txt", "bo's notes\n")
 
     # A dry run reads the destination and says what it would do; it writes nothing.
@@ -196,6 +203,24 @@ async def test_backup_restore_retention_and_a_failed_verification(
     assert every["users"] == ["ada", "bo"], every
     assert users.read("bo", "notes.txt") == "bo's notes\n"
     assert users.read("ada", "new.txt") == "made after the backup\n"
+    # A directory of the home replaced by a link out of it: the restore (root, here) will
+    # not write through it.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(local.homes / "ada" / "work")
+    (local.homes / "ada" / "work").symlink_to(outside)
+    with pytest.raises(RestoreRefused, match=r"ada/work is a symbolic link"):
+        await restore_hub("local", "staging", user="ada", operator="ops")
+    assert list(outside.iterdir()) == []
+    (local.homes / "ada" / "work").unlink()
+    await restore_hub("local", "staging", user="ada", operator="ops")
+    assert users.read("ada", "work/data.txt") == "x" * 3000
+    # While another operation holds the hub's lock (a teardown, say), a backup waits, then
+    # stops naming the holder, with nothing copied.
+    async with hub_lock("local", "staging"):
+        with pytest.raises(LockTimeout, match="hub local/staging is busy"):
+            await backup_hub("local", "staging", operator="ops", lock_timeout=2)
+    assert list(copies_at(hub_root)) == [first["stamp"]]
     # A user or a copy that is not there: refused, saying what is.
     with pytest.raises(RestoreRefused, match=r"has no home of 'cy' \(homes: ada, bo\)"):
         await restore_hub("local", "staging", user="cy", operator="ops")
