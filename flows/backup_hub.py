@@ -158,12 +158,15 @@ async def backup_fleet(
     dry_run: bool = False,
     operator: str | None = None,
     only: Selection = None,
+    lock_timeout: LockWait = None,
     backup_timeout: ExportTimeout = 3600.0,
 ) -> dict[str, Any]:
     """Back up every standing hub (`backup_hub` each, one after another); fail at the end
     if any hub's backup failed, naming it.
 
     only: cluster or cluster/hub names to back up (default: every standing hub).
+    lock_timeout: seconds to wait for each hub's lock (None: 1800); a hub still busy then
+    fails (named at the end), the others go on.
     """
     fleet, who, _revision = await begin_fleet("backup_fleet", operator)
     logger = get_run_logger()
@@ -188,7 +191,12 @@ async def backup_fleet(
     for cluster, hub in targets:
         try:
             results[f"{cluster}/{hub}"] = await backup_hub(
-                cluster, hub, dry_run=dry_run, operator=who, backup_timeout=backup_timeout
+                cluster,
+                hub,
+                dry_run=dry_run,
+                operator=who,
+                lock_timeout=lock_timeout,
+                backup_timeout=backup_timeout,
             )
         except Exception as exc:  # one hub's failure does not stop the others
             failed[f"{cluster}/{hub}"] = f"{type(exc).__name__}: {exc}"[:500]

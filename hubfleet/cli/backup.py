@@ -76,7 +76,15 @@ def register(app: typer.Typer) -> None:
         from flows.backup_hub import backup_fleet
 
         only = [cluster] if cluster else None
-        show(run_flow(backup_fleet, dry_run=dry_run, operator=operator, only=only))
+        show(
+            run_flow(
+                backup_fleet,
+                dry_run=dry_run,
+                operator=operator,
+                only=only,
+                lock_timeout=lock_wait,
+            )
+        )
 
     @app.command()
     def restore(

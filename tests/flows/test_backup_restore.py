@@ -357,3 +357,35 @@ async def test_backup_to_s3_on_moto_keeps_the_key_out_of_the_history(
         str(p) for p in data_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
     ]
     assert found == []
+
+
+def test_the_cli_runs_the_flows_and_says_plainly_what_is_missing(
+    backup_fleet_dir: Callable[..., Path],
+    tmp_path: Path,
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`hubfleet backup` / `hubfleet restore` in this process, against the test server."""
+    import sys
+
+    from hubfleet.cli import main
+
+    backup_fleet_dir(url=f"file://{tmp_path / 'cli-backups'}")
+
+    def cli(*args: str) -> tuple[int, str]:
+        argv, sys.argv = sys.argv, ["hubfleet", *args]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.argv = argv
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    code, text = cli("backup", "local", "prod", "--dry-run", "--operator", "ops")
+    assert code == 0 and "not deployed" in text, text
+    code, text = cli("restore", "local", "prod", "--dry-run", "--operator", "ops")
+    assert code == 2 and "local/prod: no verified backup at file://" in text, text
+    assert "Traceback" not in text
