@@ -30,6 +30,7 @@ and reach a Job only through its own Secret; never a parameter, a log line or th
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -39,7 +40,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -70,6 +71,9 @@ from tasks.kube_export import (
     user_volumes,
     verify_bucket,
 )
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MANIFEST = "hubfleet-backup.json"
 HOMES = "homes"
@@ -114,6 +118,38 @@ class BackupCopy:
         return {k.removeprefix(prefix): v for k, v in self.files.items() if k.startswith(prefix)}
 
 
+def reword(exc: ExportFailed, restore: bool = False) -> HubfleetError:
+    """An export error, said as a backup's or a restore's (the hub is not being removed)."""
+    what = "restore" if restore else "backup"
+    text = str(exc).replace("export Job", f"{what} Job").replace("export to", f"{what} from")
+    if not restore:
+        text = text.replace("backup from", "backup to")
+    text = re.sub(r";? ?the hub was not removed\.?", "", text)
+    text = re.sub(r",? ?re-run the expiry\.?", "", text)
+    if restore:
+        return RestoreRefused(f"{text.rstrip('. ')}; fix the cause, then re-run the restore.")
+    return BackupFailed(
+        f"{text.rstrip('. ')}; the run failed and no earlier copy was deleted. "
+        "Fix the cause, then re-run the backup."
+    )
+
+
+def _speaks_backup(restore: bool = False) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Errors of the destination's clients (ExportFailed) said as a backup's (restore's)."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except ExportFailed as exc:
+                raise reword(exc, restore) from None
+
+        return inner
+
+    return wrap
+
+
 def hub_url(base: str, cluster: str, hub: str) -> str:
     """Where a hub's copies live: `<base>/<cluster>/<hub>`."""
     return f"{base.rstrip('/')}/{cluster}/{hub}"
@@ -126,6 +162,7 @@ def stamp_url(url: str, stamp: str) -> str:
 # --- what is at the destination, and what retention deletes ---------------------------
 
 
+@_speaks_backup()
 def list_copies(url: str, block: Any) -> tuple[list[BackupCopy], dict[str, list[str]]]:
     """The hub's verified copies (oldest first) and its incomplete ones (stamp -> objects)."""
     dest = _call(url, lambda: destination(url, block))
@@ -235,6 +272,7 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
+@_speaks_backup()
 def prune(url: str, block: Any, keep: int) -> list[str]:
     """Apply retention to the hub's copies under `url`; returns the stamps deleted.
     Call only after a new copy verified."""
@@ -278,17 +316,6 @@ def write_manifest(dest: _Destination, url: str, copy: BackupCopy, extra: dict[s
     _call(url, lambda: dest.put_bytes(MANIFEST, json.dumps(manifest, indent=2).encode()))
 
 
-def reword(exc: ExportFailed) -> BackupFailed:
-    """An export error, said as a backup's (the hub is not being removed)."""
-    text = str(exc).replace("export Job", "backup Job").replace("export to", "backup to")
-    text = re.sub(r";? ?the hub was not removed\.?", "", text)
-    text = re.sub(r",? ?re-run the expiry\.?", "", text)
-    return BackupFailed(
-        f"{text.rstrip('. ')}; the run failed and no earlier copy was deleted. "
-        "Fix the cause, then re-run the backup."
-    )
-
-
 # --- local hubs -------------------------------------------------------------------------
 
 
@@ -305,6 +332,7 @@ def snapshot_sqlite(db: Path, target: Path) -> None:
         source.close()
 
 
+@_speaks_backup()
 def backup_directory(
     homes: Path,
     db: Path | None,
@@ -361,6 +389,7 @@ def restore_plan(copy: BackupCopy, users: list[str], homes: Path) -> list[dict[s
     return rows
 
 
+@_speaks_backup(restore=True)
 def restore_directory(copy: BackupCopy, users: list[str], homes: Path, block: Any) -> int:
     """Write the files of `users`' homes in `copy` back under `homes/<user>`; returns how
     many. Files created since the copy are left alone. As root, restored files get the
