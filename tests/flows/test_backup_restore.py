@@ -389,3 +389,38 @@ def test_the_cli_runs_the_flows_and_says_plainly_what_is_missing(
     code, text = cli("restore", "local", "prod", "--dry-run", "--operator", "ops")
     assert code == 2 and "local/prod: no verified backup at file://" in text, text
     assert "Traceback" not in text
+
+
+@pytest.mark.cloud
+def test_copy_prune_and_restore_on_azure_blob_in_azurite(tmp_path: Path, azurite: Any) -> None:
+    """The steps under the flows against Azurite through azure-storage-blob: a copy with a
+    sqlite snapshot, retention deleting blobs, a restore downloading them."""
+    from azure.storage.blob import BlobServiceClient
+    from prefect_azure import AzureBlobStorageCredentials
+
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = f"backups-{uuid.uuid4().hex[:8]}"
+    service.create_container(container)
+    creds = AzureBlobStorageCredentials(connection_string=azurite.connection_string)
+    homes = tmp_path / "homes"
+    (homes / "ada" / "deep" / "er").mkdir(parents=True)
+    (homes / "ada" / "deep" / "er" / "x.csv").write_text("a,b\n1,2\n")
+    (homes / "bo").mkdir()
+    db = tmp_path / "jupyterhub.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table users (name text)")
+        conn.execute("insert into users values ('ada')")
+    conn.close()
+    url = f"az://{container}/hubs/local/staging"
+    first = backup_tasks.backup_directory(homes, db, url, "20270101T010000Z", creds)
+    second = backup_tasks.backup_directory(homes, db, url, "20270102T010000Z", creds)
+    assert first.users == ["ada", "bo"] and first.db == ["hub-db/jupyterhub.sqlite"]
+    copies, incomplete = backup_tasks.list_copies(url, creds)
+    assert [c.stamp for c in copies] == [first.stamp, second.stamp] and incomplete == {}
+    assert backup_tasks.prune(url, creds, keep=1) == [first.stamp]
+    names = [b.name for b in service.get_container_client(container).list_blobs()]
+    assert names and all(second.stamp in n for n in names), names
+    shutil.rmtree(homes / "ada")
+    (copy,) = backup_tasks.list_copies(url, creds)[0]
+    assert backup_tasks.restore_directory(copy, ["ada"], homes, creds) == 1
+    assert (homes / "ada" / "deep" / "er" / "x.csv").read_text() == "a,b\n1,2\n"
