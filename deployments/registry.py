@@ -145,6 +145,10 @@ OPERATIONS: tuple[OperationSpec, ...] = (
         schedule="fleet_report",
     ),
     *HEALTH_OPERATIONS,
+    # Backups of standing hubs (issue 17): the nightly fleet backup, and on demand.
+    OperationSpec("flows.backup_hub:backup_fleet", tags=("mutating",), schedule="backup"),
+    OperationSpec("flows.backup_hub:backup_hub", tags=("mutating",)),
+    OperationSpec("flows.restore_hub:restore_hub", tags=("mutating",)),
 )
 
 

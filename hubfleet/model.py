@@ -106,6 +106,9 @@ class Schedules(Strict):
     fleet_report: CronExpr = Field(
         "0 6 1 * *", description="Monthly fleet ops report (flows/fleet_report.py)."
     )
+    backup: CronExpr = Field(
+        "0 1 * * *", description="Backup of every standing hub (flows/backup_hub.py)."
+    )
 
 
 class CredentialPolicy(Strict):
@@ -129,6 +132,29 @@ class CredentialPolicy(Strict):
         timedelta(days=14),
         ge=timedelta(0),
         description="Flag a credential (or TLS certificate) this long before its limit.",
+    )
+
+
+class BackupPolicy(Strict):
+    """Where standing hubs' homes and hub databases are backed up, and how many copies stay."""
+
+    url: Annotated[str, StringConstraints(pattern=EXPORT_URL)] | None = Field(
+        None,
+        description="file:///dir, s3://bucket/prefix, az://container/prefix or "
+        "gs://bucket/prefix; each copy goes under <url>/<cluster>/<hub>/<time>. Default on "
+        "local: <data dir>/backups; a Kubernetes hub needs a bucket.",
+    )
+    credentials: DnsName | None = Field(
+        None,
+        description="Block holding the cloud login (AwsCredentials, AzureBlobStorageCredentials "
+        "or GcpCredentials); default: the SDK's own credential chain.",
+    )
+    keep: int = Field(
+        7,
+        ge=1,
+        le=1000,
+        description="Verified copies kept per hub; older ones are deleted only after a new "
+        "copy has verified.",
     )
 
 
@@ -160,6 +186,7 @@ class FleetSettings(Strict):
     )
     schedules: Schedules = Schedules()
     credentials: CredentialPolicy = CredentialPolicy()
+    backup: BackupPolicy = BackupPolicy()
 
 
 # --- cluster.yaml -----------------------------------------------------------------------

@@ -168,9 +168,20 @@ def credential_env(url: str, block: Any) -> dict[str, str]:
 
 
 def job_manifest(
-    name: str, url: str, volumes: list[UserVolume], secret: str, deadline_s: int
+    name: str,
+    url: str,
+    volumes: list[UserVolume],
+    secret: str,
+    deadline_s: int,
+    script: str = SCRIPT,
+    read_only: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The export Job: every user PVC read-only at /homes/<user>, rclone to the bucket."""
+    """The export Job: every user PVC read-only at /homes/<user>, rclone to the bucket.
+
+    script, read_only, extra_env: another rclone script over the same mounts (a restore
+    writes the homes back: tasks/backup.py); the default is the export's.
+    """
     labels = {EXPORT_LABEL: EXPORT_VALUE, "app.kubernetes.io/managed-by": "hubfleet"}
     return {
         "apiVersion": "batch/v1",
@@ -224,12 +235,16 @@ def job_manifest(
                         {
                             "name": "export",
                             "image": RCLONE_IMAGE,
-                            "command": ["/bin/sh", "-c", SCRIPT],
+                            "command": ["/bin/sh", "-c", script],
                             "env": [
                                 {"name": "HUBFLEET_EXPORT_URL", "value": url},
                                 {"name": "HUBFLEET_EXPORT_REMOTE", "value": rclone_remote(url)},
                                 {"name": "HUBFLEET_HOMES", "value": HOMES_ROOT},
                                 {"name": "HOME", "value": "/tmp"},
+                                *(
+                                    {"name": k, "value": v}
+                                    for k, v in sorted((extra_env or {}).items())
+                                ),
                             ],
                             "envFrom": [{"secretRef": {"name": secret}}],
                             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
@@ -241,7 +256,7 @@ def job_manifest(
                                 {
                                     "name": v.claim,
                                     "mountPath": f"{HOMES_ROOT}/{v.user}",
-                                    "readOnly": True,
+                                    "readOnly": read_only,
                                 }
                                 for v in volumes
                             ],
@@ -250,7 +265,10 @@ def job_manifest(
                     "volumes": [
                         {
                             "name": v.claim,
-                            "persistentVolumeClaim": {"claimName": v.claim, "readOnly": True},
+                            "persistentVolumeClaim": {
+                                "claimName": v.claim,
+                                "readOnly": read_only,
+                            },
                         }
                         for v in volumes
                     ],
@@ -269,6 +287,9 @@ def run_job(
     env: dict[str, str],
     timeout: float,
     poll: float = 2.0,
+    script: str = SCRIPT,
+    read_only: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> str:
     """Create the Secret and the Job, wait for the Job to finish, always delete both.
 
@@ -288,7 +309,9 @@ def run_job(
         job: Any = kcall(
             batch.create_namespaced_job,
             namespace,
-            job_manifest(name, url, volumes, name, max(60, int(timeout))),
+            job_manifest(
+                name, url, volumes, name, max(60, int(timeout)), script, read_only, extra_env
+            ),
         )
         owner = {
             "apiVersion": "batch/v1",
