@@ -63,11 +63,11 @@ from tasks.export import (
 )
 from tasks.kube import _call as kcall
 from tasks.kube_export import (
-    USER_SERVER_SELECTOR,
     UserVolume,
     check_destination,
     credential_env,
     run_job,
+    stop_user_servers,
     user_volumes,
     verify_bucket,
 )
@@ -490,27 +490,6 @@ done
 """
 
 
-def stop_servers_using(api: client.ApiClient, namespace: str, claims: set[str]) -> list[str]:
-    """Delete the user server pods that mount one of `claims` (the restore writes there)."""
-    core = client.CoreV1Api(api)
-    pods: Any = kcall(core.list_namespaced_pod, namespace, label_selector=USER_SERVER_SELECTOR)
-    names = [
-        p.metadata.name
-        for p in pods.items
-        if any(
-            v.persistent_volume_claim and v.persistent_volume_claim.claim_name in claims
-            for v in p.spec.volumes or []
-        )
-    ]
-    for name in names:
-        try:
-            kcall(core.delete_namespaced_pod, name, namespace, grace_period_seconds=30)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-    return names
-
-
 def restore_volumes(
     api: client.ApiClient,
     namespace: str,
@@ -637,7 +616,7 @@ async def restore_kube_homes(
     Changes: those users' server pods deleted; a Job and Secret; files in their PVCs."""
     block = await backup_credentials(credentials, copy.url)
     stopped = await asyncio.to_thread(
-        stop_servers_using, api, namespace, {v.claim for v in volumes}
+        stop_user_servers, api, namespace, 120, {v.claim for v in volumes}
     )
     how = await asyncio.to_thread(restore_volumes, api, namespace, copy, volumes, block, timeout)
     return stopped, how

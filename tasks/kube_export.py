@@ -89,12 +89,26 @@ def _dns_safe(user: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in user) or "user"
 
 
-def stop_user_servers(api: client.ApiClient, namespace: str, timeout: float = 120) -> list[str]:
-    """Delete the user server pods (the event is over), so their volumes can be mounted by
-    the export Job (a ReadWriteOnce volume attaches to one node). Waits until they are gone."""
+def stop_user_servers(
+    api: client.ApiClient,
+    namespace: str,
+    timeout: float = 120,
+    claims: set[str] | None = None,
+) -> list[str]:
+    """Delete the user server pods (all, or those that mount one of `claims`), so their
+    volumes can be mounted by a Job (a ReadWriteOnce volume attaches to one node): the
+    event's export, a restore. Waits until they are gone."""
     core = client.CoreV1Api(api)
     pods: Any = kcall(core.list_namespaced_pod, namespace, label_selector=USER_SERVER_SELECTOR)
-    names = [p.metadata.name for p in pods.items]
+    names = [
+        p.metadata.name
+        for p in pods.items
+        if claims is None
+        or any(
+            v.persistent_volume_claim and v.persistent_volume_claim.claim_name in claims
+            for v in p.spec.volumes or []
+        )
+    ]
     for name in names:
         try:
             kcall(core.delete_namespaced_pod, name, namespace, grace_period_seconds=30)
@@ -104,7 +118,7 @@ def stop_user_servers(api: client.ApiClient, namespace: str, timeout: float = 12
     deadline = time.monotonic() + timeout
     while names and time.monotonic() < deadline:
         left: Any = kcall(core.list_namespaced_pod, namespace, label_selector=USER_SERVER_SELECTOR)
-        if not left.items:
+        if not {p.metadata.name for p in left.items} & set(names):
             break
         time.sleep(1)
     return names

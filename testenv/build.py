@@ -405,34 +405,15 @@ def build_helm(version: str, progress: Progress = print) -> Path:
     dest = bin_dir() / f"helm-{version}"
     if dest.exists():
         return dest
-    go = check_go()
     t0 = time.monotonic()
     progress(f"  helm {version}: go install helm.sh/helm/v3/cmd/helm@v{version} ...")
-    with tempfile.TemporaryDirectory(prefix="hubfleet-build-") as tmp:
-        env = _go_env() | {"GOBIN": tmp}
-        env["GOFLAGS"] = os.environ.get("GOFLAGS", "")  # -mod=mod is not allowed with pkg@version
-        ldflags = (
-            f"-s -w -X helm.sh/helm/v3/internal/version.version=v{version}"
-            " -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-        )
-        _run(
-            "helm",
-            version,
-            [
-                go,
-                "install",
-                "-p",
-                GO_BUILD_PARALLELISM,
-                "-trimpath",
-                "-ldflags",
-                ldflags,
-                f"helm.sh/helm/v3/cmd/helm@v{version}",
-            ],
-            cwd=Path(tmp),
-            env=env,
-            log=cache_dir() / "logs" / f"helm-{version}.log",
-        )
-        _install("helm", Path(tmp) / "helm", dest)
+    ldflags = (
+        f"-s -w -X helm.sh/helm/v3/internal/version.version=v{version}"
+        " -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    )
+    tmp, gobin = _go_install("helm", version, [f"helm.sh/helm/v3/cmd/helm@v{version}"], ldflags)
+    with tmp:
+        _install("helm", gobin / "helm", dest)
     _record_build("helm", version, time.monotonic() - t0)
     return dest
 
@@ -442,30 +423,12 @@ def build_rclone(version: str, progress: Progress = print) -> Path:
     dest = bin_dir() / f"rclone-{version}"
     if dest.exists():
         return dest
-    go = check_go()
     t0 = time.monotonic()
     progress(f"  rclone {version}: go install github.com/rclone/rclone@v{version} ...")
-    with tempfile.TemporaryDirectory(prefix="hubfleet-build-") as tmp:
-        env = _go_env() | {"GOBIN": tmp}
-        env["GOFLAGS"] = os.environ.get("GOFLAGS", "")  # -mod=mod is not allowed with pkg@version
-        _run(
-            "rclone",
-            version,
-            [
-                go,
-                "install",
-                "-p",
-                GO_BUILD_PARALLELISM,
-                "-trimpath",
-                "-ldflags",
-                f"-s -w -X github.com/rclone/rclone/fs.Version=v{version}",
-                f"github.com/rclone/rclone@v{version}",
-            ],
-            cwd=Path(tmp),
-            env=env,
-            log=cache_dir() / "logs" / f"rclone-{version}.log",
-        )
-        _install("rclone", Path(tmp) / "rclone", dest)
+    ldflags = f"-s -w -X github.com/rclone/rclone/fs.Version=v{version}"
+    tmp, gobin = _go_install("rclone", version, [f"github.com/rclone/rclone@v{version}"], ldflags)
+    with tmp:
+        _install("rclone", gobin / "rclone", dest)
     _record_build("rclone", version, time.monotonic() - t0)
     return dest
 
@@ -574,8 +537,6 @@ def build_kwok(version: str, progress: Progress = print) -> Path:
     t0 = time.monotonic()
     progress(f"  kwok {version}: go install sigs.k8s.io/kwok/cmd/kwok@v{version} ...")
     with tempfile.TemporaryDirectory(prefix="hubfleet-build-") as tmp:
-        env = _go_env() | {"GOBIN": tmp}
-        env["GOFLAGS"] = os.environ.get("GOFLAGS", "")
         info = _mod_info(go, "kwok", version, f"sigs.k8s.io/kwok@v{version}", Path(tmp))
         docs = []
         for rel in _KWOK_STAGE_FILES:
@@ -585,26 +546,14 @@ def build_kwok(version: str, progress: Progress = print) -> Path:
                     "kwok", version, f"read {p}", "stage file missing in module source"
                 )
             docs.append(p.read_text().strip())
-        _run(
-            "kwok",
-            version,
-            [
-                go,
-                "install",
-                "-p",
-                GO_BUILD_PARALLELISM,
-                "-trimpath",
-                "-ldflags",
-                f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={version}",
-                f"sigs.k8s.io/kwok/cmd/kwok@v{version}",
-            ],
-            cwd=Path(tmp),
-            env=env,
-            log=cache_dir() / "logs" / f"kwok-{version}.log",
+        ldflags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={version}"
+        built, gobin = _go_install(
+            "kwok", version, [f"sigs.k8s.io/kwok/cmd/kwok@v{version}"], ldflags
         )
         stages.parent.mkdir(parents=True, exist_ok=True)
         stages.write_text("\n---\n".join(docs) + "\n")
-        _install("kwok", Path(tmp) / "kwok", dest)
+        with built:
+            _install("kwok", gobin / "kwok", dest)
     _record_build("kwok", version, time.monotonic() - t0)
     return dest
 
