@@ -194,7 +194,9 @@ def resources_from_values(values: Mapping[str, Any], hub: str) -> HubCosting:
         else:
             mem = gib(Z2JH_MEMORY_GUARANTEE, where)
             parts.append("z2jh default memory guarantee")
-        return Resources(cpu, mem, ", ".join(parts) or "as the hub's default")
+        if not parts and fallback is not None:
+            return fallback
+        return Resources(cpu, mem, ", ".join(parts))
 
     cpu = singleuser.get("cpu") or {}
     memory = singleuser.get("memory") or {}
@@ -440,8 +442,8 @@ def render(usage: Usage, fmt: str) -> str:
     raise UsageInputError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
 
 
-def money(value: float | None, currency: str) -> str:
-    return "-" if value is None else f"{value:,.2f} {currency}"
+def money(value: float | None, currency: str, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f} {currency}"
 
 
 def markdown(usage: Usage) -> str:
@@ -468,7 +470,7 @@ def markdown(usage: Usage) -> str:
         *(
             f"| {h} | {v['use_case']} | {v['active_users']} | {v['server_hours']:.2f} | "
             f"{v['peak_users']} | {_num(v['storage_gib'])} | {v['machine'] or '-'} | "
-            f"{money(v['cost_per_server_hour'], cur)} | {money(v['compute_cost'], cur)} | "
+            f"{money(v['cost_per_server_hour'], cur, 4)} | {money(v['compute_cost'], cur)} | "
             f"{money(v['storage_cost'], cur)} | {money(v['cost'], cur)} |"
             for h, v in usage.hubs.items()
         ),

@@ -120,7 +120,7 @@ def tables(result: Any) -> list[Table]:
             _num(v["storage_gib"]),
             server,
             v["machine"] or "-",
-            money(v["cost_per_server_hour"], cur) if v["cost_per_server_hour"] is not None else "-",
+            money(v["cost_per_server_hour"], cur, 4),
             money(v["cost"], cur),
         )
     return [cases, hubs]
