@@ -149,9 +149,7 @@ def test_requests_from_values_guarantee_limit_default_and_profiles() -> None:
 
 
 def test_profile_costs_its_own_rate() -> None:
-    costing = HubCosting(
-        "n", NODE, None, Resources(1, 2, ""), {"big": Resources(0.5, 8, "")}
-    )
+    costing = HubCosting("n", NODE, None, Resources(1, 2, ""), {"big": Resources(0.5, 8, "")})
     usage = build_usage(
         [Sample("c/h", at(60), (seen("a", 0, profile="big"), seen("b", 0)))],
         start=T0,
@@ -189,9 +187,12 @@ def test_fleet_yaml_overrides_the_shipped_prices(tmp_path: Path) -> None:
     assert table.currency == "EUR"
     assert table.provider("gcp").machines["n2-highmem-4"].hourly == 1.0
     # untouched entries stay as shipped
-    assert table.provider("gcp").machines["n2-standard-2"] == shipped_prices().gcp.machines[  # type: ignore[union-attr]
-        "n2-standard-2"
-    ]
+    assert (
+        table.provider("gcp").machines["n2-standard-2"]
+        == shipped_prices().gcp.machines[  # type: ignore[union-attr]
+            "n2-standard-2"
+        ]
+    )
     assert table.provider("aws") == shipped_prices().aws
     costing, note = hub_costing(fleet, table, "gcp-central", "college")
     # college: memory guarantee 1G on an n2-highmem-4 (32 GiB for 1.0/h)
@@ -220,7 +221,8 @@ def test_without_a_price_the_cost_is_left_out_and_says_what_to_add(tmp_path: Pat
     assert usage.total["priced_hubs"] == 0
 
     root = write_fleet(
-        tmp_path, "prices:\n  gcp:\n    machines:\n      n2-standard-2: {hourly: 1, cpu: 2, memory_gib: 8}\n"
+        tmp_path,
+        "prices:\n  gcp:\n    machines:\n      n2-standard-2: {hourly: 1, cpu: 2, memory_gib: 8}\n",
     )
     (root / "clusters" / "gcp-central" / "cluster.yaml").write_text(
         (root / "clusters" / "gcp-central" / "cluster.yaml")
@@ -236,13 +238,15 @@ def test_without_a_price_the_cost_is_left_out_and_says_what_to_add(tmp_path: Pat
     ("prices", "line", "field", "message"),
     [
         (
-            "prices:\n  gcp:\n    machines:\n      n2-highmem-4: {hourly: -1, cpu: 4, memory_gib: 32}\n",
+            "prices:\n  gcp:\n    machines:\n"
+            "      n2-highmem-4: {hourly: -1, cpu: 4, memory_gib: 32}\n",
             4,
             "prices.gcp.machines.n2-highmem-4.hourly",
             "found -1; input should be greater than or equal to 0",
         ),
         (
-            "prices:\n  gcp:\n    machines:\n      n2-highmem-4: {hourly: 1, cores: 4, memory_gib: 32}\n",
+            "prices:\n  gcp:\n    machines:\n"
+            "      n2-highmem-4: {hourly: 1, cores: 4, memory_gib: 32}\n",
             4,
             "prices.gcp.machines.n2-highmem-4.cores",
             "unknown key 'cores'; allowed keys: hourly, cpu, memory_gib",
@@ -257,7 +261,8 @@ def test_without_a_price_the_cost_is_left_out_and_says_what_to_add(tmp_path: Pat
             "prices:\n  digitalocean: {}\n",
             2,
             "prices.digitalocean",
-            "unknown key 'digitalocean'; allowed keys: currency, gcp, aws, azure, kubeconfig, local",
+            "unknown key 'digitalocean'; allowed keys: currency, gcp, aws, azure, "
+            "kubeconfig, local",
         ),
     ],
 )
@@ -294,7 +299,12 @@ def test_samples_round_trip_through_the_artifact_rows() -> None:
             "hub": "c/h",
             "sampled_at": at(15).isoformat(),
             "servers": [
-                {"user": "a", "server": "", "started": "2026-11-02T09:00:00.123456Z", "profile": ""},
+                {
+                    "user": "a",
+                    "server": "",
+                    "started": "2026-11-02T09:00:00.123456Z",  # as JupyterHub writes it
+                    "profile": "",
+                },
                 {"user": "a", "server": "gpu", "started": at(5).isoformat(), "profile": "big"},
             ],
         },
