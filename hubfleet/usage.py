@@ -28,7 +28,8 @@ Where the numbers come from:
   price per GiB-month times the window's share of a month (730 h). A server requests
   its hub's `singleuser.cpu` and `singleuser.memory` guarantee, else the limit (memory:
   z2jh's default guarantee of 1G when neither is set), or those of the profile it was
-  started with (`singleuser.profileList[].kubespawner_override`). Prices:
+  started with (its `kubespawner_override`, from `hub.config.KubeSpawner.profile_list` or
+  `singleuser.profileList`). Prices:
   `hubfleet.prices` (shipped defaults, overridable in fleet.yaml).
 """
 
@@ -167,64 +168,70 @@ def server_hourly(resources: Resources, node: MachinePrice) -> float:
     return share * node.hourly
 
 
-def resources_from_values(values: Mapping[str, Any], hub: str) -> HubCosting:
+def resources_from_values(values: Mapping[str, Any], hub: str, profiles: bool = True) -> HubCosting:
     """A hub's per-server requests from its merged chart values (`jupyterhub.singleuser`),
-    default and per profile; price fields are filled in by `costing`."""
+    default and per profile (`profiles=False`: none, as on local hubs, which do not apply
+    them); price fields are filled in by `tasks.usage.hub_costing`.
+
+    A profile's `kubespawner_override` replaces only the traits it names (as KubeSpawner
+    does): a profile that sets only `mem_limit` keeps the hub's CPU guarantee."""
     singleuser = (values.get("jupyterhub") or {}).get("singleuser") or {}
     base = f"{hub}: values jupyterhub.singleuser"
-
-    def pick(
-        cpu_g: Any, cpu_l: Any, mem_g: Any, mem_l: Any, where: str, fallback: Resources | None
-    ) -> Resources:
-        parts = []
-        if cpu_g is not None:
-            cpu, parts = cores(cpu_g, f"{where} cpu guarantee"), ["cpu guarantee"]
-        elif cpu_l is not None:
-            cpu, parts = cores(cpu_l, f"{where} cpu limit"), ["cpu limit"]
-        else:
-            cpu = fallback.cpu if fallback else 0.0
-        if mem_g is not None:
-            mem = gib(mem_g, f"{where} memory guarantee")
-            parts.append("memory guarantee")
-        elif mem_l is not None:
-            mem = gib(mem_l, f"{where} memory limit")
-            parts.append("memory limit")
-        elif fallback is not None:
-            mem = fallback.memory_gib
-        else:
-            mem = gib(Z2JH_MEMORY_GUARANTEE, where)
-            parts.append("z2jh default memory guarantee")
-        if not parts and fallback is not None:
-            return fallback
-        return Resources(cpu, mem, ", ".join(parts))
-
     cpu = singleuser.get("cpu") or {}
     memory = singleuser.get("memory") or {}
-    default = pick(
-        cpu.get("guarantee"),
-        cpu.get("limit"),
-        memory.get("guarantee"),
-        memory.get("limit"),
-        base,
-        None,
-    )
-    profiles: dict[str, Resources] = {}
-    for i, entry in enumerate(singleuser.get("profileList") or []):
+    traits = {
+        "cpu_guarantee": (cpu.get("guarantee"), f"{base}.cpu.guarantee"),
+        "cpu_limit": (cpu.get("limit"), f"{base}.cpu.limit"),
+        "mem_guarantee": (memory.get("guarantee"), f"{base}.memory.guarantee"),
+        "mem_limit": (memory.get("limit"), f"{base}.memory.limit"),
+    }
+    default = _requests(traits)
+    found: dict[str, Resources] = {}
+    # z2jh turns singleuser.profileList into KubeSpawner.profile_list; hub.config (where
+    # hubfleet's presets and customize_hub put it) is applied after, so it wins.
+    spawner = (((values.get("jupyterhub") or {}).get("hub") or {}).get("config") or {}).get(
+        "KubeSpawner"
+    ) or {}
+    listed, where = singleuser.get("profileList") or [], f"{base}.profileList"
+    if spawner.get("profile_list"):
+        listed = spawner["profile_list"]
+        where = f"{hub}: values jupyterhub.hub.config.KubeSpawner.profile_list"
+    for i, entry in enumerate(listed if profiles else []):
         if not isinstance(entry, Mapping):
             continue
         slug = str(entry.get("slug") or _slug(str(entry.get("display_name", i))))
         over = entry.get("kubespawner_override") or {}
-        profiles[slug] = pick(
-            over.get("cpu_guarantee"),
-            over.get("cpu_limit"),
-            over.get("mem_guarantee"),
-            over.get("mem_limit"),
-            f"{base}.profileList[{i}].kubespawner_override",
-            default,
-        )
+        mine = dict(traits)
+        for name in traits:
+            if over.get(name) is not None:
+                mine[name] = (over[name], f"{where}[{i}].kubespawner_override.{name}")
+        found[slug] = _requests(mine)
         if entry.get("default"):
-            profiles[""] = profiles[slug]  # a server started without choosing
-    return HubCosting(None, None, None, default, profiles)
+            found[""] = found[slug]  # a server started without choosing
+    return HubCosting(None, None, None, default, found)
+
+
+def _requests(traits: Mapping[str, tuple[Any, str]]) -> Resources:
+    """Guarantee, else limit, for CPU and memory (memory: z2jh's default guarantee)."""
+    parts = []
+    cpu = 0.0
+    for name, label in (("cpu_guarantee", "cpu guarantee"), ("cpu_limit", "cpu limit")):
+        value, where = traits[name]
+        if value is not None:
+            cpu = cores(value, where)
+            parts.append(label)
+            break
+    memory = None
+    for name, label in (("mem_guarantee", "memory guarantee"), ("mem_limit", "memory limit")):
+        value, where = traits[name]
+        if value is not None:
+            memory = gib(value, where)
+            parts.append(label)
+            break
+    if memory is None:
+        memory = gib(Z2JH_MEMORY_GUARANTEE, "z2jh default")
+        parts.append("z2jh default memory guarantee")
+    return Resources(cpu, memory, ", ".join(parts))
 
 
 def _slug(name: str) -> str:

@@ -239,7 +239,9 @@ def hub_costing(fleet: Fleet, table: PriceTable, cluster: str, hub: str) -> tupl
 
     spec = fleet.cluster(cluster)
     values = merged(hub_layers(fleet, cluster, spec.hub(hub), z2jh_defaults=False))
-    costing = resources_from_values(values, f"{cluster}/{hub}")
+    # Local hubs do not apply profiles (KubeSpawner's): every server gets singleuser's.
+    local = spec.provider is Provider.local
+    costing = resources_from_values(values, f"{cluster}/{hub}", profiles=not local)
     pools = (
         {name: pool.machine_type for name, pool in spec.terraform.inputs().user_pools.items()}
         if spec.terraform

@@ -140,10 +140,23 @@ def test_requests_from_values_guarantee_limit_default_and_profiles() -> None:
     costing = resources_from_values(values, "c/h")
     assert costing.default == Resources(2.0, 0.5, "cpu limit, memory guarantee")
     assert costing.resources("big-memory") == Resources(0.5, 8.0, "cpu guarantee, memory guarantee")
+    assert not resources_from_values(values, "c/h", profiles=False).profiles
     assert costing.resources(None) == costing.resources("small") == costing.default
+    # The preset's (and customize_hub's) place wins over singleuser.profileList.
+    values["jupyterhub"]["hub"] = {
+        "config": {
+            "KubeSpawner": {
+                "profile_list": [{"slug": "large", "kubespawner_override": {"mem_guarantee": "1G"}}]
+            }
+        }
+    }
+    costing = resources_from_values(values, "c/h")
+    assert set(costing.profiles) == {"large"}
+    # only mem_guarantee overridden: the hub's cpu limit stays
+    assert costing.resources("large") == Resources(2.0, 1.0, "cpu limit, memory guarantee")
     # nothing set: z2jh's default memory guarantee, no CPU
     assert resources_from_values({}, "c/h").default.memory_gib == 1.0
-    with pytest.raises(UsageInputError, match=r"c/h: values jupyterhub.singleuser memory limit"):
+    with pytest.raises(UsageInputError, match=r"c/h: values jupyterhub.singleuser.memory.limit: "):
         resources_from_values({"jupyterhub": {"singleuser": {"memory": {"limit": "lots"}}}}, "c/h")
     assert gib("1073741824", "x") == 1.0 and gib("1.5Gi", "x") == 1.5
 
