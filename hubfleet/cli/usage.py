@@ -100,11 +100,14 @@ def tables(result: Any) -> list[Table]:
             _num(v["storage_gib"]),
             money(v["cost"], cur),
         )
-    hubs = Table(title=f"per hub ({result.samples} samples of running servers)")
-    for column in ("hub", "use case", "active users", "server hours", "peak users"):
-        hubs.add_column(column, justify="left" if column in ("hub", "use case") else "right")
-    for column in ("storage GiB", "per server", "machine", "per server-hour", "cost"):
-        hubs.add_column(column, justify="right" if column != "machine" else "left")
+    hubs = Table(title=f"per hub ({result.samples} sample(s) of running servers)")
+    hubs.add_column("hub", no_wrap=True)
+    hubs.add_column("use case", no_wrap=True)
+    for column in ("users", "server h", "peak", "GiB", "server requests"):
+        hubs.add_column(column, justify="right")
+    hubs.add_column("machine")
+    for column in ("per server-h", "cost"):
+        hubs.add_column(column, justify="right", no_wrap=True)
     for name, v in result.hubs.items():
         server = (
             f"{v['server_cpu']:g} CPU, {v['server_memory_gib']:g} GiB"
