@@ -21,12 +21,15 @@ from typing import Any
 
 import pytest
 import requests
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from blocks.hub_token import HubOpsToken
 from flows.check_fleet_health import check_fleet_health
 from flows.deploy_hub import deploy_hub
 from hubfleet.loader import load_fleet
 from tasks.local_hub import local_hub
-from tasks.usage import collect_usage, read_usage_samples
+from tasks.usage import SAMPLES_KEY, collect_usage, read_usage_samples
 
 pytestmark = [pytest.mark.usefixtures("prefect_server")]
 REPO = Path(__file__).resolve().parents[2]
@@ -99,8 +102,9 @@ class User:
             time.sleep(0.5)
         raise AssertionError(f"{self.name}'s server did not become ready")
 
-    def save_note(self, size: int) -> None:
-        """PUT a file into the home through the notebook server's contents API."""
+    def save_note(self, size: int) -> str:
+        """PUT a file into the home through the notebook server's contents API (with an
+        API token of the user's, which it returns for the secret scan)."""
         token = self.api("POST", f"users/{self.name}/tokens", json={"note": "test"}).json()
         answer = requests.put(
             f"{self.url}/user/{self.name}/api/contents/notes.txt",
@@ -109,6 +113,7 @@ class User:
             timeout=60,
         )
         assert answer.status_code in (200, 201), (answer.status_code, answer.text[:300])
+        return str(token["token"])
 
     def stop(self) -> None:
         self.api("DELETE", f"users/{self.name}/server")
@@ -154,7 +159,7 @@ async def test_usage_of_real_users_on_real_hubs(
         alice, bob = User(urls["course"], "alice"), User(urls["course"], "bob")
         carol = User(urls["lab"], "carol")
         started = {"alice": alice.start(), "bob": bob.start(), "carol": carol.start()}
-        alice.save_note(NOTE_BYTES)
+        alice_token = alice.save_note(NOTE_BYTES)
         await sweep()  # 1: alice, bob, carol
         time.sleep(2)
         await sweep()  # 2: alice, bob, carol
@@ -250,6 +255,18 @@ async def test_usage_of_real_users_on_real_hubs(
     assert "<h2>Usage and cost</h2>" in done.stdout
     assert "aria-label='estimated cost per hub'" in done.stdout
     assert f"{cluster}/course" in done.stdout
+
+    # No token the sweeps used or the users made is in what was recorded or printed.
+    secrets = [alice_token]
+    for hub in hubs_of():
+        block = await HubOpsToken.aload(f"{cluster}-{hub}")
+        secrets.append(block.token.get_secret_value())
+    async with get_client() as client:
+        recorded = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SAMPLES_KEY])), limit=200
+        )
+    seen = json.dumps([str(a.data) for a in recorded]) + text + done.stdout + json.dumps(data)
+    assert recorded and all(len(secret) > 20 and secret not in seen for secret in secrets)
 
 
 def hubs_of() -> tuple[str, str]:
