@@ -63,9 +63,7 @@ async def test_pvc_sizes_are_the_storage_of_a_kubernetes_hub(
                     metadata=client.V1ObjectMeta(name=name),
                     spec=client.V1PersistentVolumeClaimSpec(
                         access_modes=["ReadWriteOnce"],
-                        resources=client.V1VolumeResourceRequirements(
-                            requests={"storage": size}
-                        ),
+                        resources=client.V1VolumeResourceRequirements(requests={"storage": size}),
                     ),
                 ),
             )
