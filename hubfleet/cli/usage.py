@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hubfleet.cli.pilot import FleetOpt
+from hubfleet.cli.common import FleetOpt
 
 
 def usage(
