@@ -66,11 +66,16 @@ def usage(
         else:
             typer.echo(text, nl=False)
         return
-    console = out
     if output:
         from rich.console import Console
 
-        console = Console(file=output.open("w", encoding="utf-8"), width=200)
+        with output.open("w", encoding="utf-8") as file:
+            _print(Console(file=file, width=200), result)
+    else:
+        _print(out, result)
+
+
+def _print(console: Any, result: Any) -> None:
     for table in tables(result):
         console.print(table)
     for note in result.notes:
