@@ -4,6 +4,7 @@ the CLI's refusals. Pure functions and the real CLI in a subprocess; no hub need
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -370,3 +371,27 @@ def test_cli_refuses_a_bad_format_and_a_bad_price_table_plainly(tmp_path: Path) 
     assert invalid.returncode == 2 and "Traceback" not in invalid.stderr
     assert "fleet.yaml:" in invalid.stderr and "prices.aws.storage_gib_month" in invalid.stderr
     assert "nothing was run" in invalid.stderr
+
+
+def test_the_ops_report_carries_the_usage_section_and_its_chart() -> None:
+    from hubfleet.report import build_report
+    from hubfleet.report import render as render_report
+
+    report = build_report([], [], start=T0, end=at(60))
+    report.usage = build_usage(
+        [Sample("c/h", at(60), (seen("a", 0),))],
+        start=T0,
+        end=at(60),
+        hubs={"c/h": "learning", "c/free": "event"},
+        costing={"c/h": HubCosting("n", NODE, 0.1, Resources(1, 2, ""))},
+        notes=["c/free: cost not estimated: add a price"],
+    )
+    md = render_report(report, "md")
+    assert "## Usage and cost" in md
+    assert "| c/h | learning | 1 | 1.00 | 1 | - | n | 0.1000 USD | 0.10 USD | - | 0.10 USD |" in md
+    assert "Note: c/free: cost not estimated: add a price" in md
+    page = render_report(report, "html")
+    assert "<h2>Usage and cost</h2>" in page and "aria-label='estimated cost per hub'" in page
+    assert "<title>c/h: compute 0.10 USD</title>" in page
+    data = json.loads(render_report(report, "json"))
+    assert data["usage"]["hubs"]["c/h"]["server_hours"] == 1.0
