@@ -154,8 +154,11 @@ async def test_usage_of_real_users_on_real_hubs(
 
     try:
         urls = {}
-        for hub in ("course", "lab"):
-            urls[hub] = (await deploy_hub(cluster, hub, operator="ops"))["url"]
+        for hub, local in zip(hubs_of(), hubs, strict=True):
+            await deploy_hub(cluster, hub, operator="ops")
+            state = local.state()
+            assert state is not None
+            urls[hub] = state.url
         alice, bob = User(urls["course"], "alice"), User(urls["course"], "bob")
         carol = User(urls["lab"], "carol")
         started = {"alice": alice.start(), "bob": bob.start(), "carol": carol.start()}
