@@ -1,7 +1,8 @@
 """Benchmark the health sweeps.
 
 shallow: 1,000 hubs answered by a loopback simulator (a separate process listening on
-  1,000 ports, one per hub, answering /hub/health, /hub/api and /hub/api/user like a hub
+  1,000 ports, one per hub, answering /hub/health, /hub/api, /hub/api/user and the usage
+  sample's /hub/api/users?state=active (no servers) like a hub
   with latencies of 2-50 ms; 2% of hubs always 503, 3% fail 30% of health requests, 1%
   refuse the token). `check_fleet_health(depth="shallow")` against a real Prefect server
   (every hub's result persisted in the sweep's table artifact) versus a bare asyncio probe
@@ -101,6 +102,11 @@ async def serve(n: int) -> None:
                             status = 403
                         else:
                             body = json.dumps({"name": "hubfleet-ops"}).encode()
+                    elif path.startswith("/hub/api/users?"):  # the usage sample: idle hub
+                        if b["refuses"] or headers.get("authorization") != f"token {b['token']}":
+                            status = 403
+                        else:
+                            body = b"[]"
                     reason = {200: "OK", 403: "Forbidden", 503: "Service Unavailable"}[status]
                     writer.write(
                         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"

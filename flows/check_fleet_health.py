@@ -137,6 +137,14 @@ async def check_fleet_health(
         "recording the sweep's table and summary in the Prefect API",
         record_sweep(depth, rows, previous, alerts, recovered),
     )
+    if any("servers" in r for r in results):
+        from tasks.usage import record_usage_samples
+
+        await within(
+            deadline_at,
+            "recording the usage samples in the Prefect API",
+            record_usage_samples(results),
+        )
     get_run_logger().info(
         "%s sweep of %d hubs: %s; %d alert(s), %d recovered",
         depth,
@@ -240,9 +248,33 @@ async def probe_hubs(
                         backoff=backoff,
                         timeout=timeout,
                     )
-            return report_dict(judge(hub, found), url, depth)
+            result = report_dict(judge(hub, found), url, depth)
+            if url and found and found[-1].level is Level.auth and found[-1].ok:
+                await sample_usage(client, hub, url, tokens[hub], timeout, result)
+            return result
 
         return list(await asyncio.gather(*(one(hub, url) for hub, url in hubs)))
+
+
+async def sample_usage(
+    client: httpx.AsyncClient,
+    hub: str,
+    url: str,
+    token: str,
+    timeout: float,
+    result: dict[str, Any],
+) -> None:
+    """Add the hub's running servers to its result (`servers`, `sampled_at`), for
+    `hubfleet usage` (tasks/usage.py). A failed sample is logged and left out: it never
+    changes the hub's verdict."""
+    from tasks.usage import running_servers
+
+    at = datetime.now(UTC).isoformat()  # before the call: each server listed ran at `at`
+    try:
+        result["servers"] = await running_servers(client, url, token, timeout)
+        result["sampled_at"] = at
+    except Exception as exc:
+        get_run_logger().warning("%s: usage sample failed: %s", hub, exc)
 
 
 async def load_all_ops_tokens() -> dict[str, str]:

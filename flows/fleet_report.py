@@ -4,7 +4,8 @@ Runbook:
   1. read the health sweep tables (artifacts `health-sweep-<depth>`, every version) and
      every hubfleet run (tags `op:`, `hub:`, `operator:`) since `since`
   2. compute availability, incidents, operations, runs that needed a human, MTTR
-     (hubfleet.report, pure)
+     (hubfleet.report, pure); and what each hub used and cost (tasks/usage.py: the
+     usage samples the shallow sweeps recorded, storage measured now, the price table)
   3. publish it as a markdown artifact and return it as data
 """
 
@@ -150,6 +151,20 @@ def _use_cases() -> dict[str, str]:
     }
 
 
+async def _usage(start: datetime, end: datetime) -> Any:
+    """What each hub used and cost (tasks/usage.py), or None when the fleet cannot be read
+    or priced: the report is published without that section, and the log says why."""
+    from prefect import get_run_logger
+
+    from tasks.usage import collect_usage
+
+    try:
+        return await collect_usage(load_fleet(fleet_dir()), start, end)
+    except Exception as exc:
+        get_run_logger().warning("fleet report without usage and cost: %s", exc)
+        return None
+
+
 @flow(name="publish_fleet_report", flow_run_name="publish_fleet_report {since}")
 async def publish_fleet_report(since: Since = "30d", operator: str | None = None) -> dict[str, Any]:
     """Publish the fleet ops report for the last `since` (e.g. 30d) as an artifact."""
@@ -157,7 +172,9 @@ async def publish_fleet_report(since: Since = "30d", operator: str | None = None
     start = parse_since(since)
     assert start is not None
     sweeps, runs = await collect_history(start)
-    report = build_report(sweeps, runs, start=start, end=datetime.now(UTC), use_cases=_use_cases())
+    end = datetime.now(UTC)
+    report = build_report(sweeps, runs, start=start, end=end, use_cases=_use_cases())
+    report.usage = await _usage(start, end)
     await acreate_markdown_artifact(
         key="fleet-ops-report",
         markdown=markdown(report),

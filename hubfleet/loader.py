@@ -261,6 +261,11 @@ def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
+        if get_origin(current) is dict:  # a key of a mapping (e.g. a machine type's name)
+            current = _unwrap(get_args(current)[1])
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
         field = current.model_fields.get(part)
         if field is None:
             return []

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from hubfleet.prices import PriceTable
 from hubfleet.terraform_inputs import TerraformSettings
 
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -187,6 +188,11 @@ class FleetSettings(Strict):
     schedules: Schedules = Schedules()
     credentials: CredentialPolicy = CredentialPolicy()
     backup: BackupPolicy = BackupPolicy()
+    prices: PriceTable | None = Field(
+        None,
+        description="Overrides of the price table `hubfleet usage` estimates cost with "
+        '(hubfleet/prices.yaml; README "Usage and cost").',
+    )
 
 
 # --- cluster.yaml -----------------------------------------------------------------------

@@ -110,6 +110,8 @@ class Report:
     mttr_minutes: float | None = None
     availability_series: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     ops_per_week: dict[str, int] = field(default_factory=dict)
+    # What each hub used and cost (hubfleet.usage.Usage), when it was computed.
+    usage: Any = None
 
 
 def incidents_from(rows: list[SweepRow]) -> list[Incident]:
@@ -280,6 +282,10 @@ def as_dict(report: Report) -> dict[str, Any]:
         }
         for i in report.incidents
     ]
+    if report.usage is not None:
+        from hubfleet.usage import as_dict as usage_dict
+
+        data["usage"] = usage_dict(report.usage)
     return data
 
 
@@ -373,6 +379,10 @@ def markdown(report: Report) -> str:
         ),
         "",
     ]
+    if report.usage is not None:
+        from hubfleet.usage import markdown as usage_markdown
+
+        lines.append(usage_markdown(report.usage))
     return "\n".join(lines)
 
 
@@ -470,6 +480,10 @@ def _html(report: Report) -> str:
         + "<h2>Operations per week</h2>"
         + ops_svg(report.ops_per_week)
     )
+    if report.usage is not None:
+        from hubfleet.usage import cost_svg
+
+        charts += "<h2>Estimated cost per hub</h2>" + cost_svg(report.usage)
     style = (
         "body{font-family:sans-serif;max-width:960px;margin:auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"

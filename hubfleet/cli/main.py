@@ -207,6 +207,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "hubfleet.cli.status",
     "hubfleet.cli.import_fleet",
     "hubfleet.cli.backup",
+    "hubfleet.cli.usage",
 )
 
 

@@ -193,9 +193,17 @@ def report(
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
     fleet: FleetOpt = None,
+    usage: Annotated[
+        bool,
+        typer.Option(
+            "--usage/--no-usage",
+            help="Include usage and estimated cost per hub and use case (`hubfleet usage`).",
+        ),
+    ] = True,
 ) -> None:
     """The fleet ops report from the run history alone: availability and incidents per hub
-    and use case, operations and outcomes, runs that needed a human, time to recovery."""
+    and use case, operations and outcomes, runs that needed a human, time to recovery; and
+    what each hub used and cost (`hubfleet usage`)."""
     import asyncio
 
     from hubfleet.audit import parse_since
@@ -213,6 +221,10 @@ def report(
 
     sweeps, runs = asyncio.run(collect_history(start))
     built = build_report(sweeps, runs, start=start, use_cases=_use_cases(model))
+    if model is not None and usage:
+        from tasks.usage import collect_usage
+
+        built.usage = asyncio.run(collect_usage(model, start))
     text = render(built, format)
     if output:
         output.write_text(text, encoding="utf-8")
