@@ -77,8 +77,7 @@ def main() -> None:
 
     from deployments.audit_log import fetch_audit, fetch_audit_database
     from hubfleet.audit import build_query
-    from hubfleet.pgserver import postgres_stack
-    from hubfleet.server import any_free_port
+    from hubfleet.server import any_free_port, postgres_stack
 
     root = Path(tempfile.mkdtemp(prefix="hubfleet-bench-audit-"))
     pg, server = postgres_stack(root, any_free_port())

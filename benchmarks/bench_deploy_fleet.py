@@ -139,8 +139,7 @@ def prefect_server(kind: str, tmp: Path) -> Iterator[None]:
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from hubfleet.pgserver import postgres_stack
-    from hubfleet.server import any_free_port
+    from hubfleet.server import any_free_port, postgres_stack
 
     pg, server = postgres_stack(tmp / "server", any_free_port())
     try:

@@ -121,7 +121,7 @@ def database_for(api_url: str) -> dict[str, Any] | None:
     """
     if dsn := os.environ.get("HUBFLEET_AUDIT_DATABASE"):
         return {"dsn": dsn}
-    from hubfleet.pgserver import postgres_stack
+    from hubfleet.server import postgres_stack
 
     pg, server = postgres_stack(data_dir())
     if not pg.state_file.is_file() or pg.pid() is None or server.pid() is None:

@@ -54,6 +54,19 @@ def alert_automation(block_id: UUID) -> Any:
     )
 
 
+async def find_block_document(client: Any, name: str) -> Any | None:
+    """A block document by name, whatever its type (the fleet names notification blocks)."""
+    from prefect.client.schemas.objects import BlockDocument
+
+    response = await client._client.post(
+        "/block_documents/filter",
+        json={"block_documents": {"name": {"any_": [name]}}, "include_secrets": False},
+    )
+    response.raise_for_status()
+    found = [BlockDocument.model_validate(d) for d in response.json()]
+    return found[0] if found else None
+
+
 async def notification_block_id(client: Any, fleet: Fleet, notify: str | None = None) -> UUID:
     """The id of the block that notifies (`notify`, default fleet.yaml's first `notify`)."""
     name = notify or (fleet.settings.notify[0] if fleet.settings.notify else None)
@@ -62,8 +75,6 @@ async def notification_block_id(client: Any, fleet: Fleet, notify: str | None = 
             "fleet.yaml has no `notify:` block names; add e.g. `notify: [ops-webhook]` and "
             "create that notification block. Nothing was registered."
         )
-    from deployments.setup import find_block_document
-
     doc = await find_block_document(client, name)
     capabilities = doc.block_schema.capabilities if doc and doc.block_schema else []
     if doc is not None and "notify" in capabilities:

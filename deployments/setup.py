@@ -31,6 +31,7 @@ from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectNotFound
 
+from deployments.health import find_block_document
 from deployments.registry import (
     DEFAULT_POOL,
     OPERATIONS,
@@ -418,19 +419,6 @@ async def register_health_alert(client: PrefectClient, fleet: Fleet, report: Set
 def notification_env_var(block: str) -> str:
     """Where `setup` reads a webhook URL to create the notification block `block`."""
     return "HUBFLEET_NOTIFY_URL_" + block.upper().replace("-", "_")
-
-
-async def find_block_document(client: PrefectClient, name: str) -> Any | None:
-    """A block document by name, whatever its type (the fleet names notification blocks)."""
-    from prefect.client.schemas.objects import BlockDocument
-
-    response = await client._client.post(
-        "/block_documents/filter",
-        json={"block_documents": {"name": {"any_": [name]}}, "include_secrets": False},
-    )
-    response.raise_for_status()
-    found = [BlockDocument.model_validate(d) for d in response.json()]
-    return found[0] if found else None
 
 
 async def ensure_notification_block(

@@ -24,7 +24,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from pydantic import Field
 
 from flows.backup_hub import backup_location
-from flows.operation import begin_hub
+from flows.operation import HubOperation, begin_hub
 from flows.parameters import ExportTimeout, LockWait, Name
 from hubfleet.model import Provider
 from tasks.backup import (
@@ -36,10 +36,10 @@ from tasks.backup import (
     restore_local_homes,
     restore_plan,
 )
-from tasks.cluster_session import cluster_session
+from tasks.cluster_session import hub_session
 from tasks.helm import in_thread
-from tasks.kube_export import user_volumes
-from tasks.local_hub import local_hub
+from tasks.kube_export import UserVolume, user_volumes
+from tasks.local_hub import LocalHub, local_hub
 from tasks.locks import ensure_concurrency_limits_once, hub_lock
 
 #: A copy's name: the UTC time it was started.
@@ -83,6 +83,32 @@ def choose_users(copy: BackupCopy, user: str | None, target: str) -> list[str]:
     return [user]
 
 
+async def _home_volumes(op: HubOperation, users: list[str]) -> dict[str, UserVolume]:
+    """The users' home volumes (claim-<user>) by user; refused if one is missing."""
+    async with hub_session(op.cluster.name, op.hub.name) as session:
+        volumes = await in_thread(user_volumes, session.api, op.hub.name)
+    by_user = {v.user: v for v in volumes}
+    lacking = [u for u in users if u not in by_user]
+    if lacking:
+        raise RestoreRefused(
+            f"{op.target}: no home volume (claim-<user>) for {', '.join(lacking)} in "
+            f"namespace {op.hub.name}; the user's first server start creates it, then re-run. "
+            "Nothing was changed."
+        )
+    return by_user
+
+
+def _deployed_local_hub(op: HubOperation) -> LocalHub:
+    """The local hub, refused if it is not deployed here."""
+    local = local_hub(op.fleet, op.cluster.name, op.hub.name)
+    if not local.directory.is_dir():
+        raise RestoreRefused(
+            f"{op.target}: the hub is not deployed here; deploy it first (hubfleet deploy "
+            f"{op.cluster.name} {op.hub.name}), then restore. Nothing was changed."
+        )
+    return local
+
+
 @flow(name="restore_hub", flow_run_name="restore_hub {cluster}/{hub}")
 async def restore_hub(
     cluster: str,
@@ -103,24 +129,17 @@ async def restore_hub(
     """
     op = await begin_hub("restore_hub", cluster, hub, operator)
     logger = get_run_logger()
+    # 1. Which copy, and whose homes (refused with nothing changed if either is missing).
     url, creds = backup_location(op)
     block = await backup_credentials(creds, url)
     copies, _ = await in_thread(list_copies, url, block)
     copy = choose_copy(copies, stamp, op.target, url)
     users = choose_users(copy, user, op.target)
+    # 2. The plan: per user, the files the copy holds (locally: and what differs now).
     helm = op.cluster.provider is not Provider.local
     rows: list[dict[str, Any]]
     if helm:
-        async with cluster_session(cluster) as session:
-            volumes = await in_thread(user_volumes, session.api, hub)
-        by_user = {v.user: v for v in volumes}
-        lacking = [u for u in users if u not in by_user]
-        if lacking:
-            raise RestoreRefused(
-                f"{op.target}: no home volume (claim-<user>) for {', '.join(lacking)} in "
-                f"namespace {hub}; the user's first server start creates it, then re-run. "
-                "Nothing was changed."
-            )
+        by_user = await _home_volumes(op, users)
         rows = [
             {"user": u, "files": len(copy.user_files(u)), "bytes": sum(copy.user_files(u).values())}
             for u in users
@@ -128,12 +147,7 @@ async def restore_hub(
         where = f"their volumes ({', '.join(by_user[u].claim for u in users)}) with a Job, "
         where += "after stopping their servers"
     else:
-        local = local_hub(op.fleet, cluster, hub)
-        if not local.directory.is_dir():
-            raise RestoreRefused(
-                f"{op.target}: the hub is not deployed here; deploy it first "
-                f"(hubfleet deploy {cluster} {hub}), then restore. Nothing was changed."
-            )
+        local = _deployed_local_hub(op)
         rows = restore_plan(copy, users, local.homes)
         where = f"{local.homes}/<user>"
     detail = "; ".join(
@@ -147,6 +161,7 @@ async def restore_hub(
         "files created since the copy are kept"
     )
     logger.info("%s: %s", op.target, plan)
+    # 3. A dry run stops here.
     if dry_run:
         await acreate_markdown_artifact(
             key=f"restore-{cluster}-{hub}",
@@ -155,12 +170,13 @@ async def restore_hub(
         )
         return {"hub": op.target, "dry_run": True, "copy": copy.stamp, "would": plan, "plan": rows}
 
+    # 4. Write the homes back, under the hub lock; 5. the record.
     await ensure_concurrency_limits_once(op.fleet)
     restored = [r["user"] for r in rows if r["files"]]
     stopped: list[str] = []
     async with hub_lock(cluster, hub, timeout=lock_timeout):
         if helm and restored:
-            async with cluster_session(cluster) as session:
+            async with hub_session(cluster, hub) as session:
                 vols = [by_user[u] for u in restored]
                 stopped, how = await restore_kube_homes(
                     session.api, hub, copy, vols, creds, restore_timeout

@@ -33,6 +33,7 @@ from flows.parameters import ExportTimeout, LockWait
 from hubfleet import events
 from hubfleet.model import HubKind, Provider
 from hubfleet.paths import data_dir
+from hubfleet.results import HubTornDown
 from tasks import helm as helm_tasks
 from tasks import kube
 from tasks.cluster_session import hub_session
@@ -94,7 +95,7 @@ async def teardown_hub(
     operator: str | None = None,
     lock_timeout: LockWait = None,
     export_timeout: ExportTimeout = 3600.0,
-) -> dict[str, Any]:
+) -> HubTornDown:
     """Remove a hub; keep its users' homes (exported or archived), or drop them with
     keep_data=false.
 
@@ -119,19 +120,20 @@ async def teardown_hub(
             markdown=f"# Dry run: teardown {op.target}\n\nWould {what}.\n",
             description=f"dry run: teardown {op.target}",
         )
-        return {"hub": op.target, "dry_run": True, "would": what}
+        return HubTornDown(hub=op.target, dry_run=True, would=what)
 
     await ensure_concurrency_limits_once(op.fleet)
     async with hub_lock(cluster, hub, timeout=lock_timeout):
         result = await do()
-    rows = "".join(f"| {k} | {v} |\n" for k, v in result.items())
+    done = result.model_dump(exclude_defaults=True, exclude={"hub"})
+    rows = "".join(f"| {k} | {v} |\n" for k, v in done.items())
     await acreate_markdown_artifact(
         key=f"teardown-{cluster}-{hub}",
         markdown=f"# Torn down {op.target}\n\n| | |\n|---|---|\n{rows}"
         f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
         description=f"teardown {op.target}",
     )
-    return {"hub": op.target, "dry_run": False, **result}
+    return result
 
 
 async def _revoke(op: HubOperation) -> str:
@@ -172,7 +174,7 @@ def _local(
         else f"delete {local.directory}",
     ]
 
-    async def do() -> dict[str, Any]:
+    async def do() -> HubTornDown:
         exported = None
         if export:  # a failed or unverified export raises here: the hub stays
             exported, _ = await export_hub_homes(op, *export, stamp, export_timeout)
@@ -180,12 +182,13 @@ def _local(
         stopped = local.pids()
         archived = remove_local_hub(local, archive_root)
         await delete_ops_token_block(cluster, hub)
-        return {
-            "export": exported.summary() if exported else None,
-            "stopped": stopped,
-            "archived": str(archived) if archived else None,
-            "revoked": revoked,
-        }
+        return HubTornDown(
+            hub=op.target,
+            export=exported.summary() if exported else None,
+            stopped=stopped,
+            archived=str(archived) if archived else None,
+            revoked=revoked,
+        )
 
     return [p for p in plan if p], do
 
@@ -222,7 +225,7 @@ async def _helm(
         f"delete namespace {hub} and wait until it is gone" if namespace else "no namespace",
     ]
 
-    async def do() -> dict[str, Any]:
+    async def do() -> HubTornDown:
         async with hub_session(cluster, hub) as session:
             helm, api = session.helm, session.api
             # Read again under the lock: a user may have started a server since the plan.
@@ -240,15 +243,16 @@ async def _helm(
             await kube.remove_namespace(api, hub)
             await delete_ops_token_block(cluster, hub)
             left = await _wait_dropped(api, dropped)
-        return {
-            "export": exported.summary() if exported else None,
-            "homes": [h.claim for h in now],
-            "archived_volumes": kept,
-            "dropped_volumes": dropped,
-            "volumes_left": left,
-            "revoked": revoked,
-            "removed": f"release {hub} uninstalled; namespace {hub} deleted",
-        }
+        return HubTornDown(
+            hub=op.target,
+            export=exported.summary() if exported else None,
+            homes=[h.claim for h in now],
+            archived_volumes=kept,
+            dropped_volumes=dropped,
+            volumes_left=left,
+            revoked=revoked,
+            removed=f"release {hub} uninstalled; namespace {hub} deleted",
+        )
 
     return plan, do
 

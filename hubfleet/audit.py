@@ -88,17 +88,24 @@ class AuditRow:
     url: str  # the run in the Prefect UI
 
 
+def parse_duration(value: str, option: str = "--since", units: str = "mhdw") -> timedelta:
+    """'30d' -> 30 days: a number and one of `units` (m(inutes), h(ours), d(ays), w(eeks)).
+    The one parser of every duration option (`--since`, `--max-age`); the error names the
+    option, the value and the forms it takes."""
+    match = _SINCE.match(value.strip())
+    if not match or match[2] not in units:
+        forms = ", ".join(
+            f"{n}{u}" for n, u in zip((30, 12, 90, 2), "dhmw", strict=True) if u in units
+        )
+        raise AuditInputError(f"{option} {value!r}: use a number and a unit, e.g. {forms}")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
 def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
-    """'30d' -> the UTC time 30 days ago. Units: m(inutes), h(ours), d(ays), w(eeks)."""
+    """'30d' -> the UTC time 30 days ago (None: no bound)."""
     if value is None:
         return None
-    match = _SINCE.match(value.strip())
-    if not match:
-        raise AuditInputError(
-            f"--since {value!r}: use a number and a unit, e.g. 30d, 12h, 90m or 2w"
-        )
-    amount, unit = int(match[1]), match[2]
-    return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+    return (now or datetime.now(UTC)) - parse_duration(value)
 
 
 def parse_states(values: list[str] | None) -> tuple[str, ...]:

@@ -112,7 +112,8 @@ def _notify_blocks_exist(fleet: Fleet) -> bool:
     """Whether the fleet's `notify` blocks exist (or setup creates one from its env var)."""
     from prefect.client.orchestration import get_client
 
-    from deployments.setup import find_block_document, notification_env_var
+    from deployments.health import find_block_document
+    from deployments.setup import notification_env_var
 
     async def exists(name: str) -> bool:
         async with get_client() as client:

@@ -20,14 +20,10 @@ import time
 from dataclasses import dataclass
 from glob import glob
 from pathlib import Path
-from typing import Annotated
 
 import psutil
-import typer
 
 from hubfleet.errors import HubfleetError
-from hubfleet.paths import data_dir
-from hubfleet.server import PrefectServer
 
 #: Server settings for the audit log: flow runs are never vacuumed (they are the record);
 #: events (heartbeats, state-change events) are working data, kept 7 days.
@@ -201,52 +197,3 @@ class Postgres:
                 member.kill()
         self.state_file.unlink(missing_ok=True)
         return pid
-
-
-def postgres_server(home: Path, port: int | None, database_url: str) -> PrefectServer:
-    """The Prefect server of `hubfleet demo`, but on PostgreSQL (with event retention)."""
-    return PrefectServer(home, port=port, database_url=database_url, extra_env=dict(RETENTION_ENV))
-
-
-def postgres_stack(root: Path, port: int | None = None) -> tuple[Postgres, PrefectServer]:
-    pg = Postgres(root / "postgres")
-    return pg, postgres_server(root / "prefect-pg", port, pg.url)
-
-
-def server(
-    postgres: Annotated[
-        bool, typer.Option("--postgres", help="Store runs in PostgreSQL (scale-out).")
-    ] = False,
-    port: Annotated[
-        int | None,
-        typer.Option(help="Port of the API and UI (default: the one it last ran on, else 4200)."),
-    ] = None,
-    down: Annotated[bool, typer.Option("--down", help="Stop the server (and PostgreSQL).")] = False,
-) -> None:
-    """Run the Prefect server in the background: SQLite (default) or PostgreSQL.
-
-    Switch to --postgres when several workers or machines share one server, or the run
-    history grows past tens of thousands of runs; SQLite serialises writes.
-    """
-    from hubfleet.cli.common import out
-
-    if not postgres:
-        sqlite = PrefectServer(data_dir() / "prefect", port=port)
-        if down:
-            out.print(f"stopped pid {sqlite.stop()}")
-            return
-        reused = sqlite.ensure()
-        out.print(f"Prefect server ({'reused' if reused else 'started'}, SQLite): {sqlite.ui_url}")
-        out.print(f"Credential (UI login and PREFECT_API_AUTH_STRING): {sqlite.auth_file}")
-        return
-    pg, prefect = postgres_stack(data_dir(), port)
-    if down:
-        out.print(f"stopped Prefect server pid {prefect.stop()}, PostgreSQL pid {pg.stop()}")
-        return
-    pg.ensure()
-    reused = prefect.ensure()
-    out.print(
-        f"Prefect server ({'reused' if reused else 'started'}, PostgreSQL in {pg.home}): "
-        f"{prefect.ui_url}\nexport PREFECT_API_URL={prefect.api_url}\n"
-        f"Credential (UI login and PREFECT_API_AUTH_STRING): {prefect.auth_file}"
-    )

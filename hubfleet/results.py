@@ -75,3 +75,24 @@ class FleetRun(_Result):
     @property
     def not_deployed(self) -> list[HubOutcome]:
         return [o for o in self.outcomes if o.outcome is not Outcome.deployed]
+
+
+class HubTornDown(_Result):
+    """teardown_hub's result: what happened to the hub and its users' data (or, with
+    dry_run, `would`: what it would do)."""
+
+    hub: str  # cluster/hub
+    dry_run: bool = False
+    would: str = ""
+    export: str | None = None  # where the homes went: objects, bytes, url (verified)
+    revoked: str = ""  # what became of the ops token
+    # Local hubs: the processes stopped, and where the hub's directory was archived.
+    stopped: list[int] = []
+    archived: str | None = None
+    # Kubernetes hubs: the home volumes found, kept (archived), dropped, and any a storage
+    # backend did not delete (name: why); what was removed.
+    homes: list[str] = []
+    archived_volumes: list[str] = []
+    dropped_volumes: list[str] = []
+    volumes_left: dict[str, str] = {}
+    removed: str = ""

@@ -26,11 +26,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from hubfleet.errors import HubfleetError
 from hubfleet.paths import data_dir, private_dir, private_file
+
+if TYPE_CHECKING:
+    from hubfleet.pgserver import Postgres
 
 START_TIMEOUT = 120.0
 DEFAULT_PORT = 4200
@@ -273,9 +277,19 @@ def connect(start: bool = True) -> str:
     return url
 
 
-def _find_api(start: bool) -> str:
-    from hubfleet.pgserver import postgres_stack
+def postgres_stack(root: Path, port: int | None = None) -> tuple[Postgres, PrefectServer]:
+    """PostgreSQL (hubfleet/pgserver.py) and the Prefect server on it, with event retention:
+    `hubfleet server --postgres`, for scale-out."""
+    from hubfleet.pgserver import RETENTION_ENV, Postgres
 
+    pg = Postgres(root / "postgres")
+    server = PrefectServer(
+        root / "prefect-pg", port=port, database_url=pg.url, extra_env=dict(RETENTION_ENV)
+    )
+    return pg, server
+
+
+def _find_api(start: bool) -> str:
     _pg, on_postgres = postgres_stack(data_dir())
     candidates = [on_postgres, local_server()]
     url = os.environ.get("PREFECT_API_URL")

@@ -14,7 +14,8 @@ import requests
 from tasks.retry import TransientError
 
 TIMEOUT = 5.0
-_TRANSIENT_STATUS = {429, 502, 503, 504}
+#: A hub's answers worth retrying (its own 500 is a real error, not retried).
+TRANSIENT_STATUS = {429, 502, 503, 504}
 
 
 class HubApiError(Exception):
@@ -45,7 +46,7 @@ def call(
         raise TransientError(f"{method} {url}: no answer within {timeout:g}s") from None
     except requests.ConnectionError as exc:
         raise TransientError(f"{method} {url}: connection failed ({_why(exc)})") from None
-    if response.status_code in _TRANSIENT_STATUS:
+    if response.status_code in TRANSIENT_STATUS:
         raise TransientError(f"{method} {url}: HTTP {response.status_code} {response.reason}")
     if response.status_code in (401, 403):
         raise TokenRefused(

@@ -43,7 +43,6 @@ from tasks import jupyterhub_api as api
 from tasks.retry import TransientError, transient_retries
 
 T = TypeVar("T")
-_TRANSIENT_STATUS = {429, 502, 503, 504}
 
 
 class SpawnFailed(api.HubApiError):
@@ -70,7 +69,7 @@ async def acall(
     except httpx.TransportError as exc:
         why = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
         raise TransientError(f"{method} {url}: connection failed ({why})") from None
-    if response.status_code in _TRANSIENT_STATUS:
+    if response.status_code in api.TRANSIENT_STATUS:
         raise TransientError(
             f"{method} {url}: HTTP {response.status_code} {response.reason_phrase}"
         )

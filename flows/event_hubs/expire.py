@@ -118,14 +118,14 @@ async def expire_event_hub(
         "verified": "object count and sizes match" + (
             " the Job's listing; every volume listed" if helm else ""
         ) if exported else "-",
-        "credentials": str(removed.get("revoked")) + "; ops token block deleted",
-        "removed": str(removed.get("removed") or f"processes {removed.get('stopped') or 'none'} "
+        "credentials": removed.revoked + "; ops token block deleted",
+        "removed": str(removed.removed or f"processes {removed.stopped or 'none'} "
                        "stopped; state deleted"),
         **({"placeholders": str(placeholders)} if helm else {}),
     }  # fmt: skip
     result = await _record_expiry(
         op, started, end, health, exported, rows, cancelled,
-        {"homes": exported_homes or homes, "revoked": removed.get("revoked"),
+        {"homes": exported_homes or homes, "revoked": removed.revoked,
          "removed": removed, **({"placeholders": placeholders} if helm else {})},
     )  # fmt: skip
     # Last, once the record is written: a mail server that fails now fails the run (someone

@@ -14,7 +14,6 @@ cron job or CI can alert on it.
 """
 
 import asyncio
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -28,26 +27,14 @@ from hubfleet.credentials import (
     Status,
     format_age,
 )
-from hubfleet.errors import HubfleetError
 from hubfleet.model import Fleet, Provider
 
 
-class BadMaxAge(HubfleetError):
-    """A --max-age that is not a duration."""
-
-
-_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_max_age(text: str) -> timedelta:
-    """'0d', '12h', '30d', '2w' -> a timedelta."""
-    match = re.fullmatch(r"(\d+)([hdw])", text.strip())
-    if not match:
-        raise BadMaxAge(
-            f"--max-age {text!r} is not a duration; use a number and a unit: 12h, 30d or 2w "
-            "(0d rotates everything in scope now)"
-        )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    """'0d', '12h', '30d', '2w' -> a timedelta (0d rotates everything in scope now)."""
+    from hubfleet.audit import parse_duration
+
+    return parse_duration(text, "--max-age", units="hdw")
 
 
 _COLOURS = {

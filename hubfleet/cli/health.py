@@ -10,31 +10,15 @@ per check), so "since when is it broken" has an answer without any other store.
 
 import asyncio
 import json
-import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from hubfleet.audit import parse_duration
 from hubfleet.errors import HubfleetError
-
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-class BadSince(HubfleetError):
-    """A --since value that is not a number with a unit."""
-
-
-def parse_since(text: str) -> timedelta:
-    """'7d', '12h', '30m', '2w' → a timedelta."""
-    match = re.fullmatch(r"(\d+)([mhdw])", text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise BadSince(
-            f"--since {text!r} is not a duration; use a number and a unit: 30m, 12h, 7d or 2w"
-        )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
 def register(app: typer.Typer) -> None:
@@ -72,7 +56,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1)
             return
 
-        window = parse_since(since)
+        window = parse_duration(since)
         _check_target(target)
         _ensure_api()
         rows = asyncio.run(read_history(target, datetime.now(UTC) - window))

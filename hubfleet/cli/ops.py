@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hubfleet.cli.common import api_url
+from hubfleet.cli.common import api_url, out
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
@@ -52,7 +52,6 @@ def setup(
     from prefect.client.orchestration import get_client
 
     from deployments.setup import setup as run_setup
-    from hubfleet.cli.common import out
 
     root = fleet or fleet_dir()
     model = load_fleet(root)
@@ -152,7 +151,6 @@ def audit(
 
     from deployments.audit_log import read_audit
     from hubfleet import audit as audit_mod
-    from hubfleet.cli.common import out
 
     if format not in audit_mod.FORMATS:
         raise audit_mod.AuditInputError(
@@ -188,13 +186,49 @@ def audit(
     out.print(table)
 
 
+def server(
+    postgres: Annotated[
+        bool, typer.Option("--postgres", help="Store runs in PostgreSQL (scale-out).")
+    ] = False,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port of the API and UI (default: the one it last ran on, else 4200)."),
+    ] = None,
+    down: Annotated[bool, typer.Option("--down", help="Stop the server (and PostgreSQL).")] = False,
+) -> None:
+    """Run the Prefect server in the background: SQLite (default) or PostgreSQL.
+
+    Switch to --postgres when several workers or machines share one server, or the run
+    history grows past tens of thousands of runs; SQLite serialises writes.
+    """
+    from hubfleet.paths import data_dir
+    from hubfleet.server import PrefectServer, postgres_stack
+
+    if not postgres:
+        sqlite = PrefectServer(data_dir() / "prefect", port=port)
+        if down:
+            out.print(f"stopped pid {sqlite.stop()}")
+            return
+        reused = sqlite.ensure()
+        out.print(f"Prefect server ({'reused' if reused else 'started'}, SQLite): {sqlite.ui_url}")
+        out.print(f"Credential (UI login and PREFECT_API_AUTH_STRING): {sqlite.auth_file}")
+        return
+    pg, prefect = postgres_stack(data_dir(), port)
+    if down:
+        out.print(f"stopped Prefect server pid {prefect.stop()}, PostgreSQL pid {pg.stop()}")
+        return
+    pg.ensure()
+    reused = prefect.ensure()
+    out.print(
+        f"Prefect server ({'reused' if reused else 'started'}, PostgreSQL in {pg.home}): "
+        f"{prefect.ui_url}\nexport PREFECT_API_URL={prefect.api_url}\n"
+        f"Credential (UI login and PREFECT_API_AUTH_STRING): {prefect.auth_file}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the ops commands to the `hubfleet` CLI."""
     app.command()(setup)
     app.command()(worker)
     app.command()(audit)
-    try:
-        from hubfleet.pgserver import server
-    except ImportError:  # pragma: no cover - the module ships with hubfleet
-        return
     app.command()(server)

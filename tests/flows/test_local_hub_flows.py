@@ -123,12 +123,12 @@ async def test_deploy_check_teardown_lifecycle(data_dir: Path) -> None:
 
     # Dry-run teardown changes nothing.
     dry = await teardown_hub(cluster="local", hub="staging", dry_run=True)
-    assert dry["dry_run"] and local_hub(load_fleet("fleet"), "local", "staging").is_running()
+    assert dry.dry_run and local_hub(load_fleet("fleet"), "local", "staging").is_running()
 
     gone = await teardown_hub(cluster="local", hub="staging")
-    assert sorted(gone["stopped"]) == sorted(pids)
+    assert sorted(gone.stopped) == sorted(pids)
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
-    assert gone["archived"] and Path(gone["archived"]).is_dir()
+    assert gone.archived and Path(gone.archived).is_dir()
     with pytest.raises(ValueError):
         await HubOpsToken.aload("local-staging")
     with pytest.raises(api.TransientError):

@@ -212,11 +212,15 @@ async def test_concurrent_deploys_of_one_hub_never_interleave(kube_fleet, kube, 
 
 
 async def test_staging_failure_blocks_only_its_cluster(
-    kube_fleet, kube, kube_api, helm, missing_image_policy
+    kube_fleet, kube, kube_api, helm, missing_image_policy, tmp_path, monkeypatch
 ) -> None:
     a, b = cluster_names(kube_fleet)
     a_staging = hub_names(kube_fleet, a)[0]
-    tmp = tempfile.gettempdir()
+    # This run's temp files in a directory of its own: other tests (other xdist workers)
+    # make and remove such files in the machine's /tmp meanwhile.
+    tmp = str(tmp_path / "tmp")
+    Path(tmp).mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", tmp)
 
     def private_files() -> set[str]:
         return set(glob.glob(f"{tmp}/hubfleet-secret-values-*")) | set(

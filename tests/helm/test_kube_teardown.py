@@ -170,8 +170,8 @@ async def test_teardown_keeps_homes_as_retained_labelled_volumes(
 
     # Dry run: says what it would do, changes nothing (volumes, release, namespace, block).
     dry = await teardown_hub(cluster, hub, dry_run=True, operator="alice")
-    assert dry["dry_run"], dry
-    would = dry["would"]
+    assert dry.dry_run, dry
+    would = dry.would
     assert f"archive 2 home volume(s) (claim-alice ({pvs['alice']}), claim-bob" in would
     assert f"helm uninstall {hub} -n {hub}" in would and f"delete namespace {hub}" in would
     for pv in pvs.values():
@@ -183,9 +183,9 @@ async def test_teardown_keeps_homes_as_retained_labelled_volumes(
     started = time.monotonic()
     done = await teardown_hub(cluster, hub, operator="alice")
     print(f"teardown of a kwok hub with 2 homes: {time.monotonic() - started:.1f}s")
-    assert done["archived_volumes"] == sorted(pvs.values()), done
-    assert done["homes"] == ["claim-alice", "claim-bob"] and done["dropped_volumes"] == []
-    assert "unreachable" in done["revoked"], done["revoked"]
+    assert done.archived_volumes == sorted(pvs.values()), done
+    assert done.homes == ["claim-alice", "claim-bob"] and done.dropped_volumes == []
+    assert "unreachable" in done.revoked, done.revoked
     # The hub is gone: release, namespace (waited for), ops token block.
     assert release(kube, helm, hub) is None and not namespace_exists(kube_api, hub)
     assert await load_ops_token(cluster, hub) is None
@@ -210,7 +210,7 @@ async def test_teardown_keeps_homes_as_retained_labelled_volumes(
     assert all(token not in json.dumps(a.data) for a in artifacts)
     # Again: nothing left to remove, still fine (a re-run after a crash).
     again = await teardown_hub(cluster, hub, operator="alice")
-    assert again["homes"] == [] and again["archived_volumes"] == []
+    assert again.homes == [] and again.archived_volumes == []
 
 
 async def test_cli_delete_data_drops_homes_and_a_held_lock_stops_it(

@@ -173,15 +173,15 @@ async def test_teardown_keeps_the_home_on_the_node_and_revokes_the_ops_token(
     assert pv_name
 
     dry = await teardown_hub(cluster, hub, dry_run=True, operator="ivy")
-    assert f"archive 1 home volume(s) (claim-alice ({pv_name}))" in dry["would"], dry
+    assert f"archive 1 home volume(s) (claim-alice ({pv_name}))" in dry.would, dry
     assert core.read_namespace(hub).status.phase == "Active"
 
     started = time.monotonic()
     done = await teardown_hub(cluster, hub, operator="ivy")
     took = time.monotonic() - started
     print(f"teardown of a running hub on the real node (1 home, kept): {took:.1f}s")
-    assert done["archived_volumes"] == [pv_name], done
-    assert done["revoked"] == f"ops token {block.token_id} revoked; it is refused", done
+    assert done.archived_volumes == [pv_name], done
+    assert done.revoked == f"ops token {block.token_id} revoked; it is refused", done
     # The hub is gone: namespace (waited for), release, ops token block.
     with pytest.raises(ApiException) as gone:
         core.read_namespace(hub)
