@@ -28,6 +28,7 @@ import tasks.backup as backup_tasks
 from flows.backup_hub import backup_fleet, backup_hub
 from flows.deploy_hub import deploy_hub
 from flows.restore_hub import restore_hub
+from flows.teardown_hub import teardown_hub
 from hubfleet.loader import load_fleet
 from hubfleet.paths import REPO_ROOT, fleet_dir
 from tasks import jupyterhub_api as api
@@ -38,6 +39,16 @@ from tasks.local_hub import local_hub
 from tasks.locks import LockTimeout, hub_lock
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture(autouse=True)
+async def remove_hubs_after_test(data_dir: Path) -> Any:
+    """Each test's local hubs are torn down (keep_data=false: directory, database and ops
+    token block gone): the session's later tests (tests/flows/test_local_hub_flows.py)
+    deploy the same example hubs and expect them new."""
+    yield
+    for hub_dir in sorted((data_dir / "hubs" / "local").glob("*")):
+        await teardown_hub("local", hub_dir.name, keep_data=False, operator="test-cleanup")
 
 
 @pytest.fixture
