@@ -17,14 +17,20 @@ Passwords are stored as bcrypt hashes, as Dex requires.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
+import secrets
 import shutil
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
 
 from . import build
 from .emulators import LOOPBACK, EmulatorError, _free_port, _Server
@@ -194,3 +200,43 @@ class Dex(_Server):
         if self.component is None:
             return ""
         return Path(self.component.log).read_text(errors="replace")
+
+
+# --- the browser's side of a login ---------------------------------------------------
+
+ALLOWED = DexUser("alice", "alice@example.org", secrets.token_urlsafe(12))
+ADMIN = DexUser("ada", "ada@example.org", secrets.token_urlsafe(12))
+OUTSIDER = DexUser("mallory", "mallory@example.org", secrets.token_urlsafe(12))
+USERS = (ALLOWED, ADMIN, OUTSIDER)
+
+
+@dataclass
+class Login:
+    """Where a login ended: the last answer, and the session holding the hub's cookies."""
+
+    session: requests.Session
+    answer: requests.Response
+    passed_through: list[str]  # every URL the browser was sent to
+
+
+def log_in(hub_url: str, user: DexUser, timeout: float = 30) -> Login:
+    """GET /hub/oauth_login, follow the redirects to Dex's password form, post it, and
+    follow the redirects back through the hub's callback to wherever the hub sends the
+    user (its spawn pages for an allowed user, a 403 page for one outside the allowed set)."""
+    session = requests.Session()
+    start = session.get(f"{hub_url}/hub/oauth_login", timeout=timeout)
+    seen = [r.url for r in start.history] + [start.url]
+    assert "/dex/auth" in start.url, f"not sent to Dex: {seen}"
+    form = re.search(r'<form[^>]*action="([^"]*)"', start.text)
+    assert form, f"no login form at {start.url}: {start.text[:500]}"
+    action = urljoin(start.url, html.unescape(form.group(1)))
+    answer = session.post(
+        action, data={"login": user.email, "password": user.password}, timeout=timeout
+    )
+    seen += [r.url for r in answer.history] + [answer.url]
+    return Login(session, answer, seen)
+
+
+def client_for(redirect_uri: str, client_id: str = "hubfleet-login-test") -> DexClient:
+    """A Dex static client with a fresh random secret, which the tests scan for."""
+    return DexClient(client_id, secrets.token_urlsafe(32), (redirect_uri,))
