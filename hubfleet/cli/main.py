@@ -206,6 +206,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "hubfleet.cli.fleet",
     "hubfleet.cli.status",
     "hubfleet.cli.import_fleet",
+    "hubfleet.cli.oauth",
 )
 
 
