@@ -163,6 +163,6 @@ async def test_oidc_login_on_node_hub(node_fleet: NodeFleet, real_node, kube, ku
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     print(
-        f"\nnode login figures: two deploys {deploy_s:.1f}s, "
+        f"\nnode login figures: deploys until the proxy address settled {deploy_s:.1f}s, "
         f"allowed login to server ready {login_s:.1f}s"
     )
