@@ -22,6 +22,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
+from blocks.cluster_access import ClusterAccess
 from flows.check_hub_health import check_hub_health
 from flows.operation import Operation, begin
 from flows.parameters import HelmWait, LockWait
@@ -216,6 +217,7 @@ async def _deploy_helm(
     logger = get_run_logger()
     cluster, hub = op.cluster.name, op.hub.name
     refuse_open_prod_hub(op.fleet, cluster, hub)
+    await ClusterAccess.for_cluster(cluster)  # none: ProviderNotReady, before anything else
     secret_values = await load_secret_values(cluster, hub)
     oauth = await load_oauth_client(cluster, op.hub)
     layers = hub_layers(op.fleet, cluster, op.hub, secret_values)
@@ -240,6 +242,10 @@ async def _deploy_helm(
             else:
                 rendered = await in_thread(helm.template, hub, chart, hub, files)
                 changes = helm_tasks.diff_manifests("", rendered)
+            if oauth is not None:  # written through the API, outside helm's release
+                changes.append(
+                    {"object": "Secret/hubfleet-oauth", "change": "set (content hidden)"}
+                )
             await _artifact(op, f"Dry run: deploy {op.target} (chart {version})", changes)
             return {"hub": op.target, "dry_run": True, "changes": changes, "to_version": version}
 
