@@ -136,3 +136,12 @@ def test_local_prod_hub_needs_no_login(tmp_path: Path) -> None:
 
 def test_example_fleet_prod_hubs_all_have_a_login() -> None:
     assert auth_problems(load_fleet("fleet")) == []
+
+
+def test_dex_pins_one_commit_for_its_module_and_api() -> None:
+    """The wrapper module redoes dex's `replace .../api/v2 => ./api/v2`: both pseudo-versions
+    must name the same commit (the release tag's), or the build mixes two trees."""
+    from hubfleet.testenv.build import load_versions
+
+    dex = load_versions()["dex"]
+    assert dex["module_version"].rsplit("-", 2)[1:] == dex["api_version"].rsplit("-", 2)[1:]
