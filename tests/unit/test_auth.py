@@ -144,6 +144,7 @@ def test_dex_pins_one_commit_for_its_module_and_api() -> None:
     from hubfleet.testenv.build import load_versions
 
     dex = load_versions()["dex"]
+
     def stamp_and_commit(version: str) -> tuple[str, str]:
         stamp, commit = version.rsplit("-", 2)[1:]
         return stamp.rsplit(".", 1)[-1], commit  # v2.1.1-0.<stamp>-<commit>: after the "0."
