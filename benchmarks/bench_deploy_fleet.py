@@ -41,7 +41,13 @@ os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "10")
 
 def write_fleet(root: Path, clusters: int, hubs: int, parallelism: int) -> None:
     (root / "clusters").mkdir(parents=True)
-    (root / "fleet.yaml").write_text(f"name: bench\nparallelism: {parallelism}\n")
+    (root / "fleet.yaml").write_text(
+        f"name: bench\nparallelism: {parallelism}\nvalues: [common.values.yaml]\n"
+    )
+    # A prod hub needs a login (hubfleet.auth): nobody logs in to these (null).
+    (root / "common.values.yaml").write_text(
+        "jupyterhub: {hub: {config: {JupyterHub: {authenticator_class: 'null'}}}}\n"
+    )
     for c in range(clusters):
         lines = [f"name: c{c}", "provider: kubeconfig", "kubeconfig: {context: bench}", "hubs:"]
         for h in range(hubs):

@@ -141,9 +141,12 @@ async def setup(
 async def register_block_types(report: SetupReport) -> None:
     """hubfleet's own block types, so the UI can show and create them."""
     from blocks.hub_token import HubOpsToken
+    from blocks.oauth_client import OAuthClient
     from blocks.smtp_server import SmtpServer
 
-    for block in (HubOpsToken, SmtpServer):  # SmtpServer: `organizer_mail`, made in the UI
+    # SmtpServer: `organizer_mail`, made in the UI; OAuthClient: a hub's login client
+    # secret (`hubfleet oauth-client set`, or the UI).
+    for block in (HubOpsToken, SmtpServer, OAuthClient):
         await block.aregister_type_and_schema()
         report.record(f"block type {block.get_block_type_slug()}", "unchanged")
 

@@ -22,9 +22,12 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
+from blocks.cluster_access import ClusterAccess
 from flows.check_hub_health import check_hub_health
 from flows.operation import HubOperation, begin_hub
 from flows.parameters import HelmWait, LockWait
+from hubfleet.auth import hub_config as auth_hub_config
+from hubfleet.auth import needs_auth, version_values
 from hubfleet.charts import hub_chart, release_version
 from hubfleet.errors import HubfleetError
 from hubfleet.localhub import hub_config_from_values, local_values
@@ -34,6 +37,7 @@ from hubfleet.values import (
     Layer,
     hub_layers,
     hub_schema,
+    merge_values,
     secret_values_file,
     validate_layers,
 )
@@ -45,6 +49,7 @@ from tasks.hub_access import canonical_url, hub_endpoint
 from tasks.hub_credentials import ensure_ops_service, kube_minter, local_minter
 from tasks.local_hub import (
     LocalHubError,
+    LocalPlan,
     keep_previous_config,
     local_hub,
     plan_local_hub,
@@ -52,6 +57,7 @@ from tasks.local_hub import (
     start_local_hub,
 )
 from tasks.locks import ensure_concurrency_limits_once, hub_lock
+from tasks.oauth import load_oauth_client, local_env, secret_version, write_oauth_secret
 
 Gate = Literal["auto", "health", "rollout", "none"]
 
@@ -71,10 +77,22 @@ def check_hub_values(fleet: Fleet, cluster: str, hub: str) -> None:
     values file parsed (`file:line` problems), and on Helm providers the merged values
     against the schema of the chart the hub gets. Raises `ValuesInvalid`."""
     spec = fleet.cluster(cluster).hub(hub)
+    refuse_open_prod_hub(fleet, cluster, hub)
     if fleet.cluster(cluster).provider is Provider.local:
         local_values(fleet, cluster, spec)  # local hubs apply the files, not the chart
         return
     validate_layers(hub_layers(fleet, cluster, spec), hub_schema(fleet, spec))
+
+
+class LoginRequired(HubfleetError):
+    """A prod hub anyone could log in to (hubfleet.auth.needs_auth); nothing was deployed."""
+
+
+def refuse_open_prod_hub(fleet: Fleet, cluster: str, hub: str) -> None:
+    """Raise `LoginRequired` (saying what to add) for a prod hub without a login."""
+    why = needs_auth(fleet, cluster, fleet.cluster(cluster).hub(hub))
+    if why is not None:
+        raise LoginRequired(f"{why}. Nothing was deployed.")
 
 
 @contextmanager
@@ -176,11 +194,19 @@ async def _deploy_helm(
 ) -> HubDeployed:
     logger = get_run_logger()
     cluster, hub = op.cluster.name, op.hub.name
+    refuse_open_prod_hub(op.fleet, cluster, hub)
+    await ClusterAccess.for_cluster(cluster)  # none: ProviderNotReady, before anything else
+    oauth = await load_oauth_client(cluster, op.hub)  # `auth:` without its secret: refused
     version = op.hub.chart_version or op.fleet.settings.chart_version
 
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(hub_session(cluster, hub))
         layers = hub_layers(op.fleet, cluster, op.hub, session.secret_values)
+        if oauth is not None:
+            # Restarts the hub when the stored client secret changes (the annotation is a
+            # time, not the secret); the secret itself helm is scrubbed of (hub_session).
+            version_layer = version_values(secret_version(oauth))
+            layers.insert(2, Layer("hubfleet: oauth client version", version_layer))
         validate_layers(layers, hub_schema(op.fleet, op.hub))  # before anything changes
         chart = await in_thread(hub_chart, version, op.fleet.settings.chart_repository)
         helm, api = session.helm, session.api
@@ -193,6 +219,10 @@ async def _deploy_helm(
             else:
                 rendered = await in_thread(helm.template, hub, chart, hub, files)
                 changes = helm_tasks.diff_manifests("", rendered)
+            if oauth is not None:  # written through the API, outside helm's release
+                changes.append(
+                    {"object": "Secret/hubfleet-oauth", "change": "set (content hidden)"}
+                )
             await _artifact(op, f"Dry run: deploy {op.target} (chart {version})", changes)
             return HubDeployed(
                 hub=op.target,
@@ -205,6 +235,8 @@ async def _deploy_helm(
         await ensure_concurrency_limits_once(op.fleet)
         async with hub_lock(cluster, hub, timeout=lock_timeout, fleet_slot=fleet_slot):
             await kube.ensure_hub_namespace(api, hub)
+            if oauth is not None:
+                await write_oauth_secret(api, hub, oauth)
             before = await helm_tasks.helm_history(helm, hub, hub)
             deployed = [r for r in before if r["status"] == "deployed"]
             previous = deployed[-1] if deployed else None
@@ -275,7 +307,15 @@ async def _deploy_local(
     cluster, hub = op.cluster.name, op.hub.name
     values = local_values(op.fleet, cluster, op.hub)  # files and the use case's preset
     local = local_hub(op.fleet, cluster, hub)
-    plan = plan_local_hub(local, hub_config_from_values(values))
+    oauth = await load_oauth_client(cluster, op.hub)
+    config = hub_config_from_values(values)
+    if op.hub.auth is not None:  # under the values' own hub.config, as on Kubernetes
+        config = merge_values(auth_hub_config(op.hub.auth, None), config)
+    plan = plan_local_hub(local, config)
+    if oauth is not None:  # a new client secret restarts the hub (the line holds a time)
+        text = f"{plan.config}# login client secret stored {secret_version(oauth)}\n"
+        plan = LocalPlan(local.plan(text), text, plan.ports)
+    secret_env = local_env(oauth)
     logger.info("%s: %s", op.target, plan.action)
     if dry_run:
         await acreate_markdown_artifact(
@@ -294,9 +334,9 @@ async def _deploy_local(
         else:
             previous = keep_previous_config(local)
             try:
-                running = start_local_hub(local, plan)
+                running = start_local_hub(local, plan, secret_env)
             except LocalHubError as exc:
-                restored = rollback_local_hub(local, previous) if previous else None
+                restored = rollback_local_hub(local, previous, secret_env) if previous else None
                 raise (HubRolledBack if restored else HubDeployFailed)(
                     f"{op.target} did not start with the new config ({exc}); "
                     + ("restarted with the previous config" if restored else "nothing to restore")
@@ -312,7 +352,7 @@ async def _deploy_local(
                 raise
             why = f"{type(exc).__name__}: {exc}"
         if why is not None and plan.action != "unchanged" and previous:
-            rollback_local_hub(local, previous)
+            rollback_local_hub(local, previous, secret_env)
             raise HubRolledBack(
                 f"{op.target} is down after deploy ({why}); "
                 "rolled back automatically to the previous config"

@@ -25,12 +25,17 @@ class CredentialKind(StrEnum):
     kube_service_account_token = "kube-sa-token"  # a kubeconfig cluster's deployer token
     hub_secret = "hub-secret"  # proxy auth token, cookie secret (rotate only when asked)
     tls_certificate = "tls-certificate"  # seen by health probes; renewed elsewhere
+    oauth_client_secret = "oauth-client-secret"  # a hub's login client (rotated by hand)
 
     @property
     def scheduled(self) -> bool:
         """Rotated by the weekly run when due. Hub secrets log every user out, so they are
         rotated only when explicitly asked for; TLS certificates are only reported."""
-        return self not in (CredentialKind.hub_secret, CredentialKind.tls_certificate)
+        return self not in (
+            CredentialKind.hub_secret,
+            CredentialKind.tls_certificate,
+            CredentialKind.oauth_client_secret,
+        )
 
 
 #: The deployer credential each provider uses (local hubs have none).
@@ -108,6 +113,7 @@ def policy_max_age(policy: CredentialPolicy, kind: CredentialKind) -> timedelta 
         CredentialKind.kube_service_account_token: policy.deployer,
         CredentialKind.hub_secret: policy.hub_secret,
         CredentialKind.tls_certificate: None,
+        CredentialKind.oauth_client_secret: policy.oauth_client,
     }[kind]
 
 
@@ -121,6 +127,13 @@ class BadScope(HubfleetError):
 SCOPE_FORMS = (
     "'all', 'cluster:<cluster>', 'hub:<cluster>/<hub>', 'kind:<kind>' or "
     "'hub-secret:<cluster>/<hub>'"
+)
+
+#: What the inventory and rotation runs say of OAuth client secrets: GitHub, Google and
+#: CILogon have no API that issues a new client secret, so a person does it.
+ROTATE_BY_HAND = (
+    "rotate by hand: issue a new secret in the provider's console, then "
+    "`hubfleet oauth-client set <cluster> <hub>` and redeploy"
 )
 
 #: What rotating hub secrets does to users; said up front in logs, plans and the CLI.
@@ -230,6 +243,8 @@ def plan_rotation(
             continue
         if record.kind is CredentialKind.tls_certificate:
             plan.skipped.append((record, "reported only: renewed by the certificate issuer"))
+        elif record.kind is CredentialKind.oauth_client_secret:
+            plan.skipped.append((record, record.note or ROTATE_BY_HAND))
         elif record.kind is CredentialKind.hub_secret and not scope.asks_for_hub_secrets:
             plan.skipped.append(
                 (

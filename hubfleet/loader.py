@@ -326,6 +326,8 @@ def _message(model: type[BaseModel], err: dict[str, Any]) -> str:
         return f"expected a list, found {_type_name(value)} {_shown(value)}"
     if kind == "too_short":
         return f"needs at least {ctx.get('min_length', 1)} item(s), found {len(value or [])}"
+    if kind == "value_error":  # a model's own rule (e.g. hubfleet.auth): its message says it
+        return str(err["msg"]).removeprefix("Value error, ")
     return f"{err['msg']} (found {_shown(value)})"
 
 

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from hubfleet.auth import HubAuth
 from hubfleet.prices import PriceTable
 from hubfleet.terraform_inputs import TerraformSettings
 
@@ -128,6 +129,12 @@ class CredentialPolicy(Strict):
         gt=timedelta(0),
         description="Max age of hub secrets (proxy token, cookie secret); rotated only "
         "when asked, because users must log in again.",
+    )
+    oauth_client: timedelta = Field(
+        timedelta(days=365),
+        gt=timedelta(0),
+        description="Max age of a hub's OAuth client secret (hubfleet.auth); the providers "
+        "have no API to rotate it, so the inventory says when to rotate it by hand.",
     )
     warn_within: timedelta = Field(
         timedelta(days=14),
@@ -327,6 +334,11 @@ class Hub(Strict):
         None,
         description="learning | research | event: the preset layered under the hub's values "
         "(hubfleet.presets); none: no preset.",
+    )
+    auth: HubAuth | None = Field(
+        None,
+        description="Who logs in and how (hubfleet.auth): github, google, cilogon or oidc; "
+        "required for prod hubs on Kubernetes.",
     )
 
 

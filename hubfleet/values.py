@@ -260,9 +260,11 @@ def hub_layers(
 
 
 def fleet_values(hub: Hub) -> dict[str, Any]:
-    """What the fleet says about a hub in z2jh values: its domain (ingress and TLS), and
-    hubfleet's own users (hubfleet.localhub: the ops user's least-privilege role, the
-    health user, the bootstrap user that mints the first ops token), who never log in."""
+    """What the fleet says about a hub in z2jh values: its domain (ingress and TLS), its
+    login (`auth:`, hubfleet.auth: no secret), and hubfleet's own users (hubfleet.localhub:
+    the ops user's least-privilege role, the health user, the bootstrap user that mints the
+    first ops token), who never log in."""
+    from hubfleet.auth import kube_values
     from hubfleet.localhub import kube_hub_values
 
     return {
@@ -274,6 +276,8 @@ def fleet_values(hub: Hub) -> dict[str, Any]:
                 },
             },
             kube_hub_values(),
+            # The hub's `auth:` (login): hub.config, and the client secret from a Secret.
+            kube_values(hub.auth, hub.domain) if hub.auth else {},
         )
     }
 
@@ -567,7 +571,9 @@ def check_fleet_values(
     of the chart it runs (`hub_schema`), and each cluster's `support.values.yaml` against
     the support chart's. A problem in a file several hubs share is listed once.
     `secret_values`: each (cluster, hub)'s secret layer, when known."""
-    problems: list[Problem] = []
+    from hubfleet.auth import auth_problems
+
+    problems: list[Problem] = auth_problems(fleet)  # a prod hub anyone could log in to
     for cluster in fleet.clusters:
         problems += support_problems(fleet, cluster.name)
         for hub in cluster.hubs:

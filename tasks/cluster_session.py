@@ -5,10 +5,11 @@ whose output and errors are scrubbed, and a Kubernetes API client on the same ku
 
 - `cluster_session(cluster)`: for work on the cluster as a whole (the support chart,
   orphans, which hubs exist); helm is scrubbed of the kubeconfig's credentials.
-- `hub_session(cluster, hub)`: for work on one hub; it reads the hub's secret values (its
-  `Secret` block) itself and scrubs helm of every one of them too, so no hub operation can
-  forget to pass them. The values are handed to the operation (`secret_values`), the one
-  place a deploy gets them from.
+- `hub_session(cluster, hub)`: for work on one hub; it reads the hub's secrets itself (its
+  secret values `Secret` block and, if the hub logs users in, its `OAuthClient` block) and
+  scrubs helm of every one of them too, so no hub operation can forget to pass them. The
+  secret values are handed to the operation (`secret_values`), the one place a deploy gets
+  them from.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from blocks.cluster_access import ClusterAccess, kubeconfig_file
+from hubfleet.auth import oauth_block
 from hubfleet.errors import HubfleetError
 from hubfleet.values import secret_values_block
 from tasks import helm as helm_tasks
@@ -84,9 +86,21 @@ async def cluster_session(cluster: str) -> AsyncIterator[ClusterSession]:
         yield session
 
 
+async def _oauth_secret(cluster: str, hub: str) -> list[str]:
+    """The hub's OAuth client secret, if one is stored (whatever the fleet says now)."""
+    from blocks.oauth_client import OAuthClient
+
+    try:
+        block: Any = await OAuthClient.aload(oauth_block(cluster, hub))
+    except ValueError:
+        return []
+    return [block.client_secret.get_secret_value()]
+
+
 @asynccontextmanager
 async def hub_session(cluster: str, hub: str) -> AsyncIterator[HubSession]:
-    """A session for one hub's operation; helm is scrubbed of the hub's secret values too."""
+    """A session for one hub's operation; helm is scrubbed of the hub's secrets too."""
     values = await load_secret_values(cluster, hub)
-    async with _opened(cluster, secret_strings(values)) as session:
+    scrub = secret_strings(values) + await _oauth_secret(cluster, hub)
+    async with _opened(cluster, scrub) as session:
         yield HubSession(session.access, session.kubeconfig, session.helm, session.api, values)

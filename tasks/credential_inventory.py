@@ -24,6 +24,7 @@ async def collect_inventory(fleet: Fleet) -> list[CredentialRecord]:
     from blocks.deployer_credential import DeployerCredential
     from blocks.hub_token import HubOpsToken
     from tasks.hub_secrets import kube_hub_secret_records
+    from tasks.oauth import oauth_records
 
     policy = fleet.settings.credentials
     records: list[CredentialRecord] = []
@@ -74,6 +75,7 @@ async def collect_inventory(fleet: Fleet) -> list[CredentialRecord]:
             )
             records.extend(_hub_secrets(fleet, cluster.name, hub.name, policy))
             records.extend(r for r in kube_secrets if r.hub == hub.name)
+            records.extend(await oauth_records(fleet, cluster.name, hub))
     return records
 
 

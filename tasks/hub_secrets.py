@@ -503,6 +503,7 @@ class LocalHubSecretRotator(Rotator):
         self.local = local_hub(fleet, cluster, hub)
         self.file = self.local.directory / "jupyterhub_cookie_secret"
         self._stored_at: datetime | None = None
+        self._spec = fleet.cluster(cluster).hub(hub)
 
     def _issued(self, value: str) -> Issued:
         ident = f"cookie-secret@{hashlib.sha256(value.encode()).hexdigest()[:12]}"
@@ -523,7 +524,13 @@ class LocalHubSecretRotator(Rotator):
         """The new value existed only in memory and in the file (restored by `restore`)."""
         return None
 
-    def _write_and_restart(self, value: str) -> None:
+    async def _login_env(self) -> dict[str, SecretStr]:
+        """The hub's login client secret (its `auth:`), which a restart must keep."""
+        from tasks.oauth import load_oauth_client, local_env
+
+        return local_env(await load_oauth_client(self.cluster, self._spec))
+
+    def _write_and_restart(self, value: str, env: dict[str, SecretStr] | None = None) -> None:
         state = self.local.state()
         assert state is not None
         tmp = self.file.with_name(f".{self.file.name}.new")
@@ -531,14 +538,16 @@ class LocalHubSecretRotator(Rotator):
         with os.fdopen(fd, "w") as out:
             out.write(value + "\n")
         os.replace(tmp, self.file)  # atomic: the file holds one secret at any time
-        self.local.start(self.local.config_file.read_text(), state.ports)
+        self.local.start(self.local.config_file.read_text(), state.ports, env)
 
     async def store(self, new: Issued, previous: Issued) -> None:
         self._stored_at = datetime.now(UTC).replace(microsecond=0)
-        await asyncio.to_thread(self._write_and_restart, new.secret.get_secret_value())
+        env = await self._login_env()
+        await asyncio.to_thread(self._write_and_restart, new.secret.get_secret_value(), env)
 
     async def restore(self, previous: Issued) -> None:
-        await asyncio.to_thread(self._write_and_restart, previous.secret.get_secret_value())
+        env = await self._login_env()
+        await asyncio.to_thread(self._write_and_restart, previous.secret.get_secret_value(), env)
 
     def _started_with_file(self) -> datetime | None:
         """When the running hub started, if it started after the file was written."""

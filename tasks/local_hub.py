@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ import psutil
 import requests
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
 from hubfleet import localusers
 from hubfleet.errors import HubfleetError
@@ -198,8 +200,12 @@ class LocalHub:
 
     # --- changing -----------------------------------------------------------------------
 
-    def start(self, config_text: str, ports: Ports) -> HubState:
-        """(Re)start proxy and hub with `config_text`; waits until /hub/health answers."""
+    def start(
+        self, config_text: str, ports: Ports, secret_env: Mapping[str, SecretStr] | None = None
+    ) -> HubState:
+        """(Re)start proxy and hub with `config_text`; waits until /hub/health answers.
+        `secret_env`: secrets the hub reads from its environment (its OAuth client secret),
+        put only into the hub process's environment."""
         self.stop()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         if localusers.running_as_root():
@@ -227,8 +233,11 @@ class LocalHub:
             self._save(state)
             _wait_for_port(ports.proxy_api, proxy, self.directory / "proxy.log")
 
+            hub_env = env | {k: v.get_secret_value() for k, v in (secret_env or {}).items()}
             hub = self._spawn(
-                [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)], env, "hub.log"
+                [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)],
+                hub_env,
+                "hub.log",
             )
             state = HubState(ports, hub, proxy, _sha(config_text), _now())
             self._save(state)
@@ -445,9 +454,12 @@ def plan_local_hub(local: LocalHub, hub_config: dict[str, Any]) -> LocalPlan:
 
 
 @task(task_run_name="start-local-hub-{local.name}", cache_policy=NO_CACHE)
-def start_local_hub(local: LocalHub, plan: LocalPlan) -> HubState:
-    """Write the hub's config and (re)start its proxy and hub processes."""
-    state = local.start(plan.config, plan.ports)
+def start_local_hub(
+    local: LocalHub, plan: LocalPlan, secret_env: Mapping[str, SecretStr] | None = None
+) -> HubState:
+    """Write the hub's config and (re)start its proxy and hub processes (`secret_env`: see
+    LocalHub.start)."""
+    state = local.start(plan.config, plan.ports, secret_env)
     get_run_logger().info(
         "%s: hub pid %s, proxy pid %s, %s",
         local.name,
@@ -480,8 +492,10 @@ def keep_previous_config(local: LocalHub) -> LocalPlan | None:
 
 
 @task(task_run_name="rollback-local-hub-{local.name}", cache_policy=NO_CACHE)
-def rollback_local_hub(local: LocalHub, previous: LocalPlan) -> HubState:
+def rollback_local_hub(
+    local: LocalHub, previous: LocalPlan, secret_env: Mapping[str, SecretStr] | None = None
+) -> HubState:
     """Restart the hub's processes with the previous config: changes the running hub."""
-    state = local.start(previous.config, previous.ports)
+    state = local.start(previous.config, previous.ports, secret_env)
     get_run_logger().warning("%s: rolled back to the previous config", local.name)
     return state

@@ -20,7 +20,7 @@ version, failing command and the tail of its output; nothing is skipped silently
 
 Run ``python -m testenv.build`` to build everything (tools, the real node's
 kubelet, kube-proxy, containerd, local-path-provisioner and images, the Debian base
-image, the hub, single-user and proxy images (hubimages.py), Azurite).
+image, the hub, single-user and proxy images (hubimages.py), Azurite, Dex (dex.py)).
 """
 
 from __future__ import annotations
@@ -805,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     # Imported here: node.py imports this module.
+    from .dex import build_dex
     from .hubimages import build_hub_images
     from .images import ImageBuildError, build_rclone_image
     from .node import ensure_node_tools
@@ -818,6 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         debian_base = build_debian_base(progress)
         hub_images = build_hub_images(progress)
         azurite = ensure_azurite(progress)
+        dex = build_dex(progress)  # the login tests' OpenID Connect provider
     except (ToolBuildError, ImageBuildError) as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         return 1
@@ -830,6 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     for image in (*node.images, rclone_image, debian_base, *hub_images):
         print(f"  {image.ref:24} {image.path}")
     print(f"  {'azurite':24} {azurite}")
+    print(f"  {'dex':24} {dex}")
     print(f"all tools ready in {time.monotonic() - t0:.1f}s")
     return 0
 

@@ -81,6 +81,8 @@ def rotation_mode(kind: CredentialKind) -> str:
         return "rotate on request"
     if kind is CredentialKind.tls_certificate:
         return "reported only"
+    if kind is CredentialKind.oauth_client_secret:
+        return "rotate by hand"  # no provider API issues a client secret (hubfleet.auth)
     return "weekly when due"
 
 

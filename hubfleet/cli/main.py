@@ -208,6 +208,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "hubfleet.cli.import_fleet",
     "hubfleet.cli.backup",
     "hubfleet.cli.usage",
+    "hubfleet.cli.oauth",
 )
 
 

@@ -84,6 +84,10 @@ async def kube_hub(
             )
         )
         (root / "clusters" / name / f"{hub_name}.values.yaml").write_text("{}\n")
+        # A prod hub needs a login (hubfleet.auth): nobody logs in here (null).
+        (root / "clusters" / name / "cluster.values.yaml").write_text(
+            "jupyterhub: {hub: {config: {JupyterHub: {authenticator_class: 'null'}}}}\n"
+        )
     monkeypatch.setenv("HUBFLEET_FLEET", str(root))
     admin = kube.kubeconfig.read_text()
     await ClusterAccess(kubeconfig=admin, context="hubfleet-testenv", server=kube.server).asave(

@@ -252,7 +252,10 @@ class KubeFleet:
             }
             hubs.append(hub)
         for hub in hubs:
-            (d / f"{hub['name']}.values.yaml").write_text("{}\n")
+            # A prod hub needs a login (hubfleet.auth): nobody logs in here (null).
+            (d / f"{hub['name']}.values.yaml").write_text(
+                "jupyterhub: {hub: {config: {JupyterHub: {authenticator_class: 'null'}}}}\n"
+            )
         body = {
             "name": self.cluster,
             "provider": "kubeconfig",

@@ -49,6 +49,10 @@ def write_fleet(root: Path, clusters: dict[str, list[tuple[str, str]]], provider
                 "  ",
             )
             (d / f"{hub}.values.yaml").write_text("{}\n")
+        # A prod hub needs a login (hubfleet.auth): nobody logs in to these (null).
+        (d / "cluster.values.yaml").write_text(
+            "jupyterhub: {hub: {config: {JupyterHub: {authenticator_class: 'null'}}}}\n"
+        )
         (d / "cluster.yaml").write_text(body)
     return root
 

@@ -551,7 +551,10 @@ def node_event_hub(tmp_path: Path, monkeypatch, kube, kube_api, real_node, helm,
     d.mkdir(parents=True)
     (root / "fleet.yaml").write_text("name: node-export-fleet\nchart_version: 4.4.0\n")
     (d / "cluster.values.yaml").write_text(yaml.safe_dump({"jupyterhub": node_values(refs)}))
-    (d / f"{hub}.values.yaml").write_text("{}\n")
+    # A prod hub needs a login (hubfleet.auth): nobody logs in here (null).
+    (d / f"{hub}.values.yaml").write_text(
+        "jupyterhub: {hub: {config: {JupyterHub: {authenticator_class: 'null'}}}}\n"
+    )
 
     def write(end: datetime) -> None:
         event = {

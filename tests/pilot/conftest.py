@@ -16,7 +16,9 @@ def write_pilot_fleet(root: Path, provider: str, cluster: str = CLUSTER) -> Path
     )
     (root / "common.values.yaml").write_text("jupyterhub:\n  cull:\n    timeout: 3600\n")
     (d / "cluster.values.yaml").write_text(
+        # authenticator_class: a prod hub needs a login (hubfleet.auth); nobody logs in here.
         "jupyterhub:\n  hub:\n    config:\n      JupyterHub:\n        concurrent_spawn_limit: 20\n"
+        "        authenticator_class: 'null'\n"
     )
     section = "kubeconfig: {context: hubfleet-testenv}" if provider == "kubeconfig" else "local: {}"
     hubs = "".join(

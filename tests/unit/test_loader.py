@@ -87,7 +87,7 @@ def test_unknown_key(fleet: Path) -> None:
     )
     assert problems(fleet) == [
         "<fleet>/clusters/local/cluster.yaml:10: hubs[0].colour: unknown key 'colour'; "
-        "allowed keys: name, domain, tier, kind, values, chart_version, event, use_case"
+        "allowed keys: name, domain, tier, kind, values, chart_version, event, use_case, auth"
     ]
 
 
