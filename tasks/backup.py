@@ -39,6 +39,7 @@ import sqlite3
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -177,7 +178,7 @@ def list_copies(url: str, block: Any) -> tuple[list[BackupCopy], dict[str, list[
         if f"{stamp}/{MANIFEST}" not in names:
             incomplete[stamp] = sorted(names)
             continue
-        raw = _call(url, lambda stamp=stamp: dest.get_bytes(f"{stamp}/{MANIFEST}"))  # type: ignore[misc]
+        raw = _call(url, partial(dest.get_bytes, f"{stamp}/{MANIFEST}"))
         manifest = json.loads(raw or b"{}")
         verified.append(
             BackupCopy(
@@ -207,7 +208,7 @@ def delete_objects(url: str, block: Any, names: list[str]) -> None:
     """Delete the objects `names` under `url` (missing ones are fine)."""
     dest = _call(url, lambda: destination(url, block))
     for name in names:
-        _call(url, lambda name=name: _delete(dest, name))  # type: ignore[misc]
+        _call(url, partial(_delete, dest, name))
     if isinstance(dest, _Directory):  # no empty directories left behind
         for root, _dirs, _files in sorted(os.walk(dest.root), reverse=True):
             path = Path(root)
@@ -362,7 +363,7 @@ def backup_directory(
             dbs.append(name)
         for rel, size in homes_files.items():
             name = f"{HOMES}/{rel}"
-            _call(target, lambda name=name, rel=rel: dest.put(name, homes / rel))  # type: ignore[misc]
+            _call(target, partial(dest.put, name, homes / rel))
             files[name] = size
     found: dict[str, int] = _call(target, dest.list)
     verify_copy(target, files, found)
@@ -410,7 +411,7 @@ def restore_directory(copy: BackupCopy, users: list[str], homes: Path, block: An
             _refuse_links(home, path)
             new_dirs = [p for p in path.relative_to(homes).parents if not (homes / p).exists()]
             name = f"{HOMES}/{user}/{rel}"
-            _call(copy.url, lambda name=name, path=path: _download(dest, name, path))  # type: ignore[misc]
+            _call(copy.url, partial(_download, dest, name, path))
             if os.geteuid() == 0:
                 for d in new_dirs:
                     if str(d) != ".":

@@ -22,6 +22,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -240,7 +241,7 @@ def export_directory(homes: Path, url: str, credentials: Any = None) -> ExportRe
     files = source_files(homes)
     dest = _call(url, lambda: destination(url, credentials))
     for name in files:
-        _call(url, lambda name=name: dest.put(name, homes / name))  # type: ignore[misc]
+        _call(url, partial(dest.put, name, homes / name))
     found = _call(url, dest.list)
     found.pop(MANIFEST, None)  # a re-run's manifest is not a home file
     verify(url, files, found)
