@@ -129,7 +129,7 @@ def write_oci_archive(dest: Path, ref: str, layer: bytes | list[bytes], config: 
             "type": "layers",
             "diff_ids": ["sha256:" + hashlib.sha256(data).hexdigest() for data in layers],
         },
-        "history": [{"created_by": "testenv.images"} for _ in layers],
+        "history": [{"created_by": CREATED_BY} for _ in layers],
     }
     tmp = dest.with_name(dest.name + ".tmp")
     with tarfile.open(tmp, "w") as tar:
@@ -163,6 +163,12 @@ def write_oci_archive(dest: Path, ref: str, layer: bytes | list[bytes], config: 
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
     tmp.replace(dest)
+
+
+#: In every image's config history. It is part of every digest but of no cache key (here,
+#: rootfs.base_key, hubimages.image_key): changing it makes a rebuild differ from the cached
+#: archive of the same key, so it keeps the name of the module's first home.
+CREATED_BY = "hubfleet.testenv.images"
 
 
 def _cached(name: str, inputs: bytes) -> Path:

@@ -95,3 +95,17 @@ def hub_table(rows: list[dict[str, Any]]) -> Table:
             "" if verdict == "healthy" else row["reason"],
         )
     return table
+
+
+def plain(value: Any) -> Any:
+    """A flow's typed result (hubfleet.results), also inside a dict or list, as plain data:
+    what the CLI prints."""
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value

@@ -13,7 +13,6 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel
 
 SelectionArg = Annotated[
     list[str] | None,
@@ -69,23 +68,12 @@ def _outcome_table(title: str, rows: list[dict[str, Any]]) -> Any:
     return table
 
 
-def _plain(value: Any) -> Any:
-    """A typed result (hubfleet.results), also inside a dict or list, as plain data."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _show(result: Any) -> None:
     """Print a flow's result: each list of rows as a table, each list of lines as lines,
     the rest as JSON."""
-    from hubfleet.cli.common import out
+    from hubfleet.cli.common import out, plain
 
-    result = _plain(result)
+    result = plain(result)
     if not isinstance(result, dict):
         out.print(result)
         return
@@ -130,7 +118,9 @@ def run_operation(
     show(result)
     problem = state.message if state.is_failed() else None
     if problem is None and failed is not None and isinstance(result, dict):
-        problem = failed(_plain(result))
+        from hubfleet.cli.common import plain
+
+        problem = failed(plain(result))
     if problem:
         err.print(f"{flow.name}: {problem}")
         raise typer.Exit(1)

@@ -21,6 +21,7 @@ from hubfleet.cli.common import (
     OperatorOpt,
     err,
     out,
+    plain,
     run_flow,
     use_fleet,
 )
@@ -115,7 +116,7 @@ def deploy(
         lock_timeout=lock_wait,
         operator=operator,
     )
-    out.print(result)
+    out.print(plain(result))
 
 
 @app.command()
@@ -149,7 +150,7 @@ def teardown(
         lock_timeout=lock_wait,
         operator=operator,
     )
-    out.print(result)
+    out.print(plain(result))
 
 
 @app.command()

@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter
 from prefect.client.schemas.sorting import FlowRunSort
 
 import tasks.backup as backup_tasks
@@ -254,8 +254,12 @@ async def test_backup_restore_retention_and_a_failed_verification(
     left = copies_at(hub_root)
     assert [s for s, ok in left.items() if ok] == [second["stamp"], third["stamp"]]
     (failed,) = [s for s, ok in left.items() if not ok]
-    async with get_client() as client:
-        runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+    async with get_client() as client:  # the newest backup_hub run (the server is shared)
+        runs = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["backup_hub"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
     assert runs[0].name.startswith("backup_hub") and runs[0].state.is_failed()
     # A restore uses only verified copies: the newest is `third`, not the failed one.
     dry = await restore_hub("local", "staging", dry_run=True, operator="ops")

@@ -97,7 +97,7 @@ async def test_oidc_login_on_local_hub(
     secret = client.secret
     assert await store_oauth_client(cluster, hub, client.client_id, SecretStr(secret)) == "created"
     started = time.monotonic()
-    url = (await deploy_hub(cluster=cluster, hub=hub))["url"]
+    url = (await deploy_hub(cluster=cluster, hub=hub)).url
     deploy_s = time.monotonic() - started
     client = type(client)(client.client_id, secret, (f"{url}/hub/oauth_callback",))
 

@@ -84,7 +84,7 @@ async def test_oidc_login_on_node_hub(node_fleet: NodeFleet, real_node, kube, ku
 
     started = time.monotonic()
     first = await deploy_hub(cluster=fleet.cluster, hub=fleet.hub, wait_timeout="5m")
-    assert first["health"] == "healthy", first
+    assert first.health == "healthy", first
     core = client.CoreV1Api(kube_api)
 
     def proxy_url() -> str:
@@ -98,7 +98,7 @@ async def test_oidc_login_on_node_hub(node_fleet: NodeFleet, real_node, kube, ku
     for _ in range(3):
         set_auth(fleet, {**auth, "callback_url": f"{proxy}/hub/oauth_callback"})
         again = await deploy_hub(cluster=fleet.cluster, hub=fleet.hub, wait_timeout="5m")
-        assert again["health"] == "healthy", again
+        assert again.health == "healthy", again
         if proxy_url() == proxy:
             break
         proxy = proxy_url()

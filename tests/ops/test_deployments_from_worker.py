@@ -65,10 +65,13 @@ RUNS: dict[str, dict[str, Any]] = {
     "publish_fleet_report/default": {},
     "check_fleet_health/health-shallow": {},
     "check_fleet_health/health-deep": {"depth": "deep", "alert_after": 1},
+    "backup_hub/default": {"cluster": "local", "hub": "staging", "dry_run": True},
+    "backup_fleet/default": {"dry_run": True},
 }
 #: Refused by the operation itself, after the worker imported and started it: provisioning
 #: needs a cluster with a `terraform:` section (the local one has none, and no cloud can be
-#: reached here), and an event hub is expired only after its end (the example's is 2027).
+#: reached here), an event hub is expired only after its end (the example's is 2027), and
+#: a restore needs a backup (the dry runs above write none).
 REFUSED = {
     "provision_cluster/default": (
         {"cluster": "local", "dry_run": True},
@@ -81,6 +84,10 @@ REFUSED = {
     "expire_event_hub/default": (
         {"cluster": "local", "hub": "workshop", "dry_run": True},
         "an event hub is expired only after its end",
+    ),
+    "restore_hub/default": (
+        {"cluster": "local", "hub": "staging", "dry_run": True},
+        "no verified backup at",
     ),
 }
 

@@ -61,8 +61,10 @@ def test_unknown_input_is_named(tmp_path: Path) -> None:
     with pytest.raises(FleetInvalid) as err:
         load_fleet(root)
     [problem] = err.value.problems
+    written = (root / "clusters" / "gcp-central" / "cluster.yaml").read_text().splitlines()
+    line = written.index("    core_node_cnt: 3") + 1  # the line of the unknown key
     assert str(problem).endswith(
-        "cluster.yaml:20: terraform.gke.core_node_cnt: unknown key 'core_node_cnt'; allowed "
+        f"cluster.yaml:{line}: terraform.gke.core_node_cnt: unknown key 'core_node_cnt'; allowed "
         "keys: kubernetes_version, core_node_count, user_pools, core_machine_type, "
         "network_cidr, deletion_protection"
     )
