@@ -161,9 +161,11 @@ async def begin_sweep(
 ) -> FleetOperation:
     """Tag the run like every fleet-wide operation (a `cluster:` tag per swept cluster), plus
     `depth:<depth>`, which the report and `hubfleet health` read."""
-    targets = select(current_fleet(), selection)
+    fleet = current_fleet()
+    targets = select(fleet, selection)
     clusters = sorted({c for c, _ in targets})
-    op = await begin_fleet("check_fleet_health", operator, clusters, extra_tags=(f"depth:{depth}",))
+    depth_tag = (f"depth:{depth}",)
+    op = await begin_fleet("check_fleet_health", operator, clusters, depth_tag, fleet=fleet)
     get_run_logger().info("check_fleet_health (%s) of %d hubs", depth, len(targets))
     return op
 

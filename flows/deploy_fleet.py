@@ -356,9 +356,10 @@ async def run_fleet_plan(
     wait_timeout: str,
 ) -> FleetRun:
     """Shared by deploy_fleet and upgrade_fleet: the module's runbook, step by step."""
-    chosen = select(current_fleet(), selection)
+    fleet = current_fleet()
+    chosen = select(fleet, selection)
     names = sorted({name for name, _ in chosen})
-    op = await begin_fleet(op_name, operator, names)
+    op = await begin_fleet(op_name, operator, names, fleet=fleet)
     clusters = [c for c in op.fleet.clusters if c.name in names]
 
     # 1. observe what is deployed, and orphans

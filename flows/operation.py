@@ -215,15 +215,14 @@ async def _parent_operator(client: Any, parent_task_run_id: UUID) -> str:
 
 
 async def _begin(
-    op: str, operator: str | None, target: str, tags: Callable[[str, str], list[str]]
-) -> tuple[Fleet, str, str]:
-    """What every `begin_*` does: the current fleet, its revision, the run tagged with
-    `tags(who, revision)`, one log line. Returns the fleet, who started the run, the revision."""
-    fleet = current_fleet()
+    fleet: Fleet, op: str, operator: str | None, target: str, tags: Callable[[str, str], list[str]]
+) -> tuple[str, str]:
+    """What every `begin_*` does with the fleet it read (once): its revision, the run tagged
+    with `tags(who, revision)`, one log line. Returns who started the run, and the revision."""
     revision = fleet_revision(fleet.root)
     who = await _tag_current_run(operator, lambda who: tags(who, revision))
     get_run_logger().info("%s on %s by %s (fleet revision %s)", op, target, who, revision)
-    return fleet, who, revision
+    return who, revision
 
 
 async def begin_fleet(
@@ -231,10 +230,12 @@ async def begin_fleet(
     operator: str | None,
     clusters: list[str] | None = None,
     extra_tags: tuple[str, ...] = (),
+    fleet: Fleet | None = None,
 ) -> FleetOperation:
     """Start an operation on the whole fleet or several clusters: the run is tagged with op,
     operator, revision, a `cluster:` tag per cluster (none for the whole fleet) and
-    `extra_tags`."""
+    `extra_tags`. `fleet`: the current fleet, if the caller read it already to choose the
+    clusters (so the run acts on the fleet it chose from)."""
     names = tuple(clusters or ())
 
     def tags(who: str, revision: str) -> list[str]:
@@ -242,24 +243,28 @@ async def begin_fleet(
         return sorted(base | {f"cluster:{c}" for c in names} | set(extra_tags))
 
     target = ", ".join(names) if names else "the fleet"
-    fleet, who, revision = await _begin(op, operator, target, tags)
+    fleet = fleet or current_fleet()
+    who, revision = await _begin(fleet, op, operator, target, tags)
     return FleetOperation(name=op, fleet=fleet, operator=who, revision=revision, clusters=names)
 
 
 async def begin_cluster(op: str, cluster: str, operator: str | None) -> ClusterOperation:
     """Start an operation on one cluster. Raises (naming the fleet's clusters) on a bad name."""
-    spec = current_fleet().cluster(cluster)
-    fleet, who, revision = await _begin(
-        op, operator, cluster, lambda who, revision: run_tags(op, cluster, None, who, revision)
+    fleet = current_fleet()
+    spec = fleet.cluster(cluster)
+    who, revision = await _begin(
+        fleet, op, operator, cluster, lambda who, rev: run_tags(op, cluster, None, who, rev)
     )
     return ClusterOperation(name=op, fleet=fleet, operator=who, revision=revision, cluster=spec)
 
 
 async def begin_hub(op: str, cluster: str, hub: str, operator: str | None) -> HubOperation:
     """Start an operation on one hub. Raises (naming what exists) on a bad cluster or hub."""
-    cluster_spec = current_fleet().cluster(cluster)
+    fleet = current_fleet()
+    cluster_spec = fleet.cluster(cluster)
     hub_spec = cluster_spec.hub(hub)
-    fleet, who, revision = await _begin(
+    who, revision = await _begin(
+        fleet,
         op,
         operator,
         f"{cluster}/{hub}",

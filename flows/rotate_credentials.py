@@ -56,7 +56,7 @@ async def rotate_credentials(
     clusters = [target.cluster] if target.cluster else [c.name for c in fleet.clusters]
     hub_tag = (f"hub:{target.cluster}/{target.hub}",) if target.hub else ()
     # A `cluster:` tag for every cluster it may touch, `hub:` for a hub's scope.
-    op = await begin_fleet("rotate_credentials", operator, clusters, hub_tag)
+    op = await begin_fleet("rotate_credentials", operator, clusters, hub_tag, fleet=fleet)
     fleet, who = op.fleet, op.operator
 
     records = await collect_inventory(fleet)
