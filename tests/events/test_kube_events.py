@@ -465,7 +465,19 @@ class StandIn(threading.Thread):
         name = job.metadata.name
         container = job.spec.template.spec.containers[0]
         secret_name = container.env_from[0].secret_ref.name
-        secret: Any = core.read_namespaced_secret(secret_name, self.namespace)
+        # The flow creates the Secret, then the Job, then makes the Job the Secret's owner:
+        # a reader that sees the Job first may see the Secret a moment before it is owned.
+        secret: Any = wait_for(
+            "the export Secret owned by its Job",
+            lambda: (
+                found
+                if (
+                    found := core.read_namespaced_secret(secret_name, self.namespace)
+                ).metadata.owner_references
+                else None
+            ),
+            timeout=30,
+        )
         self.seen.update(
             job=name,
             read_only=all(m.read_only for m in container.volume_mounts),
