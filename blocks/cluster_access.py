@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from prefect.blocks.core import Block
@@ -22,6 +23,13 @@ from hubfleet.errors import ProviderNotReady
 
 class ClusterAccessMissing(ProviderNotReady):
     """No `ClusterAccess` block is stored for a cluster; nothing was changed."""
+
+
+#: Set by a fleet run (`tasks.cluster_session.fleet_block_snapshot`): the cluster access
+#: blocks loaded so far in it, so its hundreds of hub runs read each cluster's once.
+loaded_access: ContextVar[dict[str, ClusterAccess] | None] = ContextVar(
+    "hubfleet_loaded_access", default=None
+)
 
 
 class ClusterAccess(Block):
@@ -40,6 +48,9 @@ class ClusterAccess(Block):
     @classmethod
     async def for_cluster(cls, cluster: str) -> ClusterAccess:
         """Load the block named after `cluster`, or explain how to create it."""
+        cache = loaded_access.get()
+        if cache is not None and cluster in cache:
+            return cache[cluster]
         try:
             loaded = await cls.aload(cluster)
         except ValueError:
@@ -51,6 +62,8 @@ class ClusterAccess(Block):
                 f"({cluster!r})). Nothing was changed."
             ) from None
         assert isinstance(loaded, cls)
+        if cache is not None:
+            cache[cluster] = loaded
         return loaded
 
 

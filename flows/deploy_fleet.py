@@ -10,6 +10,13 @@ Runbook (per cluster, all clusters side by side):
   7. result table artifact: hub, from-version, to-version, outcome, duration
 Each hub change is a `deploy_hub` subflow run, with its own post-deploy health gate and
 automatic rollback.
+
+What a hub costs the Prefect server is kept small, because a fleet run at 5,000 hubs is
+bound by it (see the README's benchmark section): the fleet run takes its hubs' locks per
+group of at most `parallelism` hubs and passes them down (tasks.locks.group_locks), passes
+down the fleet it read (flows.operation), and reads which hubs have secret blocks once
+(tasks.cluster_session.fleet_block_snapshot). Each hub's deploy is still its own flow run
+with its `op:`/`cluster:`/`hub:` tags, so the history (and `hubfleet audit`) is per hub.
 """
 
 from __future__ import annotations
@@ -35,10 +42,10 @@ from hubfleet.results import FleetRun, HubOutcome, Outcome
 from hubfleet.values import SUPPORT_CHART, secret_values_file, support_layers
 from tasks import helm as helm_tasks
 from tasks import kube
-from tasks.cluster_session import cluster_session
+from tasks.cluster_session import cluster_session, fleet_block_snapshot
 from tasks.helm import in_thread
 from tasks.local_hub import local_hub
-from tasks.locks import cluster_lock, ensure_concurrency_limits_once
+from tasks.locks import LockError, cluster_lock, ensure_concurrency_limits_once, group_locks
 
 SUPPORT_RELEASE = "hubfleet-support"
 SUPPORT_NAMESPACE = "hubfleet-system"
@@ -191,7 +198,7 @@ async def _change_hub(
 ) -> HubOutcome:
     start = time.monotonic()
     try:
-        # deploy_hub takes one of the cluster's `parallelism` slots with its hub lock.
+        # deploy_hub runs under its hub's lock and a deploy slot, passed down by the caller.
         state = await deploy_hub(
             cluster=change.cluster,
             hub=change.hub,
@@ -239,9 +246,9 @@ async def _run_cluster(
     steps = [("staging", cp.staging)] if cp.staging else []
     steps += [(f"prod wave {i}", wave) for i, wave in enumerate(cp.waves, 1)]
     for index, (name, changes) in enumerate(steps):
-        results = await asyncio.gather(
-            *(_change_hub(c, operator, gate, wait_timeout) for c in changes)
-        )
+        results = []
+        for group in _groups(changes, cp.parallelism):
+            results += await _change_group(cp.cluster, group, operator, gate, wait_timeout)
         outcomes += results
         failed = [o for o in results if o.outcome is not Outcome.deployed]
         if failed:
@@ -252,6 +259,28 @@ async def _run_cluster(
             logger.error("%s: %s; %d later hub(s) blocked", cp.cluster, why, len(rest))
             return outcomes + blocked(rest, why)
     return outcomes
+
+
+def _groups(changes: list[HubChange], size: int) -> list[list[HubChange]]:
+    """A step's hubs in groups of at most `size` (the cluster's parallelism), in order."""
+    size = max(size, 1)
+    return [changes[i : i + size] for i in range(0, len(changes), size)]
+
+
+async def _change_group(
+    cluster: str, group: list[HubChange], operator: str, gate: Gate, wait_timeout: str
+) -> list[HubOutcome]:
+    """Change a group of hubs at once, under their locks taken together (`group_locks`)."""
+    try:
+        async with group_locks(cluster, [c.hub for c in group]):
+            return list(
+                await asyncio.gather(*(_change_hub(c, operator, gate, wait_timeout) for c in group))
+            )
+    except LockError as exc:
+        # The lock service refused (a limit deleted, the server failing): these hubs failed,
+        # the cluster's later hubs are blocked, other clusters carry on.
+        get_run_logger().error("%s: could not lock %s: %s", cluster, [c.hub for c in group], exc)
+        return [_outcome(c, Outcome.failed, f"could not take its lock ({exc})") for c in group]
 
 
 @dataclass(frozen=True)
@@ -388,6 +417,7 @@ async def run_fleet_plan(
                 await remove_orphans(cluster, seen.orphans[cluster.name])
     # 3-6. support chart, staging, gate, prod waves: per cluster, clusters side by side
     await ensure_concurrency_limits_once(op.fleet)
+    await fleet_block_snapshot()
     outcomes = await execute(plan, op.operator, gate, wait_timeout)
     outcomes += [
         HubOutcome(

@@ -19,8 +19,9 @@ from contextlib import AsyncExitStack, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from blocks.cluster_access import ClusterAccess
 from flows.check_hub_health import check_hub_health
@@ -58,6 +59,7 @@ from tasks.local_hub import (
 )
 from tasks.locks import ensure_concurrency_limits_once, hub_lock
 from tasks.oauth import load_oauth_client, local_env, secret_version, write_oauth_secret
+from tasks.retry import transient_retries
 
 Gate = Literal["auto", "health", "rollout", "none"]
 
@@ -160,6 +162,15 @@ async def health_gate(op: HubOperation, gate: Gate, api: Any, namespace: str) ->
 # --- the flow ----------------------------------------------------------------------------
 
 
+@task(task_run_name="prepare-hub-{hub}", cache_policy=NO_CACHE, **transient_retries())
+async def prepare_hub(api: Any, helm: helm_tasks.Helm, hub: str) -> list[dict[str, Any]]:
+    """Before the upgrade, in one task run (each is several server writes, and a fleet run
+    has thousands): make sure the hub's namespace exists (labelled as hubfleet's), and read
+    the release's helm history. Both idempotent, so retried on transient errors."""
+    await in_thread(kube._ensure_namespace, api, hub, hub)
+    return await in_thread(helm.history, hub, hub)
+
+
 @flow(name="deploy_hub", flow_run_name="deploy_hub {cluster}/{hub}")
 async def deploy_hub(
     cluster: str,
@@ -234,10 +245,12 @@ async def _deploy_helm(
 
         await ensure_concurrency_limits_once(op.fleet)
         async with hub_lock(cluster, hub, timeout=lock_timeout, fleet_slot=fleet_slot):
-            await kube.ensure_hub_namespace(api, hub)
             if oauth is not None:
+                await kube.ensure_hub_namespace(api, hub)
                 await write_oauth_secret(api, hub, oauth)
-            before = await helm_tasks.helm_history(helm, hub, hub)
+                before = await helm_tasks.helm_history(helm, hub, hub)
+            else:
+                before = await prepare_hub(api, helm, hub)
             deployed = [r for r in before if r["status"] == "deployed"]
             previous = deployed[-1] if deployed else None
             from_version = _chart_version(previous)

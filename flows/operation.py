@@ -18,6 +18,7 @@ import getpass
 import os
 import subprocess
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,14 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from hubfleet.audit import UNKNOWN_UI_OPERATOR, OperatorRefused, check_operator
 from hubfleet.loader import load_fleet
 from hubfleet.model import Cluster, Fleet, Hub
 from hubfleet.paths import fleet_dir
+from tasks.locks import passed_down_holds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,6 +167,22 @@ def current_fleet() -> Fleet:
     return fleet
 
 
+#: The fleet (and its revision) a fleet run read, passed down to the hub and cluster runs
+#: it calls in this process: they act on the fleet it planned from, and 5,000 hub runs do
+#: not each re-scan the registry and run git (O(hubs) each: O(hubs^2) per fleet run).
+_passed_fleet: ContextVar[tuple[Path, Fleet, str] | None] = ContextVar(
+    "hubfleet_passed_fleet", default=None
+)
+
+
+def _fleet_and_revision() -> tuple[Fleet, str | None]:
+    """The fleet a calling fleet run passed down (and its revision), else the current one."""
+    passed = _passed_fleet.get()
+    if passed is not None and passed[0] == fleet_dir().resolve():
+        return passed[1], passed[2]
+    return current_fleet(), None
+
+
 def run_tags(op: str, cluster: str, hub: str | None, operator: str, revision: str) -> list[str]:
     tags = [f"op:{op}", f"cluster:{cluster}", f"operator:{operator}", f"revision:{revision}"]
     if hub:
@@ -182,7 +201,14 @@ async def _tag_current_run(operator: str | None, tags_for: Callable[[str], list[
     who = None
     if run_id:
         async with get_client() as client:
-            run = await client.read_flow_run(UUID(run_id))
+            # The engine's copy of the run (read when it started, kept current by hubfleet's
+            # own tag updates): no read per run; another process's copy is read.
+            ctx = FlowRunContext.get()
+            local = ctx.flow_run if ctx is not None else None
+            if local is not None and str(local.id) == str(run_id):
+                run = local
+            else:
+                run = await client.read_flow_run(UUID(run_id))
             if run.parent_task_run_id is not None:
                 # A subflow: its parent passed its own operator down, or it inherits it.
                 who = operator or await _parent_operator(client, run.parent_task_run_id)
@@ -199,7 +225,10 @@ async def _tag_current_run(operator: str | None, tags_for: Callable[[str], list[
             # Only this code says who: an `operator:` tag the creator attached is dropped.
             kept = {t for t in run.tags if not t.startswith("operator:")}
             tags = sorted(kept | set(tags_for(who)))
-            await client.update_flow_run(UUID(run_id), tags=tags)
+            if tags != sorted(run.tags):
+                await client.update_flow_run(UUID(run_id), tags=tags)
+            if local is not None and run is local:
+                local.tags = tags
     return who if who is not None else operator_name(operator)
 
 
@@ -215,11 +244,17 @@ async def _parent_operator(client: Any, parent_task_run_id: UUID) -> str:
 
 
 async def _begin(
-    fleet: Fleet, op: str, operator: str | None, target: str, tags: Callable[[str, str], list[str]]
+    fleet: Fleet,
+    op: str,
+    operator: str | None,
+    target: str,
+    tags: Callable[[str, str], list[str]],
+    revision: str | None = None,
 ) -> tuple[str, str]:
-    """What every `begin_*` does with the fleet it read (once): its revision, the run tagged
-    with `tags(who, revision)`, one log line. Returns who started the run, and the revision."""
-    revision = fleet_revision(fleet.root)
+    """What every `begin_*` does with the fleet it read (once): its revision (unless given),
+    the run tagged with `tags(who, revision)`, one log line. Returns who started the run,
+    and the revision."""
+    revision = revision or fleet_revision(fleet.root)
     who = await _tag_current_run(operator, lambda who: tags(who, revision))
     get_run_logger().info("%s on %s by %s (fleet revision %s)", op, target, who, revision)
     return who, revision
@@ -245,30 +280,36 @@ async def begin_fleet(
     target = ", ".join(names) if names else "the fleet"
     fleet = fleet or current_fleet()
     who, revision = await _begin(fleet, op, operator, target, tags)
+    _passed_fleet.set((fleet.root.resolve(), fleet, revision))
     return FleetOperation(name=op, fleet=fleet, operator=who, revision=revision, clusters=names)
 
 
 async def begin_cluster(op: str, cluster: str, operator: str | None) -> ClusterOperation:
     """Start an operation on one cluster. Raises (naming the fleet's clusters) on a bad name."""
-    fleet = current_fleet()
+    fleet, known = _fleet_and_revision()
     spec = fleet.cluster(cluster)
     who, revision = await _begin(
-        fleet, op, operator, cluster, lambda who, rev: run_tags(op, cluster, None, who, rev)
+        fleet, op, operator, cluster, lambda who, rev: run_tags(op, cluster, None, who, rev), known
     )
     return ClusterOperation(name=op, fleet=fleet, operator=who, revision=revision, cluster=spec)
 
 
 async def begin_hub(op: str, cluster: str, hub: str, operator: str | None) -> HubOperation:
-    """Start an operation on one hub. Raises (naming what exists) on a bad cluster or hub."""
-    fleet = current_fleet()
+    """Start an operation on one hub. Raises (naming what exists) on a bad cluster or hub.
+
+    A hub run whose caller passed it the hub's lock (a fleet run's `group_locks`) is tagged
+    `holds:<hub limit>` in the same update as its other tags."""
+    fleet, known = _fleet_and_revision()
     cluster_spec = fleet.cluster(cluster)
     hub_spec = cluster_spec.hub(hub)
+    holds = passed_down_holds(cluster, hub)
     who, revision = await _begin(
         fleet,
         op,
         operator,
         f"{cluster}/{hub}",
-        lambda who, revision: run_tags(op, cluster, hub, who, revision),
+        lambda who, revision: run_tags(op, cluster, hub, who, revision) + holds,
+        known,
     )
     return HubOperation(
         name=op, fleet=fleet, operator=who, revision=revision, cluster=cluster_spec, hub=hub_spec

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blocks.cluster_access import ClusterAccess, kubeconfig_file
+from blocks.cluster_access import ClusterAccess, kubeconfig_file, loaded_access
 from hubfleet.auth import oauth_block
 from hubfleet.errors import HubfleetError
 from hubfleet.values import secret_values_block
@@ -41,10 +42,49 @@ class HubSession(ClusterSession):
     secret_values: dict[str, Any]  # the hub's secret values layer ({} if it has none)
 
 
+#: Set by a fleet run: the names of the blocks of some types that existed when it started
+#: (`fleet_block_snapshot`), so a hub without secret values or an OAuth client costs no
+#: failed read. A block created during the fleet run is seen by the next run.
+_existing_blocks: ContextVar[dict[str, frozenset[str]] | None] = ContextVar(
+    "hubfleet_existing_blocks", default=None
+)
+
+
+def _known_missing(slug: str, name: str) -> bool:
+    existing = _existing_blocks.get()
+    return existing is not None and slug in existing and name not in existing[slug]
+
+
+async def fleet_block_snapshot() -> None:
+    """For the rest of the calling fleet run (and the hub runs it calls): which secret
+    values and OAuth client blocks exist (two reads, whatever the fleet's size), and each
+    cluster's access block read at most once."""
+    import httpx
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+
+    from blocks.oauth_client import OAuthClient
+
+    existing: dict[str, frozenset[str]] = {}
+    async with get_client() as client:
+        for slug in (Secret.get_block_type_slug(), OAuthClient.get_block_type_slug()):
+            try:
+                docs = await client.read_block_documents_by_type(slug, include_secrets=False)
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 404:
+                    continue  # not known: each hub reads its own block, as without a snapshot
+                docs = []  # the type was never registered: no such block exists
+            existing[slug] = frozenset(d.name for d in docs if d.name)
+    _existing_blocks.set(existing)
+    loaded_access.set({})
+
+
 async def load_secret_values(cluster: str, hub: str) -> dict[str, Any]:
     """The hub's secret values layer (from its `Secret` block), or {} if it has none."""
     from prefect.blocks.system import Secret
 
+    if _known_missing(Secret.get_block_type_slug(), secret_values_block(cluster, hub)):
+        return {}
     try:
         block: Any = await Secret.aload(secret_values_block(cluster, hub))
     except ValueError:
@@ -90,6 +130,8 @@ async def _oauth_secret(cluster: str, hub: str) -> list[str]:
     """The hub's OAuth client secret, if one is stored (whatever the fleet says now)."""
     from blocks.oauth_client import OAuthClient
 
+    if _known_missing(OAuthClient.get_block_type_slug(), oauth_block(cluster, hub)):
+        return []
     try:
         block: Any = await OAuthClient.aload(oauth_block(cluster, hub))
     except ValueError:

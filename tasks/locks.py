@@ -30,21 +30,33 @@ asking for locks its caller already holds (event expiry calls `teardown_hub` und
 lock) runs under them instead of waiting for itself until the lock wait runs out. What is
 held travels in a context variable, so only code called from the holder sees it; a lock
 taken outside any flow run (a script, a test) is never passed down.
+
+A fleet run takes its hubs' locks per group of at most `parallelism` hubs (`group_locks`:
+two lease acquisitions for the group instead of one per hub) and passes them down to each
+hub's `deploy_hub` run, which records `holds:<hub limit>` among the tags it is created
+with (`passed_down_holds`), so `hubfleet locks` still names the hub run. Leases are taken,
+renewed and released with the calling run's own API client, renewed on its event loop
+(`_lease`): Prefect's `concurrency()` starts a client, a service thread and a renewal
+thread with another client per acquisition, which was most of a fleet run's CPU per hub.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.concurrency.asyncio import concurrency
+from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
@@ -57,6 +69,10 @@ CLUSTER_SLOTS = 1000
 
 class LockTimeout(HubfleetError):
     """A lock was not free within the time allowed; nothing was changed."""
+
+
+class LockError(HubfleetError):
+    """The lock service refused or failed (a limit missing, the server unavailable)."""
 
 
 def hub_limit(cluster: str, hub: str) -> str:
@@ -87,8 +103,16 @@ async def ensure_concurrency_limits(fleet: Fleet) -> list[str]:
         for hub in cluster.hubs:
             wanted[hub_limit(cluster.name, hub.name)] = 1
     async with get_client() as client:
+        # One page read per 200 limits, then a write only for what is missing or different
+        # (upserting each was a read per limit: 5,520 calls for a 5,000-hub fleet).
+        existing: dict[str, int] = {}
+        while page := await client.read_global_concurrency_limits(limit=200, offset=len(existing)):
+            existing.update({lim.name: lim.limit for lim in page})
+            if len(page) < 200:
+                break
         for name, slots in wanted.items():
-            await client.upsert_global_concurrency_limit_by_name(name, slots)
+            if existing.get(name) != slots:
+                await client.upsert_global_concurrency_limit_by_name(name, slots)
     return sorted(wanted)
 
 
@@ -103,15 +127,93 @@ HOLDS = "holds:"
 
 
 async def _mark_holder(names: list[str], holding: bool) -> None:
-    """Add (or remove) `holds:<limit>` tags on the current flow run, if there is one."""
-    run_id = flow_run.get_id()
-    if not run_id:
+    """Add (or remove) `holds:<limit>` tags on the current flow run, if there is one.
+
+    The run's tags are taken from the run context's copy (kept current by hubfleet's own
+    updates: flows/operation.py tags a run the same way), one API call instead of two."""
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx is not None else None
+    if run is None:
         return
     held = {HOLDS + name for name in names}
+    tags = sorted(set(run.tags) | held if holding else set(run.tags) - held)
     async with get_client() as client:
-        run = await client.read_flow_run(UUID(run_id))
-        tags = set(run.tags) | held if holding else set(run.tags) - held
-        await client.update_flow_run(UUID(run_id), tags=sorted(tags))
+        await client.update_flow_run(run.id, tags=tags)
+    run.tags = tags
+
+
+#: Renew a lease when this fraction of it has run (Prefect's own choice).
+_RENEW_AFTER = 0.75
+
+
+async def _increment(client: Any, names: list[str], occupy: int, holder: Any) -> Any:
+    return await client.increment_concurrency_slots_with_lease(
+        names=names,
+        slots=occupy,
+        mode="concurrency",
+        lease_duration=LEASE_SECONDS,
+        holder=holder,
+    )
+
+
+@asynccontextmanager
+async def _lease(names: list[str], occupy: int, timeout: float | None) -> AsyncIterator[None]:
+    """Hold `occupy` slots of every limit in `names` (all or none, one lease) until the
+    block ends; strict: a limit that does not exist is an error, never a silent no-lock.
+
+    Waits while the limits are full (the server answers 423 with Retry-After), at most
+    `timeout` seconds (TimeoutError). The lease is renewed on this event loop with the
+    caller's API client; if a renewal fails the error is logged and retried (the slots
+    stay reserved until the lease runs out, LEASE_SECONDS after the last renewal)."""
+    ctx = FlowRunContext.get()
+    holder = (
+        ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id)
+        if ctx is not None and ctx.flow_run is not None
+        else None
+    )
+    deadline = None if timeout is None else time.monotonic() + timeout
+    async with get_client() as client:
+        while True:
+            try:
+                response = await _increment(client, names, occupy, holder)
+                break
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 423:
+                    raise LockError(
+                        f"the lock service refused {names} ({exc.response.status_code}: "
+                        f"{exc.response.text[:200]}); nothing was changed"
+                    ) from None
+                wait = float(exc.response.headers.get("Retry-After", 1))
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError from None
+                    wait = min(wait, left)
+                await asyncio.sleep(wait)
+        data = response.json()
+        lease_id = UUID(str(data["lease_id"]))
+        found = {limit["name"] for limit in data.get("limits", [])}
+        if set(names) - found:
+            await client.release_concurrency_slots_with_lease(lease_id)
+            raise LockError(
+                f"concurrency limit(s) {sorted(set(names) - found)} do not exist: run "
+                "`hubfleet setup` (or ensure_concurrency_limits) first; nothing was changed"
+            )
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(LEASE_SECONDS * _RENEW_AFTER)
+                try:
+                    await client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
+                except Exception as exc:  # retried at the next interval
+                    _log("renewing the lease of %s failed (retried): %s", names, exc)
+
+        renewal = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            await asyncio.shield(client.release_concurrency_slots_with_lease(lease_id))
 
 
 async def holders(limit: str, client: Any) -> list[Any]:
@@ -154,7 +256,7 @@ _held: ContextVar[frozenset[str]] = ContextVar("hubfleet_held_locks", default=fr
 
 @asynccontextmanager
 async def _hold(
-    names: list[str], occupy: int, what: str, timeout: float | None
+    names: list[str], occupy: int, what: str, timeout: float | None, mark: bool = True
 ) -> AsyncIterator[None]:
     if flow_run.get_id() and set(names) <= _held.get():
         _log("lock %s: already held by the calling run", what)
@@ -162,22 +264,18 @@ async def _hold(
         return
     _log("waiting for lock: %s", what)
     try:
-        async with concurrency(
-            names,
-            occupy=occupy,
-            timeout_seconds=timeout,
-            strict=True,
-            lease_duration=LEASE_SECONDS,
-        ):
+        async with _lease(names, occupy, timeout):
             _log("holding lock: %s", what)
-            await _mark_holder(names, True)
+            if mark:
+                await _mark_holder(names, True)
             passed = _held.set(_held.get() | set(names)) if flow_run.get_id() else None
             try:
                 yield
             finally:
                 if passed is not None:
                     _held.reset(passed)
-                await _mark_holder(names, False)
+                if mark:
+                    await _mark_holder(names, False)
     except TimeoutError:
         assert timeout is not None
         raise LockTimeout(await _busy_message(names, what, timeout)) from None
@@ -212,6 +310,34 @@ async def cluster_lock(cluster: str, timeout: float | None = None) -> AsyncItera
 
 
 @asynccontextmanager
+async def group_locks(cluster: str, hubs: list[str]) -> AsyncIterator[None]:
+    """A fleet run's locks for a group of hubs it changes at once on `cluster`: each hub's
+    lock, one cluster slot and one deploy slot per hub, passed down to the hubs'
+    `deploy_hub` runs (whose `hub_lock(..., fleet_slot=True)` then runs under them).
+
+    Two acquisitions, in a fixed order (the hubs, then the cluster and deploy slots: no
+    operation holds cluster or deploy slots while it waits for a hub), each one lease.
+    Waits without bound, as the fleet run's deploy slot always did (its own queue).
+    The fleet run itself is not tagged `holds:`; each hub run is (`passed_down_holds`)."""
+    hub_names = [hub_limit(cluster, hub) for hub in hubs]
+    slots = [cluster_limit(cluster), deploy_limit(cluster)]
+    what = f"{len(hubs)} hub(s) of {cluster} + {len(hubs)} deploy slot(s)"
+    async with (
+        _hold(hub_names, 1, f"hubs {', '.join(hubs)} of {cluster}", None, mark=False),
+        _hold(slots, len(hubs), what, None, mark=False),
+    ):
+        yield
+
+
+def passed_down_holds(cluster: str, hub: str) -> list[str]:
+    """`holds:` tags for the hub's locks this run was passed by its caller (`group_locks`):
+    set among the run's tags when it starts, so `hubfleet locks` names the hub's run."""
+    names = [hub_limit(cluster, hub), cluster_limit(cluster)]
+    held = _held.get()
+    return [HOLDS + hub_limit(cluster, hub)] if set(names) <= held else []
+
+
+@asynccontextmanager
 async def deploy_slot(cluster: str, timeout: float | None = None) -> AsyncIterator[None]:
     """One of the cluster's `parallelism` slots for a fleet run's hub change."""
     async with _hold([deploy_limit(cluster)], 1, f"deploy slot on {cluster}", timeout):
@@ -219,6 +345,7 @@ async def deploy_slot(cluster: str, timeout: float | None = None) -> AsyncIterat
 
 
 _ensured: set[tuple[str, ...]] = set()
+_shapes: dict[int, tuple[Fleet, tuple[str, ...]]] = {}
 
 
 async def ensure_concurrency_limits_once(fleet: Fleet) -> None:
@@ -227,11 +354,14 @@ async def ensure_concurrency_limits_once(fleet: Fleet) -> None:
     deleted later makes acquisition fail loudly instead of silently not locking)."""
     from prefect.settings import PREFECT_API_URL
 
-    key = (
-        str(PREFECT_API_URL.value()),
-        str(fleet.settings.parallelism),
-        *sorted(f"{c.name}/{h.name}" for c in fleet.clusters for h in c.hubs),
-    )
+    # The fleet's shape, computed once per fleet object (a fleet run's 5,000 hub runs share
+    # one): sorting every hub per hub run was O(hubs^2) per fleet run.
+    shape = _shapes.get(id(fleet))
+    if shape is None or shape[0] is not fleet:
+        names = sorted(f"{c.name}/{h.name}" for c in fleet.clusters for h in c.hubs)
+        shape = (fleet, (str(fleet.settings.parallelism), *names))
+        _shapes[id(fleet)] = shape
+    key = (str(PREFECT_API_URL.value()), *shape[1])
     if key not in _ensured:
         await ensure_concurrency_limits(fleet)
         _ensured.add(key)

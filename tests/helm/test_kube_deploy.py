@@ -313,3 +313,81 @@ async def test_upgrade_fleet_moves_only_stale_hubs_and_reports_orphans(
     await remove_orphans(load_fleet(kube_fleet).cluster(b), [f"namespace {ghost}"])
     gone = [ns.metadata for ns in core.list_namespace().items if ns.metadata.name == ghost]
     assert gone == [] or gone[0].deletion_timestamp is not None
+
+
+async def test_fleet_run_records_every_hub_and_frees_its_group_locks(kube_fleet) -> None:
+    """deploy_fleet takes its hubs' locks per group of `parallelism` (tasks.locks.group_locks)
+    and passes them down: every hub's deploy is still its own run with its audit tags and a
+    `holds:` tag naming the hub's lock, at most `parallelism` hubs of a cluster change at
+    once (here 1, with a wave of 2), and no lock slot stays taken afterwards."""
+    import itertools
+
+    from hubfleet.audit import to_row
+    from tasks.locks import HOLDS, cluster_limit, deploy_limit
+
+    fleet_yaml = kube_fleet / "fleet.yaml"
+    fleet_yaml.write_text(fleet_yaml.read_text().replace("parallelism: 2", "parallelism: 1"))
+    a, b = cluster_names(kube_fleet)
+    state = await deploy_fleet(
+        selection=[a, b], gate="rollout", wave_size=2, operator="nightly", return_state=True
+    )
+    result = await state.aresult()
+    assert [o.outcome for o in result.outcomes] == [Outcome.deployed] * 5
+    async with get_client() as c:
+        runs = await c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["op:deploy_hub"]))
+        )
+        fleet_run = await c.read_flow_run(state.state_details.flow_run_id)
+        limits = {
+            lim.name: lim.active_slots
+            for lim in await c.read_global_concurrency_limits(limit=200)
+            if lim.name.endswith((a, b)) or f".{a}." in lim.name or f".{b}." in lim.name
+        }
+    mine = [r for r in runs if f"cluster:{a}" in r.tags or f"cluster:{b}" in r.tags]
+    by_hub: dict[str, list] = {}
+    for run in mine:
+        by_hub.setdefault(next(t for t in run.tags if t.startswith("hub:")), []).append(run)
+    for cluster in (a, b):
+        for hub in hub_names(kube_fleet, cluster):
+            (run,) = by_hub[f"hub:{cluster}/{hub}"]  # exactly one run per hub
+            assert run.state.name == "Completed"
+            assert {"op:deploy_hub", f"cluster:{cluster}", "operator:nightly"} <= set(run.tags)
+            assert f"{HOLDS}hubfleet.hub.{cluster}.{hub}" in run.tags
+            row = to_row(run.model_dump(mode="json"), "http://ui")
+            assert (row.op, row.target, row.operator, row.outcome) == (
+                "deploy_hub",
+                f"{cluster}/{hub}",
+                "nightly",
+                "Completed",
+            )
+        # Parallelism 1: the cluster's hub runs never overlap, though its wave has two hubs.
+        spans = sorted((r.start_time, r.end_time) for r in mine if f"cluster:{cluster}" in r.tags)
+        assert all(prev[1] <= nxt[0] for prev, nxt in itertools.pairwise(spans)), spans
+    assert not any(t.startswith(HOLDS) for t in fleet_run.tags)
+    # Every lock of both clusters is free again (the group leases were released).
+    assert limits and all(v == 0 for v in limits.values()), limits
+    assert cluster_limit(a) in limits and deploy_limit(b) in limits
+
+
+async def test_fleet_run_without_its_deploy_limit_fails_those_hubs_only(
+    kube_fleet, kube, helm
+) -> None:
+    """A lock the fleet run cannot take (the cluster's deploy limit was deleted): that
+    cluster's hubs fail or are blocked, saying why, nothing is deployed there; the other
+    cluster carries on. Strict locking: a missing limit is never a silent no-lock."""
+    from tasks.locks import deploy_limit, ensure_concurrency_limits_once
+
+    a, b = cluster_names(kube_fleet)
+    await ensure_concurrency_limits_once(load_fleet(kube_fleet))
+    async with get_client() as c:
+        await c.delete_global_concurrency_limit_by_name(deploy_limit(a))
+    result = await deploy_fleet(selection=[a, b], gate="rollout", return_state=True)
+    summary = await result.aresult(raise_on_failure=False)
+    outcomes = {o.hub: o for o in summary.outcomes}
+    a_hubs = hub_names(kube_fleet, a)
+    assert outcomes[a_hubs[0]].outcome is Outcome.failed
+    assert "do not exist" in outcomes[a_hubs[0]].why and deploy_limit(a) in outcomes[a_hubs[0]].why
+    assert all(outcomes[h].outcome is Outcome.blocked for h in a_hubs[1:])
+    assert all(outcomes[h].outcome is Outcome.deployed for h in hub_names(kube_fleet, b))
+    for hub in a_hubs:
+        assert helm_history(helm, kube, hub) == []
