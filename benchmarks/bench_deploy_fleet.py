@@ -96,13 +96,27 @@ class RssPeaks:
                 self.peak_sum, sum(v for k, v in now.items() if k in ("flow_process", "server"))
             )
 
+    def _cpu(self, name: str, proc: Any) -> float:
+        """CPU seconds (user + system) of the process (and, but for the flow process, of
+        its children: the server's workers, PostgreSQL's backends) so far."""
+        try:
+            procs = [proc] + (proc.children(recursive=True) if name != "flow_process" else [])
+            return sum(sum(p.cpu_times()[:2]) for p in procs)
+        except Exception:
+            return 0.0
+
     def __enter__(self) -> RssPeaks:
+        self.cpu_start = {name: self._cpu(name, p) for name, p in self.procs.items()}
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu_s = {
+            name: round(self._cpu(name, p) - self.cpu_start[name], 1)
+            for name, p in self.procs.items()
+        }
 
     def mb(self) -> dict[str, float]:
         out = {f"{name}_mb": round(v / 2**20, 1) for name, v in self.peak.items()}
@@ -124,9 +138,22 @@ async def pg_writes(socket_dir: str | None) -> dict[str, int]:
             "SELECT tup_inserted, tup_updated, tup_deleted, xact_commit FROM pg_stat_database"
             " WHERE datname = 'prefect'"
         )
+        tables = await conn.fetch("SELECT relname, n_tup_ins FROM pg_stat_user_tables")
     finally:
         await conn.close()
-    return dict(row) if row else {}
+    out = dict(row) if row else {}
+    out.update({f"inserted:{t['relname']}": int(t["n_tup_ins"]) for t in tables})
+    return out
+
+
+async def completed_hub_runs() -> int:
+    """deploy_hub runs that completed (how far a cut-off run got)."""
+    from prefect.client.orchestration import get_client
+
+    body = {"flows": {"name": {"any_": ["deploy_hub"]}}}
+    body["flow_runs"] = {"state": {"type": {"any_": ["COMPLETED"]}}}  # type: ignore[dict-item]
+    async with get_client() as client:
+        return int((await client._client.post("/flow_runs/count", json=body)).json())
 
 
 async def count_runs() -> dict[str, int]:
@@ -194,6 +221,7 @@ async def run(
     latency: float,
     pids: dict[str, int],
     socket_dir: str | None,
+    deadline: float,
 ) -> dict[str, Any]:
     from blocks.cluster_access import ClusterAccess
     from flows.deploy_fleet import deploy_fleet
@@ -214,22 +242,36 @@ async def run(
     runs_before = await count_runs()
     writes_before = await pg_writes(socket_dir)
     CALLS.clear()
+    finished = True
     with RssPeaks(pids) as rss:
         start = time.perf_counter()
-        state = await deploy_fleet(
-            selection=["*"], gate="rollout", operator="bench", return_state=True
-        )
-        result = await state.aresult(raise_on_failure=False)
+        try:
+            state = await asyncio.wait_for(
+                deploy_fleet(selection=["*"], gate="rollout", operator="bench", return_state=True),
+                deadline,
+            )
+            result = await state.aresult(raise_on_failure=False)
+            outcomes = [o.outcome for o in result.outcomes]
+        except TimeoutError:
+            # Bounded: the run is cut off; what it did so far is measured below.
+            finished, outcomes = False, []
         wall = time.perf_counter() - start
     calls = dict(CALLS.most_common())
     # Runs and writes land on the server a little after the flow ends (events).
     await asyncio.sleep(5)
     writes_after = await pg_writes(socket_dir)
     runs_after = await count_runs()
-    outcomes = [o.outcome for o in result.outcomes]
+    done = await completed_hub_runs()
     critical = steps * latency
     total_hubs = clusters * hubs
+    # Per hub: over the hubs whose deploy completed when the run was cut off.
+    per = total_hubs if finished else max(done, 1)
     return {
+        "finished": finished,
+        "deadline_s": deadline,
+        "hub_runs_completed": done,
+        "cpu_s": rss.cpu_s,
+        "cpu_ms_per_hub": {k: round(v * 1000 / per, 1) for k, v in rss.cpu_s.items()},
         "mode": "stub-helm (fixed latency per helm upgrade; kube API stubbed)",
         "clusters": clusters,
         "hubs": total_hubs,
@@ -252,18 +294,30 @@ async def run(
         "not_deployed": [o for o in outcomes if o != "deployed"][:5],
         "rss_peak": rss.mb(),
         "per_hub": {
-            "server_calls": round(sum(calls.values()) / total_hubs, 2),
+            "server_calls": round(sum(calls.values()) / per, 2),
             **{
-                k: round((runs_after[k] - runs_before[k]) / total_hubs, 2)
+                k: round((runs_after[k] - runs_before[k]) / per, 2)
                 for k in ("flow_runs", "task_runs")
             },
             **{
-                f"pg_{k}": round((writes_after[k] - writes_before[k]) / total_hubs, 1)
+                f"pg_{k}": round((writes_after[k] - writes_before[k]) / per, 1)
                 for k in writes_after
+                if ":" not in k
             },
             "seconds_overhead": round((wall - critical) / total_hubs, 4),
         },
         "server_calls_total": sum(calls.values()),
+        # Which tables the writes went to (rows inserted per hub, the largest first).
+        "pg_rows_inserted_per_hub_by_table": dict(
+            sorted(
+                (
+                    (k.removeprefix("inserted:"), round((v - writes_before.get(k, 0)) / per, 1))
+                    for k, v in writes_after.items()
+                    if k.startswith("inserted:") and v - writes_before.get(k, 0) > 0
+                ),
+                key=lambda kv: -kv[1],
+            )
+        ),
         "server_calls_by_endpoint": calls,
     }
 
@@ -302,6 +356,13 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=20.0, help="seconds per helm upgrade")
     parser.add_argument("--server", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--out", help="result file (default deploy_fleet_<C>x<H>.json)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=3600,
+        help="seconds the fleet run may take; then it is cut off and what it did so far is "
+        "recorded (finished: false)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hubfleet-bench-") as tmp:
@@ -317,7 +378,15 @@ def main() -> None:
             if pg_pid:  # PostgreSQL's postmaster; its backends are its children (shared
                 pids["postgres"] = pg_pid  # memory counted in each: an upper bound)
             result = asyncio.run(
-                run(args.clusters, args.hubs, args.parallelism, args.latency, pids, socket_dir)
+                run(
+                    args.clusters,
+                    args.hubs,
+                    args.parallelism,
+                    args.latency,
+                    pids,
+                    socket_dir,
+                    args.deadline,
+                )
             )
         result["prefect_server"] = args.server
     name = args.out or f"deploy_fleet_{args.clusters}x{args.hubs}.json"
