@@ -334,12 +334,21 @@ def prefect_server(kind: str, tmp: Path) -> Iterator[tuple[int | None, int | Non
         return
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from hubfleet.server import any_free_port, postgres_stack
+    from hubfleet.server import ServerError, any_free_port, postgres_stack
 
     pg, server = postgres_stack(tmp / "server", any_free_port())
     try:
         pg.ensure()
-        server.ensure()
+        for attempt in range(3):  # a free port can be taken meanwhile on a shared machine
+            try:
+                server.ensure()
+                break
+            except ServerError as exc:
+                if attempt == 2:
+                    raise
+                print(f"server did not start ({exc}); retrying on another port", file=sys.stderr)
+                server.stop()
+                server.port = any_free_port()
         auth = {PREFECT_API_URL: server.api_url, PREFECT_API_AUTH_STRING: server.credential()}
         with temporary_settings(auth):
             yield server.pid(), pg.pid(), str(pg.socket_dir)
