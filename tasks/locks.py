@@ -54,7 +54,6 @@ import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
@@ -165,12 +164,7 @@ async def _lease(names: list[str], occupy: int, timeout: float | None) -> AsyncI
     `timeout` seconds (TimeoutError). The lease is renewed on this event loop with the
     caller's API client; if a renewal fails the error is logged and retried (the slots
     stay reserved until the lease runs out, LEASE_SECONDS after the last renewal)."""
-    ctx = FlowRunContext.get()
-    holder = (
-        ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id)
-        if ctx is not None and ctx.flow_run is not None
-        else None
-    )
+    holder = None  # as Prefect's concurrency(): the server ties no run's state to the lease
     deadline = None if timeout is None else time.monotonic() + timeout
     async with get_client() as client:
         while True:
