@@ -29,10 +29,11 @@ from flows.operation import begin_cluster, begin_fleet, current_fleet
 from flows.parameters import HelmWait, Placeholders, Selection, WavePercent, WaveSize
 from hubfleet.charts import release_version
 from hubfleet.errors import HubfleetError
+from hubfleet.layers import SUPPORT_CHART
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.plan import ClusterPlan, Deployed, FleetPlan, HubChange, plan_fleet, select
 from hubfleet.results import FleetRun, HubOutcome, Outcome
-from hubfleet.values import SUPPORT_CHART, secret_values_file, support_layers
+from hubfleet.values import secret_values_file, support_layers
 from tasks import helm as helm_tasks
 from tasks import kube
 from tasks.cluster_session import cluster_session

@@ -27,17 +27,18 @@ from flows.check_hub_health import check_hub_health
 from flows.operation import HubOperation, begin_hub
 from flows.parameters import HelmWait, LockWait
 from hubfleet.auth import hub_config as auth_hub_config
-from hubfleet.auth import needs_auth, version_values
+from hubfleet.auth import version_values
 from hubfleet.charts import hub_chart, release_version
 from hubfleet.errors import HubfleetError
-from hubfleet.localhub import hub_config_from_values, local_values
+from hubfleet.layers import Layer, merge_values
+from hubfleet.localhub import hub_config_from_values
 from hubfleet.model import Fleet, Provider
 from hubfleet.results import HubDeployed
 from hubfleet.values import (
-    Layer,
     hub_layers,
     hub_schema,
-    merge_values,
+    local_values,
+    needs_auth,
     secret_values_file,
     validate_layers,
 )

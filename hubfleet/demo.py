@@ -52,7 +52,7 @@ def up(
     worker to run them (unless `wait` is False)."""
     from hubfleet.cli.common import hub_table
     from hubfleet.loader import load_fleet
-    from hubfleet.localhub import local_values
+    from hubfleet.values import local_values
 
     source = fleet
     for cluster, hub in _local_hubs(fleet):  # a broken values file: its file:line, first

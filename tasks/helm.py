@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from hubfleet.charts import find_helm
 from hubfleet.errors import HubfleetError
-from hubfleet.values import ValuesInvalid
+from hubfleet.layers import ValuesInvalid
 from tasks.retry import TransientError, transient_retries
 
 T = TypeVar("T")

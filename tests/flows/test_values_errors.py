@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.deploy_hub import deploy_hub
-from hubfleet.values import ValuesInvalid
+from hubfleet.layers import ValuesInvalid
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("prefect_server")

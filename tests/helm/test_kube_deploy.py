@@ -22,9 +22,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, Log
 from flows import deploy_hub as deploy_hub_mod
 from flows.deploy_fleet import deploy_fleet
 from flows.deploy_hub import HubDeployFailed, HubRolledBack, deploy_hub
+from hubfleet.layers import ValuesInvalid
 from hubfleet.loader import load_fleet
 from hubfleet.results import Outcome
-from hubfleet.values import ValuesInvalid
 from tasks.helm import Helm
 from tasks.locks import LockTimeout, ensure_concurrency_limits, hub_lock
 from testenv import history

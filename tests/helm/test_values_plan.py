@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 
 from hubfleet.charts import hub_schema
+from hubfleet.layers import ValuesInvalid, merged
 from hubfleet.loader import load_fleet
 from hubfleet.plan import SelectionInvalid, plan_fleet, select
-from hubfleet.values import (
-    ValuesInvalid,
-    hub_layers,
-    merged,
-    secret_values_file,
-    validate_layers,
-)
+from hubfleet.values import hub_layers, secret_values_file, validate_layers
 
 REPO = Path(__file__).resolve().parents[2]
 

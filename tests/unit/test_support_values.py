@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from hubfleet.layers import ValuesInvalid
 from hubfleet.loader import FleetInvalid, load_fleet
-from hubfleet.values import ValuesInvalid, support_layers, support_problems
+from hubfleet.values import support_layers, support_problems
 
 REPO = Path(__file__).resolve().parents[2]
 FILE = "clusters/gcp-central/support.values.yaml"

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from hubfleet.layers import ValuesInvalid
 from hubfleet.loader import FleetInvalid, load_fleet
-from hubfleet.values import ValuesInvalid, check_fleet_values, hub_layers
+from hubfleet.values import check_fleet_values, hub_layers
 
 REPO = Path(__file__).resolve().parents[2]
 COLLEGE = "clusters/gcp-central/college.values.yaml"
