@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleetfiles import copy_example_fleet
 
 from tasks.local_hub import LocalHub
 
@@ -52,8 +52,7 @@ hubs:
 def health_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The example fleet plus cluster `hc` (local hubs) and `kc` (kubeconfig), in use for
     this test only (HUBFLEET_FLEET is restored after it, so other tests never see it)."""
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
+    root = copy_example_fleet(tmp_path)
     (root / "clusters" / "hc").mkdir()
     (root / "clusters" / "hc" / "cluster.yaml").write_text(HC_CLUSTER)
     (root / "clusters" / "hc" / "nospawn.values.yaml").write_text(NOSPAWN_VALUES)

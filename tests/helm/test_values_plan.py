@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet
 
 from hubfleet.charts import hub_schema
 from hubfleet.layers import ValuesInvalid, merged
@@ -48,10 +49,7 @@ def test_layers_in_order_later_wins(tmp_path: Path, schema: Path) -> None:
 
 
 def test_cluster_values_file_sits_between_fleet_and_hub(tmp_path: Path) -> None:
-    import shutil
-
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
+    root = copy_example_fleet(tmp_path)
     (root / "clusters" / "gcp-central" / "cluster.values.yaml").write_text(
         "jupyterhub:\n  cull: {timeout: 7200}\n  singleuser: {memory: {limit: 8G}}\n"
     )

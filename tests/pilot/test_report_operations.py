@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet
 
 from flows.check_fleet_health import check_fleet_health
 from flows.deploy_hub import deploy_hub
@@ -49,7 +49,7 @@ def _register_event_deployments(root: Path) -> None:
 def write_fleet(root: Path, end: datetime) -> Path:
     """The example fleet with use cases on its local hubs and a workshop ending at `end`
     whose data policy comes from the event preset (delete)."""
-    shutil.copytree(REPO / "fleet", root)
+    copy_example_fleet(root.parent, root.name)
     path = root / "clusters" / "local" / "cluster.yaml"
     head, _, _ = path.read_text().partition("  - name: workshop")
     head = head.replace(
