@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import pytest
@@ -22,6 +21,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import StateType
+from waiting import wait_for
 
 from blocks.hub_token import HubOpsToken
 from flows.deploy_hub import deploy_hub
@@ -48,17 +48,6 @@ def now() -> datetime:
 
 def minutes(n: float) -> timedelta:
     return timedelta(minutes=n)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
-    """Poll `check` until it returns something truthy, or fail saying what did not happen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 EventWriter = Callable[..., Path]

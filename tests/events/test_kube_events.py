@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import StateType
+from waiting import wait_for
 
 from blocks.cluster_access import ClusterAccess
 from flows import deploy_hub as deploy_hub_mod
@@ -83,16 +84,6 @@ CREDENTIALS_BLOCK = "aws-kube-export"
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 # --- fixtures ---------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter
 from prefect.client.schemas.sorting import FlowRunSort
+from waiting import wait_for
 
 import tasks.backup as backup_tasks
 from flows.backup_hub import backup_fleet, backup_hub
@@ -66,15 +66,6 @@ def backup_fleet_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callabl
         return root
 
     return write
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 class Users:

@@ -23,6 +23,7 @@ import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
+from waiting import await_for
 
 from deployments.health import AUTOMATION_NAME
 from deployments.registry import HEALTH_OPERATIONS
@@ -39,17 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def fleet() -> Any:
     return load_fleet(os.environ["HUBFLEET_FLEET"])
-
-
-async def wait_for(what: str, check: Any, timeout: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.5)
 
 
 async def unhealthy_events(hub: str) -> list[Any]:
@@ -101,7 +91,7 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server
     assert [s["alerted"] for s in streak] == [[], [], ["hc/sweep"]]
     assert streak[2]["unhealthy"][0]["level"] == "reachable"
 
-    got = await wait_for("the webhook notification", _received(webhook, 1))
+    got = await await_for("the webhook notification", _received(webhook, 1), timeout=45)
     assert "hc/sweep is down" in got[0]["subject"], got
     assert "reachable" in got[0]["body"] and "3 shallow sweep(s)" in got[0]["body"], got
     # A fourth failed sweep is the same outage: no second event, no second notification,

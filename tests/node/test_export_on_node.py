@@ -56,6 +56,7 @@ from kubernetes.client.exceptions import ApiException
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import FlowRunSort
+from waiting import wait_for
 
 from blocks.cluster_access import ClusterAccess
 from flows.deploy_hub import deploy_hub
@@ -90,16 +91,6 @@ HOMES: dict[str, dict[str, bytes]] = {
     "bob": {"notes.ipynb": b'{"cells": [], "nbformat": 4}'},
     "carol": {},  # an empty home still shows in the Job's listing
 }
-
-
-def wait_for(what: str, check: Any, timeout: float, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,14 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import psutil
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # The command installed next to this interpreter (`.venv/bin`, or a shared venv).
@@ -102,14 +98,3 @@ class Workers:
             for member in alive:
                 member.kill()
             proc.wait(timeout=10)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from fleetfiles import copy_example_fleet
-from ops_helpers import CREDENTIALS, Workers, run_cli, wait_for
+from ops_helpers import CREDENTIALS, Workers, run_cli
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -30,6 +30,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
+from waiting import wait_for
 from webhook import Webhook
 
 from deployments.registry import OPERATIONS, resolve
