@@ -415,6 +415,14 @@ class StandIn(threading.Thread):
     read a mode 000 file either.
     """
 
+    def _secret(self, core: Any, name: str) -> Any:
+        try:
+            return core.read_namespaced_secret(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def __init__(
         self,
         kube_api,
@@ -456,18 +464,10 @@ class StandIn(threading.Thread):
         name = job.metadata.name
         container = job.spec.template.spec.containers[0]
         secret_name = container.env_from[0].secret_ref.name
-        # The flow creates the Secret, then the Job, then makes the Job the Secret's owner:
-        # a reader that sees the Job first may see the Secret a moment before it is owned.
+        # The flow creates the Job, then the Secret the Job owns from its creation: a reader
+        # that sees the Job may look a moment before the Secret exists.
         secret: Any = wait_for(
-            "the export Secret owned by its Job",
-            lambda: (
-                found
-                if (
-                    found := core.read_namespaced_secret(secret_name, self.namespace)
-                ).metadata.owner_references
-                else None
-            ),
-            timeout=30,
+            "the export Secret", lambda: self._secret(core, secret_name), timeout=30
         )
         self.seen.update(
             job=name,
