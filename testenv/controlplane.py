@@ -248,8 +248,20 @@ class ControlPlane:
         detached: bool = False,
         progress: Callable[[str], None] | None = None,
         start_timeout: float = 120.0,
+        max_requests_inflight: int | None = None,
+        max_mutating_requests_inflight: int | None = None,
+        audit_log: bool = False,
     ):
         self._tools = tools
+        # The apiserver's concurrency limits (None: its defaults, 400 and 200). With
+        # priority and fairness off (see _start) these are the plain in-flight limits: a
+        # request over them is answered 429 at once. Small values make a throttling
+        # apiserver for tests and benchmarks/bench_apiserver.py.
+        self.max_requests_inflight = max_requests_inflight
+        self.max_mutating_requests_inflight = max_mutating_requests_inflight
+        # An audit log of every request's metadata (user agent, verb, response code) in
+        # the workdir (`audit_log_path`): who drove which requests and who got a 429.
+        self.audit_log = audit_log
         self.pools = pools
         self.state_file = state_file
         self.detached = detached
@@ -450,6 +462,7 @@ class ControlPlane:
                 "--profiling=false",
                 # Faster start on 2 cores; fairness between tenants is irrelevant here.
                 "--enable-priority-and-fairness=false",
+                *self._inflight_flags(),
             ],
         )
         self._wait(
@@ -522,6 +535,44 @@ class ControlPlane:
         )
         self.timings["controllers_ready"] = time.monotonic() - t0
         self._progress(f"control plane up at {self.server} in {time.monotonic() - t0:.1f}s")
+
+    @property
+    def audit_log_path(self) -> Path | None:
+        """The audit log (JSON lines), when started with ``audit_log=True``."""
+        return self.workdir / "logs" / "audit.log" if self.audit_log and self.workdir else None
+
+    def _inflight_flags(self) -> list[str]:
+        flags = []
+        if self.audit_log_path is not None:
+            policy = self.audit_log_path.parent.parent / "audit-policy.yaml"
+            policy.write_text(
+                json.dumps(
+                    {
+                        "apiVersion": "audit.k8s.io/v1",
+                        "kind": "Policy",
+                        "omitStages": ["RequestReceived"],
+                        "rules": [{"level": "Metadata"}],
+                    }
+                )
+            )
+            flags += [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log_path}",
+                "--audit-log-maxsize=0",  # one file, never rotated
+                "--audit-log-format=json",
+            ]
+        if self.max_requests_inflight is not None:
+            flags.append(f"--max-requests-inflight={self.max_requests_inflight}")
+        if self.max_mutating_requests_inflight is not None:
+            flags.append(f"--max-mutating-requests-inflight={self.max_mutating_requests_inflight}")
+        return flags
+
+    def metrics(self) -> str:
+        """The apiserver's Prometheus metrics (text), read as admin."""
+        status, body = self.request("GET", "/metrics", timeout=30)
+        if status != 200:
+            raise ControlPlaneError(f"GET /metrics answered {status}: {str(body)[:200]}")
+        return str(body)
 
     @staticmethod
     def _kwok_version(tools: dict[str, Path]) -> str:
