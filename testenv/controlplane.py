@@ -222,6 +222,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_ports(count: int) -> list[int]:
+    """`count` different free ports: the kernel can hand the same free port out twice in a
+    row (seen here: etcd and the apiserver then fought over one port)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = _free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 # --------------------------------------------------------------------------- the control plane
 
 
@@ -345,7 +356,7 @@ class ControlPlane:
         pki = w / "pki"
         pki.mkdir()
         (w / "logs").mkdir()
-        etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+        etcd_port, etcd_peer, api_port = _free_ports(3)
         self.server = f"https://127.0.0.1:{api_port}"
 
         # PKI: a CA, the apiserver serving cert, one client cert per identity, SA signing key.
