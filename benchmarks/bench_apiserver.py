@@ -136,6 +136,7 @@ def audit_between(path: Path, start: int, end: int) -> dict[str, Any]:
     """Requests and 429s by client family in the audit log bytes [start, end)."""
     requests: Counter[str] = Counter()
     throttled: Counter[str] = Counter()
+    what: Counter[str] = Counter()
     with path.open("rb") as f:
         f.seek(start)
         chunk = f.read(end - start)
@@ -148,7 +149,14 @@ def audit_between(path: Path, start: int, end: int) -> dict[str, Any]:
         requests[family] += 1
         if (event.get("responseStatus") or {}).get("code") == 429:
             throttled[family] += 1
-    return {"requests": dict(requests.most_common()), "429": dict(throttled.most_common())}
+            ref = event.get("objectRef") or {}
+            who = str(event.get("userAgent", "")).rsplit("/", 1)[-1]  # the controller's SA
+            what[f"{family} {who} {event.get('verb')} {ref.get('resource')}"] += 1
+    return {
+        "requests": dict(requests.most_common()),
+        "429": dict(throttled.most_common()),
+        "429_top": dict(what.most_common(8)),
+    }
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """The Kubernetes API (official `kubernetes` client): namespaces, the ops Secret, rollouts.
 
 Every call goes through a client built from a kubeconfig file (see
-`blocks.cluster_access.kubeconfig_file`). API errors that may pass (5xx, 429, connection
+`blocks.cluster_access.kubeconfig_file`), held to the cluster's client-side rate limit
+(`TokenBucket`, one per cluster per process: cluster.yaml `api_qps`, `api_burst`). API errors that may pass (5xx, 429, connection
 trouble) become `TransientError`s so tasks retry them; anything else is raised as is.
 """
 

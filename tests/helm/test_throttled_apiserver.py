@@ -1,0 +1,133 @@
+"""A fleet run against an API server small enough to throttle: the cluster's client-side
+rate limit (cluster.yaml `api_qps`, `api_burst`) and its parallelism keep its 429s at zero,
+and every hub ends deployed with its pods Ready.
+
+Real: a control plane of its own (kube-apiserver with `--max-requests-inflight` 2, etcd,
+controllers, kwok nodes), helm 3 with the z2jh chart, the Prefect server, deploy_fleet. The
+429s are read from the API server's /metrics (apiserver_request_total by code) and its
+audit log (by client). The test first shows the API server does answer 429 when more
+requests arrive at once than it takes, so a zero is a measurement, not a given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from blocks.cluster_access import ClusterAccess
+from flows.deploy_fleet import deploy_fleet
+from hubfleet.results import Outcome
+from testenv.controlplane import ControlPlane
+from testenv.volumes import create_volumes
+
+pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server")]
+
+HUBS = 10
+INFLIGHT = 2
+
+
+@pytest.fixture(scope="module")
+def small_apiserver(testenv_tools) -> Iterator[ControlPlane]:
+    cp = ControlPlane(testenv_tools, max_requests_inflight=INFLIGHT, audit_log=True)
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+def count_429(cp: ControlPlane) -> int:
+    text = cp.metrics()
+    return sum(
+        int(float(v))
+        for v in re.findall(r'^apiserver_request_total\{[^}]*code="429"[^}]*\} (\S+)$', text, re.M)
+    )
+
+
+def test_the_small_apiserver_does_throttle(small_apiserver: ControlPlane) -> None:
+    """20 LISTs at once against 2 in-flight slots: some are answered 429 (Retry-After)."""
+    cp = small_apiserver
+    before = count_429(cp)
+
+    def list_pods(_: int) -> int:
+        return cp.request("GET", "/api/v1/pods?limit=500", timeout=30)[0]
+
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(list_pods, range(60)))
+    assert 429 in codes, codes
+    assert count_429(cp) - before == codes.count(429)
+
+
+def write_fleet(root: Path, cluster: str, hubs: list[str]) -> None:
+    d = root / "clusters" / cluster
+    d.mkdir(parents=True)
+    (root / "fleet.yaml").write_text("name: t\nparallelism: 5\nchart_version: 4.4.0\n")
+    (d / "cluster.values.yaml").write_text(
+        "jupyterhub: {hub: {config: {JupyterHub: {authenticator_class: 'null'}}}}\n"
+    )
+    body = f"name: {cluster}\nprovider: kubeconfig\nkubeconfig: {{context: hubfleet-testenv}}\n"
+    body += "api_qps: 5\napi_burst: 10\nhubs:\n"
+    for i, hub in enumerate(hubs):
+        tier = "staging" if i == 0 else "prod"
+        body += textwrap.indent(
+            f"- {{name: {hub}, domain: {hub}.t.test, tier: {tier}, kind: standing}}\n", "  "
+        )
+    (d / "cluster.yaml").write_text(body)
+
+
+async def test_fleet_run_on_a_throttling_apiserver_gets_no_429(
+    small_apiserver: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp = small_apiserver
+    tag = uuid.uuid4().hex[:5]
+    cluster, hubs = f"thr{tag}", [f"t{tag}{i}" for i in range(HUBS)]
+    write_fleet(tmp_path / "fleet", cluster, hubs)
+    monkeypatch.setenv("HUBFLEET_FLEET", str(tmp_path / "fleet"))
+    assert cp.kubeconfig is not None
+    await ClusterAccess(
+        kubeconfig=cp.kubeconfig.read_text(), context="hubfleet-testenv", server=str(cp.server)
+    ).save(cluster, overwrite=True)
+    api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+    try:
+        create_volumes(api, "thr-pv", HUBS + 2)
+        audit = cp.audit_log_path
+        assert audit is not None
+        start, before = audit.stat().st_size, count_429(cp)
+
+        result = await deploy_fleet(selection=[cluster], gate="rollout", operator="t")
+
+        assert [o.outcome for o in result.outcomes] == [Outcome.deployed] * HUBS
+        throttled = count_429(cp) - before
+        with audit.open("rb") as f:
+            f.seek(start)
+            events = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+        helm = [e for e in events if e.get("userAgent", "").startswith("Helm/")]
+        ours = [e for e in events if e.get("userAgent", "").startswith("hubfleet")]
+        refused = sorted(
+            {e["userAgent"].split(" ")[0] for e in events if e["responseStatus"]["code"] == 429}
+        )
+        # helm and hubfleet's own client did the work, through this API server.
+        assert len(helm) > 50 * HUBS and ours
+        assert throttled == 0, f"{throttled} request(s) answered 429; clients: {refused}"
+
+        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+        for hub in hubs:
+            deps = apps.list_namespaced_deployment(hub, label_selector=f"release={hub}").items
+            assert {d.metadata.name for d in deps} >= {"hub", "proxy"}
+            assert all(d.status.ready_replicas == d.spec.replicas for d in deps), hub
+            pods = core.list_namespaced_pod(hub, label_selector=f"release={hub}").items
+            assert pods and all(
+                any(c.type == "Ready" and c.status == "True" for c in p.status.conditions)
+                for p in pods
+                if not p.metadata.deletion_timestamp
+            ), hub
+    finally:
+        api.close()
