@@ -60,6 +60,18 @@ CALIBRATION = ("cal0", "cal1", "cal2")
 SHARED_CHARTS = REPO.parent / "shared" / "charts"
 
 
+def bench_pools() -> tuple[Any, ...]:
+    """The default node pools, big enough for 100 z2jh hubs: each hub has 4 core pods
+    (hub, proxy, 2 user-schedulers at 50m CPU) and a continuous image puller pod per user
+    node. With the test defaults (2 x 110 pods, 3.9 CPU per core node) hubs past the ~50th
+    stay Pending, and the readiness gate fails them, as it should."""
+    from dataclasses import replace
+
+    from testenv.controlplane import DEFAULT_POOLS
+
+    return tuple(replace(p, cpu="64", memory="512Gi", pods="600") for p in DEFAULT_POOLS)
+
+
 def write_fleet(root: Path, hubs: int, parallelism: int, qps: float, burst: int) -> list[str]:
     """One kubeconfig cluster: `hubs` bench hubs (b000 staging) + the calibration hubs."""
     d = root / "clusters" / CLUSTER
@@ -374,6 +386,7 @@ def main() -> None:
         repo.add_version(SHARED_CHARTS / "jupyterhub-4.4.0.tgz", NEXT_VERSION)
         os.environ["HUBFLEET_CHART_REPOSITORY"] = repo.url
         cp = ControlPlane(
+            pools=bench_pools(),
             max_requests_inflight=args.max_requests_inflight,
             max_mutating_requests_inflight=args.max_mutating_requests_inflight,
             audit_log=True,

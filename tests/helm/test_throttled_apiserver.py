@@ -1,6 +1,6 @@
-"""A fleet run against an API server small enough to throttle: the cluster's client-side
+"""A fleet upgrade against an API server small enough to throttle: the cluster's client-side
 rate limit (cluster.yaml `api_qps`, `api_burst`) and its parallelism keep its 429s at zero,
-and every hub ends deployed with its pods Ready.
+and every hub ends deployed on the new version with its pods Ready.
 
 Real: a control plane of its own (kube-apiserver with `--max-requests-inflight` 2, etcd,
 controllers, kwok nodes), helm 3 with the z2jh chart, the Prefect server, deploy_fleet. The
@@ -24,13 +24,15 @@ from kubernetes import client, config
 
 from blocks.cluster_access import ClusterAccess
 from flows.deploy_fleet import deploy_fleet
+from flows.upgrade_fleet import upgrade_fleet
 from hubfleet.results import Outcome
+from testenv.chartrepo import NEXT_VERSION
 from testenv.controlplane import ControlPlane
 from testenv.volumes import create_volumes
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("prefect_server")]
 
-HUBS = 10
+HUBS = 8
 INFLIGHT = 2
 
 
@@ -69,7 +71,7 @@ def test_the_small_apiserver_does_throttle(small_apiserver: ControlPlane) -> Non
 def write_fleet(root: Path, cluster: str, hubs: list[str]) -> None:
     d = root / "clusters" / cluster
     d.mkdir(parents=True)
-    (root / "fleet.yaml").write_text("name: t\nparallelism: 5\nchart_version: 4.4.0\n")
+    (root / "fleet.yaml").write_text("name: t\nparallelism: 4\nchart_version: 4.4.0\n")
     (d / "cluster.values.yaml").write_text(
         "jupyterhub: {hub: {config: {JupyterHub: {authenticator_class: 'null'}}}}\n"
     )
@@ -83,7 +85,7 @@ def write_fleet(root: Path, cluster: str, hubs: list[str]) -> None:
     (d / "cluster.yaml").write_text(body)
 
 
-async def test_fleet_run_on_a_throttling_apiserver_gets_no_429(
+async def test_fleet_upgrade_on_a_throttling_apiserver_gets_no_429(
     small_apiserver: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cp = small_apiserver
@@ -98,11 +100,15 @@ async def test_fleet_run_on_a_throttling_apiserver_gets_no_429(
     api = config.new_client_from_config(config_file=str(cp.kubeconfig))
     try:
         create_volumes(api, "thr-pv", HUBS + 2)
+        installed = await deploy_fleet(selection=[cluster], gate="rollout", operator="t")
+        assert [o.outcome for o in installed.outcomes] == [Outcome.deployed] * HUBS
+        fleet_yaml = tmp_path / "fleet" / "fleet.yaml"
+        fleet_yaml.write_text(fleet_yaml.read_text().replace("4.4.0", NEXT_VERSION))
         audit = cp.audit_log_path
         assert audit is not None
         start, before = audit.stat().st_size, count_429(cp)
 
-        result = await deploy_fleet(selection=[cluster], gate="rollout", operator="t")
+        result = await upgrade_fleet(selection=[cluster], gate="rollout", operator="t")
 
         assert [o.outcome for o in result.outcomes] == [Outcome.deployed] * HUBS
         throttled = count_429(cp) - before
@@ -112,7 +118,11 @@ async def test_fleet_run_on_a_throttling_apiserver_gets_no_429(
         helm = [e for e in events if e.get("userAgent", "").startswith("Helm/")]
         ours = [e for e in events if e.get("userAgent", "").startswith("hubfleet")]
         refused = sorted(
-            {e["userAgent"].split(" ")[0] for e in events if e["responseStatus"]["code"] == 429}
+            {
+                f"{e['userAgent'].split('/')[0]} ({e['userAgent'].rsplit('/', 1)[-1]})"
+                for e in events
+                if e["responseStatus"]["code"] == 429
+            }
         )
         # helm and hubfleet's own client did the work, through this API server.
         assert len(helm) > 50 * HUBS and ours
@@ -122,6 +132,7 @@ async def test_fleet_run_on_a_throttling_apiserver_gets_no_429(
         for hub in hubs:
             deps = apps.list_namespaced_deployment(hub, label_selector=f"release={hub}").items
             assert {d.metadata.name for d in deps} >= {"hub", "proxy"}
+            assert {d.metadata.labels["chart"] for d in deps} == {f"jupyterhub-{NEXT_VERSION}"}
             assert all(d.status.ready_replicas == d.spec.replicas for d in deps), hub
             pods = core.list_namespaced_pod(hub, label_selector=f"release={hub}").items
             assert pods and all(
