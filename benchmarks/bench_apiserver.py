@@ -224,8 +224,11 @@ async def run(args: argparse.Namespace, root: Path, names: list[str], cp: Any) -
     api = config.new_client_from_config(config_file=str(cp.kubeconfig))
     # The control plane has no provisioner: every hub database's PVC binds one of these.
     create_volumes(api, "bench-pv", len(names) + len(CALIBRATION) + 5)
+    # hubfleet as a cluster-admin through RBAC, as a fleet's deployer is: system:masters
+    # (the admin kubeconfig) is exempt from the apiserver's in-flight limits.
+    kubeconfig = cp.kubeconfig if args.as_admin else cp.deployer_kubeconfig
     await ClusterAccess(
-        kubeconfig=cp.kubeconfig.read_text(), context="hubfleet-testenv", server=cp.server
+        kubeconfig=kubeconfig.read_text(), context="hubfleet-testenv", server=cp.server
     ).save(CLUSTER, overwrite=True)
     await ensure_concurrency_limits(load_fleet(root))
     phases: dict[str, Any] = {}
@@ -297,6 +300,9 @@ async def run(args: argparse.Namespace, root: Path, names: list[str], cp: Any) -
     wall = phases["upgrade"]["wall_s"]
     return {
         "hubs": len(names),
+        "identity": "system:masters (exempt from in-flight limits)"
+        if args.as_admin
+        else "hubfleet-deployer (cluster-admin by RBAC; in-flight limits apply)",
         "parallelism": args.parallelism,
         "api_qps": args.qps if not args.no_rate_limit else "off",
         "api_burst": args.burst,
@@ -371,6 +377,11 @@ def main() -> None:
     parser.add_argument("--max-mutating-requests-inflight", type=int, default=None)
     parser.add_argument("--server", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--label", default="limited", help="key of this run in the JSON")
+    parser.add_argument(
+        "--as-admin",
+        action="store_true",
+        help="reach the cluster as system:masters (exempt from the in-flight limits)",
+    )
     args = parser.parse_args()
 
     from testenv.chartrepo import NEXT_VERSION, ChartRepository

@@ -213,6 +213,10 @@ CLIENTS = {
     "controller-manager": ("system:kube-controller-manager", None),
     "scheduler": ("system:kube-scheduler", None),
     "kwok": ("kwok-controller", "system:masters"),
+    # A cluster admin through RBAC (cluster-admin bound at start), not system:masters: the
+    # apiserver's in-flight limits exempt system:masters, and a fleet's deployer on a real
+    # cluster is not in it. Tests and benchmarks that measure throttling use this one.
+    "deployer": ("hubfleet-deployer", None),
 }
 
 
@@ -483,6 +487,30 @@ class ControlPlane:
         )
         self.timings["apiserver_ready"] = time.monotonic() - t0
 
+        status, body = self.request(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "hubfleet-deployer"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "cluster-admin",
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "User",
+                        "name": "hubfleet-deployer",
+                    }
+                ],
+            },
+        )
+        if status not in (200, 201, 409):
+            raise ControlPlaneError(f"binding the deployer failed: {status} {body}")
+
         # Nodes exist before kwok starts so it picks them up at once.
         for pool in self.pools:
             for i in range(pool.count):
@@ -546,6 +574,12 @@ class ControlPlane:
         )
         self.timings["controllers_ready"] = time.monotonic() - t0
         self._progress(f"control plane up at {self.server} in {time.monotonic() - t0:.1f}s")
+
+    @property
+    def deployer_kubeconfig(self) -> Path | None:
+        """A cluster-admin kubeconfig (RBAC) outside system:masters, so the apiserver's
+        in-flight limits apply to it as to a real fleet's deployer."""
+        return self.workdir / "deployer.kubeconfig" if self.workdir else None
 
     @property
     def audit_log_path(self) -> Path | None:
