@@ -302,7 +302,7 @@ async def run(args: argparse.Namespace, root: Path, names: list[str], cp: Any) -
         "hubs": len(names),
         "identity": "system:masters (exempt from in-flight limits)"
         if args.as_admin
-        else "hubfleet-deployer (cluster-admin by RBAC; in-flight limits apply)",
+        else "testenv-deployer (cluster-admin by RBAC; in-flight limits apply)",
         "parallelism": args.parallelism,
         "api_qps": args.qps if not args.no_rate_limit else "off",
         "api_burst": args.burst,

@@ -216,7 +216,7 @@ CLIENTS = {
     # A cluster admin through RBAC (cluster-admin bound at start), not system:masters: the
     # apiserver's in-flight limits exempt system:masters, and a fleet's deployer on a real
     # cluster is not in it. Tests and benchmarks that measure throttling use this one.
-    "deployer": ("hubfleet-deployer", None),
+    "deployer": ("testenv-deployer", None),
 }
 
 
@@ -493,7 +493,7 @@ class ControlPlane:
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRoleBinding",
-                "metadata": {"name": "hubfleet-deployer"},
+                "metadata": {"name": "testenv-deployer-cluster-admin"},
                 "roleRef": {
                     "apiGroup": "rbac.authorization.k8s.io",
                     "kind": "ClusterRole",
@@ -503,7 +503,7 @@ class ControlPlane:
                     {
                         "apiGroup": "rbac.authorization.k8s.io",
                         "kind": "User",
-                        "name": "hubfleet-deployer",
+                        "name": "testenv-deployer",
                     }
                 ],
             },

@@ -57,26 +57,34 @@ def count_429(cp: ControlPlane) -> int:
 
 
 def test_the_small_apiserver_does_throttle(small_apiserver: ControlPlane) -> None:
-    """16 reads of the OpenAPI document (megabytes: each holds a slot for a while) at once
-    against 2 in-flight slots: some are answered 429."""
+    """More slow reads at once than its 2 in-flight slots: the rest are answered 429.
+
+    A LIST at a resourceVersion the cache has not reached yet is held (about 3 s, then
+    504 "Too large resource version"): 2 of them fill the slots for that long."""
     cp = small_apiserver
     before = count_429(cp)
     assert cp.deployer_kubeconfig is not None
     deployer = config.new_client_from_config(config_file=str(cp.deployer_kubeconfig))
+    core = client.CoreV1Api(deployer)
+    ahead = str(int(core.list_namespace(limit=1).metadata.resource_version) + 10_000_000)
 
     def read(_: int) -> int:
         # As the deployer: system:masters (the admin) is exempt from the in-flight limits.
-        response = deployer.call_api("GET", f"{deployer.configuration.host}/openapi/v2")
-        response.read()
-        return int(response.status)
+        try:
+            core.list_namespaced_config_map(
+                "default", resource_version=ahead, resource_version_match="NotOlderThan"
+            )
+            return 200
+        except client.exceptions.ApiException as exc:
+            return int(exc.status)
 
     try:
-        with ThreadPoolExecutor(16) as pool:
-            codes = list(pool.map(read, range(32)))
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(read, range(8)))
     finally:
         deployer.close()
     assert 429 in codes, codes
-    assert count_429(cp) - before == codes.count(429)
+    assert count_429(cp) - before >= codes.count(429)  # the controllers may get some too
 
 
 def write_fleet(root: Path, cluster: str, hubs: list[str]) -> None:
