@@ -2,8 +2,9 @@
 
 Every call goes through a client built from a kubeconfig file (see
 `blocks.cluster_access.kubeconfig_file`), held to the cluster's client-side rate limit
-(`TokenBucket`, one per cluster per process: cluster.yaml `api_qps`, `api_burst`). API errors that may pass (5xx, 429, connection
-trouble) become `TransientError`s so tasks retry them; anything else is raised as is.
+(`TokenBucket`, one per cluster per process: cluster.yaml `api_qps`, `api_burst`). API
+errors that may pass (5xx, 429, connection trouble) become `TransientError`s so tasks
+retry them; anything else is raised as is.
 """
 
 from __future__ import annotations
