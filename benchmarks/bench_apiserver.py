@@ -26,7 +26,9 @@ user agent (Helm, hubfleet, the controllers, kwok). At the end every
 bench hub must be on the new version with its pods Ready.
 
 `--max-requests-inflight` / `--max-mutating-requests-inflight` make the API server small
-enough to throttle (its defaults are 400/200). Results go under `--label` in
+enough to throttle (its defaults are 400/200). hubfleet reaches it as the control plane's
+deployer (cluster-admin by RBAC), since the in-flight limits exempt system:masters, which
+`--as-admin` uses instead. Results go under `--label` in
 benchmarks/results/apiserver.json (other labels' results are kept).
 """
 
