@@ -130,26 +130,33 @@ async def hub_health(op: HubOperation) -> dict[str, Any]:
     return await check_hub_health(cluster, hub, operator=op.operator)
 
 
+#: How long the readiness check waits, after helm's success, for every Deployment of the
+#: release to be rolled out and every pod Ready (see `kube.wait_rollout`).
+READY_WITHIN_S = 15.0
+
+
 async def health_gate(op: HubOperation, gate: Gate, api: Any, namespace: str) -> str | None:
     """Why the freshly deployed hub must be rolled back, or None if it passes.
 
-    Two layers, because `helm --wait` only proves that pods became Ready once:
+    Two layers, because helm's success is not proof (`--wait` saw pods Ready once; it
+    counts a paused Deployment as ready; a hub that crashed since is not Ready):
     - rollout (Kubernetes, through the API): every Deployment of the release is on its new
-      generation with all replicas available, and every pod is Ready with no restarts.
+      generation with all replicas available, and every pod is Ready with no restarts,
+      within READY_WITHIN_S. Every gate runs it, `none` included: a hub whose pods are
+      not Ready is never reported deployed.
     - health: `check_hub_health` (reachable → api → auth ...) must not say "down".
 
     `auto` means both for real clusters. `rollout` skips the HTTP probes: for clusters whose
     hubs are not reachable from where the flow runs (CI, the kwok test cluster, where pods
-    are fake and nothing answers behind a hub's domain). Tests inject a hub-level failure
-    by replacing `hub_health`, which keeps helm, Kubernetes and the rollback real.
+    are fake and nothing answers behind a hub's domain); `none` skips them too (the hub's
+    health is then "unchecked"). Tests inject a hub-level failure by replacing
+    `hub_health`, which keeps helm, Kubernetes and the rollback real.
     """
     logger = get_run_logger()
-    if gate == "none":
-        return None
-    problems = await kube.rollout_status(api, namespace, op.hub.name)
+    problems = await kube.rollout_status(api, namespace, op.hub.name, READY_WITHIN_S)
     if problems:
-        return "rollout: " + "; ".join(problems)
-    if gate == "rollout":
+        return "rollout: helm reported success, but " + "; ".join(problems)
+    if gate in ("rollout", "none"):
         return None
     report = await hub_health(op)
     logger.info("%s: health %s (%s)", op.target, report["verdict"], report.get("reason"))
@@ -174,7 +181,8 @@ async def deploy_hub(
 ) -> HubDeployed:
     """Deploy or update one hub; with dry_run, only report what would change.
 
-    gate: post-deploy health gate (`auto`, `health`, `rollout` or `none`; see health_gate).
+    gate: post-deploy health gate (`auto`, `health`, `rollout` or `none`; see health_gate;
+      every gate checks that the release's pods are Ready).
     wait_timeout: how long helm waits for the rollout before undoing it.
     lock_timeout: seconds to wait for another operation on this hub (None: tasks.locks.LOCK_WAIT).
     fleet_slot: also take one of the cluster's `parallelism` slots (set by deploy_fleet).

@@ -41,7 +41,8 @@ GateOpt = Annotated[
     Gate,
     typer.Option(
         help="Gate after each hub: auto (health where probes can reach it, else rollout), "
-        "health, rollout or none."
+        "health, rollout or none (no probes). Every gate first checks that the hub's pods "
+        "are Ready."
     ),
 ]
 WaitOpt = Annotated[str, typer.Option(help="How long helm waits for a hub's rollout (e.g. 5m).")]
