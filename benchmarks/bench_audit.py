@@ -225,8 +225,11 @@ def main() -> None:
             "queries": {name: " ".join(args) for name, args in QUERIES.items()},
             "without_tag_index": before,
             "with_tag_index": after,
-            "tag_index": {"created": created, "build_s": round(index_s, 1),
-                          "size_mb": round(index_size / 2**20, 1)},  # fmt: skip
+            "tag_index": {
+                "created": created,
+                "build_s": round(index_s, 1),
+                "size_mb": round(index_size / 2**20, 1),
+            },
             "cli": cli,
             "cli_startup_s": round(cli_startup_s, 3),  # `hubfleet --help`: imports only
             "target_s": TARGET_S,

@@ -259,7 +259,7 @@ class Peaks:
         for p in procs:
             try:
                 total += p.memory_info().rss
-            except Exception:  # noqa: BLE001 - a process that ended has no RSS
+            except Exception:  # a process that ended has no RSS
                 pass
         return total / 2**20
 
@@ -370,7 +370,7 @@ async def shallow(
             swept.append(time.perf_counter() - t)
             stop_profiles(spies)
             peaks.append(peak)
-            counts = result["counts"]
+            counts = result.counts
             progress(f"run {run}/{runs}: sweep {swept[-1]:.1f} s, bare {bare[-1]:.1f} s")
         async with get_client() as client:
             table = await client.read_artifacts(
@@ -428,15 +428,15 @@ def start_profiles(profile: bool, sim_pid: int) -> list[subprocess.Popen[bytes]]
         for p in psutil.Process().children(recursive=True)
         if p.pid != sim_pid and "uvicorn" in " ".join(p.cmdline())
     ]
-    targets = {"flow": os.getpid(), **{"server": pid for pid in server[:1]}}
-    return [
-        subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--rate", "50", "--idle", "--nonblocking",
-             "--output", str(PROFILES / f"sweep-{name}.svg")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        for name, pid in targets.items()
-    ]
+    targets = {"flow": os.getpid(), **({"server": server[0]} if server else {})}
+    spies = []
+    for name, pid in targets.items():
+        command = [spy, "record", "--pid", str(pid), "--rate", "50", "--idle",
+                   "--nonblocking", "--output", str(PROFILES / f"sweep-{name}.svg")]  # fmt: skip
+        spies.append(
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+    return spies
 
 
 def stop_profiles(spies: list[subprocess.Popen[bytes]]) -> None:
@@ -487,7 +487,7 @@ async def deep(n: int, c: int) -> dict[str, Any]:
         "bound_s": round(bound, 2),
         "ratio_to_ideal": round(wall / (math.ceil(n / c) * single), 2),
         "meets_target": wall <= bound,
-        "verdicts": result["counts"],
+        "verdicts": result.counts,
     }
 
 

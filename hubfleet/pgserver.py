@@ -193,6 +193,7 @@ class Postgres:
         An extra index on Prefect's table changes no query's result, and Prefect's
         migrations neither need nor drop it.
         """
+
         def psql(sql: str) -> str:
             return subprocess.run(
                 [pg_bin("psql"), "-h", str(self.socket_dir), "-U", "prefect", "-d", "prefect",
