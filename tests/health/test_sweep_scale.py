@@ -49,8 +49,7 @@ def many_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO / "fleet", root)
     (root / "clusters" / "many").mkdir()
     hubs = "".join(
-        f"  - {{name: m{i:03d}, domain: m{i:03d}.many.hubfleet.test, tier: prod, "
-        "kind: standing}\n"
+        f"  - {{name: m{i:03d}, domain: m{i:03d}.many.hubfleet.test, tier: prod, kind: standing}}\n"
         for i in range(N)
     )
     (root / "clusters" / "many" / "cluster.yaml").write_text(
