@@ -7,7 +7,8 @@ shallow: N hubs (default 1,000; issue #19 asks for 10,000) answered by a loopbac
   requests, 1% refuse the token). `check_fleet_health(depth="shallow")` against a real
   Prefect server (SQLite; every hub's result persisted in the sweep's table artifact)
   versus a bare asyncio probe of the same endpoints with the same probe code, concurrency
-  and retries, no Prefect, measured in the same run.
+  and retries (and the same usage sample of each hub it reached), no Prefect, measured in
+  the same run.
   Targets (10,000 hubs): median sweep <= 20 s, and <= 2x the bare probe.
   Also: peak RSS of this process (it runs the flow) and of the Prefect server during the
   sweeps, the CPU seconds of flow, server and simulator in the last sweep, the load
@@ -312,8 +313,9 @@ async def bare_probe(
     """The same probes, concurrency and retries as the sweep; no Prefect at all."""
     import httpx
 
-    from hubfleet.health import DEPTHS, judge
+    from hubfleet.health import DEPTHS, Level, judge
     from tasks import probes
+    from tasks.usage import running_servers
 
     gate = asyncio.Semaphore(limit)
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
@@ -329,6 +331,12 @@ async def bare_probe(
                     retries=retries,
                     backoff=backoff,
                 )
+                if found and found[-1].level is Level.auth and found[-1].ok:
+                    # the usage sample the sweep takes of every hub it reached
+                    try:
+                        await running_servers(client, urls[hub], tokens[hub], 5.0)
+                    except Exception:  # the sweep logs it and moves on
+                        pass
             return judge(hub, found).verdict.value
 
         verdicts = await asyncio.gather(*(one(h) for h in urls))
