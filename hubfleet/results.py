@@ -8,6 +8,7 @@ message to learn what happened. `hubfleet.cli.common.show` prints any of them.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -96,3 +97,20 @@ class HubTornDown(_Result):
     dropped_volumes: list[str] = []
     volumes_left: dict[str, str] = {}
     removed: str = ""
+
+
+# --- check_fleet_health (feat/sweep-scale) -----------------------------------------------
+
+
+class HealthSweep(_Result):
+    """check_fleet_health's result: one sweep's verdicts. Every hub's row (verdict, level,
+    reason, latency, streak) is in the run's `health-sweep-<depth>` table artifact; this
+    keeps the counts and the hubs that need a look."""
+
+    depth: str
+    hubs: int  # hubs swept
+    counts: dict[str, int] = {}  # verdict -> hubs
+    unhealthy: list[dict[str, Any]] = []  # the rows of the hubs not healthy
+    alerted: list[str] = []  # hubs whose streak reached alert_after in this sweep
+    recovered: list[str] = []  # hubs healthy again after an alert
+    changes: list[str] = []  # what changed since each hub's last sweep

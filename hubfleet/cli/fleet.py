@@ -118,7 +118,9 @@ def run_operation(
         raise typer.Exit(1)
     show(result)
     problem = state.message if state.is_failed() else None
-    if problem is None and failed is not None and isinstance(result, dict):
+    from pydantic import BaseModel
+
+    if problem is None and failed is not None and isinstance(result, (dict, BaseModel)):
         from hubfleet.cli.common import plain
 
         problem = failed(plain(result))
