@@ -121,7 +121,7 @@ async def test_cookie_rotation_logs_users_out_ops_token_and_health_survive(
     # A new login works; the ops token still works; the health probe passes.
     assert home(log_in(url, "alice"), url)[0] == 200
     assert api.whoami(url, ops.token.get_secret_value())["name"] == "hubfleet-ops"
-    assert (await check_hub_health(cluster=cluster, hub=hub))["verdict"] == "healthy"
+    assert (await check_hub_health(cluster=cluster, hub=hub)).verdict == "healthy"
 
 
 async def test_hub_secret_scope_errors_are_clear(login_hub: tuple[str, str]) -> None:

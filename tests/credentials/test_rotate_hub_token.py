@@ -50,7 +50,7 @@ async def test_rotation_new_works_old_refused_health_passes_throughout() -> None
 
     async def probe_until_done() -> None:
         while rotating or len(verdicts) < 3:
-            verdicts.append((await check_hub_health(cluster="local", hub="staging"))["verdict"])
+            verdicts.append((await check_hub_health(cluster="local", hub="staging")).verdict)
 
     prober = asyncio.create_task(probe_until_done())
     try:
@@ -111,7 +111,7 @@ async def test_failed_verification_rolls_back(monkeypatch: pytest.MonkeyPatch) -
     assert f"restored {before.token_id} in the block" in text
     assert f"checked: the old credential {before.token_id} works" in text
     monkeypatch.undo()
-    assert (await check_hub_health(cluster="local", hub="prod"))["verdict"] == "healthy"
+    assert (await check_hub_health(cluster="local", hub="prod")).verdict == "healthy"
 
 
 async def test_dry_run_and_policy_change_nothing() -> None:
@@ -134,9 +134,9 @@ async def test_ops_token_cannot_make_admins_or_delete_users() -> None:
     block = await HubOpsToken.aload("local-staging")
     token = block.token.get_secret_value()
     assert block.expires_at is not None
-    assert (await check_hub_health(cluster="local", hub="staging", depth="deep"))[
-        "verdict"
-    ] == "healthy"
+    assert (
+        await check_hub_health(cluster="local", hub="staging", depth="deep")
+    ).verdict == "healthy"
     attempts = [
         ("POST", "users/mallory", {"admin": True}),
         ("PATCH", f"users/{HEALTH_USER}", {"admin": True}),

@@ -86,7 +86,7 @@ async def test_ops_token_rotation_through_the_port_forward(node_hub: NodeHub, ku
         assert api.whoami(relay.url, new)["name"] == OPS_USER
         assert api.list_tokens(relay.url, new, OPS_USER) == [done["new"]]
     report = await check_hub_health(cluster, hub, depth="auth")
-    assert report["verdict"] == "healthy", report
+    assert report.verdict == "healthy", report
     await assert_no_leak(old, new, node_hub.admin)
 
 
@@ -128,7 +128,7 @@ async def test_hub_secret_rotation_logs_users_out_and_the_proxy_refuses_its_old_
         assert call(f"{proxy_api.url}/api/routes", new_token)[0] == 200
     # hubfleet still operates the hub: its ops token lives in the hub's database.
     report = await check_hub_health(cluster, hub, depth="auth")
-    assert report["verdict"] == "healthy", report
+    assert report.verdict == "healthy", report
     await assert_no_leak(
         old_token,
         new_token,
