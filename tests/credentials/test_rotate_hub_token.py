@@ -60,20 +60,20 @@ async def test_rotation_new_works_old_refused_health_passes_throughout() -> None
     finally:
         rotating = False
         await prober
-    assert len(result["rotated"]) == 1
-    done = result["rotated"][0]
-    assert done["kind"] == "hub-ops-token" and done["owner"] == "local/staging"
-    assert done["old"] == before.token_id and done["new"] != before.token_id
+    assert len(result.rotated) == 1
+    done = result.rotated[0]
+    assert done.kind == "hub-ops-token" and done.owner == "local/staging"
+    assert done.old == before.token_id and done.new != before.token_id
 
     after = await HubOpsToken.aload("local-staging")
     new_token = after.token.get_secret_value()
-    assert after.token_id == done["new"] and after.last_rotated is not None
+    assert after.token_id == done.new and after.last_rotated is not None
     assert after.expires_at is not None and after.expires_at > after.created_at
     # The new token works; the old one is refused with 403 by the real hub.
     assert api.whoami(url, new_token)["name"] == OPS_USER
     assert status_with(url, old_token) == 403
     # Exactly one ops token is left: the new one (the old one is revoked).
-    assert api.list_tokens(url, new_token, OPS_USER) == [done["new"]]
+    assert api.list_tokens(url, new_token, OPS_USER) == [done.new]
     # The health probe passed before, during and after the rotation.
     assert len(verdicts) >= 3 and set(verdicts) == {"healthy"}, verdicts
 
@@ -118,10 +118,10 @@ async def test_dry_run_and_policy_change_nothing() -> None:
     await deploy_hub(cluster="local", hub="workshop")
     before = await HubOpsToken.aload("local-workshop")
     dry = await rotate_credentials(scope="hub:local/workshop", max_age=timedelta(0), dry_run=True)
-    assert dry["would_rotate"] == ["hub-ops-token local/workshop"]
+    assert dry.would_rotate == ["hub-ops-token local/workshop"]
     # Within policy (30 days by default): nothing is due, nothing changes.
     fresh = await rotate_credentials(scope="hub:local/workshop")
-    assert fresh["rotated"] == []
+    assert fresh.rotated == []
     after = await HubOpsToken.aload("local-workshop")
     assert after.token_id == before.token_id
 
