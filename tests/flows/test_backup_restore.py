@@ -235,7 +235,7 @@ async def test_backup_restore_retention_and_a_failed_verification(
     # A user or a copy that is not there: refused, saying what is.
     with pytest.raises(RestoreRefused, match=r"has no home of 'cy' \(homes: ada, bo\)"):
         await restore_hub("local", "staging", user="cy", operator="ops")
-    with pytest.raises(RestoreRefused, match=rf"verified copies: {first['stamp']}"):
+    with pytest.raises(RestoreRefused, match=rf"verified copies: {first.stamp}"):
         await restore_hub("local", "staging", stamp="20000101T000000Z", operator="ops")
 
     # Retention: keep 2. A third backup deletes the first, only after verifying itself.
@@ -341,7 +341,7 @@ async def test_backup_to_s3_on_moto_keeps_the_key_out_of_the_history(
     users.serve("cyd")
     users.write("cyd", "data.txt", "x" * 5000)
     first = await backup_hub("local", "staging", operator="ops")
-    prefix = f"hubs/local/staging/{first['stamp']}/"
+    prefix = f"hubs/local/staging/{first.stamp}/"
     keys = {
         o["Key"].removeprefix(prefix)
         for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]

@@ -141,7 +141,7 @@ async def test_backup_and_restore_of_a_hub_on_the_node(
     assert first.backed_up and first.users == ["ada", "bo"], first
     runs = pods.runs
     assert len(runs) == 2 and all(r["node"] == real_node.name and r["exit"] == 0 for r in runs)
-    prefix = f"backups/{cluster}/{hub}/{first['stamp']}/"
+    prefix = f"backups/{cluster}/{hub}/{first.stamp}/"
     keys = bucket_keys(s3, bucket, prefix)
     for user, files in HOMES.items():
         for rel, data in files.items():

@@ -188,7 +188,7 @@ async def test_plan_apply_drift_and_approval(lab_fleet: Any) -> None:
     )
     assert rejected.needs_approval is True
     assert "terraform_data.this" in rejected.plan.replace
-    assert rejected == rejected | {"approved": False, "reason": "not now", "applied": False}
+    assert (rejected.approved, rejected.reason, rejected.applied) == (False, "not now", False)
     assert resources(cluster)["terraform_data.this"]["attributes"]["id"] == before
 
     approved = await with_approval(
