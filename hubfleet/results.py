@@ -107,16 +107,6 @@ class HubTornDown(_Result):
     removed: str = ""
 
 
-class HubUnlocked(_Result):
-    """unlock_hub's result: whether the hub was locked, by whom, and whether it was freed."""
-
-    hub: str  # cluster/hub
-    locked: bool
-    unlocked: bool
-    holder: str | None = None  # the run that held it (ended), when known
-    dry_run: bool = False
-
-
 class SupportDeployed(_Result):
     """deploy_support's result: the cluster's support chart, its placeholder count, or
     (dry run) the changes it would make."""
@@ -371,6 +361,19 @@ class HubCustomized(_Result):
     deploy: HubDeployed | None = None
 
 
+# --- locks --------------------------------------------------------------------------------
+
+
+class HubUnlocked(_Result):
+    """unlock_hub's result: whether the hub was locked, by whom, and whether it was freed."""
+
+    hub: str  # cluster/hub
+    locked: bool
+    unlocked: bool
+    holder: str | None = None  # the run that held it (ended), when known
+    dry_run: bool = False
+
+
 # --- clusters -----------------------------------------------------------------------------
 
 
@@ -435,7 +438,7 @@ class ClusterDestroyed(_Result):
 
     cluster: str
     plan: PlanSummary
-    data_stores: list[Any] = []
+    data_stores: list[str] = []  # what the destroy removes with the cluster
     destroyed: bool = False
     approved: bool | None = None  # None: not asked (dry run)
     reason: str | None = None
