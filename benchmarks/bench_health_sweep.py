@@ -469,6 +469,7 @@ async def deep(n: int, c: int) -> dict[str, Any]:
     from flows.check_fleet_health import check_fleet_health
     from flows.check_hub_health import check_hub_health
     from flows.deploy_hub import deploy_hub
+    from hubfleet.health import Verdict
     from hubfleet.loader import load_fleet
     from hubfleet.paths import fleet_dir
     from tasks.local_hub import local_hub
@@ -484,7 +485,7 @@ async def deep(n: int, c: int) -> dict[str, Any]:
                 f"deep check of {hub}", 300, check_hub_health("deep", hub, depth="deep")
             )
             singles.append(time.perf_counter() - t)
-            assert report["verdict"] == "healthy", report
+            assert report.verdict is Verdict.healthy, report
         single = statistics.median(singles)
         t = time.perf_counter()
         result = await phase(

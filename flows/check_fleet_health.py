@@ -337,7 +337,8 @@ async def sweep_deep(
     async def one(cluster: str, hub: str) -> dict[str, Any]:
         async with gates[cluster]:
             try:
-                return await check_hub_health(cluster, hub, depth=depth, operator=operator)
+                health = await check_hub_health(cluster, hub, depth=depth, operator=operator)
+                return health.as_data()
             except Exception as exc:  # the check itself broke: that hub is down, not the sweep
                 failed = ProbeResult(Level.reachable, False, None, f"check failed: {exc}")
                 return report_dict(judge(f"{cluster}/{hub}", [failed]), None, depth)

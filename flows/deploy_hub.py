@@ -30,10 +30,11 @@ from hubfleet.auth import hub_config as auth_hub_config
 from hubfleet.auth import version_values
 from hubfleet.charts import hub_chart, release_version
 from hubfleet.errors import HubfleetError
+from hubfleet.health import Verdict
 from hubfleet.layers import Layer, merge_values
 from hubfleet.localhub import hub_config_from_values
 from hubfleet.model import Fleet, Provider
-from hubfleet.results import HubDeployed
+from hubfleet.results import HubDeployed, HubHealth
 from hubfleet.values import (
     hub_layers,
     hub_schema,
@@ -110,7 +111,7 @@ def helm_values_files(layers: list[Layer]) -> Iterator[list[Path]]:
 # --- the health gate ---------------------------------------------------------------------
 
 
-async def hub_health(op: HubOperation) -> dict[str, Any]:
+async def hub_health(op: HubOperation) -> HubHealth:
     """The hub-level verdict of a freshly deployed Kubernetes hub: its ops token made sure
     of first (minted in the hub pod on a first deploy, or when the stored one is refused or
     near its expiry), then the `check_hub_health` flow (a subflow run in the history)."""
@@ -126,7 +127,14 @@ async def hub_health(op: HubOperation) -> dict[str, Any]:
                 cluster, hub, minter, url, canonical_url(op.fleet, cluster, hub)
             )
     except Exception as exc:  # a hub that cannot issue its ops token is not healthy
-        return {"verdict": "down", "reason": f"ops token: {type(exc).__name__}: {exc}"}
+        return HubHealth(
+            hub=op.target,
+            url=None,
+            depth="shallow",
+            verdict=Verdict.down,
+            level="auth",
+            reason=f"ops token: {type(exc).__name__}: {exc}",
+        )
     return await check_hub_health(cluster, hub, operator=op.operator)
 
 
@@ -159,9 +167,9 @@ async def health_gate(op: HubOperation, gate: Gate, api: Any, namespace: str) ->
     if gate in ("rollout", "none"):
         return None
     report = await hub_health(op)
-    logger.info("%s: health %s (%s)", op.target, report["verdict"], report.get("reason"))
-    if report["verdict"] == "down":
-        return f"health check: down ({report.get('reason')})"
+    logger.info("%s: health %s (%s)", op.target, report.verdict, report.reason)
+    if report.down:
+        return f"health check: down ({report.reason})"
     return None
 
 
@@ -355,7 +363,7 @@ async def _deploy_local(
         try:
             token = await ensure_ops_service(cluster, hub, local_minter(local), url)
             health = await check_hub_health(cluster, hub, operator=op.operator)
-            why = None if health["verdict"] != "down" else str(health["reason"])
+            why = health.reason if health.down else None
         except Exception as exc:  # the new hub died between its start and the gate
             if plan.action == "unchanged" or not previous:
                 raise
@@ -369,10 +377,10 @@ async def _deploy_local(
     await acreate_markdown_artifact(
         key=f"deploy-{cluster}-{hub}",
         markdown=f"# Deployed {op.target}\n\n| | |\n|---|---|\n| action | {plan.action} |\n"
-        f"| url | {url} |\n| ops token | {token} |\n| health | {health['verdict']} |\n"
+        f"| url | {url} |\n| ops token | {token} |\n| health | {health.verdict} |\n"
         f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
-        description=f"deploy {op.target}: {plan.action}, {health['verdict']}",
+        description=f"deploy {op.target}: {plan.action}, {health.verdict}",
     )
-    if health["verdict"] == "down":
-        raise HubDeployFailed(f"{op.target} is down after deploy: {health['reason']}")
-    return HubDeployed(hub=op.target, action=plan.action, url=url, health=health["verdict"])
+    if health.down:
+        raise HubDeployFailed(f"{op.target} is down after deploy: {health.reason}")
+    return HubDeployed(hub=op.target, action=plan.action, url=url, health=str(health.verdict))

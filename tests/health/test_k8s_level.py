@@ -83,13 +83,13 @@ async def test_deployment_that_never_gets_ready_is_reported_with_the_pods_reason
 
     report = await check_hub_health("kc", "hc-k8s", depth="k8s")
 
-    k8s = next(p for p in report["probes"] if p["level"] == "k8s")
-    assert k8s["status"] == "FAIL", report
-    assert "deployment proxy 0/1 ready" in k8s["reason"], k8s["reason"]
-    assert "Unschedulable" in k8s["reason"] and "node" in k8s["reason"], k8s["reason"]
-    assert "deployment hub" not in k8s["reason"]  # the Ready one is not blamed
+    k8s = next(p for p in report.probes if p.level == "k8s")
+    assert k8s.status == "FAIL", report
+    assert "deployment proxy 0/1 ready" in k8s.reason, k8s.reason
+    assert "Unschedulable" in k8s.reason and "node" in k8s.reason, k8s.reason
+    assert "deployment hub" not in k8s.reason  # the Ready one is not blamed
     # The hub's domain does not resolve here, so it is down at reachable; k8s says why.
-    assert report["verdict"] == "down" and report["level"] == "reachable"
+    assert report.verdict == "down" and report.level == "reachable"
 
     # No false alarm: a namespace whose hub and proxy are Ready passes the same probe.
     for name in ("hub", "proxy"):

@@ -61,6 +61,7 @@ from waiting import wait_for
 from blocks.cluster_access import ClusterAccess
 from flows.deploy_hub import deploy_hub
 from flows.event_hubs import expire_event_hub
+from hubfleet.results import Expiry
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
 from tasks.kube_export import (
@@ -627,8 +628,8 @@ async def test_expiry_of_an_event_hub_on_the_node_exports_then_removes_it(
     (run,) = pods.runs
     assert run["node"] == real_node.name and run["exit"] == 0, run
     FIGURES["expiry"] = {"expire_event_hub_s": round(took, 1), **pod_figures(run, t0, took)}
-    assert expired["expired"] and expired["export"]["objects"] == 2, expired
-    prefix = urlparse(expired["export"]["url"]).path.strip("/") + "/"
+    assert expired.outcome is Expiry.expired and expired.export.objects == 2, expired
+    prefix = urlparse(expired.export.url).path.strip("/") + "/"
     assert prefix.startswith(f"events/{cluster}/{hub}/")
     keys = bucket_keys(s3, bucket, prefix)
     assert {k: v for k, v in keys.items() if k not in (SOURCE_LISTING, MANIFEST)} == expected(homes)

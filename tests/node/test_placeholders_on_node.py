@@ -103,7 +103,7 @@ async def test_placeholders_take_real_capacity_and_a_user_pod_preempts_one(
     try:
         started = time.monotonic()
         done = await deploy_support(node_hub.cluster, placeholders=N)
-        assert done["placeholders"] == N
+        assert done.placeholders == N
         wait_for(f"{N} placeholders Running", lambda: running_on(core, real_node.name) == N, 120)
         warm = time.monotonic() - started
         # Real capacity: what is left on the node is less than one user pod requests.
