@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -31,6 +30,7 @@ from flows.operation import HubOperation, begin_fleet, begin_hub
 from flows.parameters import ExportTimeout, LockWait, Selection
 from hubfleet.model import HubKind, Provider
 from hubfleet.paths import data_dir
+from hubfleet.results import FleetBackedUp, HubBackedUp
 from tasks import kube
 from tasks.backup import (
     BackupFailed,
@@ -78,7 +78,7 @@ async def backup_hub(
     operator: str | None = None,
     lock_timeout: LockWait = None,
     backup_timeout: ExportTimeout = 3600.0,
-) -> dict[str, Any]:
+) -> HubBackedUp:
     """Back up a hub's homes and hub database to the fleet's backup target, verify the
     copy, then keep the newest `backup.keep` verified copies.
 
@@ -93,7 +93,7 @@ async def backup_hub(
     homes = await _homes(op)
     if homes is None:
         logger.info("%s: not deployed; nothing to back up", op.target)
-        return {"hub": op.target, "backed_up": False, "reason": "not deployed"}
+        return HubBackedUp(hub=op.target, backed_up=False, reason="not deployed", dry_run=dry_run)
     block = await backup_credentials(creds, url)
     verified, incomplete = await in_thread(list_copies, url, block)
     while stamp in incomplete or any(c.stamp == stamp for c in verified):
@@ -114,7 +114,7 @@ async def backup_hub(
             markdown=f"# Dry run: backup {op.target}\n\nWould {plan}.\n",
             description=f"dry run: backup {op.target}",
         )
-        return {"hub": op.target, "dry_run": True, "would": plan}
+        return HubBackedUp(hub=op.target, backed_up=False, dry_run=True, would=plan)
 
     await ensure_concurrency_limits_once(op.fleet)
     # Under the hub lock: a teardown (or a restore) cannot run while the copy is made.
@@ -138,17 +138,17 @@ async def backup_hub(
         f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
         description=f"backup {op.target}",
     )
-    return {
-        "hub": op.target,
-        "backed_up": True,
-        "url": copy.url,
-        "stamp": copy.stamp,
-        "users": copy.users,
-        "db": copy.db,
-        "objects": len(copy.files),
-        "bytes": copy.bytes,
-        "pruned": pruned,
-    }
+    return HubBackedUp(
+        hub=op.target,
+        backed_up=True,
+        url=copy.url,
+        stamp=copy.stamp,
+        users=copy.users,
+        db=copy.db,
+        objects=len(copy.files),
+        bytes=copy.bytes,
+        pruned=pruned,
+    )
 
 
 @flow(name="backup_fleet", flow_run_name="backup_fleet")
@@ -158,7 +158,7 @@ async def backup_fleet(
     only: Selection = None,
     lock_timeout: LockWait = None,
     backup_timeout: ExportTimeout = 3600.0,
-) -> dict[str, Any]:
+) -> FleetBackedUp:
     """Back up every standing hub (`backup_hub` each, one after another); fail at the end
     if any hub's backup failed, naming it.
 
@@ -185,7 +185,7 @@ async def backup_fleet(
         if h.kind is HubKind.standing
         and (not only or c.name in only or f"{c.name}/{h.name}" in only)
     ]
-    results: dict[str, Any] = {}
+    results: dict[str, HubBackedUp] = {}
     failed: dict[str, str] = {}
     for cluster, hub in targets:
         try:
@@ -201,8 +201,8 @@ async def backup_fleet(
             failed[f"{cluster}/{hub}"] = f"{type(exc).__name__}: {exc}"[:500]
             logger.error("%s/%s: backup failed: %s", cluster, hub, failed[f"{cluster}/{hub}"])
     rows = "".join(
-        f"| {name} | {r.get('stamp') or r.get('reason') or 'dry run'} | "
-        f"{r.get('objects', '-')} | {', '.join(r.get('pruned', [])) or '-'} |\n"
+        f"| {name} | {r.stamp or r.reason or 'dry run'} | "
+        f"{r.objects if r.backed_up else '-'} | {', '.join(r.pruned) or '-'} |\n"
         for name, r in results.items()
     ) + "".join(f"| {name} | FAILED: {why} | - | - |\n" for name, why in failed.items())
     await acreate_markdown_artifact(
@@ -216,4 +216,4 @@ async def backup_fleet(
             f"{len(failed)} of {len(targets)} hub backup(s) failed ({', '.join(failed)}); "
             "their earlier copies were kept. See each backup_hub run."
         )
-    return {"hubs": results, "failed": failed}
+    return FleetBackedUp(hubs=results, failed=failed)

@@ -53,6 +53,7 @@ from hubfleet.health import (
 )
 from hubfleet.model import Fleet
 from hubfleet.plan import select
+from hubfleet.results import HealthSweep
 from tasks import probes
 
 UNHEALTHY_EVENT = "hubfleet.hub.unhealthy"
@@ -97,7 +98,7 @@ async def check_fleet_health(
     timeout: ProbeTimeout = 5.0,
     deadline: SweepDeadline = 7200.0,
     operator: str | None = None,
-) -> dict[str, Any]:
+) -> HealthSweep:
     """Sweep the fleet's hubs up to `depth`; alert once a hub fails `alert_after` sweeps in a row.
 
     per_cluster: hubs probed at once per cluster (default 50 shallow, the fleet's
@@ -149,7 +150,7 @@ async def check_fleet_health(
         "%s sweep of %d hubs: %s; %d alert(s), %d recovered",
         depth,
         len(rows),
-        ", ".join(f"{n} {v}" for v, n in summary["counts"].items()) or "nothing",
+        ", ".join(f"{n} {v}" for v, n in summary.counts.items()) or "nothing",
         len(alerts),
         len(recovered),
     )
@@ -225,7 +226,9 @@ async def probe_hubs(
     """
     tokens = (
         await within(
-            deadline_at, "reading the stored ops tokens from the Prefect API", load_all_ops_tokens()
+            deadline_at,
+            "reading the stored ops tokens from the Prefect API",
+            load_ops_tokens([hub for hub, _ in hubs]),
         )
         if Level.auth in levels
         else {}
@@ -239,20 +242,24 @@ async def probe_hubs(
                 found = [
                     ProbeResult(Level.reachable, False, None, "never deployed (no local state)")
                 ]
-            else:
-                async with gate:
-                    found = await probes.probe_shallow(
-                        client,
-                        url,
-                        tokens.get(hub),
-                        levels,
-                        retries=retries,
-                        backoff=backoff,
-                        timeout=timeout,
-                    )
-            result = report_dict(judge(hub, found), url, depth)
-            if url and found and found[-1].level is Level.auth and found[-1].ok:
-                await sample_usage(client, hub, url, tokens[hub], timeout, result)
+                return report_dict(judge(hub, found), url, depth)
+            # The usage sample too is inside the gate: outside it, every probed hub's
+            # sample queued in the client's pool at once (thousands at 10,000 hubs), and
+            # the pool's scheduling, linear in its queue per event, made the sweep 4x the
+            # bare probe at 2,000 hubs and not finish in 10 minutes at 10,000.
+            async with gate:
+                found = await probes.probe_shallow(
+                    client,
+                    url,
+                    tokens.get(hub),
+                    levels,
+                    retries=retries,
+                    backoff=backoff,
+                    timeout=timeout,
+                )
+                result = report_dict(judge(hub, found), url, depth)
+                if found and found[-1].level is Level.auth and found[-1].ok:
+                    await sample_usage(client, hub, url, tokens[hub], timeout, result)
             return result
 
         return list(await asyncio.gather(*(one(hub, url) for hub, url in hubs)))
@@ -279,44 +286,43 @@ async def sample_usage(
         get_run_logger().warning("%s: usage sample failed: %s", hub, exc)
 
 
-async def load_all_ops_tokens() -> dict[str, str]:
-    """Every stored ops token by hub ('cluster/hub'): one API call per page of blocks."""
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+#: Block documents read per API call (the server's default page limit).
+TOKEN_PAGE = 200
 
+
+async def load_ops_tokens(hubs: Collection[str]) -> dict[str, str]:
+    """The stored ops tokens of `hubs` ('cluster/hub'), by hub: one API call per 200 hubs.
+
+    Each call asks for one page of blocks by name (`POST /block_documents/filter`). Not the
+    by-type endpoint (`/block_types/slug/.../block_documents`): it ignores limit and
+    offset, and the server builds its answer in time quadratic in the number of blocks
+    (Prefect 3.9's read_block_documents matches every block against every other): with
+    10,000 hubs one read took minutes and was the whole of a shallow sweep's time.
+    A block is kept only if its own `hub` field is the hub asked for (block names join
+    cluster and hub with '-', which two hubs could share).
+    """
+    wanted = {HubOpsToken.block_name(*hub.split("/", 1)): hub for hub in hubs}
+    names = sorted(wanted)
     tokens: dict[str, str] = {}
-    seen: set[str] = set()
     async with get_client() as client:
-        offset = 0
-        while True:
-            try:
-                page = await client.read_block_documents_by_type(
-                    HubOpsToken.get_block_type_slug(),
-                    offset=offset,
-                    limit=200,
-                    include_secrets=True,
-                )
-            except ObjectNotFound:  # no token was ever stored
-                return tokens
-            except PrefectHTTPStatusError as error:
-                # This call answers a plain 404 when the block type was never registered
-                # (a server where no hub has been deployed yet): no tokens either.
-                if error.response.status_code == 404:
-                    return tokens
-                raise
-            # This endpoint may ignore limit/offset and answer everything at once: stop
-            # as soon as a page brings nothing new, or it would loop forever.
-            fresh = [doc for doc in page if str(doc.id) not in seen]
-            if not fresh:
-                return tokens
-            for doc in fresh:
-                seen.add(str(doc.id))
-                data = doc.data
+        for first in range(0, len(names), TOKEN_PAGE):
+            page = names[first : first + TOKEN_PAGE]
+            response = await client.request(
+                "POST",
+                "/block_documents/filter",
+                json={
+                    "block_documents": {"name": {"any_": page}},
+                    "block_types": {"slug": {"any_": [HubOpsToken.get_block_type_slug()]}},
+                    "include_secrets": True,
+                    "limit": TOKEN_PAGE,
+                },
+            )
+            for doc in response.json():
+                data = doc.get("data") or {}
                 token = data.get("token")
-                if data.get("hub") and token:
-                    tokens[str(data["hub"])] = str(
-                        token.get_secret_value() if hasattr(token, "get_secret_value") else token
-                    )
-            offset += len(page)
+                if token and data.get("hub") == wanted.get(doc.get("name")):
+                    tokens[str(data["hub"])] = str(token)
+    return tokens
 
 
 # --- deep: one subflow per hub, bounded per cluster -------------------------------------
@@ -331,7 +337,8 @@ async def sweep_deep(
     async def one(cluster: str, hub: str) -> dict[str, Any]:
         async with gates[cluster]:
             try:
-                return await check_hub_health(cluster, hub, depth=depth, operator=operator)
+                health = await check_hub_health(cluster, hub, depth=depth, operator=operator)
+                return health.as_data()
             except Exception as exc:  # the check itself broke: that hub is down, not the sweep
                 failed = ProbeResult(Level.reachable, False, None, f"check failed: {exc}")
                 return report_dict(judge(f"{cluster}/{hub}", [failed]), None, depth)
@@ -441,7 +448,7 @@ async def record_sweep(
     previous: dict[str, dict[str, Any]],
     alerts: list[dict[str, Any]],
     recovered: list[dict[str, Any]],
-) -> dict[str, Any]:
+) -> HealthSweep:
     """The sweep's table (every hub x level) and its summary; returns the summary."""
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
@@ -474,12 +481,12 @@ async def record_sweep(
         ),
         description=f"{depth} sweep: {len(unhealthy)} unhealthy, {len(alerts)} new alert(s)",
     )
-    return {
-        "depth": depth,
-        "hubs": len(rows),
-        "counts": dict(sorted(counts.items())),
-        "unhealthy": unhealthy,
-        "alerted": [r["hub"] for r in alerts],
-        "recovered": [r["hub"] for r in recovered],
-        "changes": moved,
-    }
+    return HealthSweep(
+        depth=depth,
+        hubs=len(rows),
+        counts=dict(sorted(counts.items())),
+        unhealthy=unhealthy,
+        alerted=[r["hub"] for r in alerts],
+        recovered=[r["hub"] for r in recovered],
+        changes=moved,
+    )

@@ -13,6 +13,7 @@ deploy_hub calls this same flow after every deploy.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ from hubfleet.health import (
     levels_for,
 )
 from hubfleet.model import Provider
+from hubfleet.results import HubHealth, ProbeRow
 from tasks import probes
 from tasks.hub_access import canonical_url, hub_endpoint
 from tasks.hub_credentials import load_ops_token
@@ -47,7 +49,7 @@ def hub_url(op: Any) -> str | None:
 @flow(name="check_hub_health", flow_run_name="check_hub_health {cluster}/{hub}")
 async def check_hub_health(
     cluster: str, hub: str, depth: str = "shallow", operator: str | None = None
-) -> dict[str, Any]:
+) -> HubHealth:
     """Probe one hub up to `depth` (shallow | deep | a level) and give a verdict."""
     levels = levels_for(depth)  # a bad depth fails before anything is probed
     op = await begin_hub("check_hub_health", cluster, hub, operator)
@@ -58,8 +60,9 @@ async def check_hub_health(
     except HubfleetError as exc:  # e.g. no Ready proxy pod to forward to
         results = [ProbeResult(Level.reachable, False, None, str(exc))]
     report = judge(op.target, results)
-    await record_check(report, url, depth)
-    return report_dict(report, url, depth)
+    health = health_result(report, url, depth)
+    await record_check(health)
+    return health
 
 
 async def run_probes(
@@ -133,24 +136,25 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
 
 
-async def record_check(report: HealthReport, url: str | None, depth: str) -> None:
+async def record_check(health: HubHealth) -> None:
     """The run's record: a markdown report for people, one history row for `hubfleet health`."""
-    cluster, hub = report.hub.split("/", 1)
+    cluster, hub = health.hub.split("/", 1)
     await acreate_markdown_artifact(
         key=f"health-{cluster}-{hub}",
-        markdown=_markdown(report, url),
-        description=f"Health of {report.hub}: {report.verdict}",
+        markdown=_markdown(health),
+        description=f"Health of {health.hub}: {health.verdict}",
     )
     await acreate_table_artifact(
         key=f"health-history-{cluster}-{hub}",
-        table=[history_row(report_dict(report, url, depth))],
-        description=f"{report.hub}: {report.verdict} ({depth})",
+        table=[history_row(health.as_data())],
+        description=f"{health.hub}: {health.verdict} ({health.depth})",
     )
 
 
-def history_row(result: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """One hub's check (a `report_dict`) as a row of the history and sweep tables:
-    hub, verdict, failing level and reason, then one column per level (status, latency)."""
+def history_row(result: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """One hub's check (`HubHealth.as_data()`, or a `report_dict`) as a row of the history
+    and sweep tables: hub, verdict, failing level and reason, then one column per level
+    (status, latency)."""
     row: dict[str, Any] = {
         "hub": result["hub"],
         "verdict": result["verdict"],
@@ -173,38 +177,44 @@ def history_row(result: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return row
 
 
-def report_dict(report: HealthReport, url: str | None, depth: str = "shallow") -> dict[str, Any]:
-    """The flow's result: verdict, reason and every probe, as plain JSON-able data."""
-    return {
-        "hub": report.hub,
-        "url": url,
-        "depth": depth,
-        "verdict": report.verdict.value,
-        "level": report.level,
-        "reason": report.reason,
-        "latency_ms": report.latency_ms,
-        "run": str(flow_run.get_id() or ""),
-        "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "probes": [
-            {
-                "level": p.level.value,
-                "ok": p.ok,
-                "status": p.status,
-                "latency_ms": p.latency_ms,
-                "reason": p.reason,
-                "detail": p.detail,
-            }
+def health_result(report: HealthReport, url: str | None, depth: str = "shallow") -> HubHealth:
+    """The flow's result: verdict, reason and every probe."""
+    return HubHealth(
+        hub=report.hub,
+        url=url,
+        depth=depth,
+        verdict=report.verdict,
+        level=report.level,
+        reason=report.reason,
+        latency_ms=report.latency_ms,
+        run=str(flow_run.get_id() or ""),
+        checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        probes=[
+            ProbeRow(
+                level=p.level.value,
+                ok=p.ok,
+                status=p.status,
+                latency_ms=p.latency_ms,
+                reason=p.reason,
+                detail=p.detail,
+            )
             for p in report.probes
         ],
-    }
+    )
 
 
-def _markdown(report: HealthReport, url: str | None) -> str:
+def report_dict(report: HealthReport, url: str | None, depth: str = "shallow") -> dict[str, Any]:
+    """A check's result as plain JSON-able data (a fleet sweep's row source, which the sweep
+    adds its usage sample to)."""
+    return health_result(report, url, depth).as_data()
+
+
+def _markdown(health: HubHealth) -> str:
     rows = "\n".join(
         f"| {p.level} | {p.status} | {p.latency_ms or '-'} | {p.reason or p.detail} |"
-        for p in report.probes
+        for p in health.probes
     )
     return (
-        f"# {report.hub}: {report.verdict}\n\n{report.reason}\n\nURL: {url or '-'}\n\n"
+        f"# {health.hub}: {health.verdict}\n\n{health.reason}\n\nURL: {health.url or '-'}\n\n"
         f"| level | result | latency ms | detail |\n|---|---|---|---|\n{rows}\n"
     )

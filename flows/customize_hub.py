@@ -40,6 +40,7 @@ from flows.operation import HubOperation, begin_hub
 from flows.parameters import Names
 from hubfleet.errors import HubfleetError
 from hubfleet.presets import Preset, load_preset
+from hubfleet.results import HubCustomized
 from hubfleet.values import hub_layers
 from tasks.locks import ensure_concurrency_limits_once, hub_lock
 
@@ -238,7 +239,7 @@ async def customize_hub(
     dry_run: bool = False,
     operator: str | None = None,
     gate: Gate = "auto",
-) -> dict[str, Any]:
+) -> HubCustomized:
     """Change what a hub's community may change: admins, allowed users or groups, the
     default image (from the preset's allow-list) and the profiles offered (from the
     preset's). Leave a field empty to keep it as it is.
@@ -274,7 +275,7 @@ async def _apply(
     request: tuple[Any, ...],
     dry_run: bool,
     gate: Gate,
-) -> dict[str, Any]:
+) -> HubCustomized:
     """Steps 2-5 for one request: `request` is customized_values's arguments after the
     preset (admins, allowed users and groups, default image, profiles, default profile)."""
     cluster, hub = op.cluster.name, op.hub.name
@@ -296,10 +297,10 @@ async def _apply(
     )
     if not patch:
         await _record(op, "No change", "", None)
-        return {"hub": op.target, "changed": False}
+        return HubCustomized(hub=op.target, changed=False, dry_run=dry_run)
     if dry_run:
         await _record(op, "Dry run: would apply", patch, None, dry_run=True)
-        return {"hub": op.target, "dry_run": True, "patch": patch}
+        return HubCustomized(hub=op.target, changed=False, dry_run=True, patch=patch)
 
     file.write_text(after, encoding="utf-8")
     try:
@@ -314,14 +315,9 @@ async def _apply(
         message = f"customize_hub {op.target} by {op.operator}\n\n{patch}"
         commit = commit_on_branch(op.fleet.root, file, after, branch, expected, message)
     await _record(op, "Applied", patch, branch)
-    return {
-        "hub": op.target,
-        "changed": True,
-        "patch": patch,
-        "branch": branch,
-        "commit": commit,
-        "deploy": deployed,
-    }
+    return HubCustomized(
+        hub=op.target, changed=True, patch=patch, branch=branch, commit=commit, deploy=deployed
+    )
 
 
 def _values_file(op: HubOperation) -> Path:

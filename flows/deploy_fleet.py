@@ -36,10 +36,11 @@ from flows.operation import begin_cluster, begin_fleet, current_fleet
 from flows.parameters import HelmWait, Placeholders, Selection, WavePercent, WaveSize
 from hubfleet.charts import release_version
 from hubfleet.errors import HubfleetError
+from hubfleet.layers import SUPPORT_CHART
 from hubfleet.model import Cluster, Fleet, HubKind, Provider
 from hubfleet.plan import ClusterPlan, Deployed, FleetPlan, HubChange, plan_fleet, select
-from hubfleet.results import FleetRun, HubOutcome, Outcome
-from hubfleet.values import SUPPORT_CHART, secret_values_file, support_layers
+from hubfleet.results import FleetRun, HubOutcome, Outcome, SupportDeployed
+from hubfleet.values import secret_values_file, support_layers
 from tasks import helm as helm_tasks
 from tasks import kube
 from tasks.cluster_session import cluster_session, fleet_block_snapshot
@@ -116,7 +117,7 @@ async def deploy_support(
     dry_run: bool = False,
     operator: str | None = None,
     placeholders: Placeholders = None,
-) -> dict[str, Any]:
+) -> SupportDeployed:
     """Install or upgrade helm/support on a cluster under the cluster lock (excludes every
     hub operation there). Creates the hub namespaces so their quota/limit defaults apply.
     `placeholders` sets the user-placeholder replicas (event pre-warming); None keeps them.
@@ -153,7 +154,7 @@ async def deploy_support(
                         [*files, values_file],
                     )
                     changes = helm_tasks.diff_manifests("", rendered)
-                return {"cluster": cluster, "dry_run": True, "changes": changes}
+                return SupportDeployed(cluster=cluster, dry_run=True, changes=changes)
             await ensure_concurrency_limits_once(fleet)
             async with cluster_lock(cluster):
                 await kube.ensure_namespace(api, SUPPORT_NAMESPACE)
@@ -163,7 +164,7 @@ async def deploy_support(
                     helm, SUPPORT_RELEASE, chart, SUPPORT_NAMESPACE, [*files, values_file], "3m"
                 )
     get_run_logger().info("support chart on %s: %d placeholder(s)", cluster, placeholders)
-    return {"cluster": cluster, "placeholders": placeholders}
+    return SupportDeployed(cluster=cluster, placeholders=placeholders)
 
 
 def _support_namespaces(api: Any, cluster: Cluster) -> list[str]:

@@ -28,17 +28,19 @@ from flows.check_hub_health import check_hub_health
 from flows.operation import HubOperation, begin_hub
 from flows.parameters import HelmWait, LockWait
 from hubfleet.auth import hub_config as auth_hub_config
-from hubfleet.auth import needs_auth, version_values
+from hubfleet.auth import version_values
 from hubfleet.charts import hub_chart, release_version
 from hubfleet.errors import HubfleetError
-from hubfleet.localhub import hub_config_from_values, local_values
+from hubfleet.health import Verdict
+from hubfleet.layers import Layer, merge_values
+from hubfleet.localhub import hub_config_from_values
 from hubfleet.model import Fleet, Provider
-from hubfleet.results import HubDeployed
+from hubfleet.results import HubDeployed, HubHealth
 from hubfleet.values import (
-    Layer,
     hub_layers,
     hub_schema,
-    merge_values,
+    local_values,
+    needs_auth,
     secret_values_file,
     validate_layers,
 )
@@ -111,7 +113,7 @@ def helm_values_files(layers: list[Layer]) -> Iterator[list[Path]]:
 # --- the health gate ---------------------------------------------------------------------
 
 
-async def hub_health(op: HubOperation) -> dict[str, Any]:
+async def hub_health(op: HubOperation) -> HubHealth:
     """The hub-level verdict of a freshly deployed Kubernetes hub: its ops token made sure
     of first (minted in the hub pod on a first deploy, or when the stored one is refused or
     near its expiry), then the `check_hub_health` flow (a subflow run in the history)."""
@@ -127,35 +129,49 @@ async def hub_health(op: HubOperation) -> dict[str, Any]:
                 cluster, hub, minter, url, canonical_url(op.fleet, cluster, hub)
             )
     except Exception as exc:  # a hub that cannot issue its ops token is not healthy
-        return {"verdict": "down", "reason": f"ops token: {type(exc).__name__}: {exc}"}
+        return HubHealth(
+            hub=op.target,
+            url=None,
+            depth="shallow",
+            verdict=Verdict.down,
+            level="auth",
+            reason=f"ops token: {type(exc).__name__}: {exc}",
+        )
     return await check_hub_health(cluster, hub, operator=op.operator)
+
+
+#: How long the readiness check waits, after helm's success, for every Deployment of the
+#: release to be rolled out and every pod Ready (see `kube.wait_rollout`).
+READY_WITHIN_S = 15.0
 
 
 async def health_gate(op: HubOperation, gate: Gate, api: Any, namespace: str) -> str | None:
     """Why the freshly deployed hub must be rolled back, or None if it passes.
 
-    Two layers, because `helm --wait` only proves that pods became Ready once:
+    Two layers, because helm's success is not proof (`--wait` saw pods Ready once; it
+    counts a paused Deployment as ready; a hub that crashed since is not Ready):
     - rollout (Kubernetes, through the API): every Deployment of the release is on its new
-      generation with all replicas available, and every pod is Ready with no restarts.
+      generation with all replicas available, and every pod is Ready with no restarts,
+      within READY_WITHIN_S. Every gate runs it, `none` included: a hub whose pods are
+      not Ready is never reported deployed.
     - health: `check_hub_health` (reachable → api → auth ...) must not say "down".
 
     `auto` means both for real clusters. `rollout` skips the HTTP probes: for clusters whose
     hubs are not reachable from where the flow runs (CI, the kwok test cluster, where pods
-    are fake and nothing answers behind a hub's domain). Tests inject a hub-level failure
-    by replacing `hub_health`, which keeps helm, Kubernetes and the rollback real.
+    are fake and nothing answers behind a hub's domain); `none` skips them too (the hub's
+    health is then "unchecked"). Tests inject a hub-level failure by replacing
+    `hub_health`, which keeps helm, Kubernetes and the rollback real.
     """
     logger = get_run_logger()
-    if gate == "none":
-        return None
-    problems = await kube.rollout_status(api, namespace, op.hub.name)
+    problems = await kube.rollout_status(api, namespace, op.hub.name, READY_WITHIN_S)
     if problems:
-        return "rollout: " + "; ".join(problems)
-    if gate == "rollout":
+        return "rollout: helm reported success, but " + "; ".join(problems)
+    if gate in ("rollout", "none"):
         return None
     report = await hub_health(op)
-    logger.info("%s: health %s (%s)", op.target, report["verdict"], report.get("reason"))
-    if report["verdict"] == "down":
-        return f"health check: down ({report.get('reason')})"
+    logger.info("%s: health %s (%s)", op.target, report.verdict, report.reason)
+    if report.down:
+        return f"health check: down ({report.reason})"
     return None
 
 
@@ -184,7 +200,8 @@ async def deploy_hub(
 ) -> HubDeployed:
     """Deploy or update one hub; with dry_run, only report what would change.
 
-    gate: post-deploy health gate (`auto`, `health`, `rollout` or `none`; see health_gate).
+    gate: post-deploy health gate (`auto`, `health`, `rollout` or `none`; see health_gate;
+      every gate checks that the release's pods are Ready).
     wait_timeout: how long helm waits for the rollout before undoing it.
     lock_timeout: seconds to wait for another operation on this hub (None: tasks.locks.LOCK_WAIT).
     fleet_slot: also take one of the cluster's `parallelism` slots (set by deploy_fleet).
@@ -359,7 +376,7 @@ async def _deploy_local(
         try:
             token = await ensure_ops_service(cluster, hub, local_minter(local), url)
             health = await check_hub_health(cluster, hub, operator=op.operator)
-            why = None if health["verdict"] != "down" else str(health["reason"])
+            why = health.reason if health.down else None
         except Exception as exc:  # the new hub died between its start and the gate
             if plan.action == "unchanged" or not previous:
                 raise
@@ -373,10 +390,10 @@ async def _deploy_local(
     await acreate_markdown_artifact(
         key=f"deploy-{cluster}-{hub}",
         markdown=f"# Deployed {op.target}\n\n| | |\n|---|---|\n| action | {plan.action} |\n"
-        f"| url | {url} |\n| ops token | {token} |\n| health | {health['verdict']} |\n"
+        f"| url | {url} |\n| ops token | {token} |\n| health | {health.verdict} |\n"
         f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
-        description=f"deploy {op.target}: {plan.action}, {health['verdict']}",
+        description=f"deploy {op.target}: {plan.action}, {health.verdict}",
     )
-    if health["verdict"] == "down":
-        raise HubDeployFailed(f"{op.target} is down after deploy: {health['reason']}")
-    return HubDeployed(hub=op.target, action=plan.action, url=url, health=health["verdict"])
+    if health.down:
+        raise HubDeployFailed(f"{op.target} is down after deploy: {health.reason}")
+    return HubDeployed(hub=op.target, action=plan.action, url=url, health=str(health.verdict))

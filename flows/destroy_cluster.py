@@ -8,8 +8,6 @@ block.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
@@ -18,6 +16,7 @@ from flows.operation import ClusterOperation, begin_cluster
 from flows.parameters import ApprovalTimeout
 from flows.provision_cluster import ask_approval, require_terraform
 from hubfleet.errors import HubfleetError
+from hubfleet.results import ClusterDestroyed
 from tasks.cluster_login import provider_credentials_env
 from tasks.locks import cluster_lock, ensure_concurrency_limits
 from tasks.terraform import (
@@ -70,7 +69,7 @@ async def destroy_cluster(
     dry_run: bool = False,
     operator: str | None = None,
     approval_timeout: ApprovalTimeout = 3600,
-) -> dict[str, Any]:
+) -> ClusterDestroyed:
     """Destroy a cluster with no hubs; always asks for approval; dry_run only reports."""
     op = await begin_cluster("destroy_cluster", cluster, operator)
     require_terraform(op.cluster)
@@ -80,16 +79,11 @@ async def destroy_cluster(
         stores = (await terraform_outputs(ws)).public.get("data_stores") or []
         summary = await terraform_plan(ws, destroy=True)
         await report_destruction(op, summary, stores)
-        result: dict[str, Any] = {
-            "cluster": cluster,
-            "plan": summary.model_dump(),
-            "data_stores": stores,
-            "destroyed": False,
-        }
+        result = ClusterDestroyed(cluster=cluster, plan=summary, data_stores=stores)
         if dry_run:
             return result
         answer = await ask_approval(op, summary, "destroy", approval_timeout)
-        result |= {"approved": answer.approve, "reason": answer.reason}
+        result = result.model_copy(update={"approved": answer.approve, "reason": answer.reason})
         if not answer.approve:
             get_run_logger().warning("rejected: %s was not destroyed", cluster)
             return result
@@ -97,4 +91,4 @@ async def destroy_cluster(
         async with cluster_lock(cluster):
             await terraform_apply(ws)
     await remove_cluster_access(op)
-    return result | {"destroyed": True}
+    return result.model_copy(update={"destroyed": True})

@@ -8,14 +8,13 @@ cluster that cannot be planned is reported and does not stop the others.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 
 from flows.operation import begin_fleet
 from hubfleet.model import Cluster
+from hubfleet.results import ClusterDrift, Drift, FleetDrift
 from tasks.cluster_login import provider_credentials_env
 from tasks.terraform import PlanSummary, terraform_init, terraform_plan, workspace
 
@@ -47,12 +46,12 @@ def announce_drift(summary: PlanSummary, revision: str) -> None:
 
 
 @flow(name="detect_drift", flow_run_name="detect_drift")
-async def detect_drift(operator: str | None = None) -> list[dict[str, Any]]:
+async def detect_drift(operator: str | None = None) -> FleetDrift:
     """Report, per cluster, whether Terraform would change anything (and what)."""
     op = await begin_fleet("detect_drift", operator)
     fleet = op.fleet
     logger = get_run_logger()
-    rows: list[dict[str, Any]] = []
+    rows: list[ClusterDrift] = []
     for cluster in fleet.clusters:
         if cluster.terraform is None:
             continue
@@ -60,27 +59,30 @@ async def detect_drift(operator: str | None = None) -> list[dict[str, Any]]:
             summary = await check_cluster(cluster)
         except Exception as exc:
             logger.error("drift check of %s failed: %s", cluster.name, exc)
-            rows.append({"cluster": cluster.name, "status": "error", "changes": str(exc)[:300]})
+            rows.append(
+                ClusterDrift(cluster=cluster.name, status=Drift.error, changes=str(exc)[:300])
+            )
             continue
         if summary.has_changes:
             announce_drift(summary, op.revision)
             changed = summary.create + summary.update + summary.replace + summary.destroy
             rows.append(
-                {
-                    "cluster": cluster.name,
-                    "status": "drifted",
-                    "changes": f"{summary.counts()}: {', '.join(changed)}",
-                }
+                ClusterDrift(
+                    cluster=cluster.name,
+                    status=Drift.drifted,
+                    changes=f"{summary.counts()}: {', '.join(changed)}",
+                )
             )
         else:
-            rows.append({"cluster": cluster.name, "status": "in sync", "changes": ""})
+            rows.append(ClusterDrift(cluster=cluster.name, status=Drift.in_sync))
+    drift = FleetDrift(clusters=rows)
+    failed = drift.of(Drift.error)
     await acreate_table_artifact(
         key="terraform-drift",
-        table=rows,
-        description=f"drift: {sum(r['status'] == 'drifted' for r in rows)} drifted, "
-        f"{sum(r['status'] == 'error' for r in rows)} failed of {len(rows)} clusters",
+        table=[r.row() for r in rows],
+        description=f"drift: {len(drift.of(Drift.drifted))} drifted, "
+        f"{len(failed)} failed of {len(rows)} clusters",
     )
-    failed = [r["cluster"] for r in rows if r["status"] == "error"]
     if failed:  # fail the run so it is noticed, after every cluster was checked
         raise RuntimeError(f"drift check failed for: {', '.join(failed)}")
-    return rows
+    return drift

@@ -36,8 +36,11 @@ from hubfleet.audit import parse_since
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
 from hubfleet.report import RunRecord, SweepRow, as_dict, build_report, markdown
+from hubfleet.results import FleetReportPublished, ReportIncident
 
 SWEEP_KEYS = ["health-sweep-shallow", "health-sweep-deep"]
+#: The key of the published report's artifact.
+REPORT_ARTIFACT = "fleet-ops-report"
 #: States of a run that never started (e.g. an event's scheduled expiry, cancelled because
 #: the hub was expired by hand): not an operation, so not in the report.
 NEVER_RAN = {StateType.CANCELLED, StateType.SCHEDULED, StateType.PENDING}
@@ -166,7 +169,9 @@ async def _usage(start: datetime, end: datetime) -> Any:
 
 
 @flow(name="publish_fleet_report", flow_run_name="publish_fleet_report {since}")
-async def publish_fleet_report(since: Since = "30d", operator: str | None = None) -> dict[str, Any]:
+async def publish_fleet_report(
+    since: Since = "30d", operator: str | None = None
+) -> FleetReportPublished:
     """Publish the fleet ops report for the last `since` (e.g. 30d) as an artifact."""
     await begin_fleet("publish_fleet_report", operator)
     start = parse_since(since)
@@ -176,8 +181,17 @@ async def publish_fleet_report(since: Since = "30d", operator: str | None = None
     report = build_report(sweeps, runs, start=start, end=end, use_cases=_use_cases())
     report.usage = await _usage(start, end)
     await acreate_markdown_artifact(
-        key="fleet-ops-report",
+        key=REPORT_ARTIFACT,
         markdown=markdown(report),
         description=f"fleet ops report, last {since}",
     )
-    return as_dict(report)
+    data = as_dict(report)
+    return FleetReportPublished(
+        artifact=REPORT_ARTIFACT,
+        since=since,
+        start=data["start"],
+        end=data["end"],
+        incidents=[ReportIncident(**i) for i in data["incidents"]],
+        mttr_minutes=report.mttr_minutes,
+        report=data,
+    )

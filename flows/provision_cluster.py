@@ -8,7 +8,7 @@ deploy the support chart.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -20,6 +20,7 @@ from flows.operation import ClusterOperation, begin_cluster
 from flows.parameters import ApprovalTimeout
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Cluster
+from hubfleet.results import ClusterProvisioned
 from tasks.cluster_login import cluster_kubeconfig, provider_credentials_env
 from tasks.locks import cluster_lock, ensure_concurrency_limits
 from tasks.terraform import (
@@ -140,7 +141,7 @@ async def provision_cluster(
     dry_run: bool = False,
     operator: str | None = None,
     approval_timeout: ApprovalTimeout = 3600,
-) -> dict[str, Any]:
+) -> ClusterProvisioned:
     """Plan, and with action=apply apply, the cluster's Terraform module.
 
     dry_run (or action=plan) stops after the plan artifact: nothing is changed. A plan that
@@ -150,21 +151,24 @@ async def provision_cluster(
     require_terraform(op.cluster)
     logger = get_run_logger()
     mode = "plan" if dry_run or action == "plan" else "apply"
-    result: dict[str, Any] = {"cluster": cluster, "action": mode}
+    approved: bool | None = None
+    reason: str | None = None
 
     with workspace(op.cluster, await provider_credentials_env(op.cluster)) as ws:
         summary = await plan_cluster(op, ws)
         await publish_plan(op, summary, f"{mode.capitalize()}: provision {cluster}")
-        result |= {"plan": summary.model_dump(), "needs_approval": summary.needs_approval}
+        planned = ClusterProvisioned(
+            cluster=cluster, action=mode, plan=summary, needs_approval=summary.needs_approval
+        )
         if mode == "plan":
-            return result | {"applied": False}
+            return planned
 
         if summary.needs_approval:
             answer = await ask_approval(op, summary, "provision", approval_timeout)
-            result |= {"approved": answer.approve, "reason": answer.reason}
+            approved, reason = answer.approve, answer.reason
             if not answer.approve:
                 logger.warning("rejected: nothing was applied to %s", cluster)
-                return result | {"applied": False}
+                return planned.model_copy(update={"approved": approved, "reason": reason})
 
         # Hub operations on this cluster wait while it changes, and it waits for them.
         await create_cluster_limits(op)
@@ -173,8 +177,15 @@ async def provision_cluster(
                 await terraform_apply(ws)
         outputs = await terraform_outputs(ws)
 
-    result["applied"] = summary.has_changes
-    result["outputs"] = outputs.public
-    result["server"] = await store_cluster_access(op, outputs)
-    result["support_chart"] = await deploy_support_chart(op)
-    return result
+    server = await store_cluster_access(op, outputs)
+    support_chart = await deploy_support_chart(op)
+    return planned.model_copy(
+        update={
+            "approved": approved,
+            "reason": reason,
+            "applied": summary.has_changes,
+            "outputs": outputs.public,
+            "server": server,
+            "support_chart": support_chart,
+        }
+    )

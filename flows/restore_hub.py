@@ -17,7 +17,7 @@ A dry run says all of the above and changes nothing; it takes no lock.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -27,6 +27,7 @@ from flows.backup_hub import backup_location
 from flows.operation import HubOperation, begin_hub
 from flows.parameters import ExportTimeout, LockWait, Name
 from hubfleet.model import Provider
+from hubfleet.results import HubRestored, RestoreRow
 from tasks.backup import (
     BackupCopy,
     RestoreRefused,
@@ -119,7 +120,7 @@ async def restore_hub(
     operator: str | None = None,
     lock_timeout: LockWait = None,
     restore_timeout: ExportTimeout = 3600.0,
-) -> dict[str, Any]:
+) -> HubRestored:
     """Restore a hub's homes (one user, or all) from its newest (or a named) verified backup.
 
     user: restore only this user's home (default: every home in the copy).
@@ -137,11 +138,13 @@ async def restore_hub(
     users = choose_users(copy, user, op.target)
     # 2. The plan: per user, the files the copy holds (locally: and what differs now).
     helm = op.cluster.provider is not Provider.local
-    rows: list[dict[str, Any]]
+    rows: list[RestoreRow]
     if helm:
         by_user = await _home_volumes(op, users)
         rows = [
-            {"user": u, "files": len(copy.user_files(u)), "bytes": sum(copy.user_files(u).values())}
+            RestoreRow(
+                user=u, files=len(copy.user_files(u)), bytes=sum(copy.user_files(u).values())
+            )
             for u in users
         ]
         where = f"their volumes ({', '.join(by_user[u].claim for u in users)}) with a Job, "
@@ -151,9 +154,9 @@ async def restore_hub(
         rows = restore_plan(copy, users, local.homes)
         where = f"{local.homes}/<user>"
     detail = "; ".join(
-        f"{r['user']}: {r['files']} file(s), {r['bytes']} bytes"
-        + (f", {len(r['missing_now'])} missing now" if r.get("missing_now") else "")
-        + (f", {len(r['differ_now'])} differ now" if r.get("differ_now") else "")
+        f"{r.user}: {r.files} file(s), {r.bytes} bytes"
+        + (f", {len(r.missing_now)} missing now" if r.missing_now else "")
+        + (f", {len(r.differ_now)} differ now" if r.differ_now else "")
         for r in rows
     )
     plan = (
@@ -168,11 +171,11 @@ async def restore_hub(
             markdown=f"# Dry run: restore {op.target}\n\nWould {plan}.\n",
             description=f"dry run: restore {op.target}",
         )
-        return {"hub": op.target, "dry_run": True, "copy": copy.stamp, "would": plan, "plan": rows}
+        return HubRestored(hub=op.target, stamp=copy.stamp, dry_run=True, would=plan, plan=rows)
 
     # 4. Write the homes back, under the hub lock; 5. the record.
     await ensure_concurrency_limits_once(op.fleet)
-    restored = [r["user"] for r in rows if r["files"]]
+    restored = [r.user for r in rows if r.files]
     stopped: list[str] = []
     async with hub_lock(cluster, hub, timeout=lock_timeout):
         if helm and restored:
@@ -182,7 +185,7 @@ async def restore_hub(
                     session.api, hub, copy, vols, creds, restore_timeout
                 )
             logger.info("%s", how)
-            files = sum(r["files"] for r in rows)
+            files = sum(r.files for r in rows)
         elif restored:
             files = await restore_local_homes(copy, restored, local.homes, creds)
         else:
@@ -195,11 +198,6 @@ async def restore_hub(
         f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
         description=f"restore {op.target}",
     )
-    return {
-        "hub": op.target,
-        "dry_run": False,
-        "copy": copy.stamp,
-        "users": restored,
-        "files": files,
-        "stopped": stopped,
-    }
+    return HubRestored(
+        hub=op.target, stamp=copy.stamp, users=restored, files=files, stopped=stopped
+    )

@@ -14,7 +14,6 @@ secrets are rotated together, in one child run.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -31,6 +30,7 @@ from hubfleet.credentials import (
     plan_rotation,
 )
 from hubfleet.errors import HubfleetError
+from hubfleet.results import CredentialsRotated, Rotated, RotationFailure
 from tasks.credential_inventory import collect_inventory
 from tasks.locks import cluster_lock, ensure_concurrency_limits, hub_lock
 from tasks.rotation import RotationFailed, rotate
@@ -47,7 +47,7 @@ async def rotate_credentials(
     max_age: MaxAge = None,
     dry_run: bool = False,
     operator: str | None = None,
-) -> dict[str, Any]:
+) -> CredentialsRotated:
     """Rotate the credentials in `scope` ('all', 'cluster:<c>', 'hub:<c>/<h>', 'kind:<k>',
     'hub-secret:<c>/<h>') older than `max_age` (default: each kind's policy); with dry_run,
     only show the plan. Hub secrets only when the scope names them (see the module doc)."""
@@ -77,34 +77,35 @@ async def rotate_credentials(
     await _plan_artifact(plan, scope, dry_run, warning)
     todo = _one_per_rotation(plan.rotate)
     if dry_run:
-        return {
-            "scope": scope,
-            "dry_run": True,
-            "would_rotate": [_name(r) for r in todo],
-            "hub_secrets": hub_secrets,
-            "warning": warning,
-        }
+        return CredentialsRotated(
+            scope=scope,
+            dry_run=True,
+            would_rotate=[_name(r) for r in todo],
+            hub_secrets=hub_secrets,
+            warning=warning,
+        )
 
     await ensure_concurrency_limits(fleet)
-    rotated, failed = [], []
+    rotated: list[Rotated] = []
+    failed: list[RotationFailure] = []
     for record in todo:
         try:
             rotated.append(await rotate_credential(record.kind, record.cluster, record.hub, who))
         except Exception as exc:  # one credential's failure never stops the others
-            failed.append({"credential": _name(record), "error": str(exc)})
+            failed.append(RotationFailure(credential=_name(record), error=str(exc)))
     await _result_artifact(rotated, failed)
     if failed:
         raise RotationsFailed(
             f"{len(failed)} of {len(todo)} rotation(s) failed: "
-            + "; ".join(f"{f['credential']}: {f['error']}" for f in failed)
+            + "; ".join(f"{f.credential}: {f.error}" for f in failed)
         )
-    return {
-        "scope": scope,
-        "rotated": rotated,
-        "skipped": len(plan.skipped),
-        "hub_secrets": hub_secrets,
-        "warning": warning,
-    }
+    return CredentialsRotated(
+        scope=scope,
+        rotated=rotated,
+        skipped=len(plan.skipped),
+        hub_secrets=hub_secrets,
+        warning=warning,
+    )
 
 
 @flow(
@@ -113,7 +114,7 @@ async def rotate_credentials(
 )
 async def rotate_credential(
     kind: CredentialKind, cluster: str, hub: str | None = None, operator: str | None = None
-) -> dict[str, Any]:
+) -> Rotated:
     """Rotate one credential now by the protocol (tasks/rotation.py), holding its lock."""
     op = await (
         begin_hub("rotate_credentials", cluster, hub, operator)
@@ -135,7 +136,7 @@ async def rotate_credential(
             )
             raise
     get_run_logger().info("rotated %s for %s", kind, rotator.owner)
-    return done.as_dict()
+    return done
 
 
 def _name(record: CredentialRecord) -> str:
@@ -184,9 +185,9 @@ async def _plan_artifact(plan: RotationPlan, scope: str, dry_run: bool, warning:
     )
 
 
-async def _result_artifact(rotated: list[dict[str, Any]], failed: list[dict[str, str]]) -> None:
-    rows = [f"| {r['kind']} | {r['owner']} | {r['old']} | {r['new']} | ok |" for r in rotated]
-    rows += [f"| {f['credential']} | | | | FAILED: {f['error']} |" for f in failed]
+async def _result_artifact(rotated: list[Rotated], failed: list[RotationFailure]) -> None:
+    rows = [f"| {r.kind} | {r.owner} | {r.old} | {r.new} | ok |" for r in rotated]
+    rows += [f"| {f.credential} | | | | FAILED: {f.error} |" for f in failed]
     await acreate_markdown_artifact(
         key="rotation-result",
         markdown="# Rotation result\n\n| kind | owner | old | new | result |\n"

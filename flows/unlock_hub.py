@@ -9,7 +9,6 @@ lease can still run out by itself (freeing the slot twice could let two runs in)
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -18,6 +17,7 @@ from prefect.runtime import flow_run
 
 from flows.operation import begin_hub
 from hubfleet.errors import HubfleetError
+from hubfleet.results import HubUnlocked
 from tasks.locks import LEASE_SECONDS, cluster_limit, describe_run, holders, hub_limit
 
 #: After its holder ended, a lease may live this long (its length plus the repossessor loop).
@@ -31,7 +31,7 @@ class LockHeld(HubfleetError):
 @flow(name="unlock_hub", flow_run_name="unlock_hub {cluster}/{hub}")
 async def unlock_hub(
     cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
-) -> dict[str, Any]:
+) -> HubUnlocked:
     """Free `cluster/hub`'s lock when no live run holds it."""
     op = await begin_hub("unlock_hub", cluster, hub, operator)
     name = hub_limit(cluster, hub)
@@ -39,7 +39,7 @@ async def unlock_hub(
     async with get_client() as client:
         limit = await client.read_global_concurrency_limit_by_name(name)
         if limit.active_slots == 0:
-            return {"hub": op.target, "locked": False, "unlocked": False}
+            return HubUnlocked(hub=op.target, locked=False, unlocked=False, dry_run=dry_run)
         runs = [r for r in await holders(name, client) if str(r.id) != me]
         live = [r for r in runs if r.state and not r.state.is_final()]
         if live:
@@ -55,13 +55,11 @@ async def unlock_hub(
                 f"by {(ended + LEASE_GRACE):%H:%M:%S} UTC and frees the lock by itself. "
                 "Nothing was changed."
             )
-        result = {
-            "hub": op.target,
-            "locked": True,
-            "holder": describe_run(runs[0]) if runs else None,
-        }
+        holder = describe_run(runs[0]) if runs else None
         if dry_run:
-            return result | {"unlocked": False, "dry_run": True}
+            return HubUnlocked(
+                hub=op.target, locked=True, unlocked=False, holder=holder, dry_run=True
+            )
         await client.update_global_concurrency_limit(
             name, GlobalConcurrencyLimitUpdate(active_slots=0)
         )
@@ -72,5 +70,5 @@ async def unlock_hub(
                 active_slots=max(0, shared.active_slots - limit.active_slots)
             ),
         )
-    get_run_logger().warning("unlocked %s (was held by %s)", op.target, result["holder"])
-    return result | {"unlocked": True}
+    get_run_logger().warning("unlocked %s (was held by %s)", op.target, holder)
+    return HubUnlocked(hub=op.target, locked=True, unlocked=True, holder=holder)

@@ -12,13 +12,9 @@ command line.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-
-if TYPE_CHECKING:
-    from hubfleet.loader import Problem
-    from hubfleet.model import Fleet, Hub
 
 #: The environment variable oauthenticator reads the client secret from.
 SECRET_ENV = "OAUTH_CLIENT_SECRET"
@@ -222,54 +218,3 @@ def authenticator_of(values: dict[str, Any]) -> str | None:
     config = ((values.get("jupyterhub") or {}).get("hub") or {}).get("config") or {}
     found = (config.get("JupyterHub") or {}).get("authenticator_class")
     return str(found) if found else None
-
-
-def needs_auth(fleet: Fleet, cluster: str, hub: Hub) -> str | None:
-    """Why `hub` may not be deployed as it is (a prod hub anyone could log in to), or None.
-
-    The rule covers prod hubs on Kubernetes providers. A local hub listens on loopback only
-    and lets nobody log in unless its values say so (the null authenticator), so there is
-    no open door to close; the example fleet's local prod hubs (and `./dev demo`) keep
-    running without `auth:`. An authenticator set in the hub's own values (e.g. from an
-    imported basehub config) counts, unless it is the dummy one (z2jh's default), which
-    takes any password."""
-    from hubfleet.model import Provider, Tier
-
-    if hub.tier is not Tier.prod or hub.auth is not None:
-        return None
-    if fleet.cluster(cluster).provider is Provider.local:
-        return None
-    from hubfleet.localhub import local_values
-
-    try:
-        values = local_values(fleet, cluster, hub)  # the files, without chart defaults
-    except Exception:  # broken values are reported by the values check itself
-        return None
-    found = authenticator_of(values)
-    if found and found not in OPEN_AUTHENTICATORS:
-        return None
-    what = f"its values set the {found!r} authenticator" if found else "it has no `auth:`"
-    return (
-        f"prod hub {cluster}/{hub.name} would let anyone log in ({what}, and z2jh's default "
-        "takes any password); add an `auth:` section to the hub in cluster.yaml, e.g. "
-        "`auth: {provider: github, client_id: <id>, allowed_organizations: [<org>], "
-        "admin_users: [<you>]}` and store its client secret with `hubfleet oauth-client "
-        f"set {cluster} {hub.name}` (see README, Login (OAuth)), or make it tier: staging"
-    )
-
-
-def auth_problems(fleet: Fleet) -> list[Problem]:
-    """`file:line` problems for every prod hub that `needs_auth` refuses."""
-    from hubfleet.loader import Problem, read_yaml
-
-    problems = []
-    for cluster in fleet.clusters:
-        for i, hub in enumerate(cluster.hubs):
-            why = needs_auth(fleet, cluster.name, hub)
-            if why is None:
-                continue
-            path = fleet.cluster_dir(cluster.name) / "cluster.yaml"
-            doc, _ = read_yaml(path)
-            line = doc.line_of(("hubs", i, "name")) if doc else 1
-            problems.append(Problem(path, line, f"hubs[{i}].auth", why))
-    return problems

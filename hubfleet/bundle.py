@@ -21,15 +21,9 @@ from ruamel.yaml import YAML
 
 from hubfleet.charts import Z2JH_KEY, copy_wrapper, repository
 from hubfleet.errors import HubfleetError
+from hubfleet.layers import leaves, merge_values, merged
 from hubfleet.model import Fleet
-from hubfleet.presets import _leaves
-from hubfleet.values import (
-    hub_layers,
-    hub_schema,
-    merge_values,
-    merged,
-    validate_layers,
-)
+from hubfleet.values import hub_layers, hub_schema, validate_layers
 
 #: The marker install.sh refuses to install with.
 PLACEHOLDER = "REPLACE-ME"
@@ -217,7 +211,7 @@ def _readme(
     hosts = ", ".join((z2jh.get("ingress") or {}).get("hosts") or []) or "(none)"
     secret_rows = "\n".join(f"| `{k}` | {how} |" for k, how in sorted(secrets.items()))
     secret_rows = secret_rows or "| (none) | this hub keeps no secret values of its own |"
-    settings = _leaves(values)
+    settings = leaves(values)
     chart = (
         f"`chart/`: hubfleet's wrapper (its Dask Gateway) of Zero to JupyterHub {version} "
         f"from {repo}"

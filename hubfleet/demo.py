@@ -52,7 +52,7 @@ def up(
     worker to run them (unless `wait` is False)."""
     from hubfleet.cli.common import hub_table
     from hubfleet.loader import load_fleet
-    from hubfleet.localhub import local_values
+    from hubfleet.values import local_values
 
     source = fleet
     for cluster, hub in _local_hubs(fleet):  # a broken values file: its file:line, first
@@ -254,13 +254,13 @@ async def _deploy_and_check(hubs: list[tuple[str, Hub]], console: Console) -> li
             report = await check_hub_health(cluster=cluster, hub=hub.name)
         rows.append(
             {
-                "hub": report["hub"],
+                "hub": report.hub,
                 "tier": hub.tier.value,
                 "kind": hub.kind.value,
-                "url": report["url"],
-                "verdict": report["verdict"],
-                "latency_ms": report["latency_ms"],
-                "reason": failures.get(hub.name, report["reason"]),
+                "url": report.url,
+                "verdict": str(report.verdict),
+                "latency_ms": report.latency_ms,
+                "reason": failures.get(hub.name, report.reason),
             }
         )
     return rows

@@ -285,8 +285,8 @@ def schedule(event: DemoEvent, console: Console) -> dict[str, Any]:
             finally:
                 quiet.setLevel(level)
         console.print(
-            f"sync_event_schedules: {len(done['scheduled'])} run(s) scheduled for the fleet's "
-            f"event hubs, {len(done['kept'])} kept (warnings, if any, in the run's log)"
+            f"sync_event_schedules: {len(done.scheduled)} run(s) scheduled for the fleet's "
+            f"event hubs, {len(done.kept)} kept (warnings, if any, in the run's log)"
         )
         runs = asyncio.run(demo_runs(event))
     return runs

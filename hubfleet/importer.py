@@ -38,9 +38,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from hubfleet.errors import HubfleetError
-from hubfleet.loader import FleetInvalid, Problem, _Doc, load_fleet, read_yaml
+from hubfleet.layers import ValuesInvalid, read_values_files, to_plain
+from hubfleet.loader import FleetInvalid, load_fleet
 from hubfleet.model import DNS_LABEL, DOMAIN, SEMVER, Tier
-from hubfleet.values import ValuesInvalid, read_values_files, secret_values_block
+from hubfleet.values import secret_values_block
+from hubfleet.yamlfile import Problem, YamlDoc, read_yaml
 
 #: The z2jh chart version an imported fleet runs unless told otherwise.
 DEFAULT_CHART_VERSION = "4.4.0"
@@ -353,7 +355,7 @@ def _import_cluster(
 
 
 def _provider_section(
-    doc: _Doc,
+    doc: YamlDoc,
     cluster: str,
     provider: str,
     section: Mapping[str, Any],
@@ -406,7 +408,7 @@ def _provider_section(
 
 def _import_hub(
     result: ImportResult,
-    doc: _Doc,
+    doc: YamlDoc,
     cluster: str,
     i: int,
     item: Any,
@@ -523,7 +525,7 @@ def _is_sops(path: Path) -> bool:
 
 
 def _convert_values(
-    result: ImportResult, src: Path, chart: str, cluster_doc: _Doc, loc: tuple[Any, ...]
+    result: ImportResult, src: Path, chart: str, cluster_doc: YamlDoc, loc: tuple[Any, ...]
 ) -> OutFile | None:
     if not src.is_file():
         result.problems.append(
@@ -543,7 +545,7 @@ def _convert_values(
     return _daskhub_file(result, doc, text)
 
 
-def _basehub_file(result: ImportResult, doc: _Doc, text: str) -> OutFile:
+def _basehub_file(result: ImportResult, doc: YamlDoc, text: str) -> OutFile:
     data = doc.data
     drop = [k for k in data if k not in CHART_KEYS]
     for key in drop:
@@ -562,7 +564,7 @@ def _basehub_file(result: ImportResult, doc: _Doc, text: str) -> OutFile:
     )
 
 
-def _daskhub_file(result: ImportResult, doc: _Doc, text: str) -> OutFile:
+def _daskhub_file(result: ImportResult, doc: YamlDoc, text: str) -> OutFile:
     data = doc.data
     base = data.get("basehub")
     for key in data:
@@ -592,7 +594,7 @@ def _daskhub_file(result: ImportResult, doc: _Doc, text: str) -> OutFile:
     )
 
 
-def _note_custom(result: ImportResult, doc: _Doc, at: tuple[str, ...]) -> None:
+def _note_custom(result: ImportResult, doc: YamlDoc, at: tuple[str, ...]) -> None:
     node: Any = doc.data
     for key in at:
         if not isinstance(node, Mapping) or key not in node:
@@ -662,13 +664,14 @@ def _unnested(text: str, parent: CommentedMap, key: str) -> str | None:
 
 
 def _same(text: str, expected: Mapping[str, Any]) -> bool:
-    from hubfleet.values import _plain
 
     try:
         loaded = YAML(typ="rt").load(text)
     except Exception:
         return False
-    return bool(_plain(loaded or CommentedMap(), (), {}) == _plain(CommentedMap(expected), (), {}))
+    return bool(
+        to_plain(loaded or CommentedMap(), (), {}) == to_plain(CommentedMap(expected), (), {})
+    )
 
 
 def _dump(data: Any) -> str:

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import DuplicateKeyError, RoundTripConstructor
-from ruamel.yaml.error import MarkedYAMLError
 
+from hubfleet.layers import CLUSTER_VALUES_FILE, SUPPORT_VALUES_FILE
 from hubfleet.model import (
     PATTERN_HINTS,
     Cluster,
@@ -31,27 +26,17 @@ from hubfleet.model import (
     Provider,
     UseCase,
 )
+from hubfleet.presets import load_preset
 from hubfleet.terraform_inputs import check_against_module
-
-Loc = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the registry, with where to fix it.
-
-    `file` is a path, or a description of where a value came from that is not a file the
-    user edits (a secret block); `line` is 0 when there is no line to point at.
-    """
-
-    file: Path | str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = _display(self.file) + (f":{self.line}" if self.line else "")
-        return f"{where}: {self.field}: {self.message}"
+from hubfleet.yamlfile import (
+    Loc,
+    Problem,
+    YamlDoc,
+    display,
+    read_yaml,
+    shown,
+    type_name,
+)
 
 
 class FleetInvalid(Exception):
@@ -62,197 +47,7 @@ class FleetInvalid(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def _display(path: Path | str) -> str:
-    if isinstance(path, str):
-        return path
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-# --- YAML with line numbers ------------------------------------------------------------
-
-
-class _Constructor(RoundTripConstructor):
-    """Keep timestamps as text so pydantic parses them and keeps their UTC offset."""
-
-
-_Constructor.add_constructor("tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str)
-
-
-def _yaml() -> YAML:
-    yaml = YAML(typ="rt")
-    yaml.Constructor = _Constructor
-    yaml.allow_duplicate_keys = False
-    return yaml
-
-
-@dataclass
-class _Doc:
-    path: Path
-    data: Any
-
-    def line_of(self, loc: Loc) -> int:
-        """1-based line of the deepest node along `loc` that exists in the file."""
-        node = self.data
-        line = _first_line(node)
-        for part in loc:
-            if isinstance(node, CommentedMap) and part in node:
-                try:
-                    line = node.lc.key(part)[0] + 1
-                except KeyError:  # filled in by the loader (a preset default): no line
-                    pass
-                node = node[part]
-            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-                line = node.lc.item(part)[0] + 1
-                node = node[part]
-            else:
-                break
-        return line
-
-    def problem(self, loc: Loc, message: str, anchor: Loc | None = None) -> Problem:
-        return Problem(self.path, self.line_of(anchor or loc), _field(loc), message)
-
-
-def _first_line(node: Any) -> int:
-    if isinstance(node, CommentedMap | CommentedSeq) and node.lc.line is not None:
-        return int(node.lc.line) + 1
-    return 1
-
-
-def _field(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out or "(file)"
-
-
-def read_yaml(path: Path, empty_ok: bool = False) -> tuple[_Doc | None, list[Problem]]:
-    """Parse one YAML file whose top level must be a mapping, keeping line numbers.
-
-    Every problem is a `Problem` pointing at the line to edit: a missing file, text that is
-    not UTF-8, malformed YAML, a duplicate key, a top level that is not a mapping. With
-    `empty_ok`, an empty file (or only comments) reads as an empty mapping.
-    """
-    if not path.is_file():
-        return None, [Problem(path, 1, "(file)", "file not found; create it or fix the path")]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        return None, [
-            Problem(
-                path,
-                text_line(path.read_bytes(), exc.start),
-                "(file)",
-                f"not UTF-8 text (byte {exc.start}); save the file as UTF-8",
-            )
-        ]
-    try:
-        data = _yaml().load(text)
-    except DuplicateKeyError as exc:
-        return None, [_duplicate_key(path, text, exc)]
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        what = (exc.problem or exc.context or "syntax error").strip()
-        col = f" at column {mark.column + 1}" if mark else ""
-        return None, [
-            Problem(
-                path,
-                line,
-                "(yaml)",
-                f"invalid YAML: {what}{col}; check indentation, ':' after keys and quoting",
-            )
-        ]
-    if data is None and empty_ok:
-        data = CommentedMap()
-    if not isinstance(data, CommentedMap):
-        if data is None:
-            found = "an empty file"
-        elif isinstance(data, list):
-            found = "a list"
-        else:
-            found = f"a {_type_name(data)} {_shown(data)}"
-        return None, [
-            Problem(
-                path,
-                _first_line(data),
-                "(file)",
-                f"expected a mapping of keys (key: value lines), found {found}",
-            )
-        ]
-    return _Doc(path, data), []
-
-
-def text_line(data: bytes, offset: int) -> int:
-    """1-based line of a byte offset."""
-    return data.count(b"\n", 0, offset) + 1
-
-
-def _duplicate_key(path: Path, text: str, exc: DuplicateKeyError) -> Problem:
-    """`file:line: a.b: duplicate key ...` at the second occurrence, with where its mapping
-    starts (found again in a parse that allows duplicates, to name the full key)."""
-    found = re.search(r'found duplicate key "(.*?)" with value', exc.problem or "")
-    key = found.group(1) if found else "?"
-    line = exc.problem_mark.line + 1 if exc.problem_mark else 1
-    start = exc.context_mark.line if exc.context_mark else -1
-    yaml = _yaml()
-    yaml.allow_duplicate_keys = True
-    prefix: Loc = ()
-    try:
-        prefix = _mapping_at(yaml.load(text), start, key) or ()
-    except MarkedYAMLError:
-        pass
-    return Problem(
-        path,
-        line,
-        _field((*prefix, key)),
-        f"duplicate key: {key!r} is already set in the mapping that starts at line "
-        f"{start + 1}; keep one of them (merge their contents)",
-    )
-
-
-def _mapping_at(node: Any, line: int, key: str, loc: Loc = ()) -> Loc | None:
-    """Where the mapping that starts on (0-based) `line` and holds `key` is, if found."""
-    if isinstance(node, CommentedMap):
-        if node.lc.line == line and key in node:
-            return loc
-        children: Iterable[tuple[str | int, Any]] = node.items()
-    elif isinstance(node, CommentedSeq):
-        children = enumerate(node)
-    else:
-        return None
-    for part, child in children:
-        found = _mapping_at(child, line, key, (*loc, part if isinstance(part, int) else str(part)))
-        if found is not None:
-            return found
-    return None
-
-
 # --- pydantic errors, said plainly ------------------------------------------------------
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
-    return type(value).__name__
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
 
 
 def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
@@ -304,34 +99,34 @@ def _message(model: type[BaseModel], err: dict[str, Any]) -> str:
     if kind == "missing":
         return "required key is missing; add it"
     if kind in ("enum", "literal_error"):
-        return f"found {_shown(value)}; allowed: {ctx.get('expected', '').replace(chr(39), '')}"
+        return f"found {shown(value)}; allowed: {ctx.get('expected', '').replace(chr(39), '')}"
     if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"expected a whole number, found {_shown(value)}"
+        return f"expected a whole number, found {shown(value)}"
     if kind == "string_type":
-        return f"expected a string, found {_type_name(value)} {_shown(value)}"
+        return f"expected a string, found {type_name(value)} {shown(value)}"
     if kind == "string_pattern_mismatch":
         hint = PATTERN_HINTS.get(ctx.get("pattern", ""), f"must match {ctx.get('pattern')}")
-        return f"{_shown(value)} is {hint}" if hint.startswith("not") else f"{value!r} {hint}"
+        return f"{shown(value)} is {hint}" if hint.startswith("not") else f"{value!r} {hint}"
     if kind == "timezone_aware":
-        return f"{_shown(value)} has no timezone; add a UTC offset, e.g. 2026-12-01T09:00:00+01:00"
+        return f"{shown(value)} has no timezone; add a UTC offset, e.g. 2026-12-01T09:00:00+01:00"
     if kind.startswith("datetime"):
-        return f"{_shown(value)} is not a date-time; write e.g. 2026-12-01T09:00:00+01:00"
+        return f"{shown(value)} is not a date-time; write e.g. 2026-12-01T09:00:00+01:00"
     if kind.startswith("timedelta"):
-        return f"{_shown(value)} is not a duration; write e.g. PT2H, P1D or 02:00:00"
+        return f"{shown(value)} is not a duration; write e.g. PT2H, P1D or 02:00:00"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        return f"found {_shown(value)}; {err['msg'].lower()}"
+        return f"found {shown(value)}; {err['msg'].lower()}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"expected a mapping of keys, found {_type_name(value)} {_shown(value)}"
+        return f"expected a mapping of keys, found {type_name(value)} {shown(value)}"
     if kind == "list_type":
-        return f"expected a list, found {_type_name(value)} {_shown(value)}"
+        return f"expected a list, found {type_name(value)} {shown(value)}"
     if kind == "too_short":
         return f"needs at least {ctx.get('min_length', 1)} item(s), found {len(value or [])}"
     if kind == "value_error":  # a model's own rule (e.g. hubfleet.auth): its message says it
         return str(err["msg"]).removeprefix("Value error, ")
-    return f"{err['msg']} (found {_shown(value)})"
+    return f"{err['msg']} (found {shown(value)})"
 
 
-def _validate(doc: _Doc, model: type[BaseModel]) -> tuple[Any, list[Problem]]:
+def _validate(doc: YamlDoc, model: type[BaseModel]) -> tuple[Any, list[Problem]]:
     try:
         return model.model_validate(doc.data), []
     except ValidationError as exc:
@@ -364,8 +159,8 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
             problems += _check_files(fleet_doc, ("values",), settings.values, root, root)
 
     clusters: list[Cluster] = []
-    docs: dict[str, _Doc] = {}
-    hubs: list[tuple[str, _Doc, int, Hub]] = []  # (cluster, doc, index, hub) of valid hubs
+    docs: dict[str, YamlDoc] = {}
+    hubs: list[tuple[str, YamlDoc, int, Hub]] = []  # (cluster, doc, index, hub) of valid hubs
     for path in sorted((root / "clusters").glob("*/cluster.yaml")):
         doc, found = read_yaml(path)
         problems += found
@@ -386,7 +181,7 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
                     doc.problem(
                         ("name",),
                         f"duplicate cluster name {cluster.name!r} (also in "
-                        f"{_display(docs[cluster.name].path)}); names must be unique",
+                        f"{display(docs[cluster.name].path)}); names must be unique",
                     )
                 )
             docs[cluster.name] = doc
@@ -406,18 +201,16 @@ def load_fleet(root: str | os.PathLike[str] = "fleet") -> Fleet:
 
 
 def _event_preset_default(key: str) -> Any:
-    from hubfleet.presets import load_preset
 
     return load_preset(UseCase.event).event_defaults.get(key)
 
 
-def _fill_event_defaults(doc: _Doc) -> dict[int, list[str]]:
+def _fill_event_defaults(doc: YamlDoc) -> dict[int, list[str]]:
     """Give event hubs with `use_case: event` the preset's `event_defaults` (data_policy,
     prewarm) where their own `event:` section leaves them out; the hub's settings win.
 
     Changes the parsed document before validation; returns, per hub index, the keys filled.
     """
-    from hubfleet.presets import load_preset
 
     items = doc.data.get("hubs")
     if not isinstance(items, list):
@@ -437,7 +230,7 @@ def _fill_event_defaults(doc: _Doc) -> dict[int, list[str]]:
 
 
 def _check_files(
-    doc: _Doc, loc: Loc, files: Iterable[str], base: Path, root: Path
+    doc: YamlDoc, loc: Loc, files: Iterable[str], base: Path, root: Path
 ) -> list[Problem]:
     """Each listed values file exists and stays inside the fleet directory `root`."""
     problems = []
@@ -449,7 +242,7 @@ def _check_files(
             problems.append(
                 doc.problem(
                     (*loc, i),
-                    f"file {name!r} not found in {_display(base)}; create it or fix the name",
+                    f"file {name!r} not found in {display(base)}; create it or fix the name",
                 )
             )
     return problems
@@ -459,8 +252,8 @@ def outside_fleet(base: Path, name: str, root: Path) -> str | None:
     """Why the values file `name` (relative to `base`) is not inside the fleet directory,
     or None if it is. A fleet change must not make the deploying machine read any file it
     can read (/etc/..., ~/.kube/config) and send it to a cluster as chart values."""
-    fleet = f"the fleet directory {_display(root)}/"
-    fix = f"copy the file into {_display(base)} and list its name relative to that directory"
+    fleet = f"the fleet directory {display(root)}/"
+    fix = f"copy the file into {display(base)} and list its name relative to that directory"
     if Path(name).is_absolute() or name.startswith("~"):
         return f"{name!r} is an absolute path; values files must be inside {fleet}: {fix}"
     path = base / name
@@ -477,7 +270,6 @@ def outside_fleet(base: Path, name: str, root: Path) -> str | None:
 def _check_cluster_values(directory: Path, root: Path) -> list[Problem]:
     """The optional per-cluster values files (the hubs' and the support chart's) must not
     be links out of the fleet either."""
-    from hubfleet.values import CLUSTER_VALUES_FILE, SUPPORT_VALUES_FILE
 
     problems = []
     for name in (CLUSTER_VALUES_FILE, SUPPORT_VALUES_FILE):
@@ -490,7 +282,7 @@ def _check_cluster_values(directory: Path, root: Path) -> list[Problem]:
     return problems
 
 
-def _check_cluster(doc: _Doc, cluster: Cluster, directory: Path) -> list[Problem]:
+def _check_cluster(doc: YamlDoc, cluster: Cluster, directory: Path) -> list[Problem]:
     problems: list[Problem] = []
     if cluster.name != directory.name:
         problems.append(
@@ -505,7 +297,7 @@ def _check_cluster(doc: _Doc, cluster: Cluster, directory: Path) -> list[Problem
     return problems
 
 
-def _valid_hubs(doc: _Doc) -> list[tuple[int, Hub]]:
+def _valid_hubs(doc: YamlDoc) -> list[tuple[int, Hub]]:
     items = doc.data.get("hubs")
     if not isinstance(items, list):
         return []
@@ -519,7 +311,7 @@ def _valid_hubs(doc: _Doc) -> list[tuple[int, Hub]]:
 
 
 def _check_hubs(
-    doc: _Doc, hubs: list[tuple[int, Hub]], directory: Path, root: Path
+    doc: YamlDoc, hubs: list[tuple[int, Hub]], directory: Path, root: Path
 ) -> list[Problem]:
     problems: list[Problem] = []
     first_line: dict[str, int] = {}
@@ -571,7 +363,7 @@ _REQUIRED_SECTION = {
 }
 
 
-def _check_provider(doc: _Doc, cluster: Cluster) -> list[Problem]:
+def _check_provider(doc: YamlDoc, cluster: Cluster) -> list[Problem]:
     problems = []
     for provider in Provider:
         section = getattr(cluster, provider.value)
@@ -596,7 +388,7 @@ def _check_provider(doc: _Doc, cluster: Cluster) -> list[Problem]:
     return problems
 
 
-def _check_domains(hubs: list[tuple[str, _Doc, int, Hub]]) -> list[Problem]:
+def _check_domains(hubs: list[tuple[str, YamlDoc, int, Hub]]) -> list[Problem]:
     problems = []
     seen: dict[str, str] = {}
     for cluster, doc, i, hub in hubs:

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubfleet.health import HEALTH_USER
+from hubfleet.layers import leaves
 
 if TYPE_CHECKING:
     from hubfleet.localusers import UserAccount
-    from hubfleet.model import Fleet, Hub
-    from hubfleet.values import Layer
 
 #: The admin user that exists only to mint the first ops token; it can never log in
 #: (local hubs use the null authenticator) and its tokens are revoked after bootstrap.
@@ -198,38 +197,12 @@ CULLER_MAIN = (
 )
 
 
-def local_layers(fleet: Fleet, cluster: str, hub: Hub) -> list[Layer]:
-    """The values layers a local hub applies: fleet and cluster files, the preset, the
-    hub's own files. Not the chart defaults nor what hubfleet sets for Kubernetes (ingress,
-    the ops Secret)."""
-    from hubfleet.presets import layer_kind
-    from hubfleet.values import hub_layers
-
-    return [
-        layer
-        for layer in hub_layers(fleet, cluster, hub, z2jh_defaults=False)
-        if layer_kind(layer) != "chart" and not layer.source.startswith(("fleet: ", "hubfleet: "))
-    ]
-
-
-def local_values(fleet: Fleet, cluster: str, hub: Hub) -> dict[str, Any]:
-    """The merged values of a local hub (see `local_layers`); feed to hub_config_from_values.
-    Their top level is checked against the wrapper chart's schema (z2jh values under
-    `jupyterhub:`), so a file in another layout is an error naming it, not ignored."""
-    from hubfleet.values import VALUES_CHART, merged, validate_layers
-
-    layers = local_layers(fleet, cluster, hub)
-    validate_layers(layers, VALUES_CHART / "values.schema.json")
-    return merged(layers)
-
-
 def not_applied(values: dict[str, Any]) -> list[str]:
     """Keys set in a local hub's values that a local hub ignores (Kubernetes-only), e.g.
     `singleuser.storage` or `hub.config.KubeSpawner.profile_list`."""
-    from hubfleet.presets import _leaves
 
     out: set[str] = set()
-    for path in _leaves(values):
+    for path in leaves(values):
         if any(path[: len(h)] == h for h in HONOURED):
             if (
                 path[:3] == ("jupyterhub", "hub", "config")

@@ -49,6 +49,11 @@ PATTERN_HINTS = {
     "az://container/prefix or gs://bucket/prefix",
 }
 
+#: Client-side API rate limit per cluster (cluster.yaml `api_qps`, `api_burst`); see
+#: README "Hub deployment and fleet upgrades". Measured in benchmarks/bench_apiserver.py.
+DEFAULT_API_QPS = 20.0
+DEFAULT_API_BURST = 40
+
 #: A DNS label (RFC 1123): it becomes a Kubernetes namespace, a Helm release and a URL part.
 DnsName = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
 Domain = Annotated[str, StringConstraints(pattern=DOMAIN, max_length=253)]
@@ -361,6 +366,23 @@ class Cluster(Strict):
         "through the cluster's ingress, as users do) or `port-forward` (its proxy through the "
         "Kubernetes API with the cluster's credentials, as kubectl port-forward: for hubs "
         "with no public DNS yet, private clusters, CI).",
+    )
+    api_qps: float = Field(
+        DEFAULT_API_QPS,
+        ge=0,
+        le=10_000,
+        description="Client-side limit on requests per second to the cluster's API server, "
+        "for each helm process (`--qps`) and for hubfleet's own Kubernetes client (shared by "
+        "every operation on the cluster in one process). At most `parallelism` helm "
+        "processes run per cluster, so hubfleet drives at most (parallelism + 1) x api_qps. "
+        "0 turns the limit off (helm gets `--qps -1`): only for measuring.",
+    )
+    api_burst: int = Field(
+        DEFAULT_API_BURST,
+        ge=1,
+        le=10_000,
+        description="Requests a client may send at once above api_qps before it is held to "
+        "api_qps (helm `--burst-limit`, and the same bucket for hubfleet's client).",
     )
     hubs: list[Hub] = Field(default_factory=list)
 

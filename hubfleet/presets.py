@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from hubfleet.errors import HubfleetError
+from hubfleet.layers import Layer, ValuesInvalid, leaves, read_values_file
 from hubfleet.model import UseCase
-from hubfleet.values import Layer, ValuesInvalid, read_values_file
+from hubfleet.yamlfile import display
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -66,7 +67,7 @@ class Preset:
         """The preset as a values layer (a temp file for helm: the preset file is not values);
         a schema problem in it names the preset file and line."""
         return Layer(
-            f"preset: {self.use_case.value} ({_show(self.path)})",
+            f"preset: {self.use_case.value} ({display(self.path)})",
             self.values,
             origin=self.path,
             lines=self.lines,
@@ -151,18 +152,6 @@ def layer_kind(layer: Layer) -> str:
     return "fleet"  # fleet.yaml `values` files
 
 
-def _leaves(values: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Every leaf of nested mappings by its path; lists and empty mappings are leaves."""
-    out: dict[tuple[str, ...], Any] = {}
-    for key, value in values.items():
-        path = (*prefix, str(key))
-        if isinstance(value, Mapping) and value:
-            out.update(_leaves(value, path))
-        else:
-            out[path] = value
-    return out
-
-
 def explain(layers: list[Layer]) -> list[Origin]:
     """Each effective value with the last layer that set it (later layers win, as in helm).
 
@@ -171,7 +160,7 @@ def explain(layers: list[Layer]) -> list[Origin]:
     found: dict[tuple[str, ...], Origin] = {}
     for layer in layers:
         kind = layer_kind(layer)
-        for path, value in _leaves(layer.values).items():
+        for path, value in leaves(layer.values).items():
             # A parent set as a scalar/list by a later layer replaces the children.
             for key in [k for k in found if k[: len(path)] == path and k != path]:
                 del found[key]
@@ -187,10 +176,3 @@ def explain(layers: list[Layer]) -> list[Origin]:
                 overrode=overrode,
             )
     return [found[k] for k in sorted(found)]
-
-
-def _show(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)

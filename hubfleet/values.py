@@ -1,8 +1,8 @@
 """Helm-style values: deep merge in layering order (later layers win), the layers of a hub,
 and a check against the chart's schema that names the file and line to fix.
 
-Values files are read with line numbers (`hubfleet.loader.read_yaml`), so a malformed file,
-a duplicate key or a key the chart does not have is reported as `file:line: key: message`
+Values files are read with line numbers (`hubfleet.layers`), so a malformed file, a duplicate
+key or a key the chart does not have is reported as `file:line: key: message`
 by `hubfleet validate`, `show`, `export-hub` and every flow alike.
 """
 
@@ -15,142 +15,36 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 
-from hubfleet.errors import HubfleetError
-from hubfleet.loader import Problem, read_yaml
-from hubfleet.model import Fleet, Hub
-
-
-def merge_values(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge mappings; a later layer's scalars and lists replace earlier ones."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        _merge_into(merged, layer)
-    return merged
-
-
-def _merge_into(target: dict[str, Any], layer: Mapping[str, Any]) -> None:
-    for key, value in layer.items():
-        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
-            _merge_into(target[key], value)
-        elif isinstance(value, Mapping):
-            target[key] = merge_values(value)
-        else:
-            target[key] = copy.deepcopy(value)
-
-
-def load_values_files(paths: Iterable[Path]) -> dict[str, Any]:
-    """Read values files and merge them in order; raise `ValuesInvalid` if one is broken."""
-    return merge_values(*(layer.values for layer in read_values_files(paths)))
-
-
-Lines = Mapping[tuple[str, ...], int]
-
-
-def read_values_file(path: Path, source: str | None = None) -> Layer:
-    """One values file as a layer, with the line of every key; `ValuesInvalid` (with
-    `file:line` problems) if it is missing, malformed, has a duplicate key or its top
-    level is not a mapping. An empty file is an empty layer."""
-    values, lines, problems = _parsed(path, *_stamp(path))
-    if problems:
-        raise ValuesInvalid(problems)
-    # A copy: callers may change a layer's values; the parsed file is shared by every hub.
-    return Layer(source or _show(path), copy.deepcopy(values), path=path, origin=path, lines=lines)
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-    except OSError:
-        return (0, -1)
-    return (stat.st_mtime_ns, stat.st_size)
-
-
-@lru_cache(maxsize=1024)
-def _parsed(
-    path: Path, mtime_ns: int, size: int
-) -> tuple[dict[str, Any], Lines, tuple[Problem, ...]]:
-    """A values file parsed once per version of it (validate reads the fleet's shared
-    files for every hub; ruamel's round-trip parser is pure Python)."""
-    doc, problems = read_yaml(path, empty_ok=True)
-    if doc is None:
-        return {}, {}, tuple(problems)
-    lines: dict[tuple[str, ...], int] = {}
-    return _plain(doc.data, (), lines), lines, ()
-
-
-def read_values_files(paths: Iterable[Path]) -> list[Layer]:
-    """Several values files; every broken one is reported, not just the first."""
-    layers, problems = [], []
-    for path in paths:
-        try:
-            layers.append(read_values_file(path))
-        except ValuesInvalid as exc:
-            problems += exc.problems
-    if problems:
-        raise ValuesInvalid(problems)
-    return layers
-
-
-def _plain(node: Any, at: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> Any:
-    """Parsed YAML as plain dicts, lists and scalars (what helm sees: keys are strings),
-    recording the 1-based line of each key and list item in `lines`."""
-    if isinstance(node, CommentedMap):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            name = _key(key)
-            try:
-                lines[(*at, name)] = node.lc.key(key)[0] + 1
-            except (KeyError, TypeError):  # a key merged in with `<<:` has no line here
-                pass
-            out[name] = _plain(value, (*at, name), lines)
-        return out
-    if isinstance(node, CommentedSeq):
-        items = []
-        for i, value in enumerate(node):
-            lines[(*at, str(i))] = node.lc.item(i)[0] + 1
-            items.append(_plain(value, (*at, str(i)), lines))
-        return items
-    if isinstance(node, TaggedScalar):
-        return str(node.value)
-    if isinstance(node, bool) or node is None:
-        return node
-    for kind in (int, float, str):  # ruamel's subclasses (ScalarFloat, ...) as plain types
-        if isinstance(node, kind):
-            return kind(node)
-    return str(node)
-
-
-def _key(key: Any) -> str:
-    if isinstance(key, bool):
-        return "true" if key else "false"
-    return "null" if key is None else str(key)
-
+from hubfleet import auth, yamlfile
+from hubfleet.layers import (
+    CLUSTER_VALUES_FILE,
+    SUPPORT_CHART,
+    SUPPORT_VALUES_FILE,
+    VALUES_CHART,
+    Z2JH,
+    Layer,
+    ValuesInvalid,
+    file_stamp,
+    merge_values,
+    merged,
+    read_values_file,
+    read_values_files,
+)
+from hubfleet.localhub import kube_hub_values
+from hubfleet.model import Fleet, Hub, Provider, Tier
+from hubfleet.presets import layer_kind, load_preset
+from hubfleet.yamlfile import Problem, field_name, read_yaml
 
 # --- layering for a hub -----------------------------------------------------------------
 
-#: Where the charts live (helm/hub is hubfleet's wrapper of Zero to JupyterHub, see
-#: hubfleet/charts.py; helm/support is the per-cluster support chart).
-CHARTS_DIR = Path(__file__).resolve().parent.parent / "helm"
-#: The wrapper chart's sources: its values.yaml is the first layer of every hub.
-VALUES_CHART = CHARTS_DIR / "hub"
-#: Optional per-cluster values file, applied after the fleet's and before the hub's own.
-CLUSTER_VALUES_FILE = "cluster.values.yaml"
-#: z2jh's values sit under this key of a hub's values (as in 2i2c's basehub).
-Z2JH = "jupyterhub"
-#: The per-cluster support chart (priority classes, pre-warm placeholders, hub namespace
-#: defaults), and its optional values file in the cluster's directory.
-SUPPORT_CHART = CHARTS_DIR / "support"
-SUPPORT_VALUES_FILE = "support.values.yaml"
 #: Support values hubfleet sets at every deploy_support, from the fleet: a file must not.
 SUPPORT_MANAGED: dict[tuple[str, ...], str] = {
     ("hubNamespaces",): "hubfleet sets it to the cluster's hub namespaces (from cluster.yaml)",
@@ -164,37 +58,6 @@ SUPPORT_MANAGED: dict[tuple[str, ...], str] = {
 def secret_values_block(cluster: str, hub: str) -> str:
     """Name of the optional Prefect `Secret` block with the hub's secret values (a dict)."""
     return f"hub-values-{cluster}-{hub}"
-
-
-class ValuesInvalid(HubfleetError):
-    """A hub's values files are broken or their merged values break the chart's schema;
-    nothing was applied. `problems` are the `file:line: key: message` lines that
-    `hubfleet validate` prints (empty when helm itself refused the values)."""
-
-    def __init__(self, problems: Sequence[Problem] | str, schema: Path | None = None):
-        if isinstance(problems, str):
-            self.problems: list[Problem] = []
-            super().__init__(problems)
-            return
-        self.problems = list(problems)
-        checked = f" (checked against {_show(schema)})" if schema else ""
-        super().__init__(
-            "\n".join(str(p) for p in self.problems)
-            + f"\nvalues are invalid: {len(self.problems)} problem(s){checked}; fix the file "
-            "named on each line. Nothing was applied."
-        )
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One layer of values and where it came from (`secret` layers are never shown)."""
-
-    source: str
-    values: dict[str, Any]
-    secret: bool = False
-    path: Path | None = None  # the file helm is given, for file layers
-    origin: Path | None = None  # the file a user edits to change it (errors name it)
-    lines: Lines = field(default_factory=dict, compare=False)  # key path -> line in origin
 
 
 def hub_layers(
@@ -217,7 +80,9 @@ def hub_layers(
     `z2jh_defaults=False` leaves z2jh's out (local hubs, which never fetch the chart).
     """
     chart = chart_dir or VALUES_CHART
-    defaults = copy.deepcopy(_chart_defaults(chart / "values.yaml", *_stamp(chart / "values.yaml")))
+    defaults = copy.deepcopy(
+        _chart_defaults(chart / "values.yaml", *file_stamp(chart / "values.yaml"))
+    )
     if z2jh_defaults:
         from hubfleet.charts import z2jh_defaults as upstream
 
@@ -244,7 +109,6 @@ def hub_layers(
     if hub.use_case is not None:
         # The use case's preset: more specific than fleet and cluster defaults, but the
         # hub's own files (what its community asked for) still win.
-        from hubfleet.presets import load_preset
 
         layers.append(load_preset(hub.use_case).layer())
     layers += read[len(files) :]
@@ -264,8 +128,6 @@ def fleet_values(hub: Hub) -> dict[str, Any]:
     login (`auth:`, hubfleet.auth: no secret), and hubfleet's own users (hubfleet.localhub:
     the ops user's least-privilege role, the health user, the bootstrap user that mints the
     first ops token), who never log in."""
-    from hubfleet.auth import kube_values
-    from hubfleet.localhub import kube_hub_values
 
     return {
         Z2JH: merge_values(
@@ -277,7 +139,7 @@ def fleet_values(hub: Hub) -> dict[str, Any]:
             },
             kube_hub_values(),
             # The hub's `auth:` (login): hub.config, and the client secret from a Secret.
-            kube_values(hub.auth, hub.domain) if hub.auth else {},
+            auth.kube_values(hub.auth, hub.domain) if hub.auth else {},
         )
     }
 
@@ -319,11 +181,6 @@ def dask_gateway_values() -> dict[str, Any]:
 def _chart_defaults(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     loaded: dict[str, Any] = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
     return loaded
-
-
-def merged(layers: Iterable[Layer]) -> dict[str, Any]:
-    """The values helm will see: every layer deep-merged in order."""
-    return merge_values(*(layer.values for layer in layers))
 
 
 def hub_schema(fleet: Fleet, hub: Hub) -> Path:
@@ -377,7 +234,7 @@ def schema_problems(layers: list[Layer], schema_file: Path) -> list[Problem]:
                 problems.append(_problem(layers, path, f"required key {key!r} is missing; add it"))
             continue
         layer = _set_by(layers, path)
-        shown = "(hidden: a secret value)" if layer.secret else _shown(error.instance)
+        shown = "(hidden: a secret value)" if layer.secret else yamlfile.shown(error.instance)
         problems.append(_problem(layers, path, _schema_message(error, shown)))
     return problems
 
@@ -386,7 +243,7 @@ def _schema_message(error: Any, shown: str) -> str:
     kind, rule = error.validator, error.validator_value
     if kind == "type":
         wanted = " or ".join(rule) if isinstance(rule, list) else rule
-        kind_of = _json_type(error.instance)
+        kind_of = yamlfile.type_name(error.instance)
         found = shown if shown in ("a list", "a mapping") else f"{kind_of} {shown}"
         if error.instance is None:
             found = "an empty value (null); give it a value or remove the key"
@@ -410,26 +267,6 @@ _BOUNDS = {
 }
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "list" if isinstance(value, list) else "mapping"
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
 def _problem(layers: list[Layer], path: list[Any], message: str) -> Problem:
     layer = _set_by(layers, path)
     keys = tuple(str(p) for p in path)
@@ -440,16 +277,9 @@ def _problem(layers: list[Layer], path: list[Any], message: str) -> Problem:
     return Problem(
         layer.origin if layer.origin and not layer.secret else layer.source,
         line,
-        _dotted(path),
+        field_name(path, empty="(top level)"),
         message,
     )
-
-
-def _dotted(path: list[Any]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
 
 
 def _set_by(layers: list[Layer], path: list[Any]) -> Layer:
@@ -511,7 +341,7 @@ def support_layers(fleet: Fleet, cluster: str) -> list[Layer]:
     layers = [
         Layer(
             f"chart defaults ({path})",
-            copy.deepcopy(_chart_defaults(path, *_stamp(path))),
+            copy.deepcopy(_chart_defaults(path, *file_stamp(path))),
             origin=path,
         )
     ]
@@ -526,7 +356,6 @@ def support_layers(fleet: Fleet, cluster: str) -> list[Layer]:
 
 def support_problems(fleet: Fleet, cluster: str) -> list[Problem]:
     """What is wrong with the cluster's optional `support.values.yaml` ([] if fine or absent)."""
-    from hubfleet.model import Provider
 
     file = fleet.cluster_dir(cluster) / SUPPORT_VALUES_FILE
     if not file.is_file():
@@ -555,11 +384,13 @@ def support_problems(fleet: Fleet, cluster: str) -> list[Problem]:
                 _problem(
                     [layer],
                     list(keys),
-                    f"found {_shown(node)}, but {why}; remove it from this file",
+                    f"found {yamlfile.shown(node)}, but {why}; remove it from this file",
                 )
             )
     path = SUPPORT_CHART / "values.yaml"
-    defaults = Layer(f"chart defaults ({path})", _chart_defaults(path, *_stamp(path)), origin=path)
+    defaults = Layer(
+        f"chart defaults ({path})", _chart_defaults(path, *file_stamp(path)), origin=path
+    )
     return problems + schema_problems([defaults, layer], SUPPORT_CHART / "values.schema.json")
 
 
@@ -571,7 +402,6 @@ def check_fleet_values(
     of the chart it runs (`hub_schema`), and each cluster's `support.values.yaml` against
     the support chart's. A problem in a file several hubs share is listed once.
     `secret_values`: each (cluster, hub)'s secret layer, when known."""
-    from hubfleet.auth import auth_problems
 
     problems: list[Problem] = auth_problems(fleet)  # a prod hub anyone could log in to
     for cluster in fleet.clusters:
@@ -587,13 +417,6 @@ def check_fleet_values(
     return problems
 
 
-def _show(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
 @contextmanager
 def secret_values_file(values: Mapping[str, Any]) -> Iterator[Path]:
     """Write secret values to a 0600 temp file for helm; it is removed whatever happens."""
@@ -607,3 +430,74 @@ def secret_values_file(values: Mapping[str, Any]) -> Iterator[Path]:
         yield path
     finally:
         path.unlink(missing_ok=True)
+
+
+# --- a local hub's values ------------------------------------------------------------
+
+
+def local_layers(fleet: Fleet, cluster: str, hub: Hub) -> list[Layer]:
+    """The values layers a local hub applies: fleet and cluster files, the preset, the
+    hub's own files. Not the chart defaults nor what hubfleet sets for Kubernetes (ingress,
+    the ops Secret)."""
+    return [
+        layer
+        for layer in hub_layers(fleet, cluster, hub, z2jh_defaults=False)
+        if layer_kind(layer) != "chart" and not layer.source.startswith(("fleet: ", "hubfleet: "))
+    ]
+
+
+def local_values(fleet: Fleet, cluster: str, hub: Hub) -> dict[str, Any]:
+    """The merged values of a local hub (see `local_layers`); feed to hub_config_from_values.
+    Their top level is checked against the wrapper chart's schema (z2jh values under
+    `jupyterhub:`), so a file in another layout is an error naming it, not ignored."""
+    layers = local_layers(fleet, cluster, hub)
+    validate_layers(layers, VALUES_CHART / "values.schema.json")
+    return merged(layers)
+
+
+# --- the login rule: a prod hub on Kubernetes needs a login --------------------------------
+
+
+def needs_auth(fleet: Fleet, cluster: str, hub: Hub) -> str | None:
+    """Why `hub` may not be deployed as it is (a prod hub anyone could log in to), or None.
+
+    The rule covers prod hubs on Kubernetes providers. A local hub listens on loopback only
+    and lets nobody log in unless its values say so (the null authenticator), so there is
+    no open door to close; the example fleet's local prod hubs (and `./dev demo`) keep
+    running without `auth:`. An authenticator set in the hub's own values (e.g. from an
+    imported basehub config) counts, unless it is the dummy one (z2jh's default), which
+    takes any password."""
+    if hub.tier is not Tier.prod or hub.auth is not None:
+        return None
+    if fleet.cluster(cluster).provider is Provider.local:
+        return None
+    try:
+        values = local_values(fleet, cluster, hub)  # the files, without chart defaults
+    except Exception:  # broken values are reported by the values check itself
+        return None
+    found = auth.authenticator_of(values)
+    if found and found not in auth.OPEN_AUTHENTICATORS:
+        return None
+    what = f"its values set the {found!r} authenticator" if found else "it has no `auth:`"
+    return (
+        f"prod hub {cluster}/{hub.name} would let anyone log in ({what}, and z2jh's default "
+        "takes any password); add an `auth:` section to the hub in cluster.yaml, e.g. "
+        "`auth: {provider: github, client_id: <id>, allowed_organizations: [<org>], "
+        "admin_users: [<you>]}` and store its client secret with `hubfleet oauth-client "
+        f"set {cluster} {hub.name}` (see README, Login (OAuth)), or make it tier: staging"
+    )
+
+
+def auth_problems(fleet: Fleet) -> list[Problem]:
+    """`file:line` problems for every prod hub that `needs_auth` refuses."""
+    problems = []
+    for cluster in fleet.clusters:
+        for i, hub in enumerate(cluster.hubs):
+            why = needs_auth(fleet, cluster.name, hub)
+            if why is None:
+                continue
+            path = fleet.cluster_dir(cluster.name) / "cluster.yaml"
+            doc, _ = read_yaml(path)
+            line = doc.line_of(("hubs", i, "name")) if doc else 1
+            problems.append(Problem(path, line, f"hubs[{i}].auth", why))
+    return problems

@@ -50,6 +50,7 @@ from prefect.cache_policies import NO_CACHE
 
 from hubfleet.errors import HubfleetError
 from hubfleet.model import BackupPolicy, Cluster, Provider
+from hubfleet.results import RestoreRow
 from tasks.export import (
     _S3,
     ExportFailed,
@@ -372,20 +373,20 @@ def backup_directory(
     return copy
 
 
-def restore_plan(copy: BackupCopy, users: list[str], homes: Path) -> list[dict[str, Any]]:
+def restore_plan(copy: BackupCopy, users: list[str], homes: Path) -> list[RestoreRow]:
     """What restoring `users` from `copy` into `homes` would write, per user."""
     rows = []
     for user in users:
         files = copy.user_files(user)
         here = source_files(homes / user)
         rows.append(
-            {
-                "user": user,
-                "files": len(files),
-                "bytes": sum(files.values()),
-                "missing_now": sorted(f for f in files if f not in here),
-                "differ_now": sorted(f for f in files if f in here and here[f] != files[f]),
-            }
+            RestoreRow(
+                user=user,
+                files=len(files),
+                bytes=sum(files.values()),
+                missing_now=sorted(f for f in files if f not in here),
+                differ_now=sorted(f for f in files if f in here and here[f] != files[f]),
+            )
         )
     return rows
 

@@ -1,7 +1,8 @@
 """One cluster session per operation, made in one place, and always scrubbed.
 
 The cluster's access block, its kubeconfig in a 0600 temp file (removed afterwards), a helm
-whose output and errors are scrubbed, and a Kubernetes API client on the same kubeconfig.
+whose output and errors are scrubbed, and a Kubernetes API client on the same kubeconfig;
+both held to the cluster's client-side API rate limit (cluster.yaml `api_qps`, `api_burst`).
 
 - `cluster_session(cluster)`: for work on the cluster as a whole (the support chart,
   orphans, which hubs exist); helm is scrubbed of the kubeconfig's credentials.
@@ -24,6 +25,7 @@ from typing import Any
 from blocks.cluster_access import ClusterAccess, kubeconfig_file, loaded_access
 from hubfleet.auth import oauth_block
 from hubfleet.errors import HubfleetError
+from hubfleet.loader import FleetInvalid
 from hubfleet.values import secret_values_block
 from tasks import helm as helm_tasks
 from tasks import kube
@@ -107,14 +109,28 @@ def secret_strings(values: Any) -> list[str]:
     return [str(values)] if values not in (None, "", True, False) else []
 
 
+def api_limits(cluster: str) -> kube.ApiLimits:
+    """The cluster's client-side API rate limit from the fleet (cluster.yaml `api_qps`,
+    `api_burst`); the defaults for a cluster the fleet does not list (or no fleet)."""
+    from flows.operation import current_fleet  # flows import tasks, not the reverse
+
+    try:
+        spec = current_fleet().cluster(cluster)
+    except (LookupError, FleetInvalid, OSError):
+        return kube.ApiLimits()
+    return kube.ApiLimits.of(spec)
+
+
 @asynccontextmanager
 async def _opened(cluster: str, secrets: Sequence[str]) -> AsyncIterator[ClusterSession]:
     access = await ClusterAccess.for_cluster(cluster)
     scrub = [*secrets, access.kubeconfig.get_secret_value()]
+    limits = api_limits(cluster)
+    bucket = kube.cluster_bucket(cluster, limits)
     with (
         kubeconfig_file(access) as kubeconfig,
-        helm_tasks.helm_for(kubeconfig, access.context, scrub) as helm,
-        kube.kube_client(kubeconfig, access.context) as api,
+        helm_tasks.helm_for(kubeconfig, access.context, scrub, limits.helm_args()) as helm,
+        kube.kube_client(kubeconfig, access.context, bucket) as api,
     ):
         yield ClusterSession(access, kubeconfig, helm, api)
 

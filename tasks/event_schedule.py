@@ -43,6 +43,7 @@ from hubfleet.events import (
     WantedRun,
 )
 from hubfleet.model import Fleet, HubKind
+from hubfleet.results import ScheduleChanges
 
 #: The deployment each scheduled run goes through ("<flow name>/<deployment name>"), as
 #: `hubfleet setup` registers them from `deployments/registry.py`.
@@ -176,27 +177,31 @@ async def cancel_run(run: ScheduledRun, why: str) -> None:
 
 async def apply_schedule(
     plan: events.SchedulePlan, operator: str, dry_run: bool, why: str
-) -> dict[str, list[str]]:
+) -> ScheduleChanges:
     """Schedule what is missing first, then cancel what is stale: never no expiry at all."""
-    done: dict[str, list[str]] = {"scheduled": [], "kept": [], "cancelled": []}
+    scheduled: list[str] = []
+    kept: list[str] = []
+    cancelled: list[str] = []
     for want in plan.schedule:
         line = f"{want.kind} {want.cluster}/{want.hub} at {want.at.isoformat()}"
         if dry_run or await schedule_run(want, operator):
-            done["scheduled"].append(line)
+            scheduled.append(line)
         else:
-            done["kept"].append(f"{line} (already ran)")
+            kept.append(f"{line} (already ran)")
     for run in plan.keep:
-        done["kept"].append(f"{run.kind} {run.cluster}/{run.hub} at {run.at.isoformat()}")
+        kept.append(f"{run.kind} {run.cluster}/{run.hub} at {run.at.isoformat()}")
     for run in plan.cancel:
         if not dry_run:
             await cancel_run(run, why)
-        done["cancelled"].append(f"{run.kind} {run.cluster}/{run.hub} at {run.at.isoformat()}")
-    return done
+        cancelled.append(f"{run.kind} {run.cluster}/{run.hub} at {run.at.isoformat()}")
+    return ScheduleChanges(scheduled=scheduled, kept=kept, cancelled=cancelled)
 
 
-def bullets(done: dict[str, list[str]]) -> str:
+def bullets(done: ScheduleChanges) -> str:
+    """The changes as markdown: each kind's count, then one bullet per run."""
     lines = []
-    for what, items in done.items():
+    for what in ("scheduled", "kept", "cancelled"):
+        items: list[str] = getattr(done, what)
         lines.append(f"**{what}** ({len(items)})\n")
         lines += [f"- {item}" for item in items] or ["- none"]
         lines.append("")

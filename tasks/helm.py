@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from hubfleet.charts import find_helm
 from hubfleet.errors import HubfleetError
-from hubfleet.values import ValuesInvalid
+from hubfleet.layers import ValuesInvalid
 from tasks.retry import TransientError, transient_retries
 
 T = TypeVar("T")
@@ -66,6 +66,9 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_BLOCKING_POOL, fn, *args)
 
 
+#: helm commands that never talk to a cluster.
+_OFFLINE = ("lint", "template", "package")
+
 #: How helm says a release is not installed; read in one place (`Helm.run`), which raises
 #: `ReleaseNotFound` for it.
 _NOT_FOUND = "release: not found"
@@ -92,6 +95,9 @@ class Helm:
     binary: Path = field(default_factory=find_helm)
     secrets: Sequence[str] = ()
     timeout: float = 600.0
+    #: Global flags of the cluster's client-side API rate limit (`ApiLimits.helm_args`:
+    #: `--qps`, `--burst-limit`); empty: helm's own defaults.
+    rate_limit: Sequence[str] = ()
     _home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hubfleet-helm-")))
 
     def close(self) -> None:
@@ -117,8 +123,10 @@ class Helm:
     def run(self, *args: str, timeout: float | None = None) -> str:
         """Run `helm args...`; stdout on success, a classified error otherwise."""
         argv = [str(self.binary), *args]
-        if self.context and args[0] not in ("lint", "template", "package"):
-            argv += ["--kube-context", self.context]
+        if args[0] not in _OFFLINE:
+            if self.context:
+                argv += ["--kube-context", self.context]
+            argv += list(self.rate_limit)
         try:
             proc = subprocess.run(
                 argv,
@@ -249,9 +257,14 @@ def _seconds(duration: str) -> float:
 
 
 @contextmanager
-def helm_for(kubeconfig: Path | None, context: str | None, secrets: Sequence[str] = ()):
+def helm_for(
+    kubeconfig: Path | None,
+    context: str | None,
+    secrets: Sequence[str] = (),
+    rate_limit: Sequence[str] = (),
+):
     """A `Helm` whose private home directory is removed afterwards."""
-    helm = Helm(kubeconfig, context, secrets=secrets)
+    helm = Helm(kubeconfig, context, secrets=secrets, rate_limit=rate_limit)
     try:
         yield helm
     finally:

@@ -305,21 +305,20 @@ def run_job(
     read_only: bool = True,
     extra_env: dict[str, str] | None = None,
 ) -> str:
-    """Create the Secret and the Job, wait for the Job to finish, always delete both.
+    """Create the Job and its Secret, wait for the Job to finish, always delete both.
 
     Returns how it ended ("succeeded after Ns"); raises `ExportFailed` if the Job failed or
     did not finish within `timeout` seconds.
     """
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     labels = {EXPORT_LABEL: EXPORT_VALUE, "app.kubernetes.io/managed-by": "hubfleet"}
-    secret = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=name, labels=labels),
-        string_data=env or {"HUBFLEET_EXPORT_NO_CREDENTIALS": "true"},
-        type="Opaque",
-    )
     started = time.monotonic()
     try:
-        kcall(core.create_namespaced_secret, namespace, secret)
+        # The Job first, then its credentials as a Secret the Job owns from the moment it
+        # exists: whenever this process dies, Kubernetes removes the Secret with the Job
+        # (ttlSecondsAfterFinished), so no credential is ever left behind on the cluster.
+        # The Job's pod reads the Secret at start (envFrom); the kubelet retries until it
+        # exists.
         job: Any = kcall(
             batch.create_namespaced_job,
             namespace,
@@ -327,18 +326,15 @@ def run_job(
                 name, url, volumes, name, max(60, int(timeout)), script, read_only, extra_env
             ),
         )
-        owner = {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "name": name,
-            "uid": job.metadata.uid,
-        }
-        kcall(
-            core.patch_namespaced_secret,
-            name,
-            namespace,
-            {"metadata": {"ownerReferences": [owner]}},
+        owner = client.V1OwnerReference(
+            api_version="batch/v1", kind="Job", name=name, uid=job.metadata.uid
         )
+        secret = client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, labels=labels, owner_references=[owner]),
+            string_data=env or {"HUBFLEET_EXPORT_NO_CREDENTIALS": "true"},
+            type="Opaque",
+        )
+        kcall(core.create_namespaced_secret, namespace, secret)
         while True:
             status: Any = kcall(batch.read_namespaced_job_status, name, namespace).status
             conditions = {c.type: c for c in status.conditions or [] if c.status == "True"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -388,15 +389,42 @@ def _free(port: int) -> bool:
             return False
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
+#: The kernel's range for ephemeral ports (outgoing connections, `bind(port 0)`).
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: Kubernetes' default NodePort range starts here; local hubs keep below it too.
+NODE_PORTS_FROM = 30000
+
+
+def _port_pool() -> range:
+    """10,000 ports below both the ephemeral range and Kubernetes' NodePorts."""
     try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    top = min(low, NODE_PORTS_FROM)
+    return range(max(1024, top - 10000), top)
+
+
+def _free_ports(n: int, pool: range | None = None) -> list[int]:
+    """`n` distinct loopback ports free now, chosen below the kernel's ephemeral range.
+
+    A port from `bind(0)` is an ephemeral one: between choosing it and the hub binding it,
+    any outgoing connection on the machine may be given it (a busy machine's test run lost
+    a hub start that way: "Address already in use"). Ports below the range are only ever
+    taken by a process that binds them by number."""
+    pool = pool or _port_pool()
+    chosen: list[int] = []
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(pool)
+        if port not in chosen and _free(port):
+            chosen.append(port)
+            if len(chosen) == n:
+                return chosen
+    raise LocalHubError(
+        f"no {n} free loopback ports found in {pool.start}-{pool.stop - 1} (200 tries); "
+        "stop what listens there or widen the kernel's ephemeral range's gap"
+    )
 
 
 def _wait_for_port(port: int, proc: Proc, log: Path, timeout: float = 20.0) -> None:

@@ -35,6 +35,7 @@ from hubfleet.credentials import (
     CredentialKind,
 )
 from hubfleet.errors import HubfleetError
+from hubfleet.results import Rotated
 from tasks.retry import transient_retries
 
 
@@ -332,30 +333,6 @@ async def _undo(rotation: Rotation, what: str, call: Any) -> None:
 # --- the protocol ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Rotated:
-    """What a successful rotation did (no secrets)."""
-
-    kind: str
-    owner: str
-    old: str
-    new: str
-    verified_as: str
-    switched: list[str]
-    cleaned: list[str]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "owner": self.owner,
-            "old": self.old,
-            "new": self.new,
-            "verified_as": self.verified_as,
-            "switched": self.switched,
-            "cleaned": self.cleaned,
-        }
-
-
 async def rotate(rotator: Rotator) -> Rotated:
     """Rotate one credential by the protocol; on failure before revocation, roll back.
 
@@ -387,7 +364,13 @@ async def rotate(rotator: Rotator) -> Rotated:
             "rotated %s of %s: %s -> %s", rotator.kind, rotator.owner, old.ident, rotation.new.ident
         )
         return Rotated(
-            rotator.kind.value, rotator.owner, old.ident, rotation.new.ident, who, switched, cleaned
+            kind=rotator.kind.value,
+            owner=rotator.owner,
+            old=old.ident,
+            new=rotation.new.ident,
+            verified_as=who,
+            switched=switched,
+            cleaned=cleaned,
         )
     finally:
         del _ACTIVE[rotation_id]

@@ -32,6 +32,7 @@ from pydantic import BaseModel, SecretStr
 from hubfleet.errors import HubfleetError
 from hubfleet.model import Cluster
 from hubfleet.paths import data_dir
+from hubfleet.results import PlanSummary
 from hubfleet.terraform_inputs import module_dir, module_variables
 from tasks.retry import TransientError, transient_retries
 
@@ -202,46 +203,6 @@ def _kill(pid: int) -> None:
 
 
 # --- what a plan changes ----------------------------------------------------------------
-
-
-class PlanSummary(BaseModel):
-    """What a saved plan would do, by resource address."""
-
-    cluster: str
-    create: list[str] = []
-    update: list[str] = []
-    replace: list[str] = []
-    destroy: list[str] = []
-    drifted: list[str] = []  # changed outside terraform, seen while refreshing
-
-    @property
-    def has_changes(self) -> bool:
-        return bool(self.create or self.update or self.replace or self.destroy)
-
-    @property
-    def needs_approval(self) -> bool:
-        """Anything destroyed or replaced loses data or capacity: a human must agree."""
-        return bool(self.replace or self.destroy)
-
-    def counts(self) -> str:
-        return (
-            f"{len(self.create)} to create, {len(self.update)} to update, "
-            f"{len(self.replace)} to replace, {len(self.destroy)} to destroy"
-        )
-
-    def to_markdown(self, title: str) -> str:
-        rows = [
-            ("create", self.create),
-            ("update", self.update),
-            ("replace", self.replace),
-            ("destroy", self.destroy),
-            ("drifted", self.drifted),
-        ]
-        lines = [f"# {title}", "", f"**{self.counts()}**", "", "| action | resource |", "|---|---|"]
-        lines += [f"| {action} | `{addr}` |" for action, addrs in rows for addr in addrs]
-        if not self.has_changes:
-            lines.append("| (none) | no changes |")
-        return "\n".join(lines) + "\n"
 
 
 def summarize_plan(cluster: str, plan: dict[str, Any]) -> PlanSummary:

@@ -234,8 +234,9 @@ def hub_costing(fleet: Fleet, table: PriceTable, cluster: str, hub: str) -> tupl
     and its prices; plus a note when its cost cannot be estimated ("" otherwise)."""
     from dataclasses import replace
 
+    from hubfleet.layers import merged
     from hubfleet.usage import resources_from_values
-    from hubfleet.values import hub_layers, merged
+    from hubfleet.values import hub_layers
 
     spec = fleet.cluster(cluster)
     values = merged(hub_layers(fleet, cluster, spec.hub(hub), z2jh_defaults=False))

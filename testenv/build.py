@@ -18,7 +18,7 @@ reused when present. Build times go to ``build-times.json`` in the cache dir (th
 benchmark reads them). A failed build raises :class:`ToolBuildError` naming the tool,
 version, failing command and the tail of its output; nothing is skipped silently.
 
-Run ``python -m testenv.build`` to build everything (tools, the real node's
+Run ``python -m testenv.build_all`` to build everything (tools, the real node's
 kubelet, kube-proxy, containerd, local-path-provisioner and images, the Debian base
 image, the hub, single-user and proxy images (hubimages.py), Azurite, Dex (dex.py)).
 """
@@ -795,52 +795,3 @@ def ensure_tools(progress: Progress = print) -> dict[str, Path]:
         if dt > 1:
             progress(f"  {name}: ready in {dt:.1f}s")
     return tools
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Build everything (tools + azurite), printing per-tool progress and timings."""
-    print(f"testenv: building tools into {bin_dir()} (versions: {VERSIONS_FILE})", flush=True)
-
-    def progress(msg: str) -> None:
-        print(msg, flush=True)
-
-    # Imported here: node.py imports this module.
-    from .dex import build_dex
-    from .hubimages import build_hub_images
-    from .images import ImageBuildError, build_rclone_image
-    from .node import ensure_node_tools
-    from .rootfs import build_debian_base
-
-    t0 = time.monotonic()
-    try:
-        tools = ensure_tools(progress)
-        node = ensure_node_tools(progress)
-        rclone_image = build_rclone_image(tools["rclone"])
-        debian_base = build_debian_base(progress)
-        hub_images = build_hub_images(progress)
-        azurite = ensure_azurite(progress)
-        dex = build_dex(progress)  # the login tests' OpenID Connect provider
-    except (ToolBuildError, ImageBuildError) as e:
-        print(f"ERROR: {e}", file=sys.stderr, flush=True)
-        return 1
-    for name, path in sorted(tools.items()):
-        print(f"  {name:24} {path}")
-    print(f"  {'kubelet':24} {node.kubelet}")
-    print(f"  {'kube-proxy':24} {node.kube_proxy}")
-    print(f"  {'containerd':24} {node.containerd_dir}")
-    print(f"  {'local-path-provisioner':24} {node.local_path_provisioner}")
-    for image in (*node.images, rclone_image, debian_base, *hub_images):
-        print(f"  {image.ref:24} {image.path}")
-    print(f"  {'azurite':24} {azurite}")
-    print(f"  {'dex':24} {dex}")
-    print(f"all tools ready in {time.monotonic() - t0:.1f}s")
-    return 0
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, not this ``__main__`` copy of it: node.py and the
-    # image builders raise ``testenv.build.ToolBuildError``, which a ``__main__``
-    # copy's ``except`` would not catch (a failed build printed a traceback, not the error).
-    from testenv.build import main as _main
-
-    sys.exit(_main())

@@ -26,9 +26,9 @@ app = typer.Typer(
 def build_cmd() -> None:
     """Build or reuse all tools (Kubernetes, etcd, kwok, helm, terraform/OpenTofu, the real
     node, its images (rclone's included) and the hub images, Azurite)."""
-    from . import build
+    from . import build_all
 
-    raise typer.Exit(build.main([]))
+    raise typer.Exit(build_all.main([]))
 
 
 @app.command()

@@ -213,6 +213,10 @@ CLIENTS = {
     "controller-manager": ("system:kube-controller-manager", None),
     "scheduler": ("system:kube-scheduler", None),
     "kwok": ("kwok-controller", "system:masters"),
+    # A cluster admin through RBAC (cluster-admin bound at start), not system:masters: the
+    # apiserver's in-flight limits exempt system:masters, and a fleet's deployer on a real
+    # cluster is not in it. Tests and benchmarks that measure throttling use this one.
+    "deployer": ("testenv-deployer", None),
 }
 
 
@@ -220,6 +224,17 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` different free ports: the kernel can hand the same free port out twice in a
+    row (seen here: etcd and the apiserver then fought over one port)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = _free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 # --------------------------------------------------------------------------- the control plane
@@ -248,8 +263,20 @@ class ControlPlane:
         detached: bool = False,
         progress: Callable[[str], None] | None = None,
         start_timeout: float = 120.0,
+        max_requests_inflight: int | None = None,
+        max_mutating_requests_inflight: int | None = None,
+        audit_log: bool = False,
     ):
         self._tools = tools
+        # The apiserver's concurrency limits (None: its defaults, 400 and 200). With
+        # priority and fairness off (see _start) these are the plain in-flight limits: a
+        # request over them is answered 429 at once. Small values make a throttling
+        # apiserver for tests and benchmarks/bench_apiserver.py.
+        self.max_requests_inflight = max_requests_inflight
+        self.max_mutating_requests_inflight = max_mutating_requests_inflight
+        # An audit log of every request's metadata (user agent, verb, response code) in
+        # the workdir (`audit_log_path`): who drove which requests and who got a 429.
+        self.audit_log = audit_log
         self.pools = pools
         self.state_file = state_file
         self.detached = detached
@@ -333,7 +360,7 @@ class ControlPlane:
         pki = w / "pki"
         pki.mkdir()
         (w / "logs").mkdir()
-        etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+        etcd_port, etcd_peer, api_port = _free_ports(3)
         self.server = f"https://127.0.0.1:{api_port}"
 
         # PKI: a CA, the apiserver serving cert, one client cert per identity, SA signing key.
@@ -450,6 +477,7 @@ class ControlPlane:
                 "--profiling=false",
                 # Faster start on 2 cores; fairness between tenants is irrelevant here.
                 "--enable-priority-and-fairness=false",
+                *self._inflight_flags(),
             ],
         )
         self._wait(
@@ -458,6 +486,30 @@ class ControlPlane:
             watch=("etcd", "kube-apiserver"),
         )
         self.timings["apiserver_ready"] = time.monotonic() - t0
+
+        status, body = self.request(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "testenv-deployer-cluster-admin"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "cluster-admin",
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "User",
+                        "name": "testenv-deployer",
+                    }
+                ],
+            },
+        )
+        if status not in (200, 201, 409):
+            raise ControlPlaneError(f"binding the deployer failed: {status} {body}")
 
         # Nodes exist before kwok starts so it picks them up at once.
         for pool in self.pools:
@@ -522,6 +574,50 @@ class ControlPlane:
         )
         self.timings["controllers_ready"] = time.monotonic() - t0
         self._progress(f"control plane up at {self.server} in {time.monotonic() - t0:.1f}s")
+
+    @property
+    def deployer_kubeconfig(self) -> Path | None:
+        """A cluster-admin kubeconfig (RBAC) outside system:masters, so the apiserver's
+        in-flight limits apply to it as to a real fleet's deployer."""
+        return self.workdir / "deployer.kubeconfig" if self.workdir else None
+
+    @property
+    def audit_log_path(self) -> Path | None:
+        """The audit log (JSON lines), when started with ``audit_log=True``."""
+        return self.workdir / "logs" / "audit.log" if self.audit_log and self.workdir else None
+
+    def _inflight_flags(self) -> list[str]:
+        flags = []
+        if self.audit_log_path is not None:
+            policy = self.audit_log_path.parent.parent / "audit-policy.yaml"
+            policy.write_text(
+                json.dumps(
+                    {
+                        "apiVersion": "audit.k8s.io/v1",
+                        "kind": "Policy",
+                        "omitStages": ["RequestReceived"],
+                        "rules": [{"level": "Metadata"}],
+                    }
+                )
+            )
+            flags += [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log_path}",
+                "--audit-log-maxsize=0",  # one file, never rotated
+                "--audit-log-format=json",
+            ]
+        if self.max_requests_inflight is not None:
+            flags.append(f"--max-requests-inflight={self.max_requests_inflight}")
+        if self.max_mutating_requests_inflight is not None:
+            flags.append(f"--max-mutating-requests-inflight={self.max_mutating_requests_inflight}")
+        return flags
+
+    def metrics(self) -> str:
+        """The apiserver's Prometheus metrics (text), read as admin."""
+        status, body = self.request("GET", "/metrics", timeout=30)
+        if status != 200:
+            raise ControlPlaneError(f"GET /metrics answered {status}: {str(body)[:200]}")
+        return str(body)
 
     @staticmethod
     def _kwok_version(tools: dict[str, Path]) -> str:

@@ -7,8 +7,6 @@ schedules the create run at start - lead time (the same idempotency key
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
 
@@ -22,6 +20,7 @@ from hubfleet.events import (
 )
 from hubfleet.model import Provider
 from hubfleet.paths import data_dir
+from hubfleet.results import EventHubCreated
 from tasks.event_schedule import (
     apply_schedule,
     bullets,
@@ -34,7 +33,7 @@ from tasks.event_schedule import (
 @flow(name="create_event_hub", flow_run_name="create_event_hub {cluster}/{hub}")
 async def create_event_hub(
     cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
-) -> dict[str, Any]:
+) -> EventHubCreated:
     """Deploy an event hub, pre-warm it, and schedule its reminders and expiry."""
     op = await begin_hub("create_event_hub", cluster, hub, operator)
     spec = events.event_spec(op.cluster, op.hub)
@@ -80,4 +79,6 @@ async def create_event_hub(
         f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n\n{bullets(done)}",
         description=f"create event hub {op.target}",
     )
-    return {"hub": op.target, "deploy": deployed, "prewarm": prewarm, "dry_run": dry_run, **done}
+    return EventHubCreated(
+        hub=op.target, deploy=deployed, prewarm=prewarm, dry_run=dry_run, **done.model_dump()
+    )

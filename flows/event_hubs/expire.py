@@ -9,7 +9,6 @@ cancelled.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -24,6 +23,7 @@ from flows.teardown_hub import export_hub_homes, teardown_hub
 from hubfleet import events
 from hubfleet.model import Provider
 from hubfleet.paths import data_dir
+from hubfleet.results import EventHubExpired, Expiry, ExportSummary, HubHealth
 from tasks import kube
 from tasks.cluster_session import hub_session
 from tasks.event_schedule import (
@@ -48,7 +48,7 @@ async def expire_event_hub(
     dry_run: bool = False,
     operator: str | None = None,
     export_timeout: ExportTimeout = 3600.0,
-) -> dict[str, Any]:
+) -> EventHubExpired:
     """Expire an event hub that is over: snapshot, export, remove (`teardown_hub` with
     keep_data=false), lower the placeholders, record.
 
@@ -78,9 +78,13 @@ async def expire_event_hub(
     if homes is None:
         logger.info("%s: already removed; nothing to expire", op.target)
         placeholders = await lower_placeholders(dry_run)
-        await _cleanup_schedule(cluster, hub, dry_run)
-        return {"hub": op.target, "expired": False, "reason": "already removed"} | (
-            {"placeholders": placeholders} if helm else {}
+        cancelled = await _cleanup_schedule(cluster, hub, dry_run)
+        return EventHubExpired(
+            hub=op.target,
+            outcome=Expiry.already_removed,
+            dry_run=dry_run,
+            placeholders=placeholders,
+            cancelled=cancelled,
         )
     # 3. The plan; a dry run stops here.
     listed = ", ".join(homes) or "none"
@@ -94,8 +98,13 @@ async def expire_event_hub(
             + (f"Pre-warm: {placeholders}.\n" if placeholders else ""),
             description=f"dry run: expire {op.target}",
         )
-        return {"hub": op.target, "dry_run": True, "would": plan} | (
-            {"placeholders": placeholders} if helm else {}
+        return EventHubExpired(
+            hub=op.target,
+            outcome=Expiry.would_expire,
+            dry_run=True,
+            would=plan,
+            homes=homes,
+            placeholders=placeholders,
         )
 
     # 4. A health snapshot, for the record.
@@ -123,15 +132,24 @@ async def expire_event_hub(
                        "stopped; state deleted"),
         **({"placeholders": str(placeholders)} if helm else {}),
     }  # fmt: skip
-    result = await _record_expiry(
-        op, started, end, health, exported, rows, cancelled,
-        {"homes": exported_homes or homes, "revoked": removed.revoked,
-         "removed": removed, **({"placeholders": placeholders} if helm else {})},
-    )  # fmt: skip
+    await _record_expiry(op, end, health, exported, rows, cancelled)
     # Last, once the record is written: a mail server that fails now fails the run (someone
     # must tell the organizers), but the hub is gone and its data where the record says.
-    result["mailed"] = await tell_organizers_expired(op, spec, exported)
-    return result
+    mailed = await tell_organizers_expired(op, spec, exported)
+    return EventHubExpired(
+        hub=op.target,
+        outcome=Expiry.expired,
+        started=started,
+        export=ExportSummary(url=exported.url, objects=exported.objects, bytes=exported.bytes)
+        if exported
+        else None,
+        homes=exported_homes or homes,
+        revoked=removed.revoked,
+        removed=removed,
+        placeholders=placeholders,
+        cancelled=cancelled,
+        mailed=mailed,
+    )
 
 
 def expiry_plan(hub: str, homes: list[str], url: str | None, helm: bool) -> str:
@@ -192,38 +210,24 @@ async def _homes(op: HubOperation) -> list[str] | None:
 
 async def _record_expiry(
     op: HubOperation,
-    started: datetime,
     end: datetime,
-    health: dict[str, Any],
+    health: HubHealth,
     exported: ExportResult | None,
     rows: dict[str, str],
     cancelled: list[str],
-    result: dict[str, Any],
-) -> dict[str, Any]:
-    """The expiry's artifact (what was exported where, what was removed) and its result;
-    `rows` are the provider's own lines (local process or Helm release)."""
+) -> None:
+    """The expiry's artifact (what was exported where, what was removed); `rows` are the
+    provider's own lines (local process or Helm release)."""
     own = "".join(f"| {name} | {value} |\n" for name, value in rows.items())
     await acreate_markdown_artifact(
         key=f"event-expire-{op.target.replace('/', '-')}",
         markdown=f"# Expired {op.target}\n\n| | |\n|---|---|\n"
-        f"| event end | {end.isoformat()} |\n| health before | {health['verdict']} |\n"
+        f"| event end | {end.isoformat()} |\n| health before | {health.verdict} |\n"
         f"| exported | {exported.summary() if exported else 'nothing (data_policy: delete)'} |\n"
         f"{own}| cancelled runs | {len(cancelled)} |\n"
         f"| operator | {op.operator} |\n| fleet revision | {op.revision} |\n",
         description=f"expired {op.target}",
     )
-    export = (
-        {"url": exported.url, "objects": exported.objects, "bytes": exported.bytes}
-        if exported
-        else None
-    )
-    return {
-        "hub": op.target,
-        "expired": True,
-        "started": started.isoformat(),
-        "export": export,
-        **result,
-    }
 
 
 async def _cleanup_schedule(cluster: str, hub: str, dry_run: bool) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
@@ -16,6 +15,7 @@ from hubfleet.events import (
     EventRefused,
     Extension,
 )
+from hubfleet.results import EventHubExtended
 from tasks.event_schedule import (
     apply_schedule,
     bullets,
@@ -35,7 +35,7 @@ async def extend_event_hub(
     new_end: datetime,
     dry_run: bool = False,
     operator: str | None = None,
-) -> dict[str, Any]:
+) -> EventHubExtended:
     """Move an event's end: schedule the new expiry and reminders, cancel the old runs."""
     op = await begin_hub("extend_event_hub", cluster, hub, operator)
     spec = events.event_spec(op.cluster, op.hub)
@@ -72,4 +72,4 @@ async def extend_event_hub(
         f"{bullets(done)}",
         description=f"extend {op.target} to {new_end.isoformat()}",
     )
-    return {"hub": op.target, "new_end": new_end.isoformat(), "dry_run": dry_run, **done}
+    return EventHubExtended(hub=op.target, new_end=new_end, dry_run=dry_run, **done.model_dump())

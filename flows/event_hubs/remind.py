@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from flows.operation import begin_hub
 from hubfleet import events
 from hubfleet.paths import data_dir
+from hubfleet.results import OrganizersReminded
 from tasks.event_schedule import (
     load_extension,
     utc_now,
@@ -20,7 +19,7 @@ from tasks.notify import mail_organizers, notify
 @flow(name="remind_event_organizers", flow_run_name="remind_event_organizers {cluster}/{hub}")
 async def remind_event_organizers(
     cluster: str, hub: str, dry_run: bool = False, operator: str | None = None
-) -> dict[str, Any]:
+) -> OrganizersReminded:
     """Tell the event's organizers when their hub expires (by mail through the fleet's
     `organizer_mail` server, in the event's time zone, with where the data will go) and the
     ops team through the notification blocks."""
@@ -30,7 +29,7 @@ async def remind_event_organizers(
     now = utc_now()
     if now >= times.expire_at:
         get_run_logger().info("%s already expired at %s; no reminder", op.target, times.expire_at)
-        return {"hub": op.target, "sent": [], "reason": "already past expiry"}
+        return OrganizersReminded(hub=op.target, skipped="already past expiry", dry_run=dry_run)
     # Each expiry exports under its own <time> directory below this location.
     target = events.export_url(op.cluster, op.hub, str(data_dir() / "exports"), "")
     where = (
@@ -56,10 +55,6 @@ async def remind_event_organizers(
         f"Mailed to: {', '.join(mailed) or 'nobody'}\n",
         description=f"reminder for {op.target}",
     )
-    return {
-        "hub": op.target,
-        "sent": sent,
-        "mailed": mailed,
-        "subject": subject,
-        "dry_run": dry_run,
-    }
+    return OrganizersReminded(
+        hub=op.target, sent=sent, mailed=mailed, subject=subject, dry_run=dry_run
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
 
@@ -11,6 +9,7 @@ from flows.operation import begin_fleet
 from hubfleet import events
 from hubfleet.model import HubKind
 from hubfleet.paths import data_dir
+from hubfleet.results import EventSchedulesSynced
 from tasks.event_presence import running_event_hubs
 from tasks.event_schedule import (
     all_extensions,
@@ -24,7 +23,7 @@ from tasks.event_schedule import (
 @flow(name="sync_event_schedules", flow_run_name="sync_event_schedules")
 async def sync_event_schedules(
     dry_run: bool = False, operator: str | None = None
-) -> dict[str, Any]:
+) -> EventSchedulesSynced:
     """Make the scheduled runs match the fleet: new events scheduled, changed ones moved,
     removed ones cancelled."""
     op = await begin_fleet("sync_event_schedules", operator)
@@ -41,7 +40,6 @@ async def sync_event_schedules(
     await acreate_markdown_artifact(
         key="event-sync",
         markdown=f"# {'Dry run: ' if dry_run else ''}event schedules\n\n{bullets(done)}",
-        description=f"event sync: {len(done['scheduled'])} scheduled, "
-        f"{len(done['cancelled'])} cancelled",
+        description=f"event sync: {len(done.scheduled)} scheduled, {len(done.cancelled)} cancelled",
     )
-    return {"dry_run": dry_run, **done}
+    return EventSchedulesSynced(dry_run=dry_run, **done.model_dump())

@@ -36,12 +36,13 @@ def register(app: typer.Typer) -> None:
         LockWaitOpt,
         OperatorOpt,
         out,
+        plain,
         run_flow,
         use_fleet,
     )
 
-    def show(result: dict[str, Any]) -> None:
-        out.print(result)
+    def show(result: Any) -> None:
+        out.print(plain(result))
 
     @app.command()
     def backup(

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from hubfleet.cli.common import DryRunOpt, FleetOpt, OperatorOpt, out, run_flow, use_fleet
+from hubfleet.results import Drift
 
 cluster_app = typer.Typer(
     help="Provision clusters with Terraform: plan, apply (with approval), destroy, drift.",
@@ -36,12 +37,7 @@ def provision(
         dry_run=dry_run,
         operator=operator,
     )
-    plan = result["plan"]
-    out.print(
-        f"{cluster}: {len(plan['create'])} to create, {len(plan['update'])} to update, "
-        f"{len(plan['replace'])} to replace, {len(plan['destroy'])} to destroy; "
-        f"applied: {result.get('applied')}"
-    )
+    out.print(f"{cluster}: {result.plan.counts()}; applied: {result.applied}")
 
 
 @cluster_app.command()
@@ -56,8 +52,8 @@ def destroy(
     from flows.destroy_cluster import destroy_cluster
 
     result = run_flow(destroy_cluster, cluster=cluster, dry_run=dry_run, operator=operator)
-    stores = ", ".join(result["data_stores"]) or "none"
-    out.print(f"{cluster}: destroyed: {result['destroyed']}; data stores: {stores}")
+    stores = ", ".join(result.data_stores) or "none"
+    out.print(f"{cluster}: destroyed: {result.destroyed}; data stores: {stores}")
 
 
 @cluster_app.command()
@@ -66,10 +62,10 @@ def drift(operator: OperatorOpt = None, fleet: FleetOpt = None) -> None:
     use_fleet(fleet)
     from flows.detect_drift import detect_drift
 
-    rows = run_flow(detect_drift, operator=operator)
-    for row in rows:
-        out.print(f"{row['cluster']}: {row['status']} {row['changes']}".rstrip())
-    if any(r["status"] == "drifted" for r in rows):
+    drift = run_flow(detect_drift, operator=operator)
+    for c in drift.clusters:
+        out.print(f"{c.cluster}: {c.status} {c.changes}".rstrip())
+    if drift.of(Drift.drifted):
         raise typer.Exit(1)
 
 

@@ -197,14 +197,14 @@ def register(app: typer.Typer) -> None:
         result = run_flow(
             rotate_credentials, scope=scope, max_age=age, dry_run=dry_run, operator=operator
         )
-        if result.get("warning"):
-            out.print(f"[bold red]{result['warning']}[/]")
+        if result.warning:
+            out.print(f"[bold red]{result.warning}[/]")
         if dry_run:
-            out.print("would rotate: " + (", ".join(result["would_rotate"]) or "nothing"))
+            out.print("would rotate: " + (", ".join(result.would_rotate) or "nothing"))
             return
-        for done in result["rotated"]:
-            out.print(f"rotated {done['kind']} {done['owner']}: {done['old']} -> {done['new']}")
-        out.print(f"{len(result['rotated'])} rotated, {result['skipped']} not due or skipped")
+        for done in result.rotated:
+            out.print(f"rotated {done.kind} {done.owner}: {done.old} -> {done.new}")
+        out.print(f"{len(result.rotated)} rotated, {result.skipped} not due or skipped")
 
     app.add_typer(group, name="credentials")
 

@@ -33,11 +33,21 @@ def _when(text: str) -> datetime:
 
 def register(app: typer.Typer) -> None:
     """Add the `events` command group to the hubfleet CLI."""
-    from hubfleet.cli.common import DryRunOpt, FleetOpt, OperatorOpt, out, run_flow, use_fleet
+    from hubfleet.cli.common import (
+        DryRunOpt,
+        FleetOpt,
+        OperatorOpt,
+        out,
+        plain,
+        run_flow,
+        use_fleet,
+    )
 
     events = typer.Typer(help="Event hubs: schedules, create, extend, expire, reap.")
 
-    def show(result: dict[str, Any]) -> None:
+    def show(typed: Any) -> None:
+        """A flow's result: each scheduled, kept or cancelled run on its line, then the rest."""
+        result: dict[str, Any] = plain(typed)
         for key in ("scheduled", "kept", "cancelled"):
             for line in result.get(key, []):
                 out.print(f"{key}: {line}")

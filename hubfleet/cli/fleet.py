@@ -41,7 +41,8 @@ GateOpt = Annotated[
     Gate,
     typer.Option(
         help="Gate after each hub: auto (health where probes can reach it, else rollout), "
-        "health, rollout or none."
+        "health, rollout or none (no probes). Every gate first checks that the hub's pods "
+        "are Ready."
     ),
 ]
 WaitOpt = Annotated[str, typer.Option(help="How long helm waits for a hub's rollout (e.g. 5m).")]
@@ -117,7 +118,9 @@ def run_operation(
         raise typer.Exit(1)
     show(result)
     problem = state.message if state.is_failed() else None
-    if problem is None and failed is not None and isinstance(result, dict):
+    from pydantic import BaseModel
+
+    if problem is None and failed is not None and isinstance(result, (dict, BaseModel)):
         from hubfleet.cli.common import plain
 
         problem = failed(plain(result))

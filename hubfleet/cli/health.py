@@ -19,6 +19,7 @@ from rich.table import Table
 
 from hubfleet.audit import parse_duration
 from hubfleet.errors import HubfleetError
+from hubfleet.health import Verdict
 
 
 def register(app: typer.Typer) -> None:
@@ -51,8 +52,8 @@ def register(app: typer.Typer) -> None:
             report = run_flow(
                 check_hub_health, cluster=target, hub=hub, depth=depth, operator=operator
             )
-            out.print(f"{report['hub']}: {report['verdict']} ({report['reason']})")
-            if report["verdict"] != "healthy":
+            out.print(f"{report.hub}: {report.verdict} ({report.reason})")
+            if report.verdict is not Verdict.healthy:
                 raise typer.Exit(1)
             return
 

@@ -134,9 +134,10 @@ def load(
     only the names of the keys stored and of those left out."""
     from hubfleet.cli.common import err, use_fleet
     from hubfleet.errors import HubfleetError
+    from hubfleet.layers import leaves, merge_values
     from hubfleet.loader import load_fleet
     from hubfleet.paths import fleet_dir
-    from hubfleet.values import merge_values, secret_values_block
+    from hubfleet.values import secret_values_block
 
     if source_format not in ("hubfleet", "basehub", "daskhub"):
         raise HubfleetError(f"--from {source_format!r}: use hubfleet, basehub or daskhub")
@@ -170,7 +171,7 @@ def load(
         return stored
 
     stored = asyncio.run(store())
-    keys = ", ".join(".".join(p) for p in _leaves(stored)) or "none"
+    keys = ", ".join(".".join(p) for p in leaves(stored)) or "none"
     say(f"stored block {block} ({'merged' if merge else 'replaced'}): keys {keys}")
 
 
@@ -214,12 +215,6 @@ def _convert_secret(values: dict[str, Any], source_format: str) -> tuple[dict[st
         left_out = [k for k in values if k not in CHART_KEYS]
         values = {k: v for k, v in values.items() if k in CHART_KEYS}
     return values, left_out
-
-
-def _leaves(values: Any, at: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    if isinstance(values, dict) and values:
-        return [p for k, v in values.items() for p in _leaves(v, (*at, str(k)))]
-    return [at] if at else []
 
 
 def register(app: typer.Typer) -> None:

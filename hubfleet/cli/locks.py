@@ -80,9 +80,9 @@ def register(app: typer.Typer) -> None:
         if not hub:
             raise HubfleetError(f"unlock {target!r}: give the hub as CLUSTER/HUB")
         result = run_flow(unlock_hub, cluster=cluster, hub=hub, dry_run=dry_run, operator=operator)
-        if not result["locked"]:
-            out.print(f"{result['hub']}: not locked")
-        elif result["unlocked"]:
-            out.print(f"{result['hub']}: unlocked (was held by {result['holder']})")
+        if not result.locked:
+            out.print(f"{result.hub}: not locked")
+        elif result.unlocked:
+            out.print(f"{result.hub}: unlocked (was held by {result.holder})")
         else:
-            out.print(f"{result['hub']}: would unlock (held by {result['holder']})")
+            out.print(f"{result.hub}: would unlock (held by {result.holder})")

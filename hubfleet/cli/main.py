@@ -26,10 +26,10 @@ from hubfleet.cli.common import (
     use_fleet,
 )
 from hubfleet.errors import HubfleetError
+from hubfleet.layers import ValuesInvalid
 from hubfleet.loader import FleetInvalid, load_fleet
 from hubfleet.model import Fleet
 from hubfleet.paths import fleet_dir
-from hubfleet.values import ValuesInvalid
 
 app = typer.Typer(
     help="Run a fleet of JupyterHubs: validate the registry, deploy, check health, "

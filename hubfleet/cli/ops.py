@@ -219,6 +219,7 @@ def server(
         return
     pg.ensure()
     reused = prefect.ensure()
+    pg.ensure_audit_index()  # after the server created its tables
     out.print(
         f"Prefect server ({'reused' if reused else 'started'}, PostgreSQL in {pg.home}): "
         f"{prefect.ui_url}\nexport PREFECT_API_URL={prefect.api_url}\n"

@@ -101,7 +101,8 @@ def show(
             + ", ".join(f"event.{k}={v}" for k, v in preset.event_defaults.items())
         )
     if model.cluster(cluster).provider is Provider.local:
-        from hubfleet.localhub import local_values, not_applied
+        from hubfleet.localhub import not_applied
+        from hubfleet.values import local_values
 
         ignored = not_applied(local_values(model, cluster, spec))
         out.print(
@@ -179,11 +180,11 @@ def _secret_keys(cluster: str, hub: str) -> list[str]:
         return []
     import asyncio
 
-    from hubfleet.presets import _leaves
+    from hubfleet.layers import leaves
     from tasks.cluster_session import load_secret_values
 
     values = asyncio.run(load_secret_values(cluster, hub))
-    return [".".join(path) for path in _leaves(values)]
+    return [".".join(path) for path in leaves(values)]
 
 
 def report(

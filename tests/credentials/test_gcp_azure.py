@@ -327,26 +327,26 @@ async def test_gcp_key_rotation_deletes_stale_and_old_keys(gcp: dict[str, Any]) 
     stale = fake.new_key(gcp["email"])
 
     result = await rotate_credentials(scope="cluster:gcp-central", operator="dave")
-    [done] = result["rotated"]
-    assert done["old"] == old["private_key_id"] and done["new"] != old["private_key_id"]
-    assert done["verified_as"] == gcp["email"]
-    assert f"deleted stale service-account key {stale['private_key_id']}" in done["cleaned"]
+    [done] = result.rotated
+    assert done.old == old["private_key_id"] and done.new != old["private_key_id"]
+    assert done.verified_as == gcp["email"]
+    assert f"deleted stale service-account key {stale['private_key_id']}" in done.cleaned
 
     stored = await GcpCredentials.aload("gcp-central-deployer")
     assert stored.service_account_info is not None
     new = stored.service_account_info.get_secret_value()
-    assert new["private_key_id"] == done["new"] and stored.project == fake.project
+    assert new["private_key_id"] == done.new and stored.project == fake.project
     # The new key gets a token; the old (deleted) key's JWT is refused.
     assert google_token(fake, new).status_code == 200
     refused = google_token(fake, old)
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     assert google_token(fake, stale).status_code == 400
     # The account has only the new key, and the block holds only it.
-    assert fake.key_ids(gcp["email"]) == {done["new"]}
+    assert fake.key_ids(gcp["email"]) == {done.new}
     assert old["private_key"] not in stored.model_dump_json()
     assert old["private_key"] not in json.dumps(new)
     record = await DeployerCredential.for_cluster("gcp-central")
-    assert record.credential_id == done["new"] and record.last_rotated is not None
+    assert record.credential_id == done.new and record.last_rotated is not None
 
 
 async def test_gcp_failed_verification_deletes_the_new_key(
@@ -622,9 +622,9 @@ async def test_azure_secret_rotation(azure: dict[str, Any]) -> None:
     docstring): addPassword with the old secret, removePassword with the new one."""
     fake: FakeEntra = azure["fake"]
     result = await rotate_credentials(scope="cluster:azure-europe", operator="dave")
-    [done] = result["rotated"]
-    assert done["old"] == azure["key_id"] and done["new"] != azure["key_id"]
-    assert azure["app_id"] in done["verified_as"]
+    [done] = result.rotated
+    assert done.old == azure["key_id"] and done.new != azure["key_id"]
+    assert azure["app_id"] in done.verified_as
 
     stored = await azure_block()
     assert stored.client_secret is not None
@@ -635,11 +635,11 @@ async def test_azure_secret_rotation(azure: dict[str, Any]) -> None:
     refused = entra_token(fake, azure["ca"], azure["app_id"], azure["secret"])
     assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
     # The app has only the new password, and the block holds only it.
-    assert fake.key_ids(azure["object_id"]) == {done["new"]}
+    assert fake.key_ids(azure["object_id"]) == {done.new}
     dumped = stored.model_dump_json(context={"include_secrets": True})
     assert new_secret in dumped and azure["secret"] not in dumped
     record = await DeployerCredential.for_cluster("azure-europe")
-    assert record.credential_id == done["new"] and record.last_rotated is not None
+    assert record.credential_id == done.new and record.last_rotated is not None
 
 
 async def test_azure_failed_verification_removes_the_new_secret(

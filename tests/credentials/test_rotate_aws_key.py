@@ -97,22 +97,22 @@ async def test_rotation_with_a_stale_second_key(
 
     # Due by policy (created 120 days ago, policy 90): no max_age needed.
     result = await rotate_credentials(scope="cluster:aws-west", operator="dave")
-    [done] = result["rotated"]
-    assert done["old"] == deployer["id"] and done["new"] != deployer["id"]
-    assert f"deleted stale access key {stale['AccessKeyId']} (Active)" in done["cleaned"]
+    [done] = result.rotated
+    assert done.old == deployer["id"] and done.new != deployer["id"]
+    assert f"deleted stale access key {stale['AccessKeyId']} (Active)" in done.cleaned
 
     stored = await AwsCredentials.aload("aws-west-deployer")
-    assert stored.aws_access_key_id == done["new"]
+    assert stored.aws_access_key_id == done.new
     new_secret = stored.aws_secret_access_key.get_secret_value()
     # The new key calls STS; the old one is refused with InvalidClientTokenId.
-    assert caller(moto_server, done["new"], new_secret).endswith(f":user/{deployer['user']}")
+    assert caller(moto_server, done.new, new_secret).endswith(f":user/{deployer['user']}")
     assert refusal(moto_server, deployer["id"], deployer["secret"]) == "InvalidClientTokenId"
     # The block holds only the new key, and the user has only that key.
     keys = iam.list_access_keys(UserName=deployer["user"])["AccessKeyMetadata"]
-    assert [k["AccessKeyId"] for k in keys] == [done["new"]]
+    assert [k["AccessKeyId"] for k in keys] == [done.new]
     assert deployer["secret"] not in stored.model_dump_json()
     record = await DeployerCredential.aload("aws-west-deployer")
-    assert record.credential_id == done["new"] and record.last_rotated is not None
+    assert record.credential_id == done.new and record.last_rotated is not None
 
 
 async def test_failed_verification_deletes_the_new_key(

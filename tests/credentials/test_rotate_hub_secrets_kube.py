@@ -175,7 +175,7 @@ async def test_inventory_weekly_run_skips_and_unreachable_cluster_is_unknown(
     # The weekly run (scope all, even with everything due) rotates no hub secret, and says
     # they need an explicit request.
     weekly = await rotate_credentials(scope="all", max_age=timedelta(0))
-    assert weekly["rotated"] == [] and weekly["hub_secrets"] == []
+    assert weekly.rotated == [] and weekly.hub_secrets == []
     plan = await artifact_text("rotation-plan")
     assert "rotate on request only (scope 'hub-secret:<cluster>/<hub>'" in plan
     assert "every user must log in again" in plan
@@ -192,8 +192,8 @@ async def test_rotation_rolls_hub_and_proxy_and_helm_upgrade_keeps_values(
 
     # Dry run: says what would happen, loudly, and changes nothing.
     dry = await rotate_credentials(scope=scope, dry_run=True)
-    assert dry["would_rotate"] == [f"hub-secret {cluster}/{hub}"]
-    assert dry["warning"] == (
+    assert dry.would_rotate == [f"hub-secret {cluster}/{hub}"]
+    assert dry.warning == (
         f"rotating hub secrets of {cluster}/{hub}: the hub is redeployed and every user "
         "must log in again"
     )
@@ -201,9 +201,9 @@ async def test_rotation_rolls_hub_and_proxy_and_helm_upgrade_keeps_values(
     assert secret_data(kube_api, hub) == before
 
     result = await rotate_credentials(scope=scope, operator="erin")
-    [done] = result["rotated"]  # the token and the cookie secret: one rotation, one redeploy
-    assert done["kind"] == "hub-secret" and done["owner"] == f"{cluster}/{hub}"
-    assert done["switched"] == [f"deployment:{hub}/hub", f"deployment:{hub}/proxy"]
+    [done] = result.rotated  # the token and the cookie secret: one rotation, one redeploy
+    assert done.kind == "hub-secret" and done.owner == f"{cluster}/{hub}"
+    assert done.switched == [f"deployment:{hub}/hub", f"deployment:{hub}/proxy"]
     after = secret_data(kube_api, hub)
     secret_ledger.update(after.values())
     # The Secret holds new values; the old proxy token is gone from it; the rest is kept.
@@ -215,7 +215,7 @@ async def test_rotation_rolls_hub_and_proxy_and_helm_upgrade_keeps_values(
     rotated_at = datetime.fromisoformat(secret_annotations(kube_api, hub)["hubfleet.io/rotated-at"])
     assert (datetime.now(UTC) - rotated_at).total_seconds() < 600
     # Hub and proxy were rolled: every live pod runs the new version (none the old one).
-    version = done["new"].removeprefix("hub-secret@")
+    version = done.new.removeprefix("hub-secret@")
     assert running_versions(kube_api, hub) == {"hub": {version}, "proxy": {version}}
     apps = client.AppsV1Api(kube_api)
     for name in ("hub", "proxy"):

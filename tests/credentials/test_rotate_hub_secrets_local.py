@@ -92,7 +92,7 @@ async def test_cookie_rotation_logs_users_out_ops_token_and_health_survive(
 
     # The weekly run (scope all, everything due) does not touch hub secrets, and says why.
     weekly = await rotate_credentials(scope="all", max_age=None)
-    assert weekly["hub_secrets"] == [] and weekly["warning"] == ""
+    assert weekly.hub_secrets == [] and weekly.warning == ""
     assert "skip: rotate on request only" in await plan_artifact()
     assert cookie_file.read_text().strip() == old_secret
     assert home(alice, url)[0] == 200
@@ -100,15 +100,15 @@ async def test_cookie_rotation_logs_users_out_ops_token_and_health_survive(
     # A dry run says loudly what would happen and changes nothing.
     scope = f"hub-secret:{cluster}/{hub}"
     dry = await rotate_credentials(scope=scope, dry_run=True)
-    assert dry["would_rotate"] == [f"hub-secret {cluster}/{hub}"]  # cookie + proxy: one
-    assert "every user must log in again" in dry["warning"]
+    assert dry.would_rotate == [f"hub-secret {cluster}/{hub}"]  # cookie + proxy: one
+    assert "every user must log in again" in dry.warning
     assert cookie_file.read_text().strip() == old_secret
     assert home(alice, url)[0] == 200
 
     result = await rotate_credentials(scope=scope, operator="erin")
-    [done] = result["rotated"]
-    assert done["kind"] == "hub-secret" and done["owner"] == f"{cluster}/{hub}"
-    assert "proxy auth token (new at every start)" in done["switched"]
+    [done] = result.rotated
+    assert done.kind == "hub-secret" and done.owner == f"{cluster}/{hub}"
+    assert "proxy auth token (new at every start)" in done.switched
     new_secret = cookie_file.read_text().strip()
     secret_ledger.add(new_secret)
     assert new_secret != old_secret and len(new_secret) == 64
@@ -121,7 +121,7 @@ async def test_cookie_rotation_logs_users_out_ops_token_and_health_survive(
     # A new login works; the ops token still works; the health probe passes.
     assert home(log_in(url, "alice"), url)[0] == 200
     assert api.whoami(url, ops.token.get_secret_value())["name"] == "hubfleet-ops"
-    assert (await check_hub_health(cluster=cluster, hub=hub))["verdict"] == "healthy"
+    assert (await check_hub_health(cluster=cluster, hub=hub)).verdict == "healthy"
 
 
 async def test_hub_secret_scope_errors_are_clear(login_hub: tuple[str, str]) -> None:

@@ -50,7 +50,7 @@ async def test_rotation_new_works_old_refused_health_passes_throughout() -> None
 
     async def probe_until_done() -> None:
         while rotating or len(verdicts) < 3:
-            verdicts.append((await check_hub_health(cluster="local", hub="staging"))["verdict"])
+            verdicts.append((await check_hub_health(cluster="local", hub="staging")).verdict)
 
     prober = asyncio.create_task(probe_until_done())
     try:
@@ -60,20 +60,20 @@ async def test_rotation_new_works_old_refused_health_passes_throughout() -> None
     finally:
         rotating = False
         await prober
-    assert len(result["rotated"]) == 1
-    done = result["rotated"][0]
-    assert done["kind"] == "hub-ops-token" and done["owner"] == "local/staging"
-    assert done["old"] == before.token_id and done["new"] != before.token_id
+    assert len(result.rotated) == 1
+    done = result.rotated[0]
+    assert done.kind == "hub-ops-token" and done.owner == "local/staging"
+    assert done.old == before.token_id and done.new != before.token_id
 
     after = await HubOpsToken.aload("local-staging")
     new_token = after.token.get_secret_value()
-    assert after.token_id == done["new"] and after.last_rotated is not None
+    assert after.token_id == done.new and after.last_rotated is not None
     assert after.expires_at is not None and after.expires_at > after.created_at
     # The new token works; the old one is refused with 403 by the real hub.
     assert api.whoami(url, new_token)["name"] == OPS_USER
     assert status_with(url, old_token) == 403
     # Exactly one ops token is left: the new one (the old one is revoked).
-    assert api.list_tokens(url, new_token, OPS_USER) == [done["new"]]
+    assert api.list_tokens(url, new_token, OPS_USER) == [done.new]
     # The health probe passed before, during and after the rotation.
     assert len(verdicts) >= 3 and set(verdicts) == {"healthy"}, verdicts
 
@@ -111,17 +111,17 @@ async def test_failed_verification_rolls_back(monkeypatch: pytest.MonkeyPatch) -
     assert f"restored {before.token_id} in the block" in text
     assert f"checked: the old credential {before.token_id} works" in text
     monkeypatch.undo()
-    assert (await check_hub_health(cluster="local", hub="prod"))["verdict"] == "healthy"
+    assert (await check_hub_health(cluster="local", hub="prod")).verdict == "healthy"
 
 
 async def test_dry_run_and_policy_change_nothing() -> None:
     await deploy_hub(cluster="local", hub="workshop")
     before = await HubOpsToken.aload("local-workshop")
     dry = await rotate_credentials(scope="hub:local/workshop", max_age=timedelta(0), dry_run=True)
-    assert dry["would_rotate"] == ["hub-ops-token local/workshop"]
+    assert dry.would_rotate == ["hub-ops-token local/workshop"]
     # Within policy (30 days by default): nothing is due, nothing changes.
     fresh = await rotate_credentials(scope="hub:local/workshop")
-    assert fresh["rotated"] == []
+    assert fresh.rotated == []
     after = await HubOpsToken.aload("local-workshop")
     assert after.token_id == before.token_id
 
@@ -134,9 +134,9 @@ async def test_ops_token_cannot_make_admins_or_delete_users() -> None:
     block = await HubOpsToken.aload("local-staging")
     token = block.token.get_secret_value()
     assert block.expires_at is not None
-    assert (await check_hub_health(cluster="local", hub="staging", depth="deep"))[
-        "verdict"
-    ] == "healthy"
+    assert (
+        await check_hub_health(cluster="local", hub="staging", depth="deep")
+    ).verdict == "healthy"
     attempts = [
         ("POST", "users/mallory", {"admin": True}),
         ("PATCH", f"users/{HEALTH_USER}", {"admin": True}),

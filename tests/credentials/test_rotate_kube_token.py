@@ -133,8 +133,8 @@ async def test_rotation_updates_secret_and_old_token_is_refused(
     assert whoami(kube, deployer["token"]) == f"system:serviceaccount:{ns}:{SA}"
 
     result = await rotate_credentials(scope="cluster:byo-kube", max_age=timedelta(0))
-    [done] = result["rotated"]
-    assert done["old"] == deployer["secret"] and done["switched"] == [f"secret:{ns}/deployer-token"]
+    [done] = result.rotated
+    assert done.old == deployer["secret"] and done.switched == [f"secret:{ns}/deployer-token"]
 
     # The consumer Secret and the ClusterAccess block hold the new token, which works.
     core = client.CoreV1Api(kube_api)
@@ -154,4 +154,4 @@ async def test_rotation_updates_secret_and_old_token_is_refused(
         core.read_namespaced_secret(deployer["secret"], ns)
     assert gone.value.status == 404
     record = await DeployerCredential.aload("byo-kube-deployer")
-    assert record.credential_id == done["new"] and record.last_rotated is not None
+    assert record.credential_id == done.new and record.last_rotated is not None

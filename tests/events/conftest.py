@@ -4,7 +4,6 @@ event deployments on a process work pool (as `hubfleet setup` registers them), a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,12 +14,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from webhook import Webhook
 
 from hubfleet.paths import REPO_ROOT
 from tasks.local_hub import LocalHub
@@ -200,44 +199,19 @@ def worker(event_deployments: str, prefect_server: str, tmp_path: Path) -> Itera
         w.stop()
 
 
-class Receiver(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            self.received.append(json.loads(body))
-        except ValueError:
-            self.received.append({"raw": body.decode(errors="replace")})
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
 @pytest.fixture
 def webhook(prefect_server: str) -> Iterator[list[dict[str, Any]]]:
     """The fleet's `ops-webhook` notification block, posting to a local receiver."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    Receiver.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    CustomWebhookNotificationBlock(
-        name="ops-webhook",
-        url=f"http://127.0.0.1:{server.server_port}/hook",
-        method="POST",
-        json_data={"subject": "{{subject}}", "body": "{{body}}"},
-    ).save("ops-webhook", overwrite=True)
-    try:
-        yield Receiver.received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with Webhook() as hook:
+        CustomWebhookNotificationBlock(
+            name="ops-webhook",
+            url=hook.url,
+            method="POST",
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        ).save("ops-webhook", overwrite=True)
+        yield hook.received
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import pytest
@@ -22,6 +21,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import StateType
+from waiting import wait_for
 
 from blocks.hub_token import HubOpsToken
 from flows.deploy_hub import deploy_hub
@@ -36,6 +36,7 @@ from flows.event_hubs import (
 from hubfleet.events import EventRefused, NotExpirable
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
+from hubfleet.results import Reaped
 from tasks import jupyterhub_api as api
 from tasks.event_schedule import scheduled_event_runs
 from tasks.hub_credentials import _mint_bootstrap_token
@@ -48,17 +49,6 @@ def now() -> datetime:
 
 def minutes(n: float) -> timedelta:
     return timedelta(minutes=n)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
-    """Poll `check` until it returns something truthy, or fail saying what did not happen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 EventWriter = Callable[..., Path]
@@ -113,12 +103,12 @@ async def test_event_hub_end_to_end_with_a_real_worker(
     event_fleet(start=now() - minutes(30), end=end, grace="PT5S", reminders="[PT45S]")
 
     created = await create_event_hub("local", "workshop", operator="alice")
-    assert created["deploy"].health == "healthy"
-    assert "no-op on local" in created["prewarm"]
-    assert [s.split()[0] for s in created["scheduled"]] == ["remind", "expire"]
+    assert created.deploy.health == "healthy"
+    assert "no-op on local" in created.prewarm
+    assert [s.split()[0] for s in created.scheduled] == ["remind", "expire"]
     # Re-running create schedules nothing new (idempotency keys).
     again = await create_event_hub("local", "workshop", operator="alice")
-    assert again["scheduled"] == [] and len(again["kept"]) == 2
+    assert again.scheduled == [] and len(again.kept) == 2
     assert len(await scheduled_expiries()) == 1
 
     block = await HubOpsToken.aload("local-workshop")
@@ -201,7 +191,7 @@ async def test_reaper_expires_a_hub_whose_scheduled_expiry_was_deleted(
 
     # Before the end: the reaper leaves it, and an explicit expiry is refused.
     early = await reap_expired_event_hubs(operator="bob")
-    assert early["outcome"]["local/workshop"] == "fine"
+    assert early.hubs["local/workshop"] is Reaped.fine
     with pytest.raises(NotExpirable, match="is expired only after its end"):
         await expire_event_hub("local", "workshop")
     assert hub().is_running()
@@ -215,14 +205,14 @@ async def test_reaper_expires_a_hub_whose_scheduled_expiry_was_deleted(
 
     exports_before = exports_now()
     dry = await reap_expired_event_hubs(dry_run=True, operator="bob")
-    assert dry["outcome"]["local/workshop"] == "would expire" and hub().is_running()
+    assert dry.hubs["local/workshop"] is Reaped.would_expire and hub().is_running()
     reaped = await reap_expired_event_hubs(operator="bob")
-    assert reaped["outcome"]["local/workshop"] == "expired"
+    assert reaped.hubs["local/workshop"] is Reaped.expired
     assert not hub().directory.exists()
     # data_policy: delete exports nothing.
     assert exports_now() == exports_before
     again = await reap_expired_event_hubs(operator="bob")
-    assert again["outcome"]["local/workshop"] == "gone"
+    assert again.hubs["local/workshop"] is Reaped.gone
 
 
 async def test_reminder_with_notify_none_is_recorded_not_sent(
@@ -236,7 +226,7 @@ async def test_reminder_with_notify_none_is_recorded_not_sent(
     assert re.search(r"(?m)^notify:", named)
     settings.write_text(re.sub(r"(?m)^notify:.*$", "notify: []", named))
     done = await remind_event_organizers("local", "workshop", operator="dave")
-    assert done["sent"] == [] and "organizer" not in done["subject"], done
+    assert done.sent == [] and "organizer" not in done.subject, done
     settings.write_text(re.sub(r"(?m)^notify:.*$", "notify: [no-such-block]", named))
     with pytest.raises(EventRefused, match="no notification block named no-such-block"):
         await remind_event_organizers("local", "workshop", operator="dave")
@@ -265,9 +255,9 @@ async def test_extend_and_fleet_sync_keep_exactly_one_scheduled_expiry(
     event_fleet(start=start, end=end, grace="PT1H", reminders="[PT2H, PT30M]")
     # Adding the event and syncing creates its schedule: create, two reminders, expiry.
     synced = await sync_event_schedules(operator="dana")
-    mine = [s for s in synced["scheduled"] if "local/workshop" in s]
+    mine = [s for s in synced.scheduled if "local/workshop" in s]
     assert [s.split()[0] for s in mine] == ["create", "remind", "remind", "expire"]
-    assert (await sync_event_schedules(operator="dana"))["scheduled"] == []  # idempotent
+    assert (await sync_event_schedules(operator="dana")).scheduled == []  # idempotent
     (first,) = await scheduled_expiries()
     assert abs((first.at - (end + timedelta(hours=1))).total_seconds()) < 1
 
@@ -281,7 +271,7 @@ async def test_extend_and_fleet_sync_keep_exactly_one_scheduled_expiry(
     assert [r.id for r in await scheduled_expiries()] == [first.id]
     # Extend: the expiry moves; the old run is cancelled, not left behind.
     moved = await extend_event_hub("local", "workshop", end + minutes(60), operator="dana")
-    assert len(moved["cancelled"]) == 3  # old expiry and its two reminders
+    assert len(moved.cancelled) == 3  # old expiry and its two reminders
     (second,) = await scheduled_expiries()
     assert second.id != first.id
     assert abs((second.at - (end + minutes(120))).total_seconds()) < 1
@@ -289,7 +279,7 @@ async def test_extend_and_fleet_sync_keep_exactly_one_scheduled_expiry(
         old = await client.read_flow_run(UUID(first.id))
     assert old.state.type is StateType.CANCELLED
     # A sync now keeps the extension (the fleet's end is unchanged).
-    assert (await sync_event_schedules(operator="dana"))["scheduled"] == []
+    assert (await sync_event_schedules(operator="dana")).scheduled == []
     with pytest.raises(Exception, match="not in the future"):
         await extend_event_hub("local", "workshop", now() - minutes(1))
 
@@ -301,7 +291,7 @@ async def test_extend_and_fleet_sync_keep_exactly_one_scheduled_expiry(
     # Removing the event from the fleet cancels everything it had scheduled.
     event_fleet(start=start, end=end, present=False)
     gone = await sync_event_schedules(operator="dana")
-    assert len([c for c in gone["cancelled"] if "local/workshop" in c]) == 4
+    assert len([c for c in gone.cancelled if "local/workshop" in c]) == 4
     assert await scheduled_event_runs("local", "workshop") == []
 
 

@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import StateType
+from waiting import wait_for
 
 from blocks.cluster_access import ClusterAccess
 from flows import deploy_hub as deploy_hub_mod
@@ -67,6 +68,8 @@ from flows.event_hubs import (
     reap_expired_event_hubs,
 )
 from hubfleet.events import NotExpirable
+from hubfleet.health import Verdict
+from hubfleet.results import Expiry, HubHealth, Reaped
 from tasks.event_schedule import scheduled_event_runs
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
@@ -83,16 +86,6 @@ CREDENTIALS_BLOCK = "aws-kube-export"
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -291,8 +284,15 @@ def kube_fleet(
         kubeconfig=kube.kubeconfig.read_text(), context="hubfleet-testenv", server=kube.server
     ).save(fleet.cluster, overwrite=True)
 
-    async def healthy(op: Any) -> dict[str, str]:
-        return {"verdict": "healthy", "reason": "injected: nothing answers behind a kwok pod"}
+    async def healthy(op: Any) -> HubHealth:
+        return HubHealth(
+            hub=op.target,
+            url=None,
+            depth="shallow",
+            verdict=Verdict.healthy,
+            level="",
+            reason="injected: nothing answers behind a kwok pod",
+        )
 
     monkeypatch.setattr(deploy_hub_mod, "hub_health", healthy)
     # The deployments' parameter schema lists the fleet's hub names: register them for a
@@ -424,6 +424,14 @@ class StandIn(threading.Thread):
     read a mode 000 file either.
     """
 
+    def _secret(self, core: Any, name: str) -> Any:
+        try:
+            return core.read_namespaced_secret(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def __init__(
         self,
         kube_api,
@@ -465,18 +473,10 @@ class StandIn(threading.Thread):
         name = job.metadata.name
         container = job.spec.template.spec.containers[0]
         secret_name = container.env_from[0].secret_ref.name
-        # The flow creates the Secret, then the Job, then makes the Job the Secret's owner:
-        # a reader that sees the Job first may see the Secret a moment before it is owned.
+        # The flow creates the Job, then the Secret the Job owns from its creation: a reader
+        # that sees the Job may look a moment before the Secret exists.
         secret: Any = wait_for(
-            "the export Secret owned by its Job",
-            lambda: (
-                found
-                if (
-                    found := core.read_namespaced_secret(secret_name, self.namespace)
-                ).metadata.owner_references
-                else None
-            ),
-            timeout=30,
+            "the export Secret", lambda: self._secret(core, secret_name), timeout=30
         )
         self.seen.update(
             job=name,
@@ -632,24 +632,24 @@ async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
 
     # Dry run: says what it would set, changes nothing.
     dry = await create_event_hub(c, e1, dry_run=True, operator="erin")
-    assert f"would set {c}'s placeholders to 3" in dry["prewarm"], dry["prewarm"]
+    assert f"would set {c}'s placeholders to 3" in dry.prewarm, dry.prewarm
     assert release(kube, e1) is None and placeholders(kube_api) == before
 
     # Create: the hub is deployed and the cluster warms one placeholder per attendee.
     created = await create_event_hub(c, e1, operator="erin")
-    assert created["deploy"].action == "install"
-    assert f"-> 3 ({e1}: 3)" in created["prewarm"], created["prewarm"]
+    assert created.deploy.action == "install"
+    assert f"-> 3 ({e1}: 3)" in created.prewarm, created.prewarm
     assert placeholders(kube_api) == 3
     wait_for("3 ready placeholders", lambda: ready_placeholders(kube_api) == 3, 60)
 
     # A second event on the cluster: the placeholders are the sum (prewarm.size wins).
     second = await create_event_hub(c, e2, operator="erin")
-    assert f"3 -> 8 ({e1}: 3, {e2}: 5)" in second["prewarm"], second["prewarm"]
+    assert f"3 -> 8 ({e1}: 3, {e2}: 5)" in second.prewarm, second.prewarm
     assert placeholders(kube_api) == 8
 
     # Created three days early: deployed, not warmed; a create run warms it at start - 2h.
     early = await create_event_hub(c, e3, operator="erin")
-    assert early["prewarm"].startswith("not yet") and placeholders(kube_api) == 8
+    assert early.prewarm.startswith("not yet") and placeholders(kube_api) == 8
     assert release(kube, e3) is not None
     runs = await scheduled_event_runs(c, e3)
     (warm_run,) = [r for r in runs if r.kind == "create"]
@@ -662,8 +662,8 @@ async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
 
     # Dry-run expiry: says what it would do, changes nothing.
     would = await expire_event_hub(c, e1, dry_run=True, operator="erin")
-    assert "claim-alice, claim-bob" in would["would"] and f"helm uninstall {e1}" in would["would"]
-    assert f"to 5 (now 8; {e2}: 5)" in would["placeholders"], would["placeholders"]
+    assert "claim-alice, claim-bob" in would.would and f"helm uninstall {e1}" in would.would
+    assert f"to 5 (now 8; {e2}: 5)" in would.placeholders, would.placeholders
     assert release(kube, e1) is not None and namespace_phase(kube_api, e1) == "Active"
     assert placeholders(kube_api) == 8 and bucket_keys(s3, bucket_name) == {}
     assert export_leftovers(kube_api, e1) == []
@@ -681,9 +681,9 @@ async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
     assert {"RCLONE_S3_ACCESS_KEY_ID", "RCLONE_S3_SECRET_ACCESS_KEY", "RCLONE_S3_ENDPOINT"} <= set(
         seen["secret_keys"]
     )
-    assert expired["expired"] and expired["export"]["objects"] == 3
-    assert expired["export"]["bytes"] == sum(len(d) for h in HOMES.values() for d in h.values())
-    prefix = urlparse(expired["export"]["url"]).path.strip("/")
+    assert expired.outcome is Expiry.expired and expired.export.objects == 3
+    assert expired.export.bytes == sum(len(d) for h in HOMES.values() for d in h.values())
+    prefix = urlparse(expired.export.url).path.strip("/")
     assert prefix.startswith(f"events/{c}/{e1}/")
     keys = bucket_keys(s3, bucket_name)
     # Exactly the homes (rclone's copy), the Job's listing (uploaded last) and the manifest.
@@ -701,7 +701,7 @@ async def test_prewarm_sums_events_and_expiry_exports_then_removes_the_hub(
     assert manifest["files"]["bob/notes.ipynb"] == len(HOMES["bob"]["notes.ipynb"])
     # The release and the namespace are gone; the placeholders are what e2 still needs.
     assert release(kube, e1) is None and namespace_phase(kube_api, e1) is None
-    assert placeholders(kube_api) == 5 and expired["placeholders"].endswith(f"({e2}: 5)")
+    assert placeholders(kube_api) == 5 and expired.placeholders.endswith(f"({e2}: 5)")
     assert release(kube, e2) is not None and namespace_phase(kube_api, e2) == "Active"
     assert await scheduled_event_runs(c, e1) == []
     # The cloud secret reached the Job's Secret only: no log line, no artifact.
@@ -753,9 +753,9 @@ async def test_failed_export_leaves_the_hub_and_the_reaper_expires_it_later(
     async with get_client() as pc:
         await pc.delete_flow_run(UUID(scheduled.id))
     dry = await reap_expired_event_hubs(dry_run=True, operator="finn")
-    assert dry["outcome"][f"{c}/{hub}"] == "would expire"
+    assert dry.hubs[f"{c}/{hub}"] is Reaped.would_expire
     # The event is over: its placeholders would go even before the expiry (dry run: not yet).
-    assert "to 0 (now 2; no warm event)" in dry["placeholders"][c], dry["placeholders"]
+    assert "to 0 (now 2; no warm event)" in dry.placeholders[c], dry.placeholders
     assert release(kube, hub) is not None and export_leftovers(kube_api, hub) == []
     assert placeholders(kube_api) == 2
 
@@ -764,14 +764,14 @@ async def test_failed_export_leaves_the_hub_and_the_reaper_expires_it_later(
     stand_in.start()
     reaped = await reap_expired_event_hubs(operator="finn")
     assert [r["exit"] for r in stand_in.finish()["runs"]] == [0]
-    assert reaped["outcome"][f"{c}/{hub}"] == "expired"
-    assert reaped["placeholders"][c] == f"{c}'s placeholders stay at 0 (no warm event)"
+    assert reaped.hubs[f"{c}/{hub}"] is Reaped.expired
+    assert reaped.placeholders[c] == f"{c}'s placeholders stay at 0 (no warm event)"
     assert release(kube, hub) is None and namespace_phase(kube_api, hub) is None
     assert placeholders(kube_api) == 0
     # The failed copies never wrote b.txt: this one is the reaper's export.
     assert any(k.endswith("/carol/b.txt") for k in bucket_keys(s3, bucket_name))
     again = await reap_expired_event_hubs(operator="finn")
-    assert again["outcome"][f"{c}/{hub}"] == "gone"
+    assert again.hubs[f"{c}/{hub}"] is Reaped.gone
 
 
 async def test_standing_hub_on_kubernetes_is_refused_untouched(

@@ -29,6 +29,7 @@ from hubfleet import events
 from hubfleet.events import EventRefused
 from hubfleet.loader import load_fleet
 from hubfleet.paths import fleet_dir
+from hubfleet.results import Expiry
 from hubfleet.server import any_free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -119,11 +120,11 @@ async def test_reminder_and_expiry_notice_reach_the_organizers_by_mail(
 
     # The reminder: to the organizers, the expiry in Paris time, where the homes will go.
     reminded = await remind_event_organizers("local", "workshop", operator="erin")
-    assert reminded["mailed"] == ["organizer@example.org"], reminded
+    assert reminded.mailed == ["organizer@example.org"], reminded
     ((to, mail),) = inbox.messages
     assert to == ["organizer@example.org"] and mail["To"] == "organizer@example.org"
     assert mail["From"] == "hubfleet@example.org"
-    assert mail["Subject"] == reminded["subject"]
+    assert mail["Subject"] == reminded.subject
     fleet = load_fleet(fleet_dir())
     cluster = fleet.cluster("local")
     spec = events.event_spec(cluster, next(h for h in cluster.hubs if h.name == "workshop"))
@@ -137,11 +138,11 @@ async def test_reminder_and_expiry_notice_reach_the_organizers_by_mail(
     await deploy_hub("local", "workshop", operator="erin")
     event_fleet(start=now - timedelta(minutes=30), end=now - timedelta(seconds=1), grace="PT0S")
     expired = await expire_event_hub("local", "workshop", operator="erin")
-    assert expired["expired"] is True and expired["mailed"] == ["organizer@example.org"]
+    assert expired.outcome is Expiry.expired and expired.mailed == ["organizer@example.org"]
     (_, notice) = inbox.messages[1]
     assert notice["Subject"] == "[hubfleet] workshop.local.hubfleet.test has expired"
     text = notice.get_content()
-    assert f"exported to {expired['export']['url']}" in text and "verified" in text
+    assert f"exported to {expired.export.url}" in text and "verified" in text
     assert re.search(r"removed at \d{4}-\d\d-\d\d \d\d:\d\d CES?T", text), text
 
     # The password went to the server only.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter
 from prefect.client.schemas.sorting import FlowRunSort
+from waiting import wait_for
 
 import tasks.backup as backup_tasks
 from flows.backup_hub import backup_fleet, backup_hub
@@ -66,15 +66,6 @@ def backup_fleet_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callabl
         return root
 
     return write
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 class Users:
@@ -167,17 +158,17 @@ async def test_backup_restore_retention_and_a_failed_verification(
 
     # A dry run reads the destination and says what it would do; it writes nothing.
     dry = await backup_hub("local", "staging", dry_run=True, operator="ops")
-    assert dry["dry_run"] and "copy 2 home(s) (ada, bo)" in dry["would"], dry
+    assert dry.dry_run and "copy 2 home(s) (ada, bo)" in dry.would, dry
     assert not target.exists()
 
     first = await backup_hub("local", "staging", operator="ops")
-    assert first["backed_up"] and first["users"] == ["ada", "bo"], first
-    assert first["db"] == ["hub-db/jupyterhub.sqlite"]
-    copy = hub_root / first["stamp"]
+    assert first.backed_up and first.users == ["ada", "bo"], first
+    assert first.db == ["hub-db/jupyterhub.sqlite"]
+    copy = hub_root / first.stamp
     assert (copy / "homes" / "ada" / "results.txt").read_text() == "ada's results\n"
     manifest = json.loads((copy / MANIFEST).read_text())
     assert manifest["files"]["homes/bo/notes.txt"] == len("bo's notes\n")
-    assert manifest["objects"] == first["objects"] == len(manifest["files"])
+    assert manifest["objects"] == first.objects == len(manifest["files"])
     # The database copy is a whole sqlite database that knows the users.
     db = sqlite3.connect(copy / "hub-db" / "jupyterhub.sqlite")
     try:
@@ -195,15 +186,15 @@ async def test_backup_restore_retention_and_a_failed_verification(
     # A dry run of a restore says what it would bring back, and changes nothing.
     before = sorted(str(p) for p in local.homes.rglob("*"))
     dry = await restore_hub("local", "staging", user="ada", dry_run=True, operator="ops")
-    assert dry["dry_run"] and dry["copy"] == first["stamp"], dry
-    (plan,) = dry["plan"]  # ada's home: her file, and what her server keeps there
-    assert plan["user"] == "ada" and plan["missing_now"] == ["results.txt"], plan
-    assert plan["files"] == len(list_files(copy / "homes" / "ada")), plan
+    assert dry.dry_run and dry.stamp == first.stamp, dry
+    (plan,) = dry.plan  # ada's home: her file, and what her server keeps there
+    assert plan.user == "ada" and plan.missing_now == ["results.txt"], plan
+    assert plan.files == len(list_files(copy / "homes" / "ada")), plan
     assert sorted(str(p) for p in local.homes.rglob("*")) == before
 
     # One user: ada's file is back (her server sees it), bo's is still gone.
     one = await restore_hub("local", "staging", user="ada", operator="ops")
-    assert one["users"] == ["ada"] and one["files"] == plan["files"], one
+    assert one.users == ["ada"] and one.files == plan.files, one
     assert users.read("ada", "results.txt") == "ada's results\n"
     assert users.read("bo", "notes.txt") is None
     restored = local.homes / "ada" / "results.txt"
@@ -211,7 +202,7 @@ async def test_backup_restore_retention_and_a_failed_verification(
     # All users: bo's is back too; a file made since the backup is kept.
     users.write("ada", "new.txt", "made after the backup\n")
     every = await restore_hub("local", "staging", operator="ops")
-    assert every["users"] == ["ada", "bo"], every
+    assert every.users == ["ada", "bo"], every
     assert users.read("bo", "notes.txt") == "bo's notes\n"
     assert users.read("ada", "new.txt") == "made after the backup\n"
     # A directory of the home replaced by a link out of it: the restore (root, here) will
@@ -231,18 +222,18 @@ async def test_backup_restore_retention_and_a_failed_verification(
     async with hub_lock("local", "staging"):
         with pytest.raises(LockTimeout, match="hub local/staging is busy"):
             await backup_hub("local", "staging", operator="ops", lock_timeout=2)
-    assert list(copies_at(hub_root)) == [first["stamp"]]
+    assert list(copies_at(hub_root)) == [first.stamp]
     # A user or a copy that is not there: refused, saying what is.
     with pytest.raises(RestoreRefused, match=r"has no home of 'cy' \(homes: ada, bo\)"):
         await restore_hub("local", "staging", user="cy", operator="ops")
-    with pytest.raises(RestoreRefused, match=rf"verified copies: {first['stamp']}"):
+    with pytest.raises(RestoreRefused, match=rf"verified copies: {first.stamp}"):
         await restore_hub("local", "staging", stamp="20000101T000000Z", operator="ops")
 
     # Retention: keep 2. A third backup deletes the first, only after verifying itself.
     second = await backup_hub("local", "staging", operator="ops")
     third = await backup_hub("local", "staging", operator="ops")
-    assert third["pruned"] == [first["stamp"]], third
-    assert copies_at(hub_root) == {second["stamp"]: True, third["stamp"]: True}
+    assert third.pruned == [first.stamp], third
+    assert copies_at(hub_root) == {second.stamp: True, third.stamp: True}
 
     # A destination that loses a file: the copy does not verify, the run fails, the two
     # earlier copies stay, and the failed copy has no manifest (never restored from).
@@ -252,7 +243,7 @@ async def test_backup_restore_retention_and_a_failed_verification(
         await backup_hub("local", "staging", operator="ops")
     monkeypatch.setattr(backup_tasks, "destination", real)
     left = copies_at(hub_root)
-    assert [s for s, ok in left.items() if ok] == [second["stamp"], third["stamp"]]
+    assert [s for s, ok in left.items() if ok] == [second.stamp, third.stamp]
     (failed,) = [s for s, ok in left.items() if not ok]
     async with get_client() as client:  # the newest backup_hub run (the server is shared)
         runs = await client.read_flow_runs(
@@ -263,11 +254,11 @@ async def test_backup_restore_retention_and_a_failed_verification(
     assert runs[0].name.startswith("backup_hub") and runs[0].state.is_failed()
     # A restore uses only verified copies: the newest is `third`, not the failed one.
     dry = await restore_hub("local", "staging", dry_run=True, operator="ops")
-    assert dry["copy"] == third["stamp"]
+    assert dry.stamp == third.stamp
     # The next good backup verifies, then prunes the oldest copy and the failed leftovers.
     fourth = await backup_hub("local", "staging", operator="ops")
-    assert fourth["pruned"] == sorted([second["stamp"], failed])
-    assert copies_at(hub_root) == {third["stamp"]: True, fourth["stamp"]: True}
+    assert fourth.pruned == sorted([second.stamp, failed])
+    assert copies_at(hub_root) == {third.stamp: True, fourth.stamp: True}
 
 
 async def test_backup_fleet_backs_up_standing_hubs_and_fails_naming_the_failed_one(
@@ -278,9 +269,9 @@ async def test_backup_fleet_backs_up_standing_hubs_and_fails_naming_the_failed_o
     backup_fleet_dir(url=f"file://{tmp_path / 'backups'}", keep=3)
     await deploy_hub(cluster="local", hub="staging", operator="ops")
     result = await backup_fleet(operator="ops", only=["local"])
-    hubs = result["hubs"]
+    hubs = result.hubs
     assert set(hubs) == {"local/staging", "local/prod"}, hubs  # not the event hub
-    assert hubs["local/staging"]["backed_up"] and hubs["local/prod"]["reason"] == "not deployed"
+    assert hubs["local/staging"].backed_up and hubs["local/prod"].reason == "not deployed"
     with pytest.raises(LookupError, match="nosuch is not a cluster"):
         await backup_fleet(operator="ops", only=["nosuch"])
 
@@ -341,7 +332,7 @@ async def test_backup_to_s3_on_moto_keeps_the_key_out_of_the_history(
     users.serve("cyd")
     users.write("cyd", "data.txt", "x" * 5000)
     first = await backup_hub("local", "staging", operator="ops")
-    prefix = f"hubs/local/staging/{first['stamp']}/"
+    prefix = f"hubs/local/staging/{first.stamp}/"
     keys = {
         o["Key"].removeprefix(prefix)
         for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
@@ -351,7 +342,7 @@ async def test_backup_to_s3_on_moto_keeps_the_key_out_of_the_history(
     await restore_hub("local", "staging", user="cyd", operator="ops")
     assert users.read("cyd", "data.txt") == "x" * 5000
     second = await backup_hub("local", "staging", operator="ops")
-    assert second["pruned"] == [first["stamp"]]  # keep: 1
+    assert second.pruned == [first.stamp]  # keep: 1
     assert not s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents")
 
     # Secret hygiene: run logs, artifacts, run parameters, and every file of the data dir.

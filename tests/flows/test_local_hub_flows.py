@@ -110,9 +110,9 @@ async def test_deploy_check_teardown_lifecycle(data_dir: Path) -> None:
     assert (await HubOpsToken.aload("local-staging")).token_id == block.token_id
 
     report = await check_hub_health(cluster="local", hub="staging")
-    assert report["verdict"] == "healthy"
-    assert [p["level"] for p in report["probes"]] == ["reachable", "api", "auth"]
-    assert report["probes"][1]["detail"].startswith("6.")
+    assert report.verdict == "healthy"
+    assert [p.level for p in report.probes] == ["reachable", "api", "auth"]
+    assert report.probes[1].detail.startswith("6.")
 
     # The token never lands in a file of the hub, nor in a log or artifact of the runs.
     assert scan_for(token, data_dir / "hubs") == []
@@ -143,9 +143,9 @@ async def test_killed_hub_is_down_after_retries(data_dir: Path) -> None:
     psutil.Process(state.hub.pid).wait(10)
 
     report = await check_hub_health(cluster="local", hub="prod")
-    assert report["verdict"] == "down"
-    assert report["reason"].startswith("reachable: GET http://127.0.0.1:")
-    assert "503" in report["reason"] or "connection" in report["reason"]
+    assert report.verdict == "down"
+    assert report.reason.startswith("reachable: GET http://127.0.0.1:")
+    assert "503" in report.reason or "connection" in report.reason
 
     # The run history shows the probe was retried before it counted.
     run = await latest_run("check_hub_health", "hub:local/prod")

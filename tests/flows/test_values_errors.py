@@ -3,13 +3,13 @@ before it changes anything (issue 20). Real Prefect server; the hub is never sta
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet
 
 from flows.deploy_hub import deploy_hub
-from hubfleet.values import ValuesInvalid
+from hubfleet.layers import ValuesInvalid
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -18,8 +18,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 async def test_deploy_run_fails_with_the_file_and_line(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
+    root = copy_example_fleet(tmp_path)
     (root / "clusters/local/prod.values.yaml").write_text("jupyterhub:\n  hub: {}\n  hub: {}\n")
     monkeypatch.setenv("HUBFLEET_FLEET", str(root))
     line = "clusters/local/prod.values.yaml:3: jupyterhub.hub: duplicate key: 'hub' is already set"

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fleetfiles import copy_example_fleet
+from webhook import Webhook
 
 from tasks.local_hub import LocalHub
 
@@ -52,8 +49,7 @@ hubs:
 def health_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The example fleet plus cluster `hc` (local hubs) and `kc` (kubeconfig), in use for
     this test only (HUBFLEET_FLEET is restored after it, so other tests never see it)."""
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
+    root = copy_example_fleet(tmp_path)
     (root / "clusters" / "hc").mkdir()
     (root / "clusters" / "hc" / "cluster.yaml").write_text(HC_CLUSTER)
     (root / "clusters" / "hc" / "nospawn.values.yaml").write_text(NOSPAWN_VALUES)
@@ -71,38 +67,7 @@ def stop_hubs_after_test(data_dir: Path) -> Iterator[None]:
         LocalHub(state.parent, state.parent.name).stop()
 
 
-class Receiver:
-    """A local webhook endpoint (a real HTTP server in a thread) recording what it gets."""
-
-    def __init__(self) -> None:
-        received: list[dict[str, Any]] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(json.loads(body or b"{}"))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
-def webhook() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        yield receiver
+def webhook() -> Iterator[Webhook]:
+    with Webhook() as hook:
+        yield hook

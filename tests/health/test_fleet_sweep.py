@@ -23,6 +23,7 @@ import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
+from waiting import await_for
 
 from deployments.health import AUTOMATION_NAME
 from deployments.registry import HEALTH_OPERATIONS
@@ -31,6 +32,7 @@ from flows.check_fleet_health import SweepTimedOut, check_fleet_health
 from flows.deploy_hub import deploy_hub
 from hubfleet.loader import load_fleet
 from hubfleet.plan import SelectionInvalid
+from hubfleet.results import HealthSweep
 from tasks.local_hub import local_hub
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "health_fleet")
@@ -41,17 +43,6 @@ def fleet() -> Any:
     return load_fleet(os.environ["HUBFLEET_FLEET"])
 
 
-async def wait_for(what: str, check: Any, timeout: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.5)
-
-
 async def unhealthy_events(hub: str) -> list[Any]:
     async with get_client() as client:
         page = await client.read_events(
@@ -60,7 +51,7 @@ async def unhealthy_events(hub: str) -> list[Any]:
     return [e for e in page.events if e.resource.id == f"hubfleet.hub.{hub}"]
 
 
-async def sweep(**kw: Any) -> dict[str, Any]:
+async def sweep(**kw: Any) -> HealthSweep:
     return await check_fleet_health(selection=["hc/sweep"], backoff=0.1, timeout=2.0, **kw)
 
 
@@ -78,18 +69,16 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server
     await deploy_hub(cluster="hc", hub="sweep")
     hub = local_hub(fleet(), "hc", "sweep")
     first = await sweep()
-    assert first["counts"] == {"healthy": 1} and first["changes"] == [
-        "hc/sweep: first check, healthy"
-    ]
+    assert first.counts == {"healthy": 1} and first.changes == ["hc/sweep: first check, healthy"]
 
     # One failed sweep, then recovery: no alert.
     hub.stop()
     blip = await sweep()
-    assert blip["unhealthy"][0]["failures"] == 1 and blip["alerted"] == []
+    assert blip.unhealthy[0]["failures"] == 1 and blip.alerted == []
     await deploy_hub(cluster="hc", hub="sweep")
     back = await sweep()
-    assert back["counts"] == {"healthy": 1} and back["recovered"] == []
-    assert back["changes"] == ["hc/sweep: down → healthy"]
+    assert back.counts == {"healthy": 1} and back.recovered == []
+    assert back.changes == ["hc/sweep: down → healthy"]
 
     # Three failed sweeps in a row: one alert, on the third. A sweep of another hub in
     # between (a selection) leaves this hub's streak as it was.
@@ -97,18 +86,18 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server
     streak = [await sweep()]
     await check_fleet_health(selection=["hc/ok"], backoff=0.1, timeout=2.0)
     streak += [await sweep() for _ in range(2)]
-    assert [s["unhealthy"][0]["failures"] for s in streak] == [1, 2, 3]
-    assert [s["alerted"] for s in streak] == [[], [], ["hc/sweep"]]
+    assert [s.unhealthy[0]["failures"] for s in streak] == [1, 2, 3]
+    assert [s.alerted for s in streak] == [[], [], ["hc/sweep"]]
     assert streak[2]["unhealthy"][0]["level"] == "reachable"
 
-    got = await wait_for("the webhook notification", _received(webhook, 1))
+    got = await await_for("the webhook notification", _received(webhook, 1), timeout=45)
     assert "hc/sweep is down" in got[0]["subject"], got
     assert "reachable" in got[0]["body"] and "3 shallow sweep(s)" in got[0]["body"], got
     # A fourth failed sweep is the same outage: no second event, no second notification,
     # here too with another hub's sweep in between.
     await check_fleet_health(selection=["hc/ok"], backoff=0.1, timeout=2.0)
     fourth = await sweep()
-    assert fourth["alerted"] == [] and fourth["unhealthy"][0]["failures"] == 4
+    assert fourth.alerted == [] and fourth.unhealthy[0]["failures"] == 4
     await asyncio.sleep(5)
     assert len(webhook.received) == 1, webhook.received
     assert len(await unhealthy_events("hc/sweep")) == 1
@@ -116,7 +105,7 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server
     # Recovery is an event too, and resets the streak.
     await deploy_hub(cluster="hc", hub="sweep")
     healed = await sweep()
-    assert healed["recovered"] == ["hc/sweep"]
+    assert healed.recovered == ["hc/sweep"]
 
     # The history command shows the outage: since when, and that it ended.
     history = subprocess.run(
@@ -194,7 +183,7 @@ async def test_one_failed_request_is_retried_not_counted(data_dir: Path) -> None
         result = await check_fleet_health(depth="api", selection=["hc/flaky"], backoff=0.1)
     finally:
         flaky.close()
-    assert result["counts"] == {"healthy": 1}, result
+    assert result.counts == {"healthy": 1}, result
     assert flaky.state["health_calls"] == 2  # the 503, then the retry that passed
 
 

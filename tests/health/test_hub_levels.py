@@ -17,14 +17,15 @@ from flows.check_hub_health import check_hub_health
 from flows.deploy_hub import deploy_hub
 from hubfleet.health import HEALTH_USER
 from hubfleet.loader import load_fleet
+from hubfleet.results import HubHealth, ProbeRow
 from tasks import jupyterhub_api as api
 from tasks.local_hub import local_hub
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "health_fleet")
 
 
-def levels(report: dict) -> dict[str, dict]:
-    return {p["level"]: p for p in report["probes"]}
+def levels(report: HubHealth) -> dict[str, ProbeRow]:
+    return {p.level: p for p in report.probes}
 
 
 async def logs_and_artifacts() -> str:
@@ -47,16 +48,16 @@ async def test_healthy_hub_passes_every_level(data_dir: Path) -> None:
 
     report = await check_hub_health("hc", "ok", depth="deep")
 
-    assert report["verdict"] == "healthy", report
+    assert report.verdict == "healthy", report
     seen = levels(report)
     assert list(seen) == ["reachable", "api", "auth", "spawn", "tls", "k8s"]
-    assert [seen[lv]["status"] for lv in ("reachable", "api", "auth", "spawn")] == ["ok"] * 4
-    assert seen["auth"]["detail"] == "hubfleet-ops"
+    assert [seen[lv].status for lv in ("reachable", "api", "auth", "spawn")] == ["ok"] * 4
+    assert seen["auth"].detail == "hubfleet-ops"
     # The kernel computed a*b and the probe checked it; the leftover was stopped first.
-    assert "ran code in a kernel" in seen["spawn"]["detail"]
-    assert "stopped a leftover server first" in seen["spawn"]["detail"]
-    assert seen["tls"]["status"] == "skip" and "plain-http" in seen["tls"]["reason"]
-    assert seen["k8s"]["status"] == "skip"
+    assert "ran code in a kernel" in seen["spawn"].detail
+    assert "stopped a leftover server first" in seen["spawn"].detail
+    assert seen["tls"].status == "skip" and "plain-http" in seen["tls"].reason
+    assert seen["k8s"].status == "skip"
     # The probe always stops the server it started.
     user = api.call("GET", f"{url}/hub/api/users/{HEALTH_USER}", token=token).json()
     assert user["servers"] == {} and user["pending"] is None
@@ -74,12 +75,12 @@ async def test_spawner_error_is_degraded_at_spawn() -> None:
 
     report = await check_hub_health("hc", "nospawn", depth="spawn")
 
-    assert report["verdict"] == "degraded", report
-    assert report["level"] == "spawn"
+    assert report.verdict == "degraded", report
+    assert report.level == "spawn"
     # The spawner's own error, not a bare "500".
-    assert "No such file or directory" in report["reason"], report["reason"]
-    assert "/nonexistent/jupyterhub-singleuser" in report["reason"]
-    assert [p["status"] for p in report["probes"]] == ["ok", "ok", "ok", "FAIL"]
+    assert "No such file or directory" in report.reason, report.reason
+    assert "/nonexistent/jupyterhub-singleuser" in report.reason
+    assert [p.status for p in report.probes] == ["ok", "ok", "ok", "FAIL"]
 
 
 async def test_revoked_token_is_auth_and_stopped_hub_is_down(data_dir: Path) -> None:
@@ -90,17 +91,17 @@ async def test_revoked_token_is_auth_and_stopped_hub_is_down(data_dir: Path) -> 
     api.revoke_token(deployed.url, token, "hubfleet-ops", block.token_id)
 
     revoked = await check_hub_health("hc", "ok")
-    assert revoked["verdict"] == "degraded", revoked  # the hub is up: not "down"
-    assert revoked["level"] == "auth"
-    assert "token refused" in revoked["reason"] and "revoked" in revoked["reason"]
+    assert revoked.verdict == "degraded", revoked  # the hub is up: not "down"
+    assert revoked.level == "auth"
+    assert "token refused" in revoked.reason and "revoked" in revoked.reason
 
     local_hub(load_fleet(str(_fleet())), "hc", "ok").stop()
     stopped = await check_hub_health("hc", "ok", depth="deep")
-    assert stopped["verdict"] == "down", stopped
-    assert stopped["level"] == "reachable"
-    assert "connection failed" in stopped["reason"] or "503" in stopped["reason"]
+    assert stopped.verdict == "down", stopped
+    assert stopped.level == "reachable"
+    assert "connection failed" in stopped.reason or "503" in stopped.reason
     # Nothing else answers over HTTP, so only reachable (and k8s, skipped here) ran.
-    assert [p["level"] for p in stopped["probes"]] == ["reachable", "k8s"]
+    assert [p.level for p in stopped.probes] == ["reachable", "k8s"]
 
 
 async def test_unknown_depth_names_the_allowed_ones() -> None:

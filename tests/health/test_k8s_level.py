@@ -6,13 +6,13 @@ The hub's namespace gets a `hub` Deployment that becomes Ready (kwok runs its po
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
+from waiting import wait_for
 
 from blocks.cluster_access import ClusterAccess
 from flows.check_hub_health import check_hub_health
@@ -51,15 +51,6 @@ def hub_namespace(kube_api: Any) -> Iterator[str]:
         core.delete_namespace(NAMESPACE)
 
 
-def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
-    return value
-
-
 async def test_deployment_that_never_gets_ready_is_reported_with_the_pods_reason(
     kube: Any, kube_api: Any, hub_namespace: str, kube_namespace: str
 ) -> None:
@@ -78,6 +69,7 @@ async def test_deployment_that_never_gets_ready_is_reported_with_the_pods_reason
     wait_for(
         "the hub Deployment to be Ready (kwok)",
         lambda: apps.read_namespaced_deployment("hub", hub_namespace).status.ready_replicas,
+        timeout=60,
     )
     wait_for(
         "the scheduler to mark the proxy pod Unschedulable",
@@ -86,17 +78,18 @@ async def test_deployment_that_never_gets_ready_is_reported_with_the_pods_reason
             for p in core.list_namespaced_pod(hub_namespace, label_selector="app=proxy").items
             for c in (p.status.conditions or [])
         ),
+        timeout=60,
     )
 
     report = await check_hub_health("kc", "hc-k8s", depth="k8s")
 
-    k8s = next(p for p in report["probes"] if p["level"] == "k8s")
-    assert k8s["status"] == "FAIL", report
-    assert "deployment proxy 0/1 ready" in k8s["reason"], k8s["reason"]
-    assert "Unschedulable" in k8s["reason"] and "node" in k8s["reason"], k8s["reason"]
-    assert "deployment hub" not in k8s["reason"]  # the Ready one is not blamed
+    k8s = next(p for p in report.probes if p.level == "k8s")
+    assert k8s.status == "FAIL", report
+    assert "deployment proxy 0/1 ready" in k8s.reason, k8s.reason
+    assert "Unschedulable" in k8s.reason and "node" in k8s.reason, k8s.reason
+    assert "deployment hub" not in k8s.reason  # the Ready one is not blamed
     # The hub's domain does not resolve here, so it is down at reachable; k8s says why.
-    assert report["verdict"] == "down" and report["level"] == "reachable"
+    assert report.verdict == "down" and report.level == "reachable"
 
     # No false alarm: a namespace whose hub and proxy are Ready passes the same probe.
     for name in ("hub", "proxy"):
@@ -107,6 +100,7 @@ async def test_deployment_that_never_gets_ready_is_reported_with_the_pods_reason
         wait_for(
             f"{name} in {kube_namespace} to be Ready",
             lambda n=name: apps.read_namespaced_deployment(n, kube_namespace).status.ready_replicas,
+            timeout=60,
         )
     # z2jh's continuous image puller, as a hub's values may enable it: a DaemonSet, read
     # and judged with the Deployments (kwok runs its pod on each core node).
@@ -126,7 +120,9 @@ async def test_deployment_that_never_gets_ready_is_reported_with_the_pods_reason
             status.number_ready == status.desired_number_scheduled
         )
 
-    wait_for("the image puller DaemonSet to be Ready on the core nodes (kwok)", puller_ready)
+    wait_for(
+        "the image puller DaemonSet to be Ready on the core nodes (kwok)", puller_ready, timeout=60
+    )
     seen = probes.observe_namespace(yaml.safe_load(text), context, kube_namespace)
     sets = [d for d in seen[0] if d.kind == "daemonset"]
     assert [s.name for s in sets] == ["continuous-image-puller"] and sets[0].desired >= 1

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hubfleet.charts import hub_chart
-from hubfleet.values import ValuesInvalid
+from hubfleet.layers import ValuesInvalid
 from tasks.helm import Helm, HelmError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,9 +22,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, Log
 from flows import deploy_hub as deploy_hub_mod
 from flows.deploy_fleet import deploy_fleet
 from flows.deploy_hub import HubDeployFailed, HubRolledBack, deploy_hub
+from hubfleet.health import Verdict
+from hubfleet.layers import ValuesInvalid
 from hubfleet.loader import load_fleet
-from hubfleet.results import Outcome
-from hubfleet.values import ValuesInvalid
+from hubfleet.results import HubHealth, Outcome
 from tasks.helm import Helm
 from tasks.locks import LockTimeout, ensure_concurrency_limits, hub_lock
 from testenv import history
@@ -102,7 +103,14 @@ async def test_install_upgrade_health_rollback_uninstall(
 
     # A post-deploy health failure (injected: nothing answers behind a kwok pod) rolls back.
     async def down(op):
-        return {"verdict": "down", "reason": "api: GET /hub/api 500 (injected)"}
+        return HubHealth(
+            hub=op.target,
+            url=None,
+            depth="shallow",
+            verdict=Verdict.down,
+            level="api",
+            reason="api: GET /hub/api 500 (injected)",
+        )
 
     monkeypatch.setattr(deploy_hub_mod, "hub_health", down)
     (kube_fleet / "clusters" / cluster / f"{hub}.values.yaml").write_text(

@@ -28,6 +28,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prefect import flow
 from pydantic import SecretStr
+from waiting import wait_for
 
 from blocks.hub_token import HubOpsToken
 from flows.deploy_hub import deploy_hub
@@ -54,16 +55,6 @@ def first_hubs(fleet: Path) -> tuple[str, list[str]]:
     cluster = sorted(p.name for p in (fleet / "clusters").iterdir())[0]
     text = (fleet / "clusters" / cluster / "cluster.yaml").read_text()
     return cluster, [ln.split(": ")[1] for ln in text.splitlines() if "- name" in ln]
-
-
-def wait_for(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def add_home(kube_api: Any, namespace: str, user: str, reclaim: str) -> str:

@@ -7,17 +7,13 @@ import stat
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet
 
 from hubfleet.charts import hub_schema
+from hubfleet.layers import ValuesInvalid, merged
 from hubfleet.loader import load_fleet
 from hubfleet.plan import SelectionInvalid, plan_fleet, select
-from hubfleet.values import (
-    ValuesInvalid,
-    hub_layers,
-    merged,
-    secret_values_file,
-    validate_layers,
-)
+from hubfleet.values import hub_layers, secret_values_file, validate_layers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,10 +49,7 @@ def test_layers_in_order_later_wins(tmp_path: Path, schema: Path) -> None:
 
 
 def test_cluster_values_file_sits_between_fleet_and_hub(tmp_path: Path) -> None:
-    import shutil
-
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
+    root = copy_example_fleet(tmp_path)
     (root / "clusters" / "gcp-central" / "cluster.values.yaml").write_text(
         "jupyterhub:\n  cull: {timeout: 7200}\n  singleuser: {memory: {limit: 8G}}\n"
     )

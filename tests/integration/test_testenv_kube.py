@@ -5,24 +5,13 @@ Ready, and RBAC decides with real service-account tokens."""
 from __future__ import annotations
 
 import base64
-import time
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from waiting import wait_for
 
 pytestmark = pytest.mark.kube
-
-
-def _wait(what: str, check, timeout: float = 60.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _deployment(name: str, replicas: int, node_purpose: str = "core") -> client.V1Deployment:
@@ -72,7 +61,7 @@ def test_deployment_gets_ready_pods_through_kwok(kube_api, kube_namespace):
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
     apps.create_namespaced_deployment(kube_namespace, _deployment("web", replicas=3))
 
-    dep = _wait(
+    dep = wait_for(
         "3 ready replicas",
         lambda: (
             d
@@ -80,6 +69,7 @@ def test_deployment_gets_ready_pods_through_kwok(kube_api, kube_namespace):
             == 3
             else None
         ),
+        timeout=60,
     )
     assert dep.status.available_replicas == 3
 
@@ -120,7 +110,7 @@ def test_scheduler_respects_user_pool_taint(kube_api, kube_namespace):
     core.create_namespaced_pod(kube_namespace, pod("tolerates", True))
     core.create_namespaced_pod(kube_namespace, pod("intolerant", False))
 
-    ready = _wait(
+    ready = wait_for(
         "tolerating pod Running",
         lambda: (
             p
@@ -128,6 +118,7 @@ def test_scheduler_respects_user_pool_taint(kube_api, kube_namespace):
             == "Running"
             else None
         ),
+        timeout=60,
     )
     assert ready.spec.node_name.startswith("kwok-user-")
 
@@ -137,7 +128,7 @@ def test_scheduler_respects_user_pool_taint(kube_api, kube_namespace):
         c = conds.get("PodScheduled")
         return p if c is not None and c.status == "False" and c.reason == "Unschedulable" else None
 
-    p = _wait("intolerant pod marked Unschedulable", unschedulable)
+    p = wait_for("intolerant pod marked Unschedulable", unschedulable, timeout=60)
     assert p.status.phase == "Pending" and not p.spec.node_name
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from http.cookies import SimpleCookie
 from typing import Any, TypeVar
+
+from waiting import wait_for
 
 T = TypeVar("T")
 
@@ -66,18 +66,6 @@ def call(
     return status, body
 
 
-def wait(what: str, check: Callable[[], T | None], timeout: float, interval: float = 1.0) -> T:
-    """Poll `check` until it returns something truthy; AssertionError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def server_ready(api: str, token: str, user: str, timeout: float = 300) -> None:
     """Start `user`'s server (if not running) and wait until the hub says it is ready."""
     status, body = call(f"{api}/users/{user}/server", token, "POST")
@@ -91,7 +79,7 @@ def server_ready(api: str, token: str, user: str, timeout: float = 300) -> None:
         return bool(server.get("ready"))
 
     try:
-        wait(f"{user}'s server ready", ready, timeout, interval=2)
+        wait_for(f"{user}'s server ready", ready, timeout, every=2)
     except AssertionError as e:
         raise AssertionError(f"{e}: {last[-500:]!r}") from None
 
@@ -104,7 +92,7 @@ def stop_server(api: str, token: str, user: str, timeout: float = 120) -> None:
         status, body = call(f"{api}/users/{user}", token)
         return status == 200 and not json.loads(body).get("servers")
 
-    wait(f"{user}'s server to stop", stopped, timeout, interval=2)
+    wait_for(f"{user}'s server to stop", stopped, timeout, every=2)
 
 
 class Browser:

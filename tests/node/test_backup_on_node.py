@@ -138,10 +138,10 @@ async def test_backup_and_restore_of_a_hub_on_the_node(
         t0 = time.monotonic()
         first = await backup_hub(cluster, hub, operator="node-test", backup_timeout=300)
         figures["backup_s"] = round(time.monotonic() - t0, 1)
-    assert first["backed_up"] and first["users"] == ["ada", "bo"], first
+    assert first.backed_up and first.users == ["ada", "bo"], first
     runs = pods.runs
     assert len(runs) == 2 and all(r["node"] == real_node.name and r["exit"] == 0 for r in runs)
-    prefix = f"backups/{cluster}/{hub}/{first['stamp']}/"
+    prefix = f"backups/{cluster}/{hub}/{first.stamp}/"
     keys = bucket_keys(s3, bucket, prefix)
     for user, files in HOMES.items():
         for rel, data in files.items():
@@ -150,21 +150,21 @@ async def test_backup_and_restore_of_a_hub_on_the_node(
             assert got == data
     db = s3.get_object(Bucket=bucket, Key=f"{prefix}hub-db/hub-db-dir/jupyterhub.sqlite")
     assert db["Body"].read(16) == b"SQLite format 3\x00"  # the hub's database
-    assert MANIFEST in keys and first["db"] == ["hub-db/hub-db-dir/jupyterhub.sqlite"]
+    assert MANIFEST in keys and first.db == ["hub-db/hub-db-dir/jupyterhub.sqlite"]
 
     # Both users lose a file on the node.
     on_node(kube_api, hub, "rm /homes/ada/results.txt /homes/bo/notes.ipynb", sorted(HOMES))
     before = listing(kube_api, hub)
     assert "results.txt" not in before and "notes.ipynb" not in before
     dry = await restore_hub(cluster, hub, user="ada", dry_run=True, operator="node-test")
-    assert dry["dry_run"] and "ada: 2 file(s)" in dry["would"], dry
+    assert dry.dry_run and "ada: 2 file(s)" in dry.would, dry
     assert listing(kube_api, hub) == before  # nothing changed
 
     with JobPods(kube_api, hub) as restore_pods:
         t0 = time.monotonic()
         one = await restore_hub(cluster, hub, user="ada", operator="node-test")
         figures["restore_one_s"] = round(time.monotonic() - t0, 1)
-    assert one["users"] == ["ada"], one
+    assert one.users == ["ada"], one
     (run,) = restore_pods.runs
     assert run["node"] == real_node.name and run["exit"] == 0, run
     out = on_node(kube_api, hub, "cat /homes/ada/results.txt; ls -ln /homes/ada", ["ada"])
@@ -172,14 +172,14 @@ async def test_backup_and_restore_of_a_hub_on_the_node(
     assert "notes.ipynb" not in listing(kube_api, hub)  # bo's: not restored yet
 
     everyone = await restore_hub(cluster, hub, operator="node-test")
-    assert everyone["users"] == ["ada", "bo"], everyone
+    assert everyone.users == ["ada", "bo"], everyone
     out = on_node(kube_api, hub, "cat /homes/bo/notes.ipynb", ["bo"])
     assert out == HOMES["bo"]["notes.ipynb"].decode()
 
     # keep: 1 — the next verified copy replaces the first.
     with JobPods(kube_api, hub) as pods2:
         second = await backup_hub(cluster, hub, operator="node-test", backup_timeout=300)
-    assert second["pruned"] == [first["stamp"]], second
+    assert second.pruned == [first.stamp], second
     assert bucket_keys(s3, bucket, prefix) == {}
     assert await leaks(key[1], real_node, pods) == []
     assert await leaks(key[1], real_node, restore_pods) == []

@@ -71,6 +71,6 @@ async def test_a_per_hub_canary_moves_one_hub_to_another_chart_version(
     assert after["chart"] == f"hub-{NEXT_VERSION}" and after["status"] == "deployed"
     assert int(after["revision"]) == int(before["revision"]) + 1
     deep = await check_hub_health(node_hub.cluster, node_hub.hub, depth="deep")
-    assert deep["verdict"] == "healthy", deep
-    spawn = next(p for p in deep["probes"] if p["level"] == "spawn")
-    assert spawn["ok"] and "ran code in a kernel" in str(spawn["detail"]), spawn
+    assert deep.verdict == "healthy", deep
+    spawn = next(p for p in deep.probes if p.level == "spawn")
+    assert spawn.ok and "ran code in a kernel" in str(spawn.detail), spawn

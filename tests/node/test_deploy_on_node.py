@@ -55,11 +55,11 @@ async def test_deploy_gate_user_break_rollback_on_the_real_node(
     assert block is not None and block.url == f"https://{hub}.{cluster}.hubfleet.test"
     # Every level, spawn included: KubeSpawner started a pod on the node, ran Python in it.
     deep = await check_hub_health(cluster, hub, depth="deep")
-    levels = {p["level"]: p for p in deep["probes"]}
-    assert deep["verdict"] == "healthy", deep
+    levels = {p.level: p for p in deep.probes}
+    assert deep.verdict == "healthy", deep
     spawn = levels["spawn"]
-    assert spawn["ok"] and "ran code in a kernel" in str(spawn["detail"] or spawn["reason"]), spawn
-    print("spawn probe:", spawn["detail"] or spawn["reason"], spawn["latency_ms"], "ms")
+    assert spawn.ok and "ran code in a kernel" in str(spawn.detail or spawn.reason), spawn
+    print("spawn probe:", spawn.detail or spawn.reason, spawn.latency_ms, "ms")
 
     with PortForward(kube_api, hub, "component=proxy", 8000) as forward:
         api = f"{forward.url}/hub/api"
@@ -81,7 +81,7 @@ async def test_deploy_gate_user_break_rollback_on_the_real_node(
         await deploy_hub(cluster=cluster, hub=hub, gate="auto", wait_timeout="90s")
     values.write_text("{}\n")
     again = await check_hub_health(cluster, hub, depth="auth")
-    assert again["verdict"] == "healthy", again
+    assert again.verdict == "healthy", again
     with PortForward(kube_api, hub, "component=proxy", 8000) as forward:
         api = f"{forward.url}/hub/api"
         server_ready(api, admin, "alice")  # the user still gets a server

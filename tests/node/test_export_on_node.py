@@ -56,10 +56,12 @@ from kubernetes.client.exceptions import ApiException
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import FlowRunSort
+from waiting import wait_for
 
 from blocks.cluster_access import ClusterAccess
 from flows.deploy_hub import deploy_hub
 from flows.event_hubs import expire_event_hub
+from hubfleet.results import Expiry
 from tasks.export import MANIFEST, ExportFailed
 from tasks.helm import Helm
 from tasks.kube_export import (
@@ -90,16 +92,6 @@ HOMES: dict[str, dict[str, bytes]] = {
     "bob": {"notes.ipynb": b'{"cells": [], "nbformat": 4}'},
     "carol": {},  # an empty home still shows in the Job's listing
 }
-
-
-def wait_for(what: str, check: Any, timeout: float, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -636,8 +628,8 @@ async def test_expiry_of_an_event_hub_on_the_node_exports_then_removes_it(
     (run,) = pods.runs
     assert run["node"] == real_node.name and run["exit"] == 0, run
     FIGURES["expiry"] = {"expire_event_hub_s": round(took, 1), **pod_figures(run, t0, took)}
-    assert expired["expired"] and expired["export"]["objects"] == 2, expired
-    prefix = urlparse(expired["export"]["url"]).path.strip("/") + "/"
+    assert expired.outcome is Expiry.expired and expired.export.objects == 2, expired
+    prefix = urlparse(expired.export.url).path.strip("/") + "/"
     assert prefix.startswith(f"events/{cluster}/{hub}/")
     keys = bucket_keys(s3, bucket, prefix)
     assert {k: v for k, v in keys.items() if k not in (SOURCE_LISTING, MANIFEST)} == expected(homes)

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from hubhttp import wait
 from kubernetes import client
 from nodefleet import NodeFleet
 from pydantic import SecretStr
+from waiting import wait_for
 
 from blocks.hub_token import HubOpsToken
 from flows.deploy_hub import deploy_hub
@@ -121,13 +121,13 @@ async def test_oidc_login_on_node_hub(node_fleet: NodeFleet, real_node, kube, ku
         alice = log_in(proxy, ALLOWED)
         assert any("/hub/oauth_callback" in u for u in alice.passed_through)
         assert alice.answer.status_code == 200, alice.passed_through
-        server = wait(
+        server = wait_for(
             "alice's server ready",
             lambda: (
                 user(proxy, token, ALLOWED.username).get("servers", {}).get("", {}).get("ready")
             ),
             timeout=300,
-            interval=2,
+            every=2,
         )
         login_s = time.monotonic() - started
         assert server is True

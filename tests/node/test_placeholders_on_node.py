@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
-from hubhttp import call, server_ready, stop_server, wait
+from hubhttp import call, server_ready, stop_server
 from kubernetes import client
 from kubernetes.utils import parse_quantity
 from nodefleet import NodeHub
+from waiting import wait_for
 
 from flows.deploy_fleet import SUPPORT_NAMESPACE, SUPPORT_RELEASE, deploy_support
 from tasks.helm import Helm
@@ -102,8 +103,8 @@ async def test_placeholders_take_real_capacity_and_a_user_pod_preempts_one(
     try:
         started = time.monotonic()
         done = await deploy_support(node_hub.cluster, placeholders=N)
-        assert done["placeholders"] == N
-        wait(f"{N} placeholders Running", lambda: running_on(core, real_node.name) == N, 120)
+        assert done.placeholders == N
+        wait_for(f"{N} placeholders Running", lambda: running_on(core, real_node.name) == N, 120)
         warm = time.monotonic() - started
         # Real capacity: what is left on the node is less than one user pod requests.
         left = free_memory(core, real_node.name)
@@ -130,7 +131,7 @@ async def test_placeholders_take_real_capacity_and_a_user_pod_preempts_one(
             ).items
             assert preempted, "no placeholder was preempted"
             assert "user-placeholder" in preempted[-1].involved_object.name
-            wait(
+            wait_for(
                 f"{N - 1} placeholders Running and one Pending",
                 lambda: (
                     running_on(core, real_node.name) == N - 1
@@ -140,7 +141,9 @@ async def test_placeholders_take_real_capacity_and_a_user_pod_preempts_one(
             )
             # The user leaves: the waiting placeholder takes the room back.
             stop_server(hub_api, node_hub.admin, "pat")
-        wait(f"{N} placeholders Running again", lambda: running_on(core, real_node.name) == N, 120)
+        wait_for(
+            f"{N} placeholders Running again", lambda: running_on(core, real_node.name) == N, 120
+        )
     finally:
         support_file.unlink(missing_ok=True)
         # The support release is the cluster's: other tests install their own.

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from kubernetes.stream import stream
+from waiting import wait_for
 
 from testenv import build, images
 from testenv.node import POD_PLACEMENT, STORAGE_CLASS
@@ -24,17 +25,6 @@ pytestmark = [pytest.mark.kube, pytest.mark.node]
 # An address well outside this machine; only ever looked up in routing tables.
 OUTSIDE = "1.1.1.1"
 OUTSIDE6 = "2606:4700:4700::1111"
-
-
-def _wait(what: str, check, timeout: float = 90.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _pod(name: str, command: list[str], **spec) -> dict:
@@ -72,7 +62,7 @@ def _running(core: client.CoreV1Api, ns: str, name: str, timeout: float = 90.0) 
             raise AssertionError(f"pod {name} ended: {pod.status}")
         return pod.status.phase == "Running"
 
-    _wait(f"pod {name} Running", check, timeout)
+    wait_for(f"pod {name} Running", check, timeout)
     return time.monotonic() - t0
 
 
@@ -134,7 +124,7 @@ def test_pod_runs_a_real_container_with_logs_and_exec(real_node, kube_api, kube_
     pod = core.read_namespaced_pod("hello", ns)
     assert pod.spec.node_name == real_node.name
     assert pod.status.pod_ip and pod.status.pod_ip.startswith(real_node.pod_cidr.rsplit(".", 2)[0])
-    logs = _wait(
+    logs = wait_for(
         "container output",
         lambda: core.read_namespaced_pod_log("hello", ns, container="main"),
         timeout=30,
@@ -171,7 +161,7 @@ def test_pvc_is_provisioned_on_the_node_and_written(real_node, kube_api, kube_na
             volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
         ),
     )
-    _wait(
+    wait_for(
         "writer pod Succeeded",
         lambda: (
             _phase(core, ns, "writer") == "Succeeded"
@@ -198,7 +188,7 @@ def test_pvc_is_provisioned_on_the_node_and_written(real_node, kube_api, kube_na
         except client.ApiException as e:
             return e.status == 404 and not path.exists()
 
-    _wait("the released volume and its directory to be deleted", volume_gone, timeout=90)
+    wait_for("the released volume and its directory to be deleted", volume_gone, timeout=90)
 
 
 def test_cluster_ip_service_answers_another_pod(real_node, kube_api, kube_namespace):
@@ -238,7 +228,7 @@ def test_cluster_ip_service_answers_another_pod(real_node, kube_api, kube_namesp
         return "served-by-web" in out
 
     # kube-proxy programs the rules once the EndpointSlice exists: a few seconds at most.
-    _wait("the Service to answer through kube-proxy", answered, timeout=60, interval=1)
+    wait_for("the Service to answer through kube-proxy", answered, timeout=60, every=1)
     rules = real_node.run_in_node("iptables-save", "-t", "nat")
     assert f"-d {ip}/32" in rules and f"{ns}/web" in rules
 
@@ -304,10 +294,10 @@ def test_pods_reach_the_apiserver_through_the_kubernetes_service(
     core.create_namespaced_pod(kube_namespace, _pod("incluster", ["sleep", "3600"]))
     _running(core, kube_namespace, "incluster")
     line = _http_get("$KUBERNETES_SERVICE_HOST", "$KUBERNETES_SERVICE_PORT", "/version")
-    out = _wait(
+    out = wait_for(
         "the apiserver through the kubernetes Service",
         lambda: _exec(kube_api, kube_namespace, "incluster", ["sh", "-c", line]),
         timeout=30,
-        interval=1,
+        every=1,
     )
     assert "Client sent an HTTP request to an HTTPS server" in out, out

@@ -71,12 +71,12 @@ async def test_ops_token_rotation_through_the_port_forward(node_hub: NodeHub, ku
     result = await rotate_credentials(scope=f"hub:{cluster}/{hub}", max_age=timedelta(0))
     took = time.monotonic() - started
     print(f"ops-token rotation on the real node: {took:.1f}s")
-    [done] = [r for r in result["rotated"] if r["kind"] == "hub-ops-token"]
-    assert done["owner"] == f"{cluster}/{hub}" and done["old"] == before.token_id
-    assert done["verified_as"] == OPS_USER and done["new"] != before.token_id
+    [done] = [r for r in result.rotated if r.kind == "hub-ops-token"]
+    assert done.owner == f"{cluster}/{hub}" and done.old == before.token_id
+    assert done.verified_as == OPS_USER and done.new != before.token_id
 
     after = await load_ops_token(cluster, hub)
-    assert after is not None and after.token_id == done["new"]
+    assert after is not None and after.token_id == done.new
     new = after.token.get_secret_value()
     assert new != old and after.last_rotated is not None
     # The block still says where the hub lives (its domain), not the relay it was reached by.
@@ -84,9 +84,9 @@ async def test_ops_token_rotation_through_the_port_forward(node_hub: NodeHub, ku
     with forward(kube_api, hub, PUBLIC) as relay:
         assert call(f"{relay.url}/hub/api/user", old)[0] == 403
         assert api.whoami(relay.url, new)["name"] == OPS_USER
-        assert api.list_tokens(relay.url, new, OPS_USER) == [done["new"]]
+        assert api.list_tokens(relay.url, new, OPS_USER) == [done.new]
     report = await check_hub_health(cluster, hub, depth="auth")
-    assert report["verdict"] == "healthy", report
+    assert report.verdict == "healthy", report
     await assert_no_leak(old, new, node_hub.admin)
 
 
@@ -110,8 +110,8 @@ async def test_hub_secret_rotation_logs_users_out_and_the_proxy_refuses_its_old_
     result = await rotate_credentials(scope=f"hub-secret:{cluster}/{hub}")
     took = time.monotonic() - started
     print(f"hub secret rotation on the real node (proxy, then hub restarted): {took:.1f}s")
-    [done] = result["rotated"]
-    assert done["kind"] == "hub-secret" and done["owner"] == f"{cluster}/{hub}"
+    [done] = result.rotated
+    assert done.kind == "hub-secret" and done.owner == f"{cluster}/{hub}"
     after = hub_secret(kube_api, hub)
     new_token = after[PROXY_TOKEN]
     assert new_token != old_token and after[COOKIE_SECRET] != before[COOKIE_SECRET]
@@ -128,7 +128,7 @@ async def test_hub_secret_rotation_logs_users_out_and_the_proxy_refuses_its_old_
         assert call(f"{proxy_api.url}/api/routes", new_token)[0] == 200
     # hubfleet still operates the hub: its ops token lives in the hub's database.
     report = await check_hub_health(cluster, hub, depth="auth")
-    assert report["verdict"] == "healthy", report
+    assert report.verdict == "healthy", report
     await assert_no_leak(
         old_token,
         new_token,

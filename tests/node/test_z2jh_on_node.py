@@ -22,9 +22,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hubhttp import call, wait
+from hubhttp import call
 from kubernetes import client
 from kubernetes.stream import stream
+from waiting import wait_for
 
 from testenv import hubimages
 from testenv.nodevalues import node_values
@@ -150,7 +151,7 @@ def _check_release(core: client.CoreV1Api, ns: str, real_node, admin_token: str)
         return pods if all(p is not None and _ready(p) for p in pods.values()) else None
 
     try:
-        pods = wait("hub and proxy pods Ready", both_ready, timeout=420, interval=2)
+        pods = wait_for("hub and proxy pods Ready", both_ready, timeout=420, every=2)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{_describe(core, ns)}") from None
     for pod in pods.values():
@@ -165,7 +166,7 @@ def _check_release(core: client.CoreV1Api, ns: str, real_node, admin_token: str)
     assert chp_sc.seccomp_profile.type == "RuntimeDefault"
 
     proxy = f"http://{proxy_pod.status.pod_ip}:8000"
-    status, body = wait(
+    status, body = wait_for(
         "/hub/health through the proxy",
         lambda: (r := call(f"{proxy}/hub/health")) and r[0] == 200 and r,
         timeout=60,
@@ -208,7 +209,7 @@ def _check_release(core: client.CoreV1Api, ns: str, real_node, admin_token: str)
         return server if server.get("ready") else None
 
     try:
-        wait("alice's server ready", spawned, timeout=300, interval=3)
+        wait_for("alice's server ready", spawned, timeout=300, every=3)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{_describe(core, ns)}") from None
     user_pod = core.read_namespaced_pod("jupyter-alice", ns)

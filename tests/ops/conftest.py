@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ops_helpers import CREDENTIALS, POOL, ZOMBIE_AFTER, Webhook, Workers, run_cli
+from ops_helpers import CREDENTIALS, POOL, ZOMBIE_AFTER, Workers, run_cli
+from webhook import Webhook
 
 from hubfleet.server import PrefectServer, any_free_port
 from tasks.local_hub import LocalHub

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import psutil
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # The command installed next to this interpreter (`.venv/bin`, or a shared venv).
@@ -24,33 +17,6 @@ HUBFLEET = str(Path(sys.executable).parent / "hubfleet")
 POOL = "hubfleet-test"
 #: Short, so the zombie test waits under a minute after the kill (heartbeats are every 30 s).
 ZOMBIE_AFTER = timedelta(seconds=45)
-
-
-class Webhook:
-    """A local HTTP receiver: records every POST body (JSON)."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(json.loads(body or b"{}"))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 #: API URL -> credential of the servers the tests started (each requires its own).
@@ -132,14 +98,3 @@ class Workers:
             for member in alive:
                 member.kill()
             proc.wait(timeout=10)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what}")

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ops_helpers import CREDENTIALS, REPO, Webhook, Workers, run_cli, wait_for
+from fleetfiles import copy_example_fleet
+from ops_helpers import CREDENTIALS, Workers, run_cli
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -29,6 +30,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
+from waiting import wait_for
+from webhook import Webhook
 
 from deployments.registry import OPERATIONS, resolve
 from hubfleet.server import PrefectServer, any_free_port
@@ -100,7 +103,7 @@ def git(repo: Path, *args: str) -> None:
 def local_fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example fleet with only its `local` cluster, committed in a git repository."""
     root = tmp_path_factory.mktemp("anywhere") / "fleet"
-    shutil.copytree(REPO / "fleet", root)
+    copy_example_fleet(root.parent, root.name)
     for cluster in (root / "clusters").iterdir():
         if cluster.name != "local":
             shutil.rmtree(cluster)

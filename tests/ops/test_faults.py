@@ -23,10 +23,11 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from ops_helpers import CREDENTIALS, HUBFLEET, REPO, Workers, cli_env, run_cli, wait_for
+from ops_helpers import CREDENTIALS, HUBFLEET, REPO, Workers, cli_env, run_cli
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.sorting import FlowRunSort
+from waiting import wait_for
 
 from hubfleet.loader import load_fleet
 from hubfleet.server import PrefectServer, any_free_port

@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from ops_helpers import REPO, Workers, run_cli, wait_for
+from ops_helpers import REPO, Workers, run_cli
 from test_faults import newest_run
+from waiting import wait_for
 
 from hubfleet.loader import load_fleet
 from tasks.local_hub import local_hub
@@ -85,7 +86,7 @@ def test_status_shows_the_operating_picture(ops_api: str, ops_setup: str, worker
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
         return result.stdout if "w-status" in result.stdout else None
 
-    out = wait_for("the worker in `hubfleet status`", shown, timeout=120, interval=3)
+    out = wait_for("the worker in `hubfleet status`", shown, timeout=120, every=3)
     assert "hubs (last sweep verdicts)" in out and "│ local/prod" in out, out
     assert "check_fleet_health/health-shallow" in out, out  # scheduled every 15 minutes
     assert "next scheduled runs" in out and "workers" in out

@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ops_helpers import POOL, REPO, Webhook, cli_env, run_cli, wait_for
+from ops_helpers import POOL, REPO, cli_env, run_cli
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import PrefectHTTPStatusError
+from waiting import wait_for
+from webhook import Webhook
 
 from deployments.registry import OPERATIONS, OperationSpec, resolve
 from deployments.setup import (

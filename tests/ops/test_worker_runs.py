@@ -10,7 +10,7 @@ from uuid import UUID
 
 import pytest
 import requests
-from ops_helpers import CREDENTIALS, REPO, ZOMBIE_AFTER, Webhook, Workers, run_cli, wait_for
+from ops_helpers import CREDENTIALS, REPO, ZOMBIE_AFTER, Workers, run_cli
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -19,6 +19,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.exceptions import PrefectHTTPStatusError
+from waiting import wait_for
+from webhook import Webhook
 
 from flows.operation import UNKNOWN_UI_OPERATOR
 from hubfleet.loader import load_fleet

@@ -73,7 +73,7 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
         gate="rollout",
     )
     try:
-        assert result["changed"] and result["deploy"].action == "install"
+        assert result.changed and result.deploy.action == "install"
         apps = client.AppsV1Api(kube_api)
         assert apps.read_namespaced_deployment("hub", "course").status.ready_replicas == 1
         # z2jh hands the hub its values through the `hub` Secret (values.yaml).
@@ -82,7 +82,7 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
         assert "scipy-notebook" in rendered and "prof@college.example.edu" in rendered
         # The change is a commit on the branch the fleet is deployed from, and the checkout
         # is that commit (nothing left uncommitted).
-        assert result["branch"] == "main" and git(root, "rev-parse", "main") == result["commit"]
+        assert result.branch == "main" and git(root, "rev-parse", "main") == result.commit
         assert git(root, "log", "-1", "--format=%s") == (
             f"customize_hub {cluster}/course by community-admin"
         )
@@ -135,7 +135,7 @@ async def test_customize_rejects_then_applies_and_leaves_a_valid_patch(
                 cluster, "course", admins=["someone@else.example.edu"], gate="rollout"
             )
         assert values_file.read_text() == edited
-        assert git(root, "rev-parse", "main") == result["commit"]
+        assert git(root, "rev-parse", "main") == result.commit
     finally:
         # Leave the shared control plane as we found it (namespace names are per test).
         subprocess.run(

@@ -106,8 +106,9 @@ def test_research_preset_sizes_the_gateway_but_leaves_it_off(pilot_fleet, helm) 
     import yaml
 
     from hubfleet.charts import hub_chart
+    from hubfleet.layers import merged
     from hubfleet.loader import load_fleet
-    from hubfleet.values import hub_layers, merged
+    from hubfleet.values import hub_layers
 
     fleet = load_fleet(pilot_fleet("kubeconfig"))
     cluster = fleet.clusters[0]

@@ -42,8 +42,9 @@ import requests
 import yaml
 
 from hubfleet.charts import hub_chart
+from hubfleet.layers import merge_values
 from hubfleet.localhub import Ports, render_config
-from hubfleet.values import dask_gateway_values, merge_values
+from hubfleet.values import dask_gateway_values
 from tasks.helm import Helm
 from tasks.local_hub import find_chp
 

@@ -5,13 +5,13 @@ out `event.data_policy` / `event.prewarm` and gets the preset's; its own setting
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet, edit
 
 from hubfleet.loader import FleetInvalid, load_fleet
 from hubfleet.model import DataPolicy
@@ -23,15 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def fleet(tmp_path: Path) -> Path:
     """A private copy of the example fleet (local/workshop: kind event, use_case event)."""
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
-    return root
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"test setup: {old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
+    return copy_example_fleet(tmp_path)
 
 
 def cluster_yaml(root: Path) -> Path:

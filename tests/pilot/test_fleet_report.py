@@ -76,4 +76,4 @@ async def test_report_matches_injected_outage(pilot_fleet, monkeypatch, data_dir
     assert "<svg" in html and "<polyline" in html and "<rect" in html
     assert f"{cluster}/course" in render(report, "md")
     published = await publish_fleet_report(since="1h")
-    assert any(i["hub"] == f"{cluster}/course" for i in published["incidents"])
+    assert any(i.hub == f"{cluster}/course" for i in published.incidents)

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from hubfleet.charts import hub_schema, z2jh_defaults
+from hubfleet.layers import Layer, merged
 from hubfleet.loader import load_fleet
 from hubfleet.presets import all_presets, explain
-from hubfleet.values import Layer, hub_layers, merged, validate_layers
+from hubfleet.values import hub_layers, validate_layers
 
 REPO = Path(__file__).resolve().parents[2]
 

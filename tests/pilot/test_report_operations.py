@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet
 
 from flows.check_fleet_health import check_fleet_health
 from flows.deploy_hub import deploy_hub
@@ -27,6 +27,7 @@ from hubfleet.cli.pilot import _use_cases
 from hubfleet.errors import HubfleetError
 from hubfleet.loader import load_fleet
 from hubfleet.report import build_report, render
+from hubfleet.results import Expiry
 from tasks.local_hub import local_hub
 
 pytestmark = [pytest.mark.usefixtures("prefect_server")]
@@ -49,7 +50,7 @@ def _register_event_deployments(root: Path) -> None:
 def write_fleet(root: Path, end: datetime) -> Path:
     """The example fleet with use cases on its local hubs and a workshop ending at `end`
     whose data policy comes from the event preset (delete)."""
-    shutil.copytree(REPO / "fleet", root)
+    copy_example_fleet(root.parent, root.name)
     path = root / "clusters" / "local" / "cluster.yaml"
     head, _, _ = path.read_text().partition("  - name: workshop")
     head = head.replace(
@@ -92,12 +93,12 @@ async def test_report_counts_rotations_and_event_lifecycles(
         for hub in ("staging", "prod"):
             await deploy_hub("local", hub, operator="ops")
         created = await create_event_hub("local", "workshop", operator="alice")
-        assert created["deploy"].health == "healthy"
+        assert created.deploy.health == "healthy"
         await sweep()
         rotated = await rotate_credentials(
             scope="hub:local/staging", max_age=timedelta(0), operator="carol"
         )
-        assert [r["kind"] for r in rotated["rotated"]] == ["hub-ops-token"]
+        assert [r.kind for r in rotated.rotated] == ["hub-ops-token"]
         await sweep()
         stopped = datetime.now(UTC)
         hubs["prod"].stop()  # the outage
@@ -113,7 +114,7 @@ async def test_report_counts_rotations_and_event_lifecycles(
         wait = (event_end + timedelta(seconds=2) - datetime.now(UTC)).total_seconds()
         await asyncio.sleep(max(wait, 0))
         expired = await expire_event_hub("local", "workshop", operator="alice")
-        assert expired.get("expired", True) and not hubs["workshop"].directory.exists()
+        assert expired.outcome is Expiry.expired and not hubs["workshop"].directory.exists()
     finally:
         for local in hubs.values():
             local.stop()

@@ -149,7 +149,7 @@ async def test_usage_of_real_users_on_real_hubs(
         result = await check_fleet_health(
             selection=selection, retries=0, timeout=5, alert_after=1, operator="schedule"
         )
-        assert result["counts"] == {"healthy": 2}, result
+        assert result.counts == {"healthy": 2}, result
         sweeps.append((before, datetime.now(UTC)))
 
     try:

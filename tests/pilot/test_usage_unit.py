@@ -5,13 +5,13 @@ the CLI's refusals. Pure functions and the real CLI in a subprocess; no hub need
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet
 
 from hubfleet.loader import FleetInvalid, load_fleet
 from hubfleet.prices import MachinePrice, PricesInvalid, merge_prices, shipped_prices
@@ -175,8 +175,7 @@ def test_profile_costs_its_own_rate() -> None:
 
 
 def write_fleet(tmp_path: Path, prices: str) -> Path:
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
+    root = copy_example_fleet(tmp_path)
     fleet_yaml = root / "fleet.yaml"
     fleet_yaml.write_text(fleet_yaml.read_text() + prices)
     return root

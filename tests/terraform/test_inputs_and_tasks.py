@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleetfiles import copy_example_fleet
 
 from hubfleet.loader import FleetInvalid, load_fleet
 from hubfleet.terraform_inputs import INPUT_MODELS, declared_variables, module_dir
@@ -46,8 +47,7 @@ def test_modules_are_terraform_fmt_clean(terraform_bin: Path) -> None:
 
 
 def _fleet_with(tmp_path: Path, terraform: str) -> Path:
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
+    root = copy_example_fleet(tmp_path)
     with (root / "clusters" / "gcp-central" / "cluster.yaml").open("a") as f:
         f.write("")
     text = (root / "clusters" / "gcp-central" / "cluster.yaml").read_text()

@@ -70,13 +70,13 @@ async def test_state_in_an_s3_bucket_on_moto(lab_fleet: Any, moto_server: Any) -
         f"region: {moto_server.region}, endpoint: '{moto_server.endpoint_url}'}}\n"
     )
     result = await provision_cluster(cluster, action="apply")
-    assert result["applied"] is True
+    assert result.applied is True
     key = f"hubfleet/{cluster}/terraform.tfstate"
     state = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert b"terraform_data" in state
     # A second plan reads that state back: nothing to do.
     again = await provision_cluster(cluster, action="plan")
-    assert again["plan"]["create"] == [] and again["needs_approval"] is False
+    assert again.plan.create == [] and again.needs_approval is False
 
 
 def _aws_plugin() -> str | None:

@@ -29,6 +29,7 @@ from flows.destroy_cluster import ClusterInUse, destroy_cluster
 from flows.detect_drift import DRIFT_EVENT, detect_drift
 from flows.provision_cluster import provision_cluster
 from hubfleet.paths import data_dir
+from hubfleet.results import Drift
 from tasks.locks import cluster_limit
 
 pytestmark = pytest.mark.timeout(300)
@@ -141,8 +142,8 @@ async def test_plan_apply_drift_and_approval(lab_fleet: Any) -> None:
 
     # plan: an artifact, no state, nothing applied.
     planned = await provision_cluster(cluster, action="plan", operator="alice")
-    assert planned["applied"] is False
-    assert set(planned["plan"]["create"]) >= {"terraform_data.this", "terraform_data.core_pool"}
+    assert planned.applied is False
+    assert set(planned.plan.create) >= {"terraform_data.this", "terraform_data.core_pool"}
     assert not state_file(cluster).exists() or not resources(cluster)
     async with get_client() as client:
         artifact = await client.read_latest_artifacts()
@@ -151,16 +152,16 @@ async def test_plan_apply_drift_and_approval(lab_fleet: Any) -> None:
 
     # apply: only creates, so no approval; outputs, access block, concurrency limit.
     applied = await provision_cluster(cluster, action="apply", operator="alice")
-    assert applied["applied"] is True and applied["needs_approval"] is False
+    assert applied.applied is True and applied.needs_approval is False
     assert (
         resources(cluster)["terraform_data.core_pool"]["attributes"]["input"]["value"]["node_count"]
         == 2
     )
-    assert applied["outputs"]["cluster_endpoint"] == f"https://{cluster}.lab-1.testing.invalid"
-    assert "cluster_token" not in applied["outputs"]  # sensitive: only in the block
+    assert applied.outputs["cluster_endpoint"] == f"https://{cluster}.lab-1.testing.invalid"
+    assert "cluster_token" not in applied.outputs  # sensitive: only in the block
     access = await ClusterAccess.for_cluster(cluster)
     kubeconfig = access.kubeconfig.get_secret_value()
-    assert access.server == applied["outputs"]["cluster_endpoint"]
+    assert access.server == applied.outputs["cluster_endpoint"]
     async with get_client() as client:
         limit = await client.read_global_concurrency_limit_by_name(cluster_limit(cluster))
     assert limit.limit >= 1
@@ -168,12 +169,12 @@ async def test_plan_apply_drift_and_approval(lab_fleet: Any) -> None:
     assert {"op:provision_cluster", f"cluster:{cluster}", "operator:alice"} <= set(tags)
 
     # Nothing changed out of band yet: in sync. Then someone scales the pool by hand.
-    rows = await detect_drift()
-    assert next(r for r in rows if r["cluster"] == cluster)["status"] == "in sync"
+    rows = (await detect_drift()).clusters
+    assert next(r for r in rows if r.cluster == cluster).status is Drift.in_sync
     edit_out_of_band(cluster, "terraform_data.core_pool", node_count=5)
-    rows = await detect_drift()
-    row = next(r for r in rows if r["cluster"] == cluster)
-    assert row["status"] == "drifted" and "terraform_data.core_pool" in row["changes"]
+    rows = (await detect_drift()).clusters
+    row = next(r for r in rows if r.cluster == cluster)
+    assert row.status is Drift.drifted and "terraform_data.core_pool" in row.changes
     events = await drift_events(cluster)
     assert events and events[0].payload["update"] == ["terraform_data.core_pool"]
 
@@ -185,20 +186,20 @@ async def test_plan_apply_drift_and_approval(lab_fleet: Any) -> None:
     rejected = await with_approval(
         provision_cluster(cluster, action="apply", operator="bob"), cluster, False, "not now"
     )
-    assert rejected["needs_approval"] is True
-    assert "terraform_data.this" in rejected["plan"]["replace"]
-    assert rejected == rejected | {"approved": False, "reason": "not now", "applied": False}
+    assert rejected.needs_approval is True
+    assert "terraform_data.this" in rejected.plan.replace
+    assert (rejected.approved, rejected.reason, rejected.applied) == (False, "not now", False)
     assert resources(cluster)["terraform_data.this"]["attributes"]["id"] == before
 
     approved = await with_approval(
         provision_cluster(cluster, action="apply", operator="bob"), cluster, True, "window ok"
     )
-    assert approved["approved"] is True and approved["applied"] is True
+    assert approved.approved is True and approved.applied is True
     after = resources(cluster)
     assert after["terraform_data.this"]["attributes"]["id"] != before
     # The apply also undid the hand edit: the pool is back at what the registry says.
     assert after["terraform_data.core_pool"]["attributes"]["input"]["value"]["node_count"] == 2
-    assert approved["outputs"]["cluster_endpoint"].endswith(".lab-2.testing.invalid")
+    assert approved.outputs["cluster_endpoint"].endswith(".lab-2.testing.invalid")
 
     # The secrets terraform produced are in the block, and nowhere in the run history.
     new_kubeconfig = (await ClusterAccess.for_cluster(cluster)).kubeconfig.get_secret_value()
@@ -223,7 +224,7 @@ async def test_dry_run_apply_changes_nothing(lab_fleet: Any) -> None:
     cluster = lab_fleet.name
     lab_fleet()
     result = await provision_cluster(cluster, action="apply", dry_run=True)
-    assert result["applied"] is False and result["plan"]["create"]
+    assert result.applied is False and result.plan.create
     assert not state_file(cluster).exists() or not resources(cluster)
 
 
@@ -245,14 +246,14 @@ async def test_destroy_asks_approval_and_reports_data_stores(lab_fleet: Any) -> 
     assert resources(cluster)
 
     dry = await destroy_cluster(cluster, dry_run=True)
-    assert dry["destroyed"] is False
-    assert dry["data_stores"] == [f"testing://{cluster}-hub-exports"]
-    assert "terraform_data.exports_bucket" in dry["plan"]["destroy"]
+    assert dry.destroyed is False
+    assert dry.data_stores == [f"testing://{cluster}-hub-exports"]
+    assert "terraform_data.exports_bucket" in dry.plan.destroy
 
     kept = await with_approval(destroy_cluster(cluster), cluster, False, "users still there")
-    assert kept["destroyed"] is False and resources(cluster)
+    assert kept.destroyed is False and resources(cluster)
 
     gone = await with_approval(destroy_cluster(cluster), cluster, True, "decommissioned")
-    assert gone["destroyed"] is True and not resources(cluster)
+    assert gone.destroyed is True and not resources(cluster)
     with pytest.raises(Exception, match="no cluster access stored"):
         await ClusterAccess.for_cluster(cluster)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from flows.deploy_hub import LoginRequired, check_hub_values
-from hubfleet.auth import HubAuth, auth_problems, hub_config, kube_values
+from hubfleet.auth import HubAuth, hub_config, kube_values
 from hubfleet.loader import FleetInvalid, load_fleet
+from hubfleet.values import auth_problems
 
 
 def fleet(tmp_path: Path, provider: str, hub_extra: str = "", values: str = "{}\n") -> Path:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet, edit
 
 from hubfleet.loader import FleetInvalid, load_fleet
 from hubfleet.model import HubKind, Provider, Tier
@@ -18,15 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def fleet(tmp_path: Path) -> Path:
     """A private copy of the example fleet to break."""
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
-    return root
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"test setup: {old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
+    return copy_example_fleet(tmp_path)
 
 
 def problems(root: Path) -> list[str]:

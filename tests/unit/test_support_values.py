@@ -4,13 +4,14 @@ mistake as `file:line: field: message` with the bad value and the fix."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet
 
+from hubfleet.layers import ValuesInvalid
 from hubfleet.loader import FleetInvalid, load_fleet
-from hubfleet.values import ValuesInvalid, support_layers, support_problems
+from hubfleet.values import support_layers, support_problems
 
 REPO = Path(__file__).resolve().parents[2]
 FILE = "clusters/gcp-central/support.values.yaml"
@@ -18,9 +19,7 @@ FILE = "clusters/gcp-central/support.values.yaml"
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Path:
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
-    return root
+    return copy_example_fleet(tmp_path)
 
 
 def found(root: Path, cluster: str = "gcp-central") -> list[str]:

@@ -9,16 +9,17 @@ per command checks the real console output too.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fleetfiles import copy_example_fleet, edit
 
+from hubfleet.layers import ValuesInvalid
 from hubfleet.loader import FleetInvalid, load_fleet
-from hubfleet.values import ValuesInvalid, check_fleet_values, hub_layers
+from hubfleet.values import check_fleet_values, hub_layers
 
 REPO = Path(__file__).resolve().parents[2]
 COLLEGE = "clusters/gcp-central/college.values.yaml"
@@ -27,8 +28,7 @@ COLLEGE = "clusters/gcp-central/college.values.yaml"
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the example fleet to break; no Prefect server configured."""
-    root = tmp_path / "fleet"
-    shutil.copytree(REPO / "fleet", root)
+    root = copy_example_fleet(tmp_path)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("HUBFLEET_FLEET", str(root))
     return root
@@ -41,12 +41,6 @@ def write(root: Path, rel: str, text: str | bytes) -> Path:
     else:
         path.write_text(text)
     return path
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"test setup: {old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
 
 
 def problems(root: Path) -> list[str]:
