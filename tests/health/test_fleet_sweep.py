@@ -88,7 +88,7 @@ async def test_alert_once_after_three_failed_sweeps(webhook: Any, prefect_server
     streak += [await sweep() for _ in range(2)]
     assert [s.unhealthy[0]["failures"] for s in streak] == [1, 2, 3]
     assert [s.alerted for s in streak] == [[], [], ["hc/sweep"]]
-    assert streak[2]["unhealthy"][0]["level"] == "reachable"
+    assert streak[2].unhealthy[0]["level"] == "reachable"
 
     got = await await_for("the webhook notification", _received(webhook, 1), timeout=45)
     assert "hc/sweep is down" in got[0]["subject"], got
