@@ -32,7 +32,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.states import Failed
 
 from flows.deploy_hub import Gate, HubRolledBack, deploy_hub
-from flows.operation import begin_cluster, begin_fleet, current_fleet
+from flows.operation import begin_cluster, begin_fleet, current_fleet, fleet_passed_down
 from flows.parameters import HelmWait, Placeholders, Selection, WavePercent, WaveSize
 from hubfleet.charts import release_version
 from hubfleet.errors import HubfleetError
@@ -419,7 +419,8 @@ async def run_fleet_plan(
     # 3-6. support chart, staging, gate, prod waves: per cluster, clusters side by side
     await ensure_concurrency_limits_once(op.fleet)
     await fleet_block_snapshot()
-    outcomes = await execute(plan, op.operator, gate, wait_timeout)
+    with fleet_passed_down(op):
+        outcomes = await execute(plan, op.operator, gate, wait_timeout)
     outcomes += [
         HubOutcome(
             cluster=c,

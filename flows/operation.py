@@ -17,7 +17,8 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,19 @@ def _fleet_and_revision() -> tuple[Fleet, str | None]:
     return current_fleet(), None
 
 
+@contextmanager
+def fleet_passed_down(op: FleetOperation) -> Iterator[None]:
+    """Within this block, the hub and cluster runs the fleet run calls (in this process)
+    act on the fleet it planned from and its revision, without re-reading it. Only there:
+    a flow started later in the same process (a test, `serve`) reads the fleet as it is
+    then (a fleet run's fleet kept for the whole process was read by the next run)."""
+    token = _passed_fleet.set((op.fleet.root.resolve(), op.fleet, op.revision))
+    try:
+        yield
+    finally:
+        _passed_fleet.reset(token)
+
+
 def run_tags(op: str, cluster: str, hub: str | None, operator: str, revision: str) -> list[str]:
     tags = [f"op:{op}", f"cluster:{cluster}", f"operator:{operator}", f"revision:{revision}"]
     if hub:
@@ -280,7 +294,6 @@ async def begin_fleet(
     target = ", ".join(names) if names else "the fleet"
     fleet = fleet or current_fleet()
     who, revision = await _begin(fleet, op, operator, target, tags)
-    _passed_fleet.set((fleet.root.resolve(), fleet, revision))
     return FleetOperation(name=op, fleet=fleet, operator=who, revision=revision, clusters=names)
 
 
