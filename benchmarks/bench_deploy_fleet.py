@@ -165,19 +165,6 @@ async def count_runs() -> dict[str, int]:
     return {"flow_runs": int(flows), "task_runs": int(tasks)}
 
 
-def limits_wanted(fleet: Any) -> dict[str, int]:
-    """The concurrency limits a fleet needs (as tasks.locks.ensure_concurrency_limits)."""
-    from tasks.locks import CLUSTER_SLOTS, cluster_limit, deploy_limit, hub_limit
-
-    wanted: dict[str, int] = {}
-    for cluster in fleet.clusters:
-        wanted[cluster_limit(cluster.name)] = CLUSTER_SLOTS
-        wanted[deploy_limit(cluster.name)] = fleet.settings.parallelism
-        for hub in cluster.hubs:
-            wanted[hub_limit(cluster.name, hub.name)] = 1
-    return wanted
-
-
 def write_fleet(root: Path, clusters: int, hubs: int, parallelism: int) -> None:
     (root / "clusters").mkdir(parents=True)
     (root / "fleet.yaml").write_text(
@@ -244,7 +231,7 @@ async def run(
     from hubfleet.paths import fleet_dir
     from hubfleet.plan import plan_fleet
     from hubfleet.results import Outcome
-    from tasks.locks import ensure_concurrency_limits
+    from tasks.locks import ensure_concurrency_limits, limits_wanted
 
     fleet = load_fleet(fleet_dir())
     # Setup (not timed), 32 requests at a time: 500 access blocks and 5,520 limits one by

@@ -93,14 +93,20 @@ def _log(msg: str, *args: object) -> None:
         pass
 
 
-async def ensure_concurrency_limits(fleet: Fleet) -> list[str]:
-    """Create or update every limit the fleet needs; returns their names. Idempotent."""
+def limits_wanted(fleet: Fleet) -> dict[str, int]:
+    """Every concurrency limit the fleet needs, with its slots."""
     wanted: dict[str, int] = {}
     for cluster in fleet.clusters:
         wanted[cluster_limit(cluster.name)] = CLUSTER_SLOTS
         wanted[deploy_limit(cluster.name)] = fleet.settings.parallelism
         for hub in cluster.hubs:
             wanted[hub_limit(cluster.name, hub.name)] = 1
+    return wanted
+
+
+async def ensure_concurrency_limits(fleet: Fleet) -> list[str]:
+    """Create or update every limit the fleet needs; returns their names. Idempotent."""
+    wanted = limits_wanted(fleet)
     async with get_client() as client:
         # One page read per 200 limits, then a write only for what is missing or different
         # (upserting each was a read per limit: 5,520 calls for a 5,000-hub fleet).
